@@ -1,0 +1,214 @@
+package fuse
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+
+	"github.com/cairnstore/cairn/engine"
+)
+
+// Options configure a mount.
+type Options struct {
+	// AllowOther lets users other than the mounting one open the file.
+	AllowOther bool
+	// Log receives mount-level events.
+	Log logr.Logger
+}
+
+// Mount is a mounted volume file system.
+type Mount struct {
+	dir    string
+	name   string
+	server *fuse.Server
+	log    logr.Logger
+}
+
+// MountVolume mounts a file system at dir holding one file, name, backed by b.
+func MountVolume(dir, name string, b engine.Backend, opts Options) (*Mount, error) {
+	if name == "" || filepath.Base(name) != name || name == "." || name == ".." {
+		return nil, fmt.Errorf("fuse: invalid volume file name %q", name)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	root := &fs.Inode{}
+	vf := &volumeFile{b: b, mtime: time.Now()}
+	sec := time.Second
+	server, err := fs.Mount(dir, root, &fs.Options{
+		MountOptions: fuse.MountOptions{
+			AllowOther:    opts.AllowOther,
+			FsName:        "cairn:" + name,
+			Name:          "cairn",
+			MaxWrite:      1 << 20,
+			MaxBackground: 64,
+			DirectMount:   true,
+			DisableXAttrs: true,
+			DisableSplice: true,
+		},
+		EntryTimeout: &sec,
+		AttrTimeout:  &sec,
+		OnAdd: func(ctx context.Context) {
+			ch := root.NewPersistentInode(ctx, vf, fs.StableAttr{Mode: syscall.S_IFREG, Ino: 2})
+			root.AddChild(name, ch, true)
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("fuse: mount %s: %w", dir, err)
+	}
+	if err := server.WaitMount(); err != nil {
+		_ = server.Unmount()
+		return nil, fmt.Errorf("fuse: mount %s: %w", dir, err)
+	}
+	m := &Mount{dir: dir, name: name, server: server, log: opts.Log}
+	m.log.Info("Volume file mounted", "path", m.Path())
+	return m, nil
+}
+
+// Path is the volume file's path.
+func (m *Mount) Path() string { return filepath.Join(m.dir, m.name) }
+
+// Wait blocks until the file system is unmounted.
+func (m *Mount) Wait() { m.server.Wait() }
+
+// Unmount unmounts the file system, retrying while it is busy, and falls
+// back to a lazy unmount so the mount point never stays behind.
+func (m *Mount) Unmount() error {
+	var err error
+	for i := 0; i < 20; i++ {
+		if err = m.server.Unmount(); err == nil {
+			m.server.Wait()
+			return nil
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if lerr := unix.Unmount(m.dir, unix.MNT_DETACH); lerr == nil {
+		m.server.Wait()
+		return nil
+	}
+	return fmt.Errorf("fuse: unmount %s: %w", m.dir, err)
+}
+
+// volumeFile is the one file of the file system.
+type volumeFile struct {
+	fs.Inode
+	b     engine.Backend
+	mtime time.Time
+}
+
+var (
+	_ fs.NodeOpener    = (*volumeFile)(nil)
+	_ fs.NodeGetattrer = (*volumeFile)(nil)
+	_ fs.NodeSetattrer = (*volumeFile)(nil)
+	_ fs.NodeReader    = (*volumeFile)(nil)
+	_ fs.NodeWriter    = (*volumeFile)(nil)
+	_ fs.NodeFsyncer   = (*volumeFile)(nil)
+	_ fs.NodeFlusher   = (*volumeFile)(nil)
+	_ fs.NodeAllocater = (*volumeFile)(nil)
+)
+
+// ctxIO detaches backend I/O from the FUSE request context: an interrupted
+// syscall must not abandon a write half-way across the replicas.
+func ctxIO(context.Context) context.Context { return context.Background() }
+
+func (f *volumeFile) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	if flags&syscall.O_TRUNC != 0 {
+		return nil, 0, syscall.EPERM
+	}
+	return nil, fuse.FOPEN_DIRECT_IO, 0
+}
+
+func (f *volumeFile) fill(out *fuse.Attr) {
+	size := f.b.Size()
+	out.Mode = syscall.S_IFREG | 0o600
+	out.Size = uint64(size)
+	out.Blocks = uint64(size+511) / 512
+	out.Blksize = 4096
+	out.Nlink = 1
+	out.SetTimes(nil, &f.mtime, &f.mtime)
+}
+
+func (f *volumeFile) Getattr(ctx context.Context, _ fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	f.fill(&out.Attr)
+	return 0
+}
+
+func (f *volumeFile) Setattr(ctx context.Context, _ fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	if sz, ok := in.GetSize(); ok && int64(sz) != f.b.Size() {
+		return syscall.EPERM
+	}
+	f.fill(&out.Attr)
+	return 0
+}
+
+func (f *volumeFile) Read(ctx context.Context, _ fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	size := f.b.Size()
+	if off >= size {
+		return fuse.ReadResultData(nil), 0
+	}
+	if rem := size - off; int64(len(dest)) > rem {
+		dest = dest[:rem]
+	}
+	if err := f.b.ReadAt(ctxIO(ctx), dest, off); err != nil {
+		return nil, errno(err)
+	}
+	return fuse.ReadResultData(dest), 0
+}
+
+func (f *volumeFile) Write(ctx context.Context, _ fs.FileHandle, data []byte, off int64) (uint32, syscall.Errno) {
+	size := f.b.Size()
+	if off >= size {
+		return 0, syscall.ENOSPC
+	}
+	if rem := size - off; int64(len(data)) > rem {
+		data = data[:rem]
+	}
+	if err := f.b.WriteAt(ctxIO(ctx), data, off); err != nil {
+		return 0, errno(err)
+	}
+	return uint32(len(data)), 0
+}
+
+func (f *volumeFile) Fsync(ctx context.Context, _ fs.FileHandle, flags uint32) syscall.Errno {
+	return errno(f.b.Flush(ctxIO(ctx)))
+}
+
+// Flush is close(2); durability is fsync's job.
+func (f *volumeFile) Flush(ctx context.Context, _ fs.FileHandle) syscall.Errno { return 0 }
+
+func (f *volumeFile) Allocate(ctx context.Context, _ fs.FileHandle, off, size uint64, mode uint32) syscall.Errno {
+	if err := engine.CheckRange(f.b.Size(), int64(off), int64(size)); err != nil {
+		return syscall.EINVAL
+	}
+	switch {
+	case mode&unix.FALLOC_FL_PUNCH_HOLE != 0:
+		return errno(f.b.Trim(ctxIO(ctx), int64(off), int64(size)))
+	case mode&unix.FALLOC_FL_ZERO_RANGE != 0:
+		return errno(f.b.WriteZeroes(ctxIO(ctx), int64(off), int64(size)))
+	case mode&^uint32(unix.FALLOC_FL_KEEP_SIZE) == 0:
+		// Plain allocation: the volume is always fully addressable.
+		return 0
+	default:
+		return syscall.EOPNOTSUPP
+	}
+}
+
+func errno(err error) syscall.Errno {
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, engine.ErrOutOfRange):
+		return syscall.EINVAL
+	default:
+		return syscall.EIO
+	}
+}
