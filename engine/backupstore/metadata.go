@@ -1,0 +1,250 @@
+package backupstore
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+)
+
+// BackupInfo is one complete backup as listed in its volume's catalogue.
+type BackupInfo struct {
+	ID          string            `json:"id"`
+	Volume      string            `json:"volume"`
+	Snapshot    string            `json:"snapshot,omitempty"`
+	Parent      string            `json:"parent,omitempty"`
+	Created     time.Time         `json:"created"`
+	Completed   time.Time         `json:"completed"`
+	Size        int64             `json:"size"`
+	BlockSize   int               `json:"blockSize"`
+	Compression string            `json:"compression"`
+	Labels      map[string]string `json:"labels,omitempty"`
+	// Blocks is the number of blocks of the volume; ZeroBlocks of them are
+	// all-zero and not stored.
+	Blocks     int `json:"blocks"`
+	ZeroBlocks int `json:"zeroBlocks"`
+	// ReadBytes is what the backup read from its source; NewBlocks and
+	// NewBytes (stored size) are the blocks it uploaded because the target
+	// did not have them.
+	ReadBytes int64 `json:"readBytes"`
+	NewBlocks int   `json:"newBlocks"`
+	NewBytes  int64 `json:"newBytes"`
+}
+
+// catalogue is the payload of volumes/<volume>/catalogue.
+type catalogue struct {
+	FormatVersion int          `json:"formatVersion"`
+	Volume        string       `json:"volume"`
+	Updated       time.Time    `json:"updated"`
+	Backups       []BackupInfo `json:"backups"`
+}
+
+// Manifest lists every block of a volume at one backup.
+type Manifest struct {
+	FormatVersion int               `json:"formatVersion"`
+	Volume        string            `json:"volume"`
+	Backup        string            `json:"backup"`
+	Snapshot      string            `json:"snapshot,omitempty"`
+	Parent        string            `json:"parent,omitempty"`
+	Created       time.Time         `json:"created"`
+	Size          int64             `json:"size"`
+	BlockSize     int               `json:"blockSize"`
+	BlockCount    int               `json:"blockCount"`
+	BlockIDHash   string            `json:"blockIdHash"`
+	Labels        map[string]string `json:"labels,omitempty"`
+	// Blocks holds BlockCount ids; the zero id means an all-zero block.
+	Blocks []BlockID `json:"-"`
+}
+
+// blockLen is the length of block i of a volume of the given size.
+func blockLen(size int64, bs int, i int) int {
+	off := int64(i) * int64(bs)
+	return int(min(int64(bs), size-off))
+}
+
+func blockCount(size int64, bs int) int { return int((size + int64(bs) - 1) / int64(bs)) }
+
+// metadata objects are bound to their key so they cannot be swapped.
+func aadFor(key string) []byte { return []byte(key) }
+
+func (s *Store) putManifest(ctx context.Context, m *Manifest) error {
+	hdr, err := json.Marshal(m)
+	if err != nil {
+		return err
+	}
+	payload := binary.AppendUvarint(make([]byte, 0, 10+len(hdr)+32*len(m.Blocks)), uint64(len(hdr)))
+	payload = append(payload, hdr...)
+	for _, id := range m.Blocks {
+		payload = append(payload, id[:]...)
+	}
+	key := manifestKey(m.Volume, m.Backup)
+	obj, err := s.codec.encode(nil, kindManifest, CompressionZstd, payload, aadFor(key))
+	if err != nil {
+		return err
+	}
+	return s.t.Put(ctx, key, obj)
+}
+
+// ReadManifest reads the manifest of a backup listed in the catalogue.
+func (s *Store) ReadManifest(ctx context.Context, volume, backup string) (*Manifest, error) {
+	if _, err := s.Get(ctx, volume, backup); err != nil {
+		return nil, err
+	}
+	return s.readManifest(ctx, volume, backup)
+}
+
+func (s *Store) readManifest(ctx context.Context, volume, backup string) (*Manifest, error) {
+	key := manifestKey(volume, backup)
+	obj, err := s.t.Get(ctx, key)
+	if err != nil {
+		if errors.Is(err, ErrNotFound) {
+			return nil, fmt.Errorf("%w: manifest of %s/%s is missing", ErrBackupNotFound, volume, backup)
+		}
+		return nil, err
+	}
+	payload, err := s.codec.decode(nil, kindManifest, obj, aadFor(key))
+	if err != nil {
+		return nil, fmt.Errorf("manifest %s: %w", key, err)
+	}
+	n, k := binary.Uvarint(payload)
+	if k <= 0 || uint64(len(payload)-k) < n {
+		return nil, fmt.Errorf("%w: manifest %s: bad header length", ErrCorrupt, key)
+	}
+	m := &Manifest{}
+	if err := json.Unmarshal(payload[k:k+int(n)], m); err != nil {
+		return nil, fmt.Errorf("%w: manifest %s: %v", ErrCorrupt, key, err)
+	}
+	if m.FormatVersion != FormatVersion {
+		return nil, fmt.Errorf("%w: manifest %s: format version %d", ErrFormat, key, m.FormatVersion)
+	}
+	ids := payload[k+int(n):]
+	if m.BlockSize <= 0 || m.BlockCount != blockCount(m.Size, m.BlockSize) || len(ids) != 32*m.BlockCount {
+		return nil, fmt.Errorf("%w: manifest %s: %d block ids for %d blocks", ErrCorrupt, key, len(ids)/32, m.BlockCount)
+	}
+	if m.Volume != volume || m.Backup != backup {
+		return nil, fmt.Errorf("%w: manifest %s names %s/%s", ErrCorrupt, key, m.Volume, m.Backup)
+	}
+	m.Blocks = make([]BlockID, m.BlockCount)
+	for i := range m.Blocks {
+		copy(m.Blocks[i][:], ids[32*i:])
+	}
+	return m, nil
+}
+
+func (s *Store) readCatalogue(ctx context.Context, volume string) (*catalogue, error) {
+	key := catalogueKey(volume)
+	obj, err := s.t.Get(ctx, key)
+	if errors.Is(err, ErrNotFound) {
+		return &catalogue{FormatVersion: FormatVersion, Volume: volume}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	payload, err := s.codec.decode(nil, kindCatalogue, obj, aadFor(key))
+	if err != nil {
+		return nil, fmt.Errorf("catalogue %s: %w", key, err)
+	}
+	c := &catalogue{}
+	if err := json.Unmarshal(payload, c); err != nil {
+		return nil, fmt.Errorf("%w: catalogue %s: %v", ErrCorrupt, key, err)
+	}
+	if c.FormatVersion != FormatVersion {
+		return nil, fmt.Errorf("%w: catalogue %s: format version %d", ErrFormat, key, c.FormatVersion)
+	}
+	return c, nil
+}
+
+func (s *Store) writeCatalogue(ctx context.Context, c *catalogue) error {
+	c.FormatVersion = FormatVersion
+	c.Updated = time.Now().UTC()
+	sort.Slice(c.Backups, func(i, j int) bool { return c.Backups[i].ID < c.Backups[j].ID })
+	payload, err := json.Marshal(c)
+	if err != nil {
+		return err
+	}
+	key := catalogueKey(c.Volume)
+	obj, err := s.codec.encode(nil, kindCatalogue, CompressionZstd, payload, aadFor(key))
+	if err != nil {
+		return err
+	}
+	return s.t.Put(ctx, key, obj)
+}
+
+// updateCatalogue runs fn on the volume's catalogue under the volume's
+// exclusive lock and writes the result, so concurrent writers never lose
+// each other's entries.
+func (s *Store) updateCatalogue(ctx context.Context, volume, purpose string, fn func(*catalogue) error) error {
+	l, lctx, err := s.acquire(ctx, scopeVolumePrefix+volume, true, purpose, s.opts.LockWait)
+	if err != nil {
+		return err
+	}
+	defer l.release()
+	c, err := s.readCatalogue(lctx, volume)
+	if err != nil {
+		return err
+	}
+	if err := fn(c); err != nil {
+		return err
+	}
+	if err := l.valid(); err != nil {
+		return err
+	}
+	return s.writeCatalogue(lctx, c)
+}
+
+// List returns a volume's complete backups, oldest first. It reads one
+// object.
+func (s *Store) List(ctx context.Context, volume string) ([]BackupInfo, error) {
+	if err := validName("volume", volume); err != nil {
+		return nil, err
+	}
+	c, err := s.readCatalogue(ctx, volume)
+	if err != nil {
+		return nil, err
+	}
+	return c.Backups, nil
+}
+
+// Get returns one complete backup of a volume.
+func (s *Store) Get(ctx context.Context, volume, id string) (BackupInfo, error) {
+	list, err := s.List(ctx, volume)
+	if err != nil {
+		return BackupInfo{}, err
+	}
+	for _, b := range list {
+		if b.ID == id {
+			return b, nil
+		}
+	}
+	return BackupInfo{}, fmt.Errorf("%w: %s/%s", ErrBackupNotFound, volume, id)
+}
+
+// Latest returns the newest complete backup of a volume, or ErrBackupNotFound.
+func (s *Store) Latest(ctx context.Context, volume string) (BackupInfo, error) {
+	list, err := s.List(ctx, volume)
+	if err != nil {
+		return BackupInfo{}, err
+	}
+	if len(list) == 0 {
+		return BackupInfo{}, fmt.Errorf("%w: volume %s has no backups", ErrBackupNotFound, volume)
+	}
+	return list[len(list)-1], nil
+}
+
+// Volumes lists the volumes that have a catalogue in the target.
+func (s *Store) Volumes(ctx context.Context) ([]string, error) {
+	var out []string
+	err := s.t.List(ctx, "volumes/", func(o ObjectInfo) error {
+		rest := strings.TrimPrefix(o.Key, "volumes/")
+		if v, ok := strings.CutSuffix(rest, "/catalogue"); ok && !strings.Contains(v, "/") {
+			out = append(out, v)
+		}
+		return nil
+	})
+	sort.Strings(out)
+	return out, err
+}

@@ -1,0 +1,193 @@
+package backupstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sort"
+	"strings"
+	"sync"
+)
+
+// VerifyOptions select what Verify checks.
+type VerifyOptions struct {
+	// Volume and Backup narrow the check: both empty means every backup of
+	// every volume; Backup empty means every backup of Volume.
+	Volume, Backup string
+	// ExistenceOnly checks that each block exists without reading it.
+	ExistenceOnly bool
+	// Sample, between 0 and 1 exclusive, checks a random fraction of the
+	// distinct blocks; 0 checks all.
+	Sample   float64
+	Progress func(Progress)
+}
+
+// BlockProblem is one bad block and the backups that reference it.
+type BlockProblem struct {
+	Block   BlockID  `json:"block"`
+	Backups []string `json:"backups"` // volume/backup
+	Err     error    `json:"-"`
+	Message string   `json:"error"`
+}
+
+// VerifyReport is the outcome of Verify.
+type VerifyReport struct {
+	Backups       int            `json:"backups"`
+	Blocks        int            `json:"blocks"`        // distinct non-zero blocks referenced
+	BlocksChecked int            `json:"blocksChecked"` // after sampling
+	BytesRead     int64          `json:"bytesRead"`
+	Problems      []BlockProblem `json:"problems,omitempty"`
+}
+
+// Verify checks that every block referenced by the selected backups exists
+// and (unless ExistenceOnly) decodes and hashes to its id. It returns the
+// report and, when there are problems, an error wrapping ErrMissingBlock or
+// ErrCorrupt that names the first bad block and its backups.
+func (s *Store) Verify(ctx context.Context, opts VerifyOptions) (VerifyReport, error) {
+	var rep VerifyReport
+	l, ctx, err := s.acquire(ctx, scopeBlocks, false, "verify", s.opts.LockWait)
+	if err != nil {
+		return rep, err
+	}
+	defer l.release()
+
+	var vols []string
+	switch {
+	case opts.Volume != "":
+		vols = []string{opts.Volume}
+	case opts.Backup != "":
+		return rep, errors.New("backupstore: verify of a backup needs its volume")
+	default:
+		if vols, err = s.Volumes(ctx); err != nil {
+			return rep, err
+		}
+	}
+	users := map[BlockID][]string{}
+	var bs int
+	for _, v := range vols {
+		list, err := s.List(ctx, v)
+		if err != nil {
+			return rep, err
+		}
+		found := false
+		for _, b := range list {
+			if opts.Backup != "" && b.ID != opts.Backup {
+				continue
+			}
+			found = true
+			m, err := s.readManifest(ctx, v, b.ID)
+			if err != nil {
+				return rep, fmt.Errorf("verify %s/%s: %w", v, b.ID, err)
+			}
+			rep.Backups++
+			bs = max(bs, m.BlockSize)
+			for _, id := range m.Blocks {
+				if id.IsZero() {
+					continue
+				}
+				u := users[id]
+				if len(u) == 0 || u[len(u)-1] != v+"/"+b.ID {
+					users[id] = append(u, v+"/"+b.ID)
+				}
+			}
+		}
+		if opts.Backup != "" && !found {
+			return rep, fmt.Errorf("%w: %s/%s", ErrBackupNotFound, v, opts.Backup)
+		}
+	}
+	rep.Blocks = len(users)
+	ids := make([]BlockID, 0, len(users))
+	for id := range users {
+		if opts.Sample > 0 && opts.Sample < 1 && rand.Float64() >= opts.Sample {
+			continue
+		}
+		ids = append(ids, id)
+	}
+	rep.BlocksChecked = len(ids)
+	pr := newProgressReporter("verify", int64(len(ids)), len(ids), opts.Progress)
+
+	var mu sync.Mutex
+	report := func(id BlockID, err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		rep.Problems = append(rep.Problems, BlockProblem{Block: id, Backups: users[id], Err: err, Message: err.Error()})
+	}
+	if opts.ExistenceOnly {
+		err = parallel(ctx, s.opts.Concurrency, len(ids), func(i int) error {
+			ok, err := s.t.Exists(ctx, blockKey(ids[i]))
+			if err != nil {
+				return err
+			}
+			if !ok {
+				report(ids[i], fmt.Errorf("%w: block %s", ErrMissingBlock, ids[i]))
+			}
+			pr.add(1, 1, 0)
+			return nil
+		})
+	} else {
+		err = parallel(ctx, s.opts.Concurrency, len(ids), func(i int) error {
+			buf := make([]byte, 0, bs)
+			_, stored, err := s.fetchBlock(ctx, ids[i], buf)
+			if err != nil {
+				if !errors.Is(err, ErrMissingBlock) && !errors.Is(err, ErrCorrupt) {
+					return err
+				}
+				report(ids[i], err)
+			}
+			mu.Lock()
+			rep.BytesRead += int64(stored)
+			mu.Unlock()
+			pr.add(1, 1, int64(stored))
+			return nil
+		})
+	}
+	if err != nil {
+		return rep, fmt.Errorf("verify: %w", err)
+	}
+	pr.finish()
+	if len(rep.Problems) > 0 {
+		sort.Slice(rep.Problems, func(i, j int) bool {
+			return rep.Problems[i].Block.String() < rep.Problems[j].Block.String()
+		})
+		p := rep.Problems[0]
+		return rep, fmt.Errorf("verify: %d bad block(s); first: %w (referenced by %s)", len(rep.Problems), p.Err, strings.Join(p.Backups, ", "))
+	}
+	return rep, nil
+}
+
+// parallel runs fn(0..n-1) on up to conc goroutines, stopping at the first
+// error.
+func parallel(ctx context.Context, conc, n int, fn func(i int) error) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	work := make(chan int)
+	var wg sync.WaitGroup
+	var once sync.Once
+	var firstErr error
+	for w := 0; w < min(conc, max(1, n)); w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range work {
+				if err := fn(i); err != nil {
+					once.Do(func() { firstErr = err; cancel(err) })
+				}
+			}
+		}()
+	}
+feed:
+	for i := 0; i < n; i++ {
+		select {
+		case work <- i:
+		case <-ctx.Done():
+			break feed
+		}
+	}
+	close(work)
+	wg.Wait()
+	if firstErr != nil {
+		return firstErr
+	}
+	return context.Cause(ctx)
+}
