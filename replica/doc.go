@@ -1,0 +1,140 @@
+// Package replica stores one copy of a Cairn volume and serves it over an
+// authenticated binary protocol.
+//
+// # On-disk format
+//
+// A replica is a directory:
+//
+//	replica.meta            chain metadata (framed JSON, CRC32C)
+//	replica.lock            flock(2): one process per directory
+//	layer-<id>.img  ...     one sparse file per layer, volume-sized
+//
+//	 position:   1            2                 n
+//	           +----------+ +----------+     +----------+
+//	           | snap-a   | | snap-b   | ... |  head    |  <- writes
+//	           +----------+ +----------+     +----------+
+//	 block b:   data         hole             hole         => read from snap-a
+//	 block c:   data         data             data         => read from head
+//
+// Every layer file has the full volume size; a block (4 KiB) a layer holds
+// is allocated in its file at the block's own offset, a block it does not
+// hold is a hole. A read of block b is served by the newest layer that
+// holds b, or is zeroes when none does. Writes only ever go to the head;
+// snapshot layers are immutable (except when a removed neighbour is
+// coalesced into them, which never changes what they read).
+//
+// replica.meta is the single source of truth for the chain: size, block
+// size, generation and, oldest first, one record per layer (file id,
+// snapshot name, labels, creation time, stored checksum, incomplete flag).
+// Keeping all layer records in one file makes every chain change (snapshot,
+// revert, remove, rebuild) one atomic rename. The file is framed by
+// internal/durable: magic "CAIRNRM1", version, payload length and a CRC32C
+// over all of it; it is replaced by write temp -> fsync -> rename -> fsync
+// directory. Open refuses a truncated or corrupt file, a missing layer
+// file or an unknown version with ErrCorrupt and the path in the message,
+// and deletes layer and temp files the metadata does not reference (left
+// by a crash between creating a file and committing the metadata).
+//
+// Durability: WriteAt goes to the page cache; Flush is fdatasync of the
+// head, the only layer with unsynced data. Snapshot syncs the head before
+// committing the metadata that freezes it, so a snapshot never references
+// data that could be lost. Received (rebuild) layers are synced by
+// CommitLayer before being marked complete.
+//
+// # Layer index
+//
+// At open, the allocated extents of every layer are read with
+// SEEK_DATA/SEEK_HOLE bottom-up into an in-memory index mapping each block
+// to the chain position of its owner. The index is a two-level run-length
+// table (see index.go): 256 MiB chunks each holding a sorted array of
+// 4-byte runs, lookups are a binary search in one chunk. Memory is
+// proportional to fragmentation: ~22 MiB per TiB with 1% of the volume
+// written as scattered 4 KiB blocks (the worst case for that amount of
+// data), ~0.2 MiB per TiB for an empty volume. A snapshot does not touch
+// the index (the new head owns nothing yet).
+//
+// Partial-block writes whose block is owned by a lower layer are
+// read-modify-written under striped block-range locks, so the head always
+// holds whole blocks. Trim and WriteZeroes punch holes where no lower
+// layer has data and write zero blocks where one does (a hole would
+// expose the older data). ENOSPC surfaces as ErrNoSpace; the metadata is
+// never written in place, so a full disk cannot corrupt it.
+//
+// # Generation
+//
+// The generation is a number in replica.meta that the engine raises with
+// SetGeneration whenever replica membership changes. It never decreases.
+// After a restart the engine compares generations and never picks a
+// replica with a lower one as the source of truth.
+//
+// # Protocol
+//
+// One TCP or unix-socket connection carries pipelined requests; replies
+// come back in completion order, matched by request id.
+//
+//	client                                   server
+//	  | <------ "CAIRNRP1" ver u32, nonce_s[32] |
+//	  | "CAIRNRP1" ver, nonce_c[32],           |
+//	  |   HMAC-SHA256(token, "cairn-replica-client"|nonce_s|nonce_c) --> |
+//	  | <------ status u8, HMAC(token, "cairn-replica-server"|...)    |
+//	  | req{op,id=1} req{op,id=2} ...  ------> |  (handled concurrently)
+//	  | <------ resp{id=2} resp{id=1} ...      |
+//
+// The token never crosses the wire; a wrong one gets status 1 and the
+// connection is closed, and the client checks the server's proof too.
+// Request header, 32 bytes little endian:
+//
+//	op u8 | flags u8 = 0 | reserved u16 = 0 | payload u32 | id u64 | offset u64 | length u64
+//
+// Response header, 16 bytes: op u8 | status u8 | reserved u16 = 0 |
+// payload u32 | id u64. Status 0 is success; any other status is a
+// sentinel error (see errors.go and statusErrors), the payload is the
+// message, and the client returns a *RemoteError that unwraps to the
+// sentinel. A payload is at most MaxIO (4 MiB) + 256 bytes; a larger
+// length or non-zero reserved bits is a malformed frame and closes that
+// connection only. An unknown op, an out-of-range or oversized I/O gets an
+// error reply and the connection stays up.
+//
+// I/O ops: Read (1, reply payload = data), Write (2, payload = data),
+// Flush (3), Trim (4) and WriteZeroes (5) (offset/length), Ping (6).
+// Control ops take and return JSON: Info (16), SetGeneration (17, offset =
+// generation), Snapshot (18), Revert (19), RemoveSnapshot (20), Checksum
+// (22), Scrub (23); Diff (21) and LayerExtents (32) return binary extents
+// (offset u64, length u64) for a window [offset, offset+length) of at most
+// 1 GiB, which the client pages through. Rebuild: ReadLayer (33, payload
+// = u8 name length + name), ResetForRebuild (34), WriteLayer (35, payload
+// = name prefix + data), CommitLayer (36).
+//
+// # Rebuild
+//
+// A new or returning replica T is rebuilt from a healthy replica S while
+// the volume keeps taking writes. Only immutable layers are copied, so
+// copying never races with live writes:
+//
+//  1. Engine pauses I/O, takes a snapshot (e.g. "rebuild-<n>") on every
+//     healthy replica, so all data written so far is in immutable layers.
+//  2. Still paused: keep = the longest prefix of T's snapshots that matches
+//     S's by name (Info); receive = S's remaining snapshots. Call
+//     T.ResetForRebuild(keep, receive): T drops everything else, creates
+//     the receive layers empty and Incomplete below a new empty head.
+//     (A snapshot's Checksum from S's Info, if present, makes CommitLayer
+//     verify the copy.)
+//  3. Engine adds T to the write set and resumes I/O. T's head gets every
+//     new write. Writes to T must be block-aligned while Info().Rebuilding
+//     (the engine reads the edges from a healthy replica); an unaligned
+//     one fails with ErrUnaligned rather than merging stale data. Trim and
+//     WriteZeroes write zero blocks on T while it rebuilds. T must not
+//     serve reads yet.
+//  4. For each receive layer, oldest first: CopyLayer(ctx, S, T, name,
+//     size, n) streams S.LayerExtents + S.ReadLayer into T.WriteLayer and
+//     calls T.CommitLayer (fsync, checksum check, mark complete).
+//     Blocks T's head already rewrote keep reading from the head.
+//  5. When T.Info().Rebuilding is false its chain equals S's; the engine
+//     marks it healthy, sets the generation on all replicas, and may
+//     remove the rebuild snapshot on all of them.
+//
+// A returning replica copies only the layers it lacks (its kept prefix is
+// not transferred). RemoveSnapshot and Revert are refused (ErrRebuilding)
+// on a replica that is rebuilding; Snapshot is allowed and lands above the
+// received layers, so the chains stay aligned.
+package replica

@@ -1,0 +1,316 @@
+package replica
+
+import (
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// Block-range locks: the volume is divided into regions of 16 blocks
+// (64 KiB) mapped onto a fixed table of mutexes. A request locks the
+// stripes of every region it touches in ascending stripe order, so
+// overlapping writes (and read-modify-write of partial blocks) are
+// serialized while unrelated I/O proceeds in parallel.
+const (
+	rlStripes     = 1024
+	rlRegionShift = 4
+)
+
+type rangeLocks struct{ m [rlStripes]sync.Mutex }
+
+type rangeGuard struct {
+	l      *rangeLocks
+	a0, a1 int // first stripe run [a0, a1]
+	b0, b1 int // second run [b0, b1], b0 > b1 if none
+}
+
+func (l *rangeLocks) lock(blk0, blk1 int64) rangeGuard {
+	r0 := blk0 >> rlRegionShift
+	r1 := (blk1 - 1) >> rlRegionShift
+	g := rangeGuard{l: l, b0: 1, b1: 0}
+	switch {
+	case r1-r0+1 >= rlStripes:
+		g.a0, g.a1 = 0, rlStripes-1
+	default:
+		s0, s1 := int(r0%rlStripes), int(r1%rlStripes)
+		if s0 <= s1 {
+			g.a0, g.a1 = s0, s1
+		} else { // wrapped: [0, s1] then [s0, end]
+			g.a0, g.a1, g.b0, g.b1 = 0, s1, s0, rlStripes-1
+		}
+	}
+	for i := g.a0; i <= g.a1; i++ {
+		l.m[i].Lock()
+	}
+	for i := g.b0; i <= g.b1; i++ {
+		l.m[i].Lock()
+	}
+	return g
+}
+
+func (g rangeGuard) unlock() {
+	for i := g.b0; i <= g.b1; i++ {
+		g.l.m[i].Unlock()
+	}
+	for i := g.a0; i <= g.a1; i++ {
+		g.l.m[i].Unlock()
+	}
+}
+
+// zeroes is a read-only buffer of zero bytes.
+var zeroes = make([]byte, 1<<20)
+
+// ReadAt reads len(p) bytes at off from the head's view of the volume.
+func (r *Replica) ReadAt(p []byte, off int64) (int, error) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if err := r.checkOpen(); err != nil {
+		return 0, err
+	}
+	if err := r.checkRange(off, int64(len(p))); err != nil {
+		return 0, err
+	}
+	return r.readLocked(p, off)
+}
+
+// readLocked resolves each block run through the index and reads it from
+// its owning layer. Callers hold mu shared.
+func (r *Replica) readLocked(p []byte, off int64) (int, error) {
+	done := 0
+	for done < len(p) {
+		cur := off + int64(done)
+		owner, endBlk := r.idx.lookup(cur / BlockSize)
+		n := min(int64(len(p)-done), endBlk*BlockSize-cur)
+		dst := p[done : done+int(n)]
+		if owner == 0 {
+			clear(dst)
+		} else if _, err := r.layers[owner-1].f.ReadAt(dst, cur); err != nil {
+			return done, ioErr("read", err)
+		}
+		done += int(n)
+	}
+	return done, nil
+}
+
+// WriteAt writes p at off into the head. Partial blocks whose current data
+// lives in a lower layer are read-modify-written under the block-range
+// lock, so the head always holds whole blocks.
+func (r *Replica) WriteAt(p []byte, off int64) (int, error) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if err := r.checkOpen(); err != nil {
+		return 0, err
+	}
+	if err := r.checkRange(off, int64(len(p))); err != nil {
+		return 0, err
+	}
+	if len(p) == 0 {
+		return 0, nil
+	}
+	return r.writeLocked(p, off)
+}
+
+func (r *Replica) writeLocked(p []byte, off int64) (int, error) {
+	n := len(r.layers)
+	head := r.layers[n-1]
+	hp := uint16(n)
+	end := off + int64(len(p))
+	b0, b1 := off/BlockSize, (end+BlockSize-1)/BlockSize
+	g := r.rl.lock(b0, b1)
+	defer g.unlock()
+
+	// A partial edge block needs read-modify-write unless the head owns
+	// it already or nothing does (a fresh head block reads as zeroes).
+	needRMW := func(b int64) bool {
+		bs, be := b*BlockSize, (b+1)*BlockSize
+		if off <= bs && end >= be {
+			return false
+		}
+		o, _ := r.idx.lookup(b)
+		return o != hp && (o != 0 || r.rebuilding)
+	}
+	buf, wOff := p, off
+	if needRMW(b0) || needRMW(b1-1) {
+		if r.rebuilding {
+			return 0, ErrUnaligned
+		}
+		buf = make([]byte, (b1-b0)*BlockSize)
+		wOff = b0 * BlockSize
+		if _, err := r.readLocked(buf[:BlockSize], wOff); err != nil {
+			return 0, err
+		}
+		if b1-1 > b0 {
+			last := len(buf) - BlockSize
+			if _, err := r.readLocked(buf[last:], wOff+int64(last)); err != nil {
+				return 0, err
+			}
+		}
+		copy(buf[off-wOff:], p)
+	}
+	if err := hook("write"); err != nil {
+		return 0, ioErr("write", err)
+	}
+	if _, err := head.f.WriteAt(buf, wOff); err != nil {
+		r.resyncHead(b0, b1)
+		return 0, ioErr("write", err)
+	}
+	if !r.idx.all(b0, b1, hp) {
+		r.idx.set(b0, b1, hp)
+	}
+	return len(p), nil
+}
+
+// Flush makes every write acknowledged before it durable (fdatasync of
+// the head; snapshot and received layers are synced when frozen).
+func (r *Replica) Flush() error {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if err := r.checkOpen(); err != nil {
+		return err
+	}
+	if err := hook("flush"); err != nil {
+		return ioErr("fdatasync", err)
+	}
+	if err := unix.Fdatasync(r.layers[len(r.layers)-1].fd); err != nil {
+		return ioErr("fdatasync", err)
+	}
+	return nil
+}
+
+// Trim discards [off, off+length): whole blocks read as zeroes afterwards
+// and their space is released where no lower layer holds data for them
+// (punch hole). Partial blocks at the edges are left unchanged, as a
+// discard is advisory for them.
+func (r *Replica) Trim(off, length int64) error {
+	return r.zeroRange(off, length, true)
+}
+
+// WriteZeroes makes [off, off+length) read as zeroes, punching holes where
+// possible and writing zero blocks where a lower layer holds data that
+// must stay hidden.
+func (r *Replica) WriteZeroes(off, length int64) error {
+	return r.zeroRange(off, length, false)
+}
+
+func (r *Replica) zeroRange(off, length int64, trim bool) error {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if err := r.checkOpen(); err != nil {
+		return err
+	}
+	if err := r.checkRange(off, length); err != nil {
+		return err
+	}
+	end := off + length
+	b0, b1 := (off+BlockSize-1)/BlockSize, end/BlockSize
+	if b0 >= b1 { // no whole block
+		if trim || length == 0 {
+			return nil
+		}
+		return r.writeZeroBytes(off, end)
+	}
+	if !trim {
+		if err := r.writeZeroBytes(off, b0*BlockSize); err != nil {
+			return err
+		}
+		if err := r.writeZeroBytes(b1*BlockSize, end); err != nil {
+			return err
+		}
+	}
+	return r.zeroBlocks(b0, b1)
+}
+
+func (r *Replica) writeZeroBytes(off, end int64) error {
+	for off < end {
+		n := min(end-off, int64(len(zeroes)))
+		if _, err := r.writeLocked(zeroes[:n], off); err != nil {
+			return err
+		}
+		off += n
+	}
+	return nil
+}
+
+// zeroBlocks zeroes whole blocks [b0, b1) in the head.
+func (r *Replica) zeroBlocks(b0, b1 int64) error {
+	n := len(r.layers)
+	head := r.layers[n-1]
+	hp := uint16(n)
+	g := r.rl.lock(b0, b1)
+	defer g.unlock()
+	off, end := b0*BlockSize, b1*BlockSize
+	// Blocks a lower layer holds data for must be covered by zero data in
+	// the head; elsewhere a hole reads as zeroes. While layers are being
+	// received, lower data is not known yet: write zeroes everywhere.
+	var lower []Extent
+	if r.rebuilding {
+		lower = []Extent{{Offset: off, Length: end - off}}
+	} else {
+		for _, l := range r.layers[:n-1] {
+			ext, err := dataExtents(l.fd, off, end)
+			if err != nil {
+				return ioErr("seek data", err)
+			}
+			lower = mergeExtents(append(lower, ext...))
+		}
+	}
+	cur := off
+	punch := func(to int64) error {
+		if to <= cur {
+			return nil
+		}
+		if err := unix.Fallocate(head.fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, cur, to-cur); err != nil {
+			return ioErr("punch hole", err)
+		}
+		r.idx.set(cur/BlockSize, to/BlockSize, 0)
+		return nil
+	}
+	for _, e := range lower {
+		if err := punch(e.Offset); err != nil {
+			return err
+		}
+		for o := e.Offset; o < e.End(); {
+			k := min(e.End()-o, int64(len(zeroes)))
+			if _, err := head.f.WriteAt(zeroes[:k], o); err != nil {
+				r.resyncHead(e.Offset/BlockSize, (o+k+BlockSize-1)/BlockSize)
+				return ioErr("write zeroes", err)
+			}
+			o += k
+		}
+		r.idx.set(e.Offset/BlockSize, e.End()/BlockSize, hp)
+		cur = e.End()
+	}
+	return punch(end)
+}
+
+// mergeExtents sorts and merges overlapping or adjacent extents.
+func mergeExtents(ext []Extent) []Extent {
+	if len(ext) < 2 {
+		return ext
+	}
+	sortExtents(ext)
+	w := 0
+	for _, e := range ext[1:] {
+		if e.Offset <= ext[w].End() {
+			ext[w].Length = max(ext[w].End(), e.End()) - ext[w].Offset
+			continue
+		}
+		w++
+		ext[w] = e
+	}
+	return ext[:w+1]
+}
+
+// resyncHead re-derives index ownership of [b0, b1) for the head from the
+// head file after a failed (possibly partial) write: blocks the head file
+// now holds belong to the head. Callers hold the range lock.
+func (r *Replica) resyncHead(b0, b1 int64) {
+	n := len(r.layers)
+	ext, err := dataExtents(r.layers[n-1].fd, b0*BlockSize, b1*BlockSize)
+	if err != nil {
+		return
+	}
+	for _, e := range ext {
+		r.idx.set(e.Offset/BlockSize, e.End()/BlockSize, uint16(n))
+	}
+}

@@ -1,0 +1,122 @@
+package replica
+
+import (
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"regexp"
+
+	"github.com/cairnstore/cairn/internal/durable"
+)
+
+const (
+	metaName    = "replica.meta"
+	metaMagic   = "CAIRNRM1"
+	metaVersion = 1
+	lockName    = "replica.lock"
+	// maxLayers bounds the chain; owners are uint16 chain positions.
+	maxLayers = 32000
+	// maxSize bounds the volume size (1 PiB).
+	maxSize = 1 << 50
+)
+
+// metaFile is the JSON payload of replica.meta. Layers are oldest first;
+// the last one is the head.
+type metaFile struct {
+	Size       int64         `json:"size"`
+	BlockSize  int           `json:"blockSize"`
+	Generation uint64        `json:"generation"`
+	Layers     []layerRecord `json:"layers"`
+}
+
+// layerRecord is one layer of the chain: its data file is layer-<ID>.img.
+type layerRecord struct {
+	ID string `json:"id"`
+	SnapshotInfo
+}
+
+func (l layerRecord) fileName() string { return "layer-" + l.ID + ".img" }
+
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,252}$`)
+
+func validName(s string) error {
+	if !nameRE.MatchString(s) {
+		return fmt.Errorf("%w: snapshot name %q (want 1-253 of [A-Za-z0-9._:@+-], starting alphanumeric)", ErrInvalid, s)
+	}
+	return nil
+}
+
+func validID(s string) bool {
+	if len(s) != 16 {
+		return false
+	}
+	_, err := hex.DecodeString(s)
+	return err == nil
+}
+
+// decodeMeta verifies and parses replica.meta content. name is the file
+// path used in error messages.
+func decodeMeta(name string, buf []byte) (*metaFile, error) {
+	version, payload, err := durable.Decode(name, metaMagic, buf)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrCorrupt, err)
+	}
+	if version != metaVersion {
+		return nil, fmt.Errorf("%w: %s: unsupported metadata version %d", ErrCorrupt, name, version)
+	}
+	var m metaFile
+	if err := json.Unmarshal(payload, &m); err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", ErrCorrupt, name, err)
+	}
+	if err := m.validate(); err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", ErrCorrupt, name, err)
+	}
+	return &m, nil
+}
+
+func (m *metaFile) validate() error {
+	if m.BlockSize != BlockSize {
+		return fmt.Errorf("block size %d, want %d", m.BlockSize, BlockSize)
+	}
+	if m.Size <= 0 || m.Size%BlockSize != 0 || m.Size > maxSize {
+		return fmt.Errorf("bad volume size %d", m.Size)
+	}
+	if len(m.Layers) == 0 || len(m.Layers) > maxLayers {
+		return fmt.Errorf("bad layer count %d", len(m.Layers))
+	}
+	ids := map[string]bool{}
+	names := map[string]bool{}
+	for i, l := range m.Layers {
+		if !validID(l.ID) || ids[l.ID] {
+			return fmt.Errorf("layer %d: bad or duplicate id %q", i, l.ID)
+		}
+		ids[l.ID] = true
+		if i == len(m.Layers)-1 {
+			if l.Name != "" || l.Incomplete {
+				return errors.New("head layer must be unnamed and complete")
+			}
+			continue
+		}
+		if err := validName(l.Name); err != nil || names[l.Name] {
+			return fmt.Errorf("layer %d: bad or duplicate snapshot name %q", i, l.Name)
+		}
+		names[l.Name] = true
+	}
+	return nil
+}
+
+func (m *metaFile) encode() []byte {
+	payload, err := json.Marshal(m)
+	if err != nil {
+		panic(err) // plain data, cannot fail
+	}
+	return durable.Encode(metaMagic, metaVersion, payload)
+}
+
+func (m *metaFile) clone() *metaFile {
+	c := *m
+	c.Layers = make([]layerRecord, len(m.Layers))
+	copy(c.Layers, m.Layers)
+	return &c
+}

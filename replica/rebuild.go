@@ -1,0 +1,169 @@
+package replica
+
+import (
+	"fmt"
+
+	"golang.org/x/sys/unix"
+)
+
+// Rebuild, target side. See doc.go for the whole protocol.
+
+// ResetForRebuild prepares this replica to receive layers from a healthy
+// source. keep names the oldest snapshots this replica already shares with
+// the source (they must be, in order, a prefix of its chain); every other
+// layer, including the head, is discarded. receive lists the source's
+// newer snapshots, oldest first: each becomes an empty, Incomplete layer,
+// and a new empty head is placed on top. The head takes live writes at
+// once (block-aligned writes only, see ErrUnaligned) while the layers
+// below are filled with WriteLayer and sealed with CommitLayer. A
+// snapshot's Checksum, if given, is verified by CommitLayer.
+func (r *Replica) ResetForRebuild(keep []string, receive []SnapshotInfo) error {
+	r.opMu.Lock()
+	defer r.opMu.Unlock()
+	if err := r.checkOpen(); err != nil {
+		return err
+	}
+	if len(keep) > len(r.layers)-1 {
+		return fmt.Errorf("%w: keep lists %d snapshots, replica has %d", ErrInvalid, len(keep), len(r.layers)-1)
+	}
+	for i, name := range keep {
+		l := r.layers[i]
+		if l.rec.Name != name || l.rec.Incomplete {
+			return fmt.Errorf("%w: keep[%d] = %q but layer %d is %q (incomplete=%v)", ErrInvalid, i, name, i+1, l.rec.Name, l.rec.Incomplete)
+		}
+	}
+	for _, s := range receive {
+		if err := validName(s.Name); err != nil {
+			return err
+		}
+	}
+	return r.replaceTop(len(keep), receive)
+}
+
+// incompleteLayer returns the chain position of a layer being received.
+// Callers hold mu or opMu.
+func (r *Replica) incompleteLayer(name string) (int, error) {
+	pos, ok := r.names[name]
+	if !ok {
+		return 0, fmt.Errorf("%w: snapshot %q", ErrNotFound, name)
+	}
+	if !r.layers[pos-1].rec.Incomplete {
+		return 0, fmt.Errorf("%w: snapshot %q is not being received", ErrReadOnly, name)
+	}
+	return pos, nil
+}
+
+// WriteLayer writes block-aligned data into a layer being received. Blocks
+// the head (or a newer received layer) already holds keep reading from
+// there.
+func (r *Replica) WriteLayer(name string, p []byte, off int64) error {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if err := r.checkOpen(); err != nil {
+		return err
+	}
+	pos, err := r.incompleteLayer(name)
+	if err != nil {
+		return err
+	}
+	if err := r.checkRange(off, int64(len(p))); err != nil {
+		return err
+	}
+	if off%BlockSize != 0 || len(p)%BlockSize != 0 {
+		return fmt.Errorf("%w: layer writes must be block aligned (offset %d, length %d)", ErrInvalid, off, len(p))
+	}
+	if _, err := r.layers[pos-1].f.WriteAt(p, off); err != nil {
+		return ioErr("write layer", err)
+	}
+	r.idx.setIfLower(off/BlockSize, (off+int64(len(p)))/BlockSize, uint16(pos))
+	return nil
+}
+
+// CommitLayer makes a received layer durable, verifies it against the
+// source's checksum when ResetForRebuild was given one, and marks it
+// complete. When no incomplete layer remains, Info().Rebuilding is false
+// and the replica holds the same chain as the source.
+func (r *Replica) CommitLayer(name string) error {
+	r.opMu.Lock()
+	defer r.opMu.Unlock()
+	if err := r.checkOpen(); err != nil {
+		return err
+	}
+	pos, err := r.incompleteLayer(name)
+	if err != nil {
+		return err
+	}
+	l := r.layers[pos-1]
+	if err := unix.Fdatasync(l.fd); err != nil {
+		return ioErr("fdatasync", err)
+	}
+	if want := l.rec.Checksum; want != "" {
+		sum, err := layerChecksum(l.f, r.size)
+		if err != nil {
+			return err
+		}
+		if sum != want {
+			return fmt.Errorf("%w: received layer %q has checksum %s, source has %s", ErrCorrupt, name, sum, want)
+		}
+	}
+	m := r.meta.clone()
+	m.Layers[pos-1].Incomplete = false
+	if err := r.writeMeta(m); err != nil {
+		return err
+	}
+	r.mu.Lock()
+	r.setChain(m, r.layers)
+	r.mu.Unlock()
+	return nil
+}
+
+// Rebuild, source side.
+
+// LayerExtents returns the allocated extents of one layer (a snapshot by
+// name, or the head for "") within [off, off+length), block-aligned and
+// sorted. Together with ReadLayer it streams exactly the data a rebuild
+// target lacks.
+func (r *Replica) LayerExtents(name string, off, length int64) ([]Extent, error) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if err := r.checkOpen(); err != nil {
+		return nil, err
+	}
+	if err := r.checkRange(off, length); err != nil {
+		return nil, err
+	}
+	pos, err := r.position(name)
+	if err != nil {
+		return nil, err
+	}
+	ext, err := dataExtents(r.layers[pos-1].fd, off&^(BlockSize-1), off+length)
+	if err != nil {
+		return nil, ioErr("seek data", err)
+	}
+	if ext == nil {
+		ext = []Extent{}
+	}
+	return ext, nil
+}
+
+// ReadLayer reads the raw content of one layer (holes read as zeroes),
+// not the merged view of the chain.
+func (r *Replica) ReadLayer(name string, p []byte, off int64) (int, error) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if err := r.checkOpen(); err != nil {
+		return 0, err
+	}
+	if err := r.checkRange(off, int64(len(p))); err != nil {
+		return 0, err
+	}
+	pos, err := r.position(name)
+	if err != nil {
+		return 0, err
+	}
+	n, err := r.layers[pos-1].f.ReadAt(p, off)
+	if err != nil {
+		return n, ioErr("read layer", err)
+	}
+	return n, nil
+}

@@ -1,0 +1,471 @@
+package replica
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cairnstore/cairn/internal/durable"
+)
+
+// Replica is one copy of a volume stored in a directory: a chain of layers
+// (oldest snapshot ... newest snapshot, head) plus replica.meta. All
+// methods are safe for concurrent use. I/O methods (ReadAt, WriteAt, Flush,
+// Trim, WriteZeroes) run in parallel; writes to overlapping blocks are
+// serialized by striped block-range locks. Control operations (snapshot,
+// revert, remove, rebuild) are serialized with each other and briefly
+// exclude I/O only while the chain is switched.
+type Replica struct {
+	dir    string
+	size   int64
+	blocks int64
+	lockf  *os.File
+
+	// opMu serializes control operations. Holding it keeps r.layers stable.
+	opMu sync.Mutex
+	// mu is the chain lock: I/O holds it shared, chain switches exclusive.
+	mu         sync.RWMutex
+	meta       *metaFile
+	layers     []*layer       // chain position i+1 is layers[i]; last is head
+	names      map[string]int // snapshot name -> chain position (1-based)
+	rebuilding bool
+	idx        *index
+	rl         rangeLocks
+	closed     bool
+}
+
+type layer struct {
+	rec  layerRecord
+	f    *os.File
+	fd   int
+	path string
+	// gen counts content changes of a frozen layer (coalesce into it), so
+	// a checksum computed concurrently is not stored for changed content.
+	gen uint64
+}
+
+// testHook, when set by tests, is called at named fault points; a non-nil
+// error is returned from the operation as if the system call had failed.
+var testHook func(point string) error
+
+func hook(point string) error {
+	if testHook != nil {
+		return testHook(point)
+	}
+	return nil
+}
+
+// ioErr wraps a system error, mapping ENOSPC to ErrNoSpace.
+func ioErr(op string, err error) error {
+	if errors.Is(err, syscall.ENOSPC) {
+		return fmt.Errorf("%s: %w: %w", op, ErrNoSpace, err)
+	}
+	return fmt.Errorf("%s: %w", op, err)
+}
+
+// Create makes a new empty replica of size bytes (a multiple of BlockSize)
+// in dir, creating dir if needed. It fails with ErrExists if dir already
+// holds a replica.
+func Create(dir string, size int64) (*Replica, error) {
+	if size <= 0 || size%BlockSize != 0 || size > maxSize {
+		return nil, fmt.Errorf("%w: size %d must be a positive multiple of %d up to %d", ErrInvalid, size, BlockSize, int64(maxSize))
+	}
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return nil, err
+	}
+	lockf, err := lockDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			lockf.Close()
+		}
+	}()
+	if _, err := os.Stat(filepath.Join(dir, metaName)); err == nil {
+		return nil, fmt.Errorf("%w: %s already holds a replica", ErrExists, dir)
+	}
+	if err := checkFS(dir); err != nil {
+		return nil, err
+	}
+	head, err := newLayerFile(dir, size)
+	if err != nil {
+		return nil, err
+	}
+	m := &metaFile{Size: size, BlockSize: BlockSize, Layers: []layerRecord{{ID: head}}}
+	if err := durable.WriteRaw(filepath.Join(dir, metaName), m.encode()); err != nil {
+		os.Remove(filepath.Join(dir, layerRecord{ID: head}.fileName()))
+		return nil, ioErr("write metadata", err)
+	}
+	r, err := openLocked(dir, lockf)
+	ok = err == nil
+	return r, err
+}
+
+// Open opens the replica in dir. Truncated or corrupt metadata, or a
+// missing layer file, make it fail with ErrCorrupt and a message naming the
+// file; it never serves data it cannot vouch for. A directory can be open
+// in one process at a time (flock).
+func Open(dir string) (*Replica, error) {
+	lockf, err := lockDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	r, err := openLocked(dir, lockf)
+	if err != nil {
+		lockf.Close()
+	}
+	return r, err
+}
+
+// OpenOrCreate opens the replica in dir, or creates one of size bytes if
+// dir holds none. An existing replica of another size fails with
+// ErrSizeMismatch.
+func OpenOrCreate(dir string, size int64) (*Replica, error) {
+	if _, err := os.Stat(filepath.Join(dir, metaName)); errors.Is(err, fs.ErrNotExist) {
+		return Create(dir, size)
+	}
+	r, err := Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	if r.Size() != size {
+		r.Close()
+		return nil, fmt.Errorf("%w: %s holds a replica of %d bytes, requested %d", ErrSizeMismatch, dir, r.Size(), size)
+	}
+	return r, nil
+}
+
+func lockDir(dir string) (*os.File, error) {
+	f, err := os.OpenFile(filepath.Join(dir, lockName), os.O_RDWR|os.O_CREATE, 0o640)
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("replica: %s is in use by another process: %w", dir, err)
+	}
+	return f, nil
+}
+
+// checkFS refuses filesystems whose block size exceeds BlockSize: hole
+// detection (SEEK_DATA) would then report blocks a layer never wrote.
+func checkFS(dir string) error {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return err
+	}
+	if st.Bsize > BlockSize {
+		return fmt.Errorf("%w: filesystem block size %d of %s exceeds %d", ErrInvalid, st.Bsize, dir, BlockSize)
+	}
+	return nil
+}
+
+func newID() string {
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(err)
+	}
+	return hex.EncodeToString(b[:])
+}
+
+// newLayerFile creates an empty sparse layer file of size bytes and
+// returns its id. The directory entry becomes durable with the next
+// metadata write (which fsyncs the directory).
+func newLayerFile(dir string, size int64) (string, error) {
+	id := newID()
+	path := filepath.Join(dir, layerRecord{ID: id}.fileName())
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o640)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	if err := f.Truncate(size); err != nil {
+		os.Remove(path)
+		return "", ioErr("truncate layer", err)
+	}
+	return id, nil
+}
+
+func openLocked(dir string, lockf *os.File) (*Replica, error) {
+	mpath := filepath.Join(dir, metaName)
+	buf, err := os.ReadFile(mpath)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("%w: %s: no replica metadata", ErrNotFound, mpath)
+		}
+		return nil, err
+	}
+	m, err := decodeMeta(mpath, buf)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkFS(dir); err != nil {
+		return nil, err
+	}
+	r := &Replica{dir: dir, size: m.Size, blocks: m.Size / BlockSize, lockf: lockf}
+	layers := make([]*layer, 0, len(m.Layers))
+	closeAll := func() {
+		for _, l := range layers {
+			l.f.Close()
+		}
+	}
+	for _, rec := range m.Layers {
+		l, err := openLayer(dir, rec, m.Size)
+		if err != nil {
+			closeAll()
+			return nil, err
+		}
+		layers = append(layers, l)
+	}
+	idx, err := buildIndex(layers, m.Size)
+	if err != nil {
+		closeAll()
+		return nil, err
+	}
+	r.idx = idx
+	r.setChain(m, layers)
+	removeOrphans(dir, m)
+	return r, nil
+}
+
+func openLayer(dir string, rec layerRecord, size int64) (*layer, error) {
+	path := filepath.Join(dir, rec.fileName())
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("%w: layer file %s listed in %s is missing", ErrCorrupt, path, metaName)
+		}
+		return nil, err
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	switch {
+	case st.Size() > size:
+		f.Close()
+		return nil, fmt.Errorf("%w: layer file %s is %d bytes, volume is %d", ErrCorrupt, path, st.Size(), size)
+	case st.Size() < size:
+		// created but its size not yet durable when the machine crashed
+		if err := f.Truncate(size); err != nil {
+			f.Close()
+			return nil, ioErr("truncate layer", err)
+		}
+	}
+	return &layer{rec: rec, f: f, fd: int(f.Fd()), path: path}, nil
+}
+
+// removeOrphans deletes layer files and temp files not referenced by the
+// metadata (left by a crash between creating a file and committing it).
+func removeOrphans(dir string, m *metaFile) {
+	keep := map[string]bool{}
+	for _, l := range m.Layers {
+		keep[l.fileName()] = true
+	}
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		n := e.Name()
+		if (strings.HasPrefix(n, "layer-") && strings.HasSuffix(n, ".img") && !keep[n]) ||
+			strings.HasPrefix(n, "."+metaName+".tmp-") {
+			os.Remove(filepath.Join(dir, n))
+		}
+	}
+}
+
+// buildIndex scans the layers' allocated extents bottom-up.
+func buildIndex(layers []*layer, size int64) (*index, error) {
+	idx := newIndex(size / BlockSize)
+	for i, l := range layers {
+		ext, err := dataExtents(l.fd, 0, size)
+		if err != nil {
+			return nil, fmt.Errorf("scan %s: %w", l.path, err)
+		}
+		for _, e := range ext {
+			idx.set(e.Offset/BlockSize, e.End()/BlockSize, uint16(i+1))
+		}
+	}
+	return idx, nil
+}
+
+// setChain installs metadata and layers; callers hold mu exclusively (or
+// own r exclusively).
+func (r *Replica) setChain(m *metaFile, layers []*layer) {
+	r.meta = m
+	r.layers = layers
+	r.names = make(map[string]int, len(layers))
+	r.rebuilding = false
+	for i, l := range layers {
+		l.rec = m.Layers[i]
+		if l.rec.Name != "" {
+			r.names[l.rec.Name] = i + 1
+		}
+		if l.rec.Incomplete {
+			r.rebuilding = true
+		}
+	}
+}
+
+// writeMeta durably replaces replica.meta. Callers hold opMu.
+func (r *Replica) writeMeta(m *metaFile) error {
+	if err := hook("meta"); err != nil {
+		return ioErr("write metadata", err)
+	}
+	if err := durable.WriteRaw(filepath.Join(r.dir, metaName), m.encode()); err != nil {
+		return ioErr("write metadata", err)
+	}
+	return nil
+}
+
+// dataExtents returns the block-aligned allocated extents of fd in
+// [off, end) using SEEK_DATA/SEEK_HOLE.
+func dataExtents(fd int, off, end int64) ([]Extent, error) {
+	var out []Extent
+	for off < end {
+		d, err := unix.Seek(fd, off, unix.SEEK_DATA)
+		if err != nil {
+			if errors.Is(err, syscall.ENXIO) {
+				break
+			}
+			return nil, err
+		}
+		if d >= end {
+			break
+		}
+		h, err := unix.Seek(fd, d, unix.SEEK_HOLE)
+		if err != nil {
+			return nil, err
+		}
+		h = min(h, end)
+		s := d &^ (BlockSize - 1)
+		e := min((h+BlockSize-1)&^(BlockSize-1), end)
+		if n := len(out); n > 0 && out[n-1].End() >= s {
+			out[n-1].Length = max(out[n-1].End(), e) - out[n-1].Offset
+		} else {
+			out = append(out, Extent{Offset: s, Length: e - s})
+		}
+		off = h
+	}
+	return out, nil
+}
+
+// Size returns the volume size in bytes.
+func (r *Replica) Size() int64 { return r.size }
+
+// Dir returns the replica's data directory.
+func (r *Replica) Dir() string { return r.dir }
+
+// Generation returns the durable generation number.
+func (r *Replica) Generation() uint64 {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.meta.Generation
+}
+
+// SetGeneration durably stores g. The generation never goes backwards:
+// a lower value fails with ErrStaleGeneration; the same value is a no-op.
+func (r *Replica) SetGeneration(g uint64) error {
+	r.opMu.Lock()
+	defer r.opMu.Unlock()
+	if err := r.checkOpen(); err != nil {
+		return err
+	}
+	cur := r.meta.Generation
+	if g < cur {
+		return fmt.Errorf("%w: stored %d, requested %d", ErrStaleGeneration, cur, g)
+	}
+	if g == cur {
+		return nil
+	}
+	m := r.meta.clone()
+	m.Generation = g
+	if err := r.writeMeta(m); err != nil {
+		return err
+	}
+	r.mu.Lock()
+	r.meta = m
+	r.mu.Unlock()
+	return nil
+}
+
+// Info returns size, generation and the snapshot chain.
+func (r *Replica) Info() Info {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.infoLocked()
+}
+
+func (r *Replica) infoLocked() Info {
+	in := Info{Size: r.size, BlockSize: BlockSize, Generation: r.meta.Generation, Rebuilding: r.rebuilding}
+	in.Snapshots = make([]SnapshotInfo, 0, len(r.meta.Layers)-1)
+	for _, l := range r.meta.Layers[:len(r.meta.Layers)-1] {
+		in.Snapshots = append(in.Snapshots, cloneInfo(l.SnapshotInfo))
+	}
+	return in
+}
+
+func cloneInfo(s SnapshotInfo) SnapshotInfo {
+	if s.Labels != nil {
+		l := make(map[string]string, len(s.Labels))
+		for k, v := range s.Labels {
+			l[k] = v
+		}
+		s.Labels = l
+	}
+	return s
+}
+
+// Snapshots lists the snapshots oldest first.
+func (r *Replica) Snapshots() []SnapshotInfo { return r.Info().Snapshots }
+
+// IndexMemory returns the bytes held by the in-memory layer index.
+func (r *Replica) IndexMemory() int64 { return r.idx.memBytes() }
+
+func (r *Replica) checkOpen() error {
+	if r.closed {
+		return ErrClosed
+	}
+	return nil
+}
+
+func (r *Replica) checkRange(off, n int64) error {
+	if off < 0 || n < 0 || off > r.size || n > r.size-off {
+		return fmt.Errorf("%w: [%d, +%d) outside volume of %d bytes", ErrOutOfRange, off, n, r.size)
+	}
+	return nil
+}
+
+// Close flushes the head and releases the directory. Later calls fail
+// with ErrClosed.
+func (r *Replica) Close() error {
+	r.opMu.Lock()
+	defer r.opMu.Unlock()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return ErrClosed
+	}
+	r.closed = true
+	var first error
+	if err := unix.Fdatasync(r.layers[len(r.layers)-1].fd); err != nil {
+		first = ioErr("fdatasync", err)
+	}
+	for _, l := range r.layers {
+		if err := l.f.Close(); err != nil && first == nil {
+			first = err
+		}
+	}
+	r.lockf.Close()
+	return first
+}

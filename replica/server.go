@@ -1,0 +1,456 @@
+package replica
+
+import (
+	"bufio"
+	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"time"
+)
+
+// handshakeTimeout bounds the authentication exchange.
+const handshakeTimeout = 10 * time.Second
+
+// Listen opens a listener for addr: "unix:/path" for a unix socket (a
+// stale socket file is replaced), anything else is a TCP host:port.
+func Listen(addr string) (net.Listener, error) {
+	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
+		if st, err := os.Lstat(path); err == nil && st.Mode()&os.ModeSocket != 0 {
+			os.Remove(path)
+		}
+		return net.Listen("unix", path)
+	}
+	return net.Listen("tcp", addr)
+}
+
+// Server serves one Replica over the binary protocol. Every connection
+// must pass the token challenge first.
+type Server struct {
+	r      *Replica
+	token  []byte
+	logger *slog.Logger
+
+	mu    sync.Mutex
+	conns map[net.Conn]struct{}
+	wg    sync.WaitGroup
+}
+
+// NewServer returns a server for r. token must not be empty. logger may
+// be nil (logs are discarded).
+func NewServer(r *Replica, token string, logger *slog.Logger) (*Server, error) {
+	if token == "" {
+		return nil, fmt.Errorf("%w: empty token", ErrInvalid)
+	}
+	if logger == nil {
+		logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	return &Server{r: r, token: []byte(token), logger: logger, conns: map[net.Conn]struct{}{}}, nil
+}
+
+// Serve serves r on ln with token until ctx is done; then it closes ln
+// and every connection and returns nil. It does not close r.
+func Serve(ctx context.Context, ln net.Listener, r *Replica, token string) error {
+	s, err := NewServer(r, token, nil)
+	if err != nil {
+		return err
+	}
+	return s.Serve(ctx, ln)
+}
+
+// Serve accepts connections on ln until ctx is done or ln fails.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	stop := context.AfterFunc(ctx, func() {
+		ln.Close()
+		s.mu.Lock()
+		for c := range s.conns {
+			c.Close()
+		}
+		s.mu.Unlock()
+	})
+	defer stop()
+	defer s.wg.Wait()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return err
+		}
+		s.mu.Lock()
+		if ctx.Err() != nil {
+			s.mu.Unlock()
+			c.Close()
+			return nil
+		}
+		s.conns[c] = struct{}{}
+		s.mu.Unlock()
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			err := s.serveConn(c)
+			if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
+				s.logger.Info("Replica connection closed", "remote", c.RemoteAddr().String(), "error", err)
+			}
+			s.mu.Lock()
+			delete(s.conns, c)
+			s.mu.Unlock()
+			c.Close()
+		}()
+	}
+}
+
+func authMAC(token []byte, side string, sNonce, cNonce []byte) []byte {
+	m := hmac.New(sha256.New, token)
+	m.Write([]byte("cairn-replica-" + side))
+	m.Write(sNonce)
+	m.Write(cNonce)
+	return m.Sum(nil)
+}
+
+// serverHandshake runs the challenge: the server sends a nonce, the client
+// answers with its own nonce and an HMAC-SHA256 over both keyed by the
+// token, and the server proves knowledge of the token in return. The token
+// itself never crosses the wire.
+func (s *Server) serverHandshake(c net.Conn) error {
+	c.SetDeadline(time.Now().Add(handshakeTimeout))
+	defer c.SetDeadline(time.Time{})
+	hello := make([]byte, 12+nonceSize)
+	copy(hello, protoMagic)
+	binary.LittleEndian.PutUint32(hello[8:], protoVersion)
+	sNonce := hello[12:]
+	rand.Read(sNonce)
+	if _, err := c.Write(hello); err != nil {
+		return err
+	}
+	resp := make([]byte, 12+nonceSize+macSize)
+	if err := readFull(c, resp); err != nil {
+		return err
+	}
+	if string(resp[:8]) != protoMagic || binary.LittleEndian.Uint32(resp[8:]) != protoVersion {
+		c.Write(make([]byte, 1+macSize))
+		return fmt.Errorf("%w: bad hello", ErrProtocol)
+	}
+	cNonce := resp[12 : 12+nonceSize]
+	if !hmac.Equal(resp[12+nonceSize:], authMAC(s.token, "client", sNonce, cNonce)) {
+		reply := make([]byte, 1+macSize)
+		reply[0] = 1
+		c.Write(reply)
+		return ErrAuth
+	}
+	reply := append([]byte{0}, authMAC(s.token, "server", sNonce, cNonce)...)
+	_, err := c.Write(reply)
+	return err
+}
+
+type response struct {
+	h       respHeader
+	payload []byte
+	release func()
+}
+
+func (s *Server) serveConn(c net.Conn) error {
+	if err := s.serverHandshake(c); err != nil {
+		if errors.Is(err, ErrAuth) {
+			s.logger.Info("Replica connection refused: bad token", "remote", c.RemoteAddr().String())
+		}
+		return err
+	}
+	out := make(chan response, maxInflight)
+	writerDone := make(chan error, 1)
+	go func() { writerDone <- writeResponses(c, out) }()
+
+	var handlers sync.WaitGroup
+	sem := make(chan struct{}, maxInflight)
+	br := bufio.NewReaderSize(c, 64<<10)
+	hdr := make([]byte, reqHeaderSize)
+	var rerr error
+	for {
+		if rerr = readFull(br, hdr); rerr != nil {
+			break
+		}
+		h, err := decodeReqHeader(hdr)
+		if err != nil {
+			rerr = err // malformed frame: drop this connection only
+			break
+		}
+		buf := getBuf(int(h.Payload))
+		if rerr = readFull(br, buf); rerr != nil {
+			putBuf(buf)
+			break
+		}
+		sem <- struct{}{}
+		handlers.Add(1)
+		go func() {
+			defer handlers.Done()
+			resp := s.handle(h, buf)
+			putBuf(buf)
+			out <- resp
+			<-sem
+		}()
+	}
+	handlers.Wait()
+	close(out)
+	if werr := <-writerDone; rerr == nil {
+		rerr = werr
+	}
+	return rerr
+}
+
+// writeResponses writes responses in completion order, flushing when no
+// more are queued.
+func writeResponses(c net.Conn, out <-chan response) error {
+	bw := bufio.NewWriterSize(c, 256<<10)
+	hdr := make([]byte, respHeaderSize)
+	var err error
+	for r := range out {
+		if err == nil {
+			r.h.Payload = uint32(len(r.payload))
+			r.h.encode(hdr)
+			if _, err = bw.Write(hdr); err == nil {
+				_, err = bw.Write(r.payload)
+			}
+			if err == nil && len(out) == 0 {
+				err = bw.Flush()
+			}
+			if err != nil {
+				c.Close() // unblock the reader
+			}
+		}
+		if r.release != nil {
+			r.release()
+		}
+	}
+	return err
+}
+
+func errResponse(h reqHeader, err error) response {
+	msg := err.Error()
+	if len(msg) > 4096 {
+		msg = msg[:4096]
+	}
+	return response{h: respHeader{Op: h.Op, Status: statusOf(err), ID: h.ID}, payload: []byte(msg)}
+}
+
+func okResponse(h reqHeader, payload []byte) response {
+	return response{h: respHeader{Op: h.Op, ID: h.ID}, payload: payload}
+}
+
+func jsonResponse(h reqHeader, v any, err error) response {
+	if err != nil {
+		return errResponse(h, err)
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return errResponse(h, err)
+	}
+	return okResponse(h, b)
+}
+
+// ctlRequest is the JSON payload of control operations.
+type ctlRequest struct {
+	Name    string            `json:"name,omitempty"`
+	From    string            `json:"from,omitempty"`
+	To      string            `json:"to,omitempty"`
+	Labels  map[string]string `json:"labels,omitempty"`
+	Keep    []string          `json:"keep,omitempty"`
+	Receive []SnapshotInfo    `json:"receive,omitempty"`
+}
+
+type checksumResponse struct {
+	Checksum string `json:"checksum"`
+}
+
+func toInt64(v uint64) (int64, error) {
+	if v > math.MaxInt64 {
+		return 0, fmt.Errorf("%w: %d", ErrOutOfRange, v)
+	}
+	return int64(v), nil
+}
+
+// extentWindow bounds the range of one LayerExtents/Diff request so the
+// reply always fits a frame (at most one extent per two blocks).
+const extentWindow = 1 << 30
+
+func encodeExtents(ext []Extent) []byte {
+	b := make([]byte, 16*len(ext))
+	for i, e := range ext {
+		binary.LittleEndian.PutUint64(b[16*i:], uint64(e.Offset))
+		binary.LittleEndian.PutUint64(b[16*i+8:], uint64(e.Length))
+	}
+	return b
+}
+
+func decodeExtents(b []byte) ([]Extent, error) {
+	if len(b)%16 != 0 {
+		return nil, fmt.Errorf("%w: extent list of %d bytes", ErrProtocol, len(b))
+	}
+	ext := make([]Extent, len(b)/16)
+	for i := range ext {
+		ext[i].Offset = int64(binary.LittleEndian.Uint64(b[16*i:]))
+		ext[i].Length = int64(binary.LittleEndian.Uint64(b[16*i+8:]))
+	}
+	return ext, nil
+}
+
+func (s *Server) handle(h reqHeader, payload []byte) response {
+	r := s.r
+	off, err := toInt64(h.Offset)
+	if err != nil {
+		return errResponse(h, err)
+	}
+	length, err := toInt64(h.Length)
+	if err != nil {
+		return errResponse(h, err)
+	}
+	var ctl ctlRequest
+	if h.Op >= opInfo && h.Op != opReadLayer && h.Op != opWriteLayer && len(payload) > 0 {
+		if len(payload) > maxControlPayload {
+			return errResponse(h, fmt.Errorf("%w: control payload of %d bytes", ErrTooLarge, len(payload)))
+		}
+		if err := json.Unmarshal(payload, &ctl); err != nil {
+			return errResponse(h, fmt.Errorf("%w: %v", ErrInvalid, err))
+		}
+	}
+	switch h.Op {
+	case opRead:
+		if length > MaxIO {
+			return errResponse(h, fmt.Errorf("%w: read of %d bytes (max %d)", ErrTooLarge, length, MaxIO))
+		}
+		buf := getBuf(int(length))
+		if _, err := r.ReadAt(buf, off); err != nil {
+			putBuf(buf)
+			return errResponse(h, err)
+		}
+		resp := okResponse(h, buf)
+		resp.release = func() { putBuf(buf) }
+		return resp
+	case opWrite:
+		if int64(len(payload)) != length {
+			return errResponse(h, fmt.Errorf("%w: write length %d but %d bytes of data", ErrInvalid, length, len(payload)))
+		}
+		if _, err := r.WriteAt(payload, off); err != nil {
+			return errResponse(h, err)
+		}
+		return okResponse(h, nil)
+	case opFlush:
+		return jsonResponse(h, nil, r.Flush())
+	case opTrim:
+		return jsonResponse(h, nil, r.Trim(off, length))
+	case opWriteZeroes:
+		return jsonResponse(h, nil, r.WriteZeroes(off, length))
+	case opPing:
+		return okResponse(h, nil)
+	case opInfo:
+		return jsonResponse(h, r.Info(), nil)
+	case opSetGeneration:
+		return jsonResponse(h, nil, r.SetGeneration(h.Offset))
+	case opSnapshot:
+		return jsonResponse(h, nil, r.Snapshot(ctl.Name, ctl.Labels))
+	case opRevert:
+		return jsonResponse(h, nil, r.Revert(ctl.Name))
+	case opRemoveSnapshot:
+		return jsonResponse(h, nil, r.RemoveSnapshot(ctl.Name))
+	case opDiff, opLayerExtents:
+		if length > extentWindow {
+			return errResponse(h, fmt.Errorf("%w: extent window of %d bytes (max %d)", ErrTooLarge, length, extentWindow))
+		}
+		var ext []Extent
+		if h.Op == opDiff {
+			ext, err = r.DiffRange(ctl.From, ctl.To, off, length)
+		} else {
+			ext, err = r.LayerExtents(ctl.Name, off, length)
+		}
+		if err != nil {
+			return errResponse(h, err)
+		}
+		return okResponse(h, encodeExtents(ext))
+	case opChecksum:
+		sum, err := r.Checksum(ctl.Name)
+		return jsonResponse(h, checksumResponse{Checksum: sum}, err)
+	case opScrub:
+		rep, err := r.Scrub()
+		if err != nil && !errors.Is(err, ErrCorrupt) {
+			return errResponse(h, err)
+		}
+		return jsonResponse(h, rep, nil) // corruption is in the report
+	case opReadLayer:
+		name, _, err := splitLayerPayload(payload)
+		if err != nil {
+			return errResponse(h, err)
+		}
+		if length > MaxIO {
+			return errResponse(h, fmt.Errorf("%w: read of %d bytes (max %d)", ErrTooLarge, length, MaxIO))
+		}
+		buf := getBuf(int(length))
+		if _, err := r.ReadLayer(name, buf, off); err != nil {
+			putBuf(buf)
+			return errResponse(h, err)
+		}
+		resp := okResponse(h, buf)
+		resp.release = func() { putBuf(buf) }
+		return resp
+	case opResetForRebuild:
+		return jsonResponse(h, nil, r.ResetForRebuild(ctl.Keep, ctl.Receive))
+	case opWriteLayer:
+		name, data, err := splitLayerPayload(payload)
+		if err != nil {
+			return errResponse(h, err)
+		}
+		return jsonResponse(h, nil, r.WriteLayer(name, data, off))
+	case opCommitLayer:
+		return jsonResponse(h, nil, r.CommitLayer(ctl.Name))
+	}
+	return errResponse(h, fmt.Errorf("%w: %d", ErrUnknownOp, h.Op))
+}
+
+// Buffer pool by power-of-two size class, up to maxPayload.
+var bufPools [24]sync.Pool
+
+func sizeClass(n int) int {
+	c := 0
+	for (4096 << c) < n {
+		c++
+	}
+	return c
+}
+
+func getBuf(n int) []byte {
+	if n == 0 {
+		return nil
+	}
+	c := sizeClass(n)
+	if c >= len(bufPools) {
+		return make([]byte, n)
+	}
+	if b, ok := bufPools[c].Get().(*[]byte); ok {
+		return (*b)[:n]
+	}
+	return make([]byte, n, 4096<<c)
+}
+
+func putBuf(b []byte) {
+	if cap(b) < 4096 {
+		return
+	}
+	c := sizeClass(cap(b))
+	if c < len(bufPools) && cap(b) == 4096<<c {
+		bufPools[c].Put(&b)
+	}
+}
