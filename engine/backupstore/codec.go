@@ -126,6 +126,9 @@ func deriveKeys(key, salt []byte) (idKey, encKey, checkKey []byte, err error) {
 }
 
 func newCodec(idKey, encKey []byte, level zstd.EncoderLevel) (*codec, error) {
+	if level == 0 {
+		level = zstd.SpeedFastest
+	}
 	c := &codec{idKey: idKey, level: level}
 	if encKey != nil {
 		block, err := aes.NewCipher(encKey)

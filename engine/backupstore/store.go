@@ -46,7 +46,7 @@ type Options struct {
 	// lock is ignored after LockTTL + LockClockSkew.
 	LockTTL time.Duration
 	// LockClockSkew is the clock difference tolerated between lock holders
-	// (default 30s).
+	// (default 30s; negative means none).
 	LockClockSkew time.Duration
 	// LockWait is how long an operation waits for a conflicting lock
 	// before giving up with ErrLocked (default 1m).
@@ -110,6 +110,8 @@ func OpenStore(ctx context.Context, t Target, opts Options) (*Store, error) {
 	}
 	if opts.LockClockSkew == 0 {
 		opts.LockClockSkew = 30 * time.Second
+	} else if opts.LockClockSkew < 0 {
+		opts.LockClockSkew = 0
 	}
 	if opts.LockWait <= 0 {
 		opts.LockWait = time.Minute
