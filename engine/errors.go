@@ -18,3 +18,21 @@ var (
 	// ErrNotFound is returned for an unknown replica address.
 	ErrNotFound = errors.New("engine: not found")
 )
+
+var (
+	// ErrSnapshotExists is returned when every replica already has a
+	// snapshot of that name.
+	ErrSnapshotExists = errors.New("engine: snapshot already exists")
+	// ErrInvalid is returned for a malformed argument (bad snapshot name).
+	ErrInvalid = errors.New("engine: invalid argument")
+	// ErrAttached is returned for operations that need the volume detached
+	// (revert) while a frontend client is connected.
+	ErrAttached = errors.New("engine: volume is attached")
+)
+
+// requestError reports whether a replica's error is about the request
+// (unknown or duplicate name, bad argument) rather than the replica's health.
+func requestError(err error) bool {
+	return errors.Is(err, ErrSnapshotExists) || errors.Is(err, ErrNotFound) || errors.Is(err, ErrInvalid) ||
+		errors.Is(err, ErrOutOfRange)
+}

@@ -1,0 +1,305 @@
+package engine
+
+import (
+	"bytes"
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// The control endpoint is HTTP/JSON on a unix socket or TCP address:
+//
+//	GET    /v1/status                      Status
+//	GET    /v1/snapshots                   []SnapshotInfo
+//	POST   /v1/snapshots                   {"name","labels"}  create (I/O barrier)
+//	DELETE /v1/snapshots/{name}            remove
+//	POST   /v1/snapshots/{name}/revert     revert (volume detached)
+//	POST   /v1/replicas                    {"address","wait"} add or rebuild
+//	DELETE /v1/replicas?address=ADDR      remove
+//	GET    /metrics                        Prometheus metrics
+//
+// /v1 requests carry "Authorization: Bearer TOKEN" with the volume token.
+// Errors are {"error": message, "code": kind}.
+
+// ControlServer serves a volume's control endpoint.
+type ControlServer struct {
+	Volume *Volume
+	Token  string
+	// Gatherer serves /metrics when set.
+	Gatherer prometheus.Gatherer
+}
+
+type errorBody struct {
+	Error string `json:"error"`
+	Code  string `json:"code"`
+}
+
+// SnapshotRequest creates a snapshot.
+type SnapshotRequest struct {
+	Name   string            `json:"name"`
+	Labels map[string]string `json:"labels,omitempty"`
+}
+
+// ReplicaRequest adds (or rebuilds) a replica.
+type ReplicaRequest struct {
+	Address string `json:"address"`
+	// Wait makes the request return when the rebuild ends.
+	Wait bool `json:"wait,omitempty"`
+}
+
+var errorCodes = []struct {
+	err    error
+	code   string
+	status int
+}{
+	{ErrInvalid, "Invalid", http.StatusBadRequest},
+	{ErrNotFound, "NotFound", http.StatusNotFound},
+	{ErrSnapshotExists, "AlreadyExists", http.StatusConflict},
+	{ErrBusy, "Busy", http.StatusConflict},
+	{ErrAttached, "Attached", http.StatusConflict},
+	{ErrReplicaRefused, "ReplicaRefused", http.StatusUnprocessableEntity},
+	{ErrNoHealthyReplica, "NoHealthyReplica", http.StatusServiceUnavailable},
+	{ErrClosed, "Closed", http.StatusServiceUnavailable},
+}
+
+// Handler returns the HTTP handler.
+func (s *ControlServer) Handler() http.Handler {
+	mux := http.NewServeMux()
+	v := s.Volume
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, v.Status())
+	})
+	mux.HandleFunc("GET /v1/snapshots", func(w http.ResponseWriter, r *http.Request) {
+		snaps, err := v.Snapshots(r.Context())
+		if err != nil {
+			writeErr(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, snaps)
+	})
+	mux.HandleFunc("POST /v1/snapshots", func(w http.ResponseWriter, r *http.Request) {
+		var req SnapshotRequest
+		if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&req); err != nil {
+			writeErr(w, fmt.Errorf("%w: %v", ErrInvalid, err))
+			return
+		}
+		if err := v.Snapshot(r.Context(), req.Name, req.Labels); err != nil {
+			writeErr(w, err)
+			return
+		}
+		writeJSON(w, http.StatusCreated, map[string]string{"name": req.Name})
+	})
+	mux.HandleFunc("DELETE /v1/snapshots/{name}", func(w http.ResponseWriter, r *http.Request) {
+		if err := v.RemoveSnapshot(r.Context(), r.PathValue("name")); err != nil {
+			writeErr(w, err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("POST /v1/snapshots/{name}/revert", func(w http.ResponseWriter, r *http.Request) {
+		if err := v.Revert(r.Context(), r.PathValue("name")); err != nil {
+			writeErr(w, err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("POST /v1/replicas", func(w http.ResponseWriter, r *http.Request) {
+		var req ReplicaRequest
+		if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&req); err != nil || req.Address == "" {
+			writeErr(w, fmt.Errorf("%w: body must be {\"address\": ...}", ErrInvalid))
+			return
+		}
+		if req.Wait {
+			res, err := v.Rebuild(r.Context(), req.Address)
+			if err != nil {
+				writeErr(w, err)
+				return
+			}
+			writeJSON(w, http.StatusOK, res)
+			return
+		}
+		if cur := v.Rebuilding(); cur != "" {
+			writeErr(w, fmt.Errorf("%w: rebuilding %s", ErrBusy, cur))
+			return
+		}
+		go func() { _, _ = v.Rebuild(context.Background(), req.Address) }()
+		writeJSON(w, http.StatusAccepted, map[string]string{"address": req.Address})
+	})
+	mux.HandleFunc("DELETE /v1/replicas", func(w http.ResponseWriter, r *http.Request) {
+		if err := v.RemoveReplica(r.Context(), r.URL.Query().Get("address")); err != nil {
+			writeErr(w, err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+	var metrics http.Handler = http.NotFoundHandler()
+	if s.Gatherer != nil {
+		metrics = promhttp.HandlerFor(s.Gatherer, promhttp.HandlerOpts{})
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/metrics" {
+			metrics.ServeHTTP(w, r)
+			return
+		}
+		if s.Token != "" {
+			got, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+			if subtle.ConstantTimeCompare([]byte(got), []byte(s.Token)) != 1 {
+				writeJSON(w, http.StatusUnauthorized, errorBody{Error: "missing or wrong bearer token", Code: "Unauthorized"})
+				return
+			}
+		}
+		mux.ServeHTTP(w, r)
+	})
+}
+
+// Serve serves the control endpoint on ln until ctx is done.
+func (s *ControlServer) Serve(ctx context.Context, ln net.Listener) error {
+	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	stop := context.AfterFunc(ctx, func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	})
+	defer stop()
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeErr(w http.ResponseWriter, err error) {
+	for _, c := range errorCodes {
+		if errors.Is(err, c.err) {
+			writeJSON(w, c.status, errorBody{Error: err.Error(), Code: c.code})
+			return
+		}
+	}
+	writeJSON(w, http.StatusInternalServerError, errorBody{Error: err.Error(), Code: "Internal"})
+}
+
+// ControlClient talks to an engine's control endpoint.
+type ControlClient struct {
+	base  string
+	token string
+	hc    *http.Client
+}
+
+// NewControlClient returns a client for "unix:PATH" or "host:port".
+func NewControlClient(addr, token string) *ControlClient {
+	tr := &http.Transport{}
+	base := "http://" + addr
+	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
+		tr.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", path)
+		}
+		base = "http://engine"
+	}
+	return &ControlClient{base: base, token: token, hc: &http.Client{Transport: tr}}
+}
+
+func (c *ControlClient) do(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	if err != nil {
+		return err
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode >= 300 {
+		var eb errorBody
+		_ = json.Unmarshal(data, &eb)
+		for _, ec := range errorCodes {
+			if ec.code == eb.Code {
+				return fmt.Errorf("%w (%s)", ec.err, eb.Error)
+			}
+		}
+		return fmt.Errorf("engine: %s %s: %s: %s", method, path, resp.Status, strings.TrimSpace(string(data)))
+	}
+	if out != nil {
+		return json.Unmarshal(data, out)
+	}
+	return nil
+}
+
+// Status returns the volume status.
+func (c *ControlClient) Status(ctx context.Context) (Status, error) {
+	var st Status
+	err := c.do(ctx, http.MethodGet, "/v1/status", nil, &st)
+	return st, err
+}
+
+// Snapshots lists the volume's snapshots.
+func (c *ControlClient) Snapshots(ctx context.Context) ([]SnapshotInfo, error) {
+	var s []SnapshotInfo
+	err := c.do(ctx, http.MethodGet, "/v1/snapshots", nil, &s)
+	return s, err
+}
+
+// Snapshot creates a snapshot.
+func (c *ControlClient) Snapshot(ctx context.Context, name string, labels map[string]string) error {
+	return c.do(ctx, http.MethodPost, "/v1/snapshots", SnapshotRequest{Name: name, Labels: labels}, nil)
+}
+
+// RemoveSnapshot removes a snapshot.
+func (c *ControlClient) RemoveSnapshot(ctx context.Context, name string) error {
+	return c.do(ctx, http.MethodDelete, "/v1/snapshots/"+url.PathEscape(name), nil, nil)
+}
+
+// Revert reverts the (detached) volume to a snapshot.
+func (c *ControlClient) Revert(ctx context.Context, name string) error {
+	return c.do(ctx, http.MethodPost, "/v1/snapshots/"+url.PathEscape(name)+"/revert", nil, nil)
+}
+
+// AddReplica adds or rebuilds a replica; with wait it returns the result
+// of the rebuild, otherwise it returns once the rebuild started.
+func (c *ControlClient) AddReplica(ctx context.Context, addr string, wait bool) (*RebuildResult, error) {
+	if !wait {
+		return nil, c.do(ctx, http.MethodPost, "/v1/replicas", ReplicaRequest{Address: addr}, nil)
+	}
+	var res RebuildResult
+	err := c.do(ctx, http.MethodPost, "/v1/replicas", ReplicaRequest{Address: addr, Wait: true}, &res)
+	return &res, err
+}
+
+// RemoveReplica removes a replica from the volume.
+func (c *ControlClient) RemoveReplica(ctx context.Context, addr string) error {
+	return c.do(ctx, http.MethodDelete, "/v1/replicas?address="+url.QueryEscape(addr), nil, nil)
+}

@@ -1,0 +1,401 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+)
+
+// RebuildResult describes the last rebuild.
+type RebuildResult struct {
+	Replica  string    `json:"replica"`
+	Started  time.Time `json:"started"`
+	Finished time.Time `json:"finished"`
+	// Layers are the layers copied (those the replica lacked).
+	Layers []string `json:"layers,omitempty"`
+	// Bytes is the amount of data copied.
+	Bytes int64 `json:"bytes"`
+	// Error is empty when the rebuild succeeded.
+	Error string `json:"error,omitempty"`
+}
+
+// rebuildSnapshotPrefix names the snapshot a rebuild takes to freeze the
+// head it copies; it is removed again when the rebuild ends.
+const rebuildSnapshotPrefix = "cairn-rebuild-"
+
+func (v *Volume) cancelRebuild() {
+	v.rebuildMu.Lock()
+	if v.rebuildCancel != nil {
+		v.rebuildCancel()
+	}
+	v.rebuildMu.Unlock()
+}
+
+// Rebuilding returns the address of the replica being rebuilt, or "".
+func (v *Volume) Rebuilding() string {
+	v.rebuildMu.Lock()
+	defer v.rebuildMu.Unlock()
+	return v.rebuildTarget
+}
+
+// Rebuild adds the replica at addr to the volume (or takes back a stale or
+// failed member) and copies what it lacks, while I/O continues:
+//
+//  1. Under the I/O barrier: flush and snapshot every healthy replica (so
+//     everything written so far sits in immutable layers), have the target
+//     keep the committed layers it shares with a healthy source (by name)
+//     and open empty incomplete layers for the rest plus a new head, and
+//     start sending it every write (block-aligned) as a write-only member.
+//  2. Copy the allocated extents of each incomplete layer from the source's
+//     immutable layer and commit it. Live writes only touch the target's
+//     head, so the copy cannot overwrite them.
+//  3. Under the barrier: flush the target, store the volume's generation on
+//     it and make it healthy; then drop the rebuild snapshot everywhere.
+//
+// A replica that returns after a short outage already holds the older
+// layers, so only the layers written since its last common snapshot move.
+func (v *Volume) Rebuild(ctx context.Context, addr string) (res RebuildResult, err error) {
+	if !v.ctl.TryLock() {
+		return res, fmt.Errorf("%w: another control operation is running", ErrBusy)
+	}
+	defer v.ctl.Unlock()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	v.rebuildMu.Lock()
+	v.rebuildCancel, v.rebuildTarget = cancel, addr
+	v.rebuildMu.Unlock()
+	res = RebuildResult{Replica: addr, Started: time.Now()}
+	defer func() {
+		res.Finished = time.Now()
+		if err != nil {
+			res.Error = err.Error()
+			v.log.Info("Rebuild failed", "replica", addr, "err", err.Error())
+		} else {
+			v.log.Info("Rebuild finished", "replica", addr, "bytes", res.Bytes, "layers", len(res.Layers),
+				"seconds", res.Finished.Sub(res.Started).Seconds())
+		}
+		v.rebuildMu.Lock()
+		v.rebuildCancel, v.rebuildTarget = nil, ""
+		r := res
+		v.lastRebuild = &r
+		v.rebuildMu.Unlock()
+	}()
+
+	m, err := v.memberFor(addr)
+	if err != nil {
+		return res, err
+	}
+	r, err := v.cfg.Dial(ctx, addr)
+	if err != nil {
+		v.setReason(m, "rebuild: unreachable: "+err.Error())
+		return res, fmt.Errorf("%w: %s: %v", ErrReplicaRefused, addr, err)
+	}
+	info, err := r.Info(ctx)
+	if err == nil && info.Size != v.cfg.Size {
+		err = fmt.Errorf("%w: replica size %d differs from volume size %d", ErrReplicaRefused, info.Size, v.cfg.Size)
+	}
+	if err != nil {
+		r.Close()
+		v.setReason(m, "rebuild: "+err.Error())
+		return res, err
+	}
+
+	snap := fmt.Sprintf("%s%d", rebuildSnapshotPrefix, time.Now().UnixNano())
+	src, layers, err := v.startRebuild(ctx, m, r, info, snap)
+	if err != nil {
+		return res, err
+	}
+	res.Layers = layers
+	// From here the rebuild snapshot exists on the healthy replicas.
+	defer func() {
+		if rerr := v.removeSnapshot(snap); rerr != nil {
+			v.log.Info("Could not remove rebuild snapshot", "snapshot", snap, "err", rerr.Error())
+		}
+	}()
+
+	for _, layer := range layers {
+		n, err := v.copyLayer(ctx, src, m, layer)
+		res.Bytes += n
+		if err != nil {
+			return res, v.abortRebuild(m, fmt.Errorf("copy layer %s: %w", layer, err))
+		}
+		cctx, ccancel := context.WithTimeout(ctx, v.cfg.ControlTimeout)
+		err = m.r.CommitLayer(cctx, layer)
+		ccancel()
+		if err != nil {
+			return res, v.abortRebuild(m, fmt.Errorf("commit layer %s: %w", layer, err))
+		}
+	}
+	return res, v.promote(m)
+}
+
+// memberFor returns the member for addr, adding a new one; a healthy or
+// rebuilding member cannot be rebuilt.
+func (v *Volume) memberFor(addr string) (*member, error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.closed {
+		return nil, ErrClosed
+	}
+	for _, m := range v.members {
+		if m.addr == addr {
+			if m.mode == ModeHealthy || m.mode == ModeRebuilding {
+				return nil, fmt.Errorf("%w: replica %s is %s", ErrBusy, addr, m.mode)
+			}
+			return m, nil
+		}
+	}
+	m := &member{addr: addr, local: v.cfg.Local(addr), mode: ModeStale, reason: "added, waiting for rebuild"}
+	v.members = append(v.members, m)
+	v.rebuildViewLocked()
+	return m, nil
+}
+
+func (v *Volume) setReason(m *member, reason string) {
+	v.mu.Lock()
+	m.reason = reason
+	v.mu.Unlock()
+}
+
+// startRebuild runs step 1 under the barrier and returns the source and the
+// layers the target must receive, oldest first.
+func (v *Volume) startRebuild(ctx context.Context, m *member, r Replica, tinfo ReplicaInfo, snap string) (*member, []string, error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	fail := func(err error) (*member, []string, error) {
+		r.Close()
+		m.reason = "rebuild: " + err.Error()
+		return nil, nil, err
+	}
+	if v.closed {
+		return fail(ErrClosed)
+	}
+	if err := v.snapshotLocked(snap, map[string]string{"cairn.dev/purpose": "rebuild"}); err != nil {
+		return fail(err)
+	}
+	src := pickReader(v.view.healthy)
+	if src == nil {
+		return fail(ErrNoHealthyReplica)
+	}
+	cctx, cancel := context.WithTimeout(ctx, v.cfg.ControlTimeout)
+	defer cancel()
+	sinfo, err := src.r.Info(cctx)
+	if err != nil {
+		v.fail(src, fmt.Errorf("info: %w", err))
+		v.settleLocked()
+		return fail(fmt.Errorf("source %s: %w", src.addr, err))
+	}
+	keep, receive := commonPrefix(tinfo.Snapshots, sinfo.Snapshots)
+	if err := r.ResetForRebuild(cctx, keep, receive); err != nil {
+		return fail(fmt.Errorf("reset for rebuild: %w", err))
+	}
+	var layers []string
+	for _, s := range receive {
+		layers = append(layers, s.Name)
+	}
+	if m.r != nil && m.r != r && m.mode != ModeFailed {
+		m.r.Close()
+	}
+	m.r, m.reason, m.mode = r, "", ModeRebuilding
+	m.failed.Store(false)
+	m.failErr.Store(nil)
+	m.copied.Store(0)
+	m.toCopy.Store(0)
+	v.rebuildViewLocked()
+	v.log.Info("Rebuild started", "replica", m.addr, "source", src.addr, "layers", layers)
+	return src, layers, nil
+}
+
+// commonPrefix splits the source chain into the snapshots the target
+// already holds (same name and creation time, committed, in the same order
+// from the bottom) and those it must receive.
+func commonPrefix(target, source []SnapshotInfo) (keep []string, receive []SnapshotInfo) {
+	i := 0
+	for ; i < len(target) && i < len(source); i++ {
+		t, s := target[i], source[i]
+		if t.Incomplete || t.Name != s.Name || !t.Created.Equal(s.Created) {
+			break
+		}
+		keep = append(keep, t.Name)
+	}
+	return keep, source[i:]
+}
+
+// abortRebuild drops the target after a failed copy; it keeps what it
+// received and can be rebuilt again.
+func (v *Volume) abortRebuild(m *member, err error) error {
+	v.fail(m, err)
+	v.settle()
+	return err
+}
+
+// copyLayer copies one layer's allocated extents from src to the target in
+// chunks of at most copyChunk, with RebuildWorkers requests in flight.
+func (v *Volume) copyLayer(ctx context.Context, src, m *member, layer string) (int64, error) {
+	lctx, cancel := context.WithTimeout(ctx, v.cfg.ControlTimeout)
+	extents, err := src.r.LayerExtents(lctx, layer)
+	cancel()
+	if err != nil {
+		return 0, fmt.Errorf("source %s extents: %w", src.addr, err)
+	}
+	var total int64
+	for _, e := range extents {
+		total += e.Length
+	}
+	m.toCopy.Add(total)
+
+	type job struct{ off, n int64 }
+	jobs := make(chan job, 2*v.cfg.RebuildWorkers)
+	ctx, stop := context.WithCancel(ctx)
+	defer stop()
+	var (
+		wg       sync.WaitGroup
+		errOnce  sync.Once
+		firstErr error
+		copied   int64
+		cmu      sync.Mutex
+	)
+	setErr := func(err error) {
+		errOnce.Do(func() { firstErr = err; stop() })
+	}
+	for i := 0; i < v.cfg.RebuildWorkers; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, copyChunk)
+			for j := range jobs {
+				if ctx.Err() != nil {
+					continue
+				}
+				p := buf[:j.n]
+				ictx, cancel := context.WithTimeout(ctx, v.cfg.IOTimeout)
+				err := src.r.ReadLayer(ictx, layer, p, j.off)
+				if err != nil {
+					cancel()
+					if ctx.Err() == nil {
+						v.fail(src, fmt.Errorf("rebuild read: %w", err))
+					}
+					setErr(fmt.Errorf("read %s: %w", src.addr, err))
+					continue
+				}
+				err = m.r.WriteLayer(ictx, layer, p, j.off)
+				cancel()
+				if err != nil {
+					setErr(fmt.Errorf("write %s: %w", m.addr, err))
+					continue
+				}
+				m.copied.Add(j.n)
+				v.cfg.Metrics.addRebuilt(v.cfg.Name, m.addr, j.n)
+				cmu.Lock()
+				copied += j.n
+				cmu.Unlock()
+			}
+		}()
+	}
+feed:
+	for _, e := range extents {
+		for off := e.Offset; off < e.Offset+e.Length; off += copyChunk {
+			n := min(copyChunk, e.Offset+e.Length-off)
+			select {
+			case jobs <- job{off, n}:
+			case <-ctx.Done():
+				break feed
+			}
+		}
+	}
+	close(jobs)
+	wg.Wait()
+	if firstErr == nil && ctx.Err() != nil {
+		firstErr = ctx.Err()
+	}
+	if firstErr != nil {
+		v.settle()
+	}
+	return copied, firstErr
+}
+
+const copyChunk = 1 << 20
+
+// promote makes a fully copied target healthy under the barrier.
+func (v *Volume) promote(m *member) error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.settleLocked()
+	if m.mode != ModeRebuilding {
+		return fmt.Errorf("replica %s was dropped during the rebuild: %s", m.addr, m.reason)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), v.cfg.ControlTimeout)
+	defer cancel()
+	err := m.r.Flush(ctx)
+	if err == nil {
+		err = m.r.SetGeneration(ctx, v.gen)
+	}
+	if err != nil {
+		v.markFailedLocked(m, fmt.Errorf("promote: %w", err))
+		v.rebuildViewLocked()
+		return err
+	}
+	m.gen, m.mode, m.reason = v.gen, ModeHealthy, ""
+	v.rebuildViewLocked()
+	v.log.Info("Replica healthy", "replica", m.addr, "generation", v.gen)
+	return nil
+}
+
+// RunAutoRebuild rebuilds stale and failed members every interval until ctx
+// is done (the engine's supervisor loop; replicas that come back after an
+// outage are taken back without an operator).
+func (v *Volume) RunAutoRebuild(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		v.mu.RLock()
+		var cands []string
+		for _, m := range v.members {
+			if m.mode == ModeStale || m.mode == ModeFailed {
+				cands = append(cands, m.addr)
+			}
+		}
+		healthy := len(v.view.healthy)
+		v.mu.RUnlock()
+		if healthy == 0 {
+			continue
+		}
+		for _, addr := range cands {
+			if _, err := v.Rebuild(ctx, addr); err != nil && !errors.Is(err, ErrBusy) {
+				v.log.V(1).Info("Auto rebuild did not succeed", "replica", addr, "err", err.Error())
+			}
+		}
+	}
+}
+
+// RemoveReplica drops a replica from the volume (it is closed and
+// forgotten; the generation is bumped if it was healthy).
+func (v *Volume) RemoveReplica(ctx context.Context, addr string) error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	for i, m := range v.members {
+		if m.addr != addr {
+			continue
+		}
+		if m.mode == ModeHealthy && len(v.view.healthy) == 1 {
+			return fmt.Errorf("%w: %s is the last healthy replica", ErrBusy, addr)
+		}
+		wasHealthy := m.mode == ModeHealthy
+		v.markFailedLocked(m, errors.New("removed"))
+		v.members = append(v.members[:i:i], v.members[i+1:]...)
+		v.cfg.Metrics.deleteReplica(v.cfg.Name, addr)
+		if wasHealthy {
+			return v.bumpGenerationLocked()
+		}
+		v.rebuildViewLocked()
+		return nil
+	}
+	return fmt.Errorf("%w: replica %s", ErrNotFound, addr)
+}
