@@ -209,13 +209,14 @@ func (v *Volume) startRebuild(ctx context.Context, m *member, r Replica, tinfo R
 }
 
 // commonPrefix splits the source chain into the snapshots the target
-// already holds (same name and creation time, committed, in the same order
-// from the bottom) and those it must receive.
+// already holds (same name and snapshot uid, committed, in the same order
+// from the bottom) and those it must receive. The uid label tells apart a
+// snapshot that was removed and created again under the same name.
 func commonPrefix(target, source []SnapshotInfo) (keep []string, receive []SnapshotInfo) {
 	i := 0
 	for ; i < len(target) && i < len(source); i++ {
 		t, s := target[i], source[i]
-		if t.Incomplete || t.Name != s.Name || !t.Created.Equal(s.Created) {
+		if t.Incomplete || t.Name != s.Name || t.Labels[SnapshotUIDLabel] != s.Labels[SnapshotUIDLabel] {
 			break
 		}
 		keep = append(keep, t.Name)

@@ -2,6 +2,9 @@ package engine
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"maps"
 	"errors"
 	"fmt"
 	"regexp"
@@ -44,10 +47,21 @@ func (v *Volume) Snapshot(ctx context.Context, name string, labels map[string]st
 	return v.snapshotLocked(name, labels)
 }
 
-func (v *Volume) snapshotLocked(name string, labels map[string]string) error {
+// SnapshotUIDLabel is the label the engine puts on every snapshot: the same
+// random id on every replica, so rebuild can match layers across replicas.
+const SnapshotUIDLabel = "cairn.dev/snapshot-uid"
+
+func (v *Volume) snapshotLocked(name string, userLabels map[string]string) error {
 	if v.closed {
 		return ErrClosed
 	}
+	labels := maps.Clone(userLabels)
+	if labels == nil {
+		labels = map[string]string{}
+	}
+	var uid [12]byte
+	_, _ = rand.Read(uid[:])
+	labels[SnapshotUIDLabel] = hex.EncodeToString(uid[:])
 	healthy := v.view.healthy
 	errs := v.parallel(healthy, func(m *member) error {
 		ctx, cancel := context.WithTimeout(context.Background(), v.cfg.ControlTimeout)

@@ -1,0 +1,302 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/cairnstore/cairn/replica"
+)
+
+var bg = context.Background()
+
+func TestReplicatedWritesReachEveryReplica(t *testing.T) {
+	const size = 8 << 20
+	rs := newTestReplicas(t, 3, size)
+	v := openTestVolume(t, size, rs)
+	require.Equal(t, Healthy, v.Status().Robustness)
+	m := &model{data: make([]byte, size)}
+	rnd := rand.New(rand.NewPCG(1, 2))
+	for i := 0; i < 300; i++ {
+		n := 1 + rnd.IntN(64<<10)
+		off := rnd.Int64N(size - int64(n))
+		p := randBytes(rnd, n)
+		require.NoError(t, v.WriteAt(bg, p, off))
+		m.write(p, off)
+	}
+	require.NoError(t, v.WriteZeroes(bg, 4096, 3*4096+17))
+	m.write(make([]byte, 3*4096+17), 4096)
+	require.NoError(t, v.Flush(bg))
+	got := make([]byte, size)
+	require.NoError(t, v.ReadAt(bg, got, 0))
+	requireSame(t, m.data, got, "volume read")
+	for _, r := range rs {
+		requireSame(t, m.data, r.contents(), r.addr)
+	}
+	// Out of range I/O is refused without touching replicas.
+	require.ErrorIs(t, v.WriteAt(bg, make([]byte, 10), size-5), ErrOutOfRange)
+	require.Equal(t, Healthy, v.Status().Robustness)
+}
+
+func TestFailedReplicaIsDroppedAndGenerationBumped(t *testing.T) {
+	const size = 4 << 20
+	rs := newTestReplicas(t, 3, size)
+	v := openTestVolume(t, size, rs)
+	gen0 := v.Generation()
+	for _, r := range rs {
+		require.Equal(t, gen0, r.generation())
+	}
+	require.NoError(t, v.WriteAt(bg, []byte("before"), 0))
+	rs[2].stop()
+	require.NoError(t, v.WriteAt(bg, []byte("after!"), 0))
+	st := v.Status()
+	require.Equal(t, Degraded, st.Robustness)
+	require.Equal(t, ModeFailed, st.Replicas[2].Mode)
+	require.Greater(t, v.Generation(), gen0)
+	require.Equal(t, v.Generation(), rs[0].generation())
+	require.Equal(t, v.Generation(), rs[1].generation())
+	require.Equal(t, gen0, rs[2].generation())
+	got := make([]byte, 6)
+	require.NoError(t, v.ReadAt(bg, got, 0))
+	require.Equal(t, "after!", string(got))
+
+	// A restart picks only the newest generation; the stale one is never read.
+	v.Close()
+	rs[2].start()
+	v2 := openTestVolume(t, size, rs)
+	st = v2.Status()
+	require.Equal(t, ModeHealthy, st.Replicas[0].Mode)
+	require.Equal(t, ModeStale, st.Replicas[2].Mode)
+	require.Contains(t, st.Replicas[2].Reason, "generation")
+	for i := 0; i < 20; i++ {
+		require.NoError(t, v2.ReadAt(bg, got, 0))
+		require.Equal(t, "after!", string(got))
+	}
+}
+
+func TestOddSizedReplicaIsRefused(t *testing.T) {
+	rs := newTestReplicas(t, 2, 4<<20)
+	odd := newTestReplicas(t, 1, 8<<20)
+	v := openTestVolume(t, 4<<20, append(rs, odd...))
+	st := v.Status()
+	require.Equal(t, ModeFailed, st.Replicas[2].Mode)
+	require.Contains(t, st.Replicas[2].Reason, "replica size 8388608 differs from volume size 4194304")
+	// All replicas unusable: Open fails with the reasons.
+	_, err := Open(bg, Config{Name: "v", Size: 2 << 20, Replicas: addrs(rs), Dial: ReplicaDialer(testToken)})
+	require.ErrorIs(t, err, ErrNoHealthyReplica)
+	require.Contains(t, err.Error(), "differs from volume size")
+	// Wrong token: refused too.
+	_, err = Open(bg, Config{Name: "v", Size: 4 << 20, Replicas: addrs(rs), Dial: ReplicaDialer("wrong")})
+	require.ErrorIs(t, err, ErrNoHealthyReplica)
+}
+
+func TestSnapshotRevertRemove(t *testing.T) {
+	const size = 4 << 20
+	rs := newTestReplicas(t, 2, size)
+	v := openTestVolume(t, size, rs)
+	attached := true
+	v.SetAttachedCheck(func() bool { return attached })
+	require.NoError(t, v.WriteAt(bg, []byte("version-1"), 1000))
+	require.NoError(t, v.Snapshot(bg, "s1", map[string]string{"by": "test"}))
+	require.ErrorIs(t, v.Snapshot(bg, "s1", nil), ErrSnapshotExists)
+	require.ErrorIs(t, v.Snapshot(bg, "bad name", nil), ErrInvalid)
+	require.NoError(t, v.WriteAt(bg, []byte("version-2"), 1000))
+	snaps, err := v.Snapshots(bg)
+	require.NoError(t, err)
+	require.Len(t, snaps, 1)
+	require.Equal(t, "s1", snaps[0].Name)
+
+	require.ErrorIs(t, v.Revert(bg, "s1"), ErrAttached)
+	attached = false
+	require.ErrorIs(t, v.Revert(bg, "nope"), ErrNotFound)
+	require.NoError(t, v.Revert(bg, "s1"))
+	got := make([]byte, 9)
+	require.NoError(t, v.ReadAt(bg, got, 1000))
+	require.Equal(t, "version-1", string(got))
+	for _, r := range rs {
+		require.Equal(t, "version-1", string(r.contents()[1000:1009]))
+	}
+	require.Equal(t, Healthy, v.Status().Robustness)
+	require.NoError(t, v.RemoveSnapshot(bg, "s1"))
+	require.ErrorIs(t, v.RemoveSnapshot(bg, "s1"), ErrNotFound)
+	require.NoError(t, v.ReadAt(bg, got, 1000))
+	require.Equal(t, "version-1", string(got))
+}
+
+// hangingReplica wraps a Replica and makes writes hang when told to.
+type hangingReplica struct {
+	Replica
+	hang *bool
+	mu   *sync.Mutex
+}
+
+func (h hangingReplica) WriteAt(ctx context.Context, p []byte, off int64) error {
+	h.mu.Lock()
+	hang := *h.hang
+	h.mu.Unlock()
+	if hang {
+		<-ctx.Done()
+		return ctx.Err()
+	}
+	return h.Replica.WriteAt(ctx, p, off)
+}
+
+func TestTimedOutReplicaIsDropped(t *testing.T) {
+	const size = 4 << 20
+	rs := newTestReplicas(t, 2, size)
+	var mu sync.Mutex
+	hang := false
+	v := openTestVolume(t, size, rs, func(c *Config) {
+		c.IOTimeout = 300 * time.Millisecond
+		dial := c.Dial
+		c.Dial = func(ctx context.Context, addr string) (Replica, error) {
+			r, err := dial(ctx, addr)
+			if err != nil || addr != rs[1].addr {
+				return r, err
+			}
+			return hangingReplica{Replica: r, hang: &hang, mu: &mu}, nil
+		}
+	})
+	mu.Lock()
+	hang = true
+	mu.Unlock()
+	start := time.Now()
+	require.NoError(t, v.WriteAt(bg, []byte("x"), 0))
+	require.Less(t, time.Since(start), 3*time.Second)
+	st := v.Status()
+	require.Equal(t, Degraded, st.Robustness)
+	require.Contains(t, st.Replicas[1].Reason, "deadline")
+	// The last replica failing faults the volume.
+	rs[0].stop()
+	err := v.WriteAt(bg, []byte("y"), 0)
+	require.True(t, errors.Is(err, ErrNoHealthyReplica), "%v", err)
+	require.Equal(t, Faulted, v.Status().Robustness)
+}
+
+// TestRebuildUnderConcurrentUnalignedWrites adds an empty replica to a
+// volume with snapshots while writers hammer it with unaligned writes that
+// share 4 KiB blocks (each writer owns every fourth 512-byte sector), plus
+// trims and write-zeroes; afterwards every replica must equal the model.
+func TestRebuildUnderConcurrentUnalignedWrites(t *testing.T) {
+	const size = 16 << 20
+	rs := newTestReplicas(t, 3, size)
+	v := openTestVolume(t, size, rs[:2], func(c *Config) { c.RebuildWorkers = 4 })
+	m := &model{data: make([]byte, size)}
+	rnd := rand.New(rand.NewPCG(3, 4))
+	// Pre-existing data in two snapshot layers and the head.
+	for layer := 0; layer < 3; layer++ {
+		for i := 0; i < 200; i++ {
+			n := 512 * (1 + rnd.IntN(64))
+			off := rnd.Int64N(size-int64(n)) &^ 511
+			p := randBytes(rnd, n)
+			require.NoError(t, v.WriteAt(bg, p, off))
+			m.write(p, off)
+		}
+		if layer < 2 {
+			require.NoError(t, v.Snapshot(bg, []string{"a", "b"}[layer], nil))
+		}
+	}
+
+	const writers = 4
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	errs := make(chan error, writers)
+	for w := 0; w < writers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := rand.New(rand.NewPCG(uint64(w), 99))
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				// A run of sectors owned by this writer: sector s with s%writers == w.
+				sec := r.Int64N(size/512-64)&^(writers-1) + int64(w)
+				count := 1 + r.IntN(8)
+				for k := 0; k < count; k++ {
+					s := sec + int64(k*writers)
+					var p []byte
+					var err error
+					switch r.IntN(10) {
+					case 0:
+						p = make([]byte, 512)
+						err = v.WriteZeroes(bg, s*512, 512)
+					default:
+						p = randBytes(r, 512)
+						err = v.WriteAt(bg, p, s*512)
+					}
+					if err != nil {
+						errs <- err
+						return
+					}
+					m.write(p, s*512)
+				}
+			}
+		}()
+	}
+	time.Sleep(50 * time.Millisecond)
+	res, err := v.Rebuild(bg, rs[2].addr)
+	require.NoError(t, err)
+	time.Sleep(50 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
+	require.Equal(t, []string{"a", "b"}, res.Layers[:2])
+	st := v.Status()
+	require.Equal(t, Healthy, st.Robustness)
+	require.Len(t, st.Replicas, 3)
+	require.NoError(t, v.Flush(bg))
+	for _, r := range rs {
+		requireSame(t, m.data, r.contents(), r.addr)
+		require.Equal(t, v.Generation(), r.generation())
+	}
+	// The rebuild snapshot is gone; the user snapshots are on every replica.
+	for _, r := range rs {
+		var names []string
+		for _, s := range r.r.Info().Snapshots {
+			names = append(names, s.Name)
+		}
+		require.Equal(t, []string{"a", "b"}, names, r.addr)
+	}
+}
+
+func TestReturningReplicaCopiesOnlyNewLayers(t *testing.T) {
+	const size = 8 << 20
+	rs := newTestReplicas(t, 3, size)
+	v := openTestVolume(t, size, rs)
+	m := &model{data: make([]byte, size)}
+	rnd := rand.New(rand.NewPCG(5, 6))
+	write := func(n int) {
+		for i := 0; i < n; i++ {
+			p := randBytes(rnd, 4096)
+			off := rnd.Int64N(size/4096) * 4096
+			require.NoError(t, v.WriteAt(bg, p, off))
+			m.write(p, off)
+		}
+	}
+	write(500)
+	require.NoError(t, v.Snapshot(bg, "old", nil))
+	rs[2].stop()
+	write(20)
+	require.Equal(t, Degraded, v.Status().Robustness)
+	rs[2].start()
+	res, err := v.Rebuild(bg, rs[2].addr)
+	require.NoError(t, err)
+	require.Len(t, res.Layers, 1, "only the layer written since the common snapshot moves: %v", res.Layers)
+	require.LessOrEqual(t, res.Bytes, int64(20*4096))
+	require.Equal(t, Healthy, v.Status().Robustness)
+	for _, r := range rs {
+		requireSame(t, m.data, r.contents(), r.addr)
+	}
+	_ = replica.BlockSize
+}
