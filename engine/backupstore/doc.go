@@ -67,8 +67,8 @@
 //
 // JSON: formatVersion, volume, updated, backups[] (id, snapshot, parent,
 // created, completed, size, blockSize, compression, labels, block
-// counts, bytes read and uploaded), sorted by id (ids sort by time:
-// b<yyyymmdd-hhmmss>-<random>). A backup exists for readers only once it
+// counts, bytes read and uploaded), oldest first by creation time (ids
+// are b<yyyymmdd-hhmmss.mmm>-<random>, UTC). A backup exists for readers only once it
 // is in the catalogue.
 //
 // # Store descriptor (cairn-target.json)

@@ -161,7 +161,13 @@ func (s *Store) readCatalogue(ctx context.Context, volume string) (*catalogue, e
 func (s *Store) writeCatalogue(ctx context.Context, c *catalogue) error {
 	c.FormatVersion = FormatVersion
 	c.Updated = time.Now().UTC()
-	sort.Slice(c.Backups, func(i, j int) bool { return c.Backups[i].ID < c.Backups[j].ID })
+	sort.SliceStable(c.Backups, func(i, j int) bool {
+		a, b := c.Backups[i], c.Backups[j]
+		if !a.Created.Equal(b.Created) {
+			return a.Created.Before(b.Created)
+		}
+		return a.ID < b.ID
+	})
 	payload, err := json.Marshal(c)
 	if err != nil {
 		return err

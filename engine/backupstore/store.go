@@ -263,5 +263,5 @@ func randomHex(n int) string {
 
 // newBackupID returns a sortable, unique backup id.
 func newBackupID(now time.Time) string {
-	return "b" + now.UTC().Format("20060102-150405") + "-" + randomHex(4)
+	return "b" + now.UTC().Format("20060102-150405.000") + "-" + randomHex(3)
 }
