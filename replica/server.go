@@ -144,7 +144,9 @@ func (s *Server) serverHandshake(c net.Conn) error {
 		return err
 	}
 	if string(resp[:8]) != protoMagic || binary.LittleEndian.Uint32(resp[8:]) != protoVersion {
-		c.Write(make([]byte, 1+macSize))
+		reply := make([]byte, 1+macSize)
+		reply[0] = 1
+		c.Write(reply)
 		return fmt.Errorf("%w: bad hello", ErrProtocol)
 	}
 	cNonce := resp[12 : 12+nonceSize]

@@ -1,0 +1,187 @@
+package replica
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+func randBlocks(rng *rand.Rand, n int) []byte {
+	p := make([]byte, n*BlockSize)
+	for i := range p {
+		p[i] = byte(rng.Uint32())
+	}
+	return p
+}
+
+// rebuild runs the engine's side of the rebuild protocol from src to dst
+// (both clients) while writer mirrors live aligned writes to both.
+func rebuild(t *testing.T, src, dst *Client, writes func()) {
+	ctx := context.Background()
+	// 1-2: "pause I/O", snapshot the source, reset the target
+	n := fmt.Sprintf("rebuild-%d", rand.IntN(1e6))
+	require.NoError(t, src.Snapshot(ctx, n, nil))
+	si, err := src.Info(ctx)
+	require.NoError(t, err)
+	di, err := dst.Info(ctx)
+	require.NoError(t, err)
+	var keep []string
+	for i, s := range di.Snapshots {
+		if i < len(si.Snapshots) && si.Snapshots[i].Name == s.Name && !s.Incomplete {
+			keep = append(keep, s.Name)
+			continue
+		}
+		break
+	}
+	receive := si.Snapshots[len(keep):]
+	require.NoError(t, dst.ResetForRebuild(ctx, keep, receive))
+	di, err = dst.Info(ctx)
+	require.NoError(t, err)
+	require.True(t, di.Rebuilding)
+	// 3: resume I/O to both while 4: copying the missing layers
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); writes() }()
+	for _, s := range receive {
+		_, err := CopyLayer(ctx, src, dst, s.Name, si.Size, 4)
+		require.NoError(t, err)
+	}
+	wg.Wait()
+	di, err = dst.Info(ctx)
+	require.NoError(t, err)
+	require.False(t, di.Rebuilding)
+	require.Equal(t, len(si.Snapshots), len(di.Snapshots))
+	for i := range si.Snapshots {
+		require.Equal(t, si.Snapshots[i].Name, di.Snapshots[i].Name)
+	}
+}
+
+func TestRebuildUnderLiveWrites(t *testing.T) {
+	const size = 8 << 20
+	const blocks = size / BlockSize
+	rng := rand.New(rand.NewPCG(11, 12))
+	src := newTestReplica(t, size)
+	dst := newTestReplica(t, size)
+	sc := dialTest(t, startServer(t, src))
+	dc := dialTest(t, startServer(t, dst))
+	ctx := context.Background()
+	// history on the source: three snapshots and head data, with holes
+	for s := 0; s < 3; s++ {
+		for i := 0; i < 150; i++ {
+			_, err := src.WriteAt(randBlocks(rng, 1+rng.IntN(8)), rng.Int64N(blocks-8)*BlockSize)
+			require.NoError(t, err)
+		}
+		require.NoError(t, src.Trim(rng.Int64N(blocks-64)*BlockSize, 64*BlockSize))
+		require.NoError(t, src.Snapshot(fmt.Sprintf("s%d", s), nil))
+	}
+	for i := 0; i < 100; i++ {
+		_, err := src.WriteAt(randBlocks(rng, 1), rng.Int64N(blocks)*BlockSize)
+		require.NoError(t, err)
+	}
+	// checksums of the source's snapshots travel with Info and are
+	// verified by CommitLayer on the target
+	for s := 0; s < 3; s++ {
+		_, err := src.Checksum(fmt.Sprintf("s%d", s))
+		require.NoError(t, err)
+	}
+	var live atomic.Int64
+	mirror := func(seed uint64) func() {
+		return func() {
+			wr := rand.New(rand.NewPCG(seed, 99))
+			for i := 0; i < 300; i++ {
+				off := wr.Int64N(blocks-4) * BlockSize
+				switch wr.IntN(10) {
+				case 0:
+					require.NoError(t, sc.Trim(ctx, off, 3*BlockSize))
+					require.NoError(t, dc.Trim(ctx, off, 3*BlockSize))
+				case 1:
+					require.NoError(t, sc.WriteZeroes(ctx, off, 2*BlockSize))
+					require.NoError(t, dc.WriteZeroes(ctx, off, 2*BlockSize))
+				default:
+					p := randBlocks(wr, 1+wr.IntN(4))
+					_, err := sc.WriteAt(ctx, p, off)
+					require.NoError(t, err)
+					_, err = dc.WriteAt(ctx, p, off)
+					require.NoError(t, err)
+				}
+				live.Add(1)
+			}
+		}
+	}
+	rebuild(t, sc, dc, mirror(1))
+	require.EqualValues(t, 300, live.Load())
+	requireSame(t, readAll(t, src, size), readAll(t, dst, size), "head after rebuild")
+	for _, s := range src.Snapshots() {
+		a, err := src.OpenSnapshot(s.Name)
+		require.NoError(t, err)
+		b, err := dst.OpenSnapshot(s.Name)
+		require.NoError(t, err)
+		requireSame(t, readAll(t, a, size), readAll(t, b, size), "snapshot "+s.Name)
+		a.Close()
+		b.Close()
+		ca, err := src.Checksum(s.Name)
+		require.NoError(t, err)
+		cb, err := dst.Checksum(s.Name)
+		require.NoError(t, err)
+		require.Equal(t, ca, cb, "layer checksum of %s", s.Name)
+	}
+
+	// the target goes away, the source moves on; the returning target
+	// copies only the layers it lacks
+	for i := 0; i < 50; i++ {
+		_, err := src.WriteAt(randBlocks(rng, 2), rng.Int64N(blocks-2)*BlockSize)
+		require.NoError(t, err)
+	}
+	require.NoError(t, src.Snapshot("s3", nil))
+	for i := 0; i < 50; i++ {
+		_, err := dst.WriteAt(randBlocks(rng, 1), rng.Int64N(blocks)*BlockSize) // divergent, lost
+		require.NoError(t, err)
+	}
+	before := len(dst.Snapshots())
+	rebuild(t, sc, dc, mirror(2))
+	require.Equal(t, before+2, len(dst.Snapshots()))
+	requireSame(t, readAll(t, src, size), readAll(t, dst, size), "head after incremental rebuild")
+	dst = reopen(t, dst)
+	requireSame(t, readAll(t, src, size), readAll(t, dst, size), "target after reopen")
+}
+
+func TestRebuildGuards(t *testing.T) {
+	const size = 64 * BlockSize
+	r := newTestReplica(t, size)
+	_, err := r.WriteAt(bytes.Repeat([]byte{1}, size), 0)
+	require.NoError(t, err)
+	require.NoError(t, r.Snapshot("a", nil))
+	require.ErrorIs(t, r.ResetForRebuild([]string{"b"}, nil), ErrInvalid)
+	require.ErrorIs(t, r.ResetForRebuild([]string{"a", "x"}, nil), ErrInvalid)
+	require.ErrorIs(t, r.ResetForRebuild(nil, []SnapshotInfo{{Name: "x"}, {Name: "x"}}), ErrInvalid)
+	require.NoError(t, r.ResetForRebuild([]string{"a"}, []SnapshotInfo{{Name: "b"}, {Name: "c", Checksum: "00"}}))
+	require.True(t, r.Info().Rebuilding)
+	_, err = r.WriteAt([]byte("x"), 10)
+	require.ErrorIs(t, err, ErrUnaligned)
+	_, err = r.WriteAt(bytes.Repeat([]byte{2}, BlockSize), 0)
+	require.NoError(t, err)
+	require.ErrorIs(t, r.RemoveSnapshot("a"), ErrRebuilding)
+	require.ErrorIs(t, r.Revert("a"), ErrRebuilding)
+	require.ErrorIs(t, r.WriteLayer("b", []byte("x"), 0), ErrInvalid)
+	require.ErrorIs(t, r.WriteLayer("a", make([]byte, BlockSize), 0), ErrReadOnly)
+	// layer data under a block the head rewrote stays hidden
+	require.NoError(t, r.WriteLayer("b", bytes.Repeat([]byte{3}, 2*BlockSize), 0))
+	require.NoError(t, r.CommitLayer("b"))
+	require.ErrorIs(t, r.CommitLayer("c"), ErrCorrupt) // checksum mismatch
+	require.True(t, r.Info().Rebuilding)
+	got := make([]byte, 2*BlockSize)
+	_, err = r.ReadAt(got, 0)
+	require.NoError(t, err)
+	require.Equal(t, append(bytes.Repeat([]byte{2}, BlockSize), bytes.Repeat([]byte{3}, BlockSize)...), got)
+	// an interrupted rebuild survives a restart as incomplete
+	r = reopen(t, r)
+	require.True(t, r.Info().Rebuilding)
+	require.NoError(t, r.ResetForRebuild([]string{"a"}, nil))
+	require.False(t, r.Info().Rebuilding)
+}
