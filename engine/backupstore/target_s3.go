@@ -15,6 +15,7 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/aws/retry"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
@@ -42,16 +43,7 @@ func openS3Target(ctx context.Context, bucket, prefix string, opts TargetOptions
 	if opts.MaxAttempts <= 0 {
 		opts.MaxAttempts = 3
 	}
-	tr := &http.Transport{
-		Proxy:                 http.ProxyFromEnvironment,
-		DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		TLSHandshakeTimeout:   10 * time.Second,
-		ResponseHeaderTimeout: opts.RequestTimeout,
-		MaxIdleConns:          256,
-		MaxIdleConnsPerHost:   64,
-		IdleConnTimeout:       90 * time.Second,
-		ForceAttemptHTTP2:     true,
-	}
+	var caPool *x509.CertPool
 	if len(opts.CABundle) > 0 {
 		pool, err := x509.SystemCertPool()
 		if err != nil || pool == nil {
@@ -60,11 +52,28 @@ func openS3Target(ctx context.Context, bucket, prefix string, opts TargetOptions
 		if !pool.AppendCertsFromPEM(opts.CABundle) {
 			return nil, fmt.Errorf("backupstore: CA bundle holds no PEM certificates")
 		}
-		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+		caPool = pool
 	}
+	// A buildable client, so the SDK can still add AWS_CA_BUNDLE from the
+	// environment; timeouts bound how long a dead endpoint can stall us.
+	httpClient := awshttp.NewBuildableClient().
+		WithDialerOptions(func(d *net.Dialer) { d.Timeout = 5 * time.Second; d.KeepAlive = 30 * time.Second }).
+		WithTransportOptions(func(tr *http.Transport) {
+			tr.TLSHandshakeTimeout = 10 * time.Second
+			tr.ResponseHeaderTimeout = opts.RequestTimeout
+			tr.MaxIdleConns = 256
+			tr.MaxIdleConnsPerHost = 64
+			tr.IdleConnTimeout = 90 * time.Second
+			if caPool != nil {
+				if tr.TLSClientConfig == nil {
+					tr.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+				}
+				tr.TLSClientConfig.RootCAs = caPool
+			}
+		})
 	loadOpts := []func(*config.LoadOptions) error{
 		config.WithRegion(opts.Region),
-		config.WithHTTPClient(&http.Client{Transport: tr}),
+		config.WithHTTPClient(httpClient),
 		config.WithRetryer(func() aws.Retryer {
 			return retry.NewStandard(func(o *retry.StandardOptions) {
 				o.MaxAttempts = opts.MaxAttempts
