@@ -4,9 +4,9 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"maps"
 	"errors"
 	"fmt"
+	"maps"
 	"regexp"
 )
 

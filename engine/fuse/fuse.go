@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -31,7 +32,12 @@ type Mount struct {
 	name   string
 	server *fuse.Server
 	log    logr.Logger
+	file   *volumeFile
 }
+
+// OpenCount is the number of open handles of the volume file (a loop
+// device holds one while attached).
+func (m *Mount) OpenCount() int64 { return m.file.opens.Load() }
 
 // MountVolume mounts a file system at dir holding one file, name, backed by b.
 func MountVolume(dir, name string, b engine.Backend, opts Options) (*Mount, error) {
@@ -69,7 +75,7 @@ func MountVolume(dir, name string, b engine.Backend, opts Options) (*Mount, erro
 		_ = server.Unmount()
 		return nil, fmt.Errorf("fuse: mount %s: %w", dir, err)
 	}
-	m := &Mount{dir: dir, name: name, server: server, log: opts.Log}
+	m := &Mount{dir: dir, name: name, server: server, log: opts.Log, file: vf}
 	m.log.Info("Volume file mounted", "path", m.Path())
 	return m, nil
 }
@@ -103,6 +109,7 @@ type volumeFile struct {
 	fs.Inode
 	b     engine.Backend
 	mtime time.Time
+	opens atomic.Int64
 }
 
 var (
@@ -114,6 +121,7 @@ var (
 	_ fs.NodeFsyncer   = (*volumeFile)(nil)
 	_ fs.NodeFlusher   = (*volumeFile)(nil)
 	_ fs.NodeAllocater = (*volumeFile)(nil)
+	_ fs.NodeReleaser  = (*volumeFile)(nil)
 )
 
 // ctxIO detaches backend I/O from the FUSE request context: an interrupted
@@ -124,7 +132,13 @@ func (f *volumeFile) Open(ctx context.Context, flags uint32) (fs.FileHandle, uin
 	if flags&syscall.O_TRUNC != 0 {
 		return nil, 0, syscall.EPERM
 	}
+	f.opens.Add(1)
 	return nil, fuse.FOPEN_DIRECT_IO, 0
+}
+
+func (f *volumeFile) Release(ctx context.Context, _ fs.FileHandle) syscall.Errno {
+	f.opens.Add(-1)
+	return 0
 }
 
 func (f *volumeFile) fill(out *fuse.Attr) {

@@ -101,6 +101,13 @@ func (s *Server) track(c net.Conn, add bool) {
 	}
 }
 
+// Connections is the number of connected clients.
+func (s *Server) Connections() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.conns)
+}
+
 // ServeConn runs the handshake and transmission phases on one connection
 // and closes it when done.
 func (s *Server) ServeConn(ctx context.Context, nc net.Conn) {

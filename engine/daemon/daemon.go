@@ -1,0 +1,195 @@
+// Package daemon runs one engine process: it opens the volume on its
+// replicas, serves it through one frontend (NBD on a unix socket or TCP
+// address, or FUSE as DIR/NAME), serves the control endpoint (status,
+// snapshots, replicas, /metrics) and rebuilds replicas that come back.
+// `cairn engine` is a thin flag layer over Run.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/cairnstore/cairn/engine"
+	"github.com/cairnstore/cairn/engine/fuse"
+	"github.com/cairnstore/cairn/engine/nbd"
+)
+
+// Options configure an engine process.
+type Options struct {
+	Volume    string
+	Size      int64
+	Replicas  []string
+	TokenFile string
+	// Frontend is "nbd" or "fuse".
+	Frontend string
+	// Listen is the NBD address: "unix:PATH" or "host:port".
+	Listen string
+	// Mountpoint is the FUSE directory; the volume is DIR/<Volume>.
+	Mountpoint string
+	// Control is the control endpoint address ("unix:PATH" or
+	// "host:port"); empty disables it.
+	Control string
+	// IOTimeout bounds one replica I/O before the replica is dropped.
+	IOTimeout time.Duration
+	// RebuildInterval is how often stale and failed replicas are retried;
+	// 0 disables automatic rebuilds.
+	RebuildInterval time.Duration
+	Log             logr.Logger
+	// Ready, if set, is called once the frontend and control endpoint serve.
+	Ready func(v *engine.Volume)
+}
+
+// Validate checks the options a user gives on the command line.
+func (o *Options) Validate() error {
+	var errs []error
+	if o.Volume == "" || strings.ContainsAny(o.Volume, "/\x00") {
+		errs = append(errs, fmt.Errorf("--volume must be a plain name, got %q", o.Volume))
+	}
+	if o.Size <= 0 || o.Size%4096 != 0 {
+		errs = append(errs, fmt.Errorf("--size must be a positive multiple of 4096, got %d", o.Size))
+	}
+	if len(o.Replicas) == 0 {
+		errs = append(errs, errors.New("at least one --replica is required"))
+	}
+	if o.TokenFile == "" {
+		errs = append(errs, errors.New("--token-file is required"))
+	}
+	switch o.Frontend {
+	case "nbd":
+		if o.Listen == "" {
+			errs = append(errs, errors.New("--frontend nbd needs --listen unix:PATH or host:port"))
+		}
+	case "fuse":
+		if o.Mountpoint == "" {
+			errs = append(errs, errors.New("--frontend fuse needs --mountpoint DIR"))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("--frontend must be nbd or fuse, got %q", o.Frontend))
+	}
+	return errors.Join(errs...)
+}
+
+// ReadToken reads a token file (surrounding whitespace is ignored).
+func ReadToken(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("read token file: %w", err)
+	}
+	tok := strings.TrimSpace(string(b))
+	if tok == "" {
+		return "", fmt.Errorf("token file %s is empty", path)
+	}
+	return tok, nil
+}
+
+// Run serves the volume until ctx is done, then stops the frontend,
+// flushes the replicas and closes them.
+func Run(ctx context.Context, o Options) error {
+	if err := o.Validate(); err != nil {
+		return err
+	}
+	token, err := ReadToken(o.TokenFile)
+	if err != nil {
+		return err
+	}
+	log := o.Log.WithValues("volume", o.Volume)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics := engine.NewMetrics(reg)
+	metrics.ForVolume(o.Volume)
+
+	v, err := engine.Open(ctx, engine.Config{
+		Name: o.Volume, Size: o.Size, Replicas: o.Replicas, Dial: engine.ReplicaDialer(token),
+		IOTimeout: o.IOTimeout, Log: o.Log, Metrics: metrics,
+	})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		fctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := v.Flush(fctx); err != nil {
+			log.Info("Final flush failed", "err", err.Error())
+		}
+		v.Close()
+	}()
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, 3)
+	var stopFrontend func()
+	switch o.Frontend {
+	case "nbd":
+		ln, err := nbd.Listen(o.Listen)
+		if err != nil {
+			return fmt.Errorf("nbd listen %s: %w", o.Listen, err)
+		}
+		srv := &nbd.Server{Export: o.Volume, Backend: v, Log: o.Log}
+		v.SetAttachedCheck(func() bool { return srv.Connections() > 0 })
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			errc <- srv.Serve(ctx, ln)
+		}()
+		stopFrontend = func() { cancel(); <-done }
+		log.Info("Serving NBD", "listen", o.Listen)
+	case "fuse":
+		m, err := fuse.MountVolume(o.Mountpoint, o.Volume, v, fuse.Options{AllowOther: true, Log: o.Log})
+		if err != nil {
+			return err
+		}
+		v.SetAttachedCheck(func() bool { return m.OpenCount() > 0 })
+		stopFrontend = func() {
+			if err := m.Unmount(); err != nil {
+				log.Info("Unmount failed", "err", err.Error())
+			}
+		}
+		log.Info("Serving FUSE", "file", m.Path())
+	}
+	defer stopFrontend()
+
+	if o.Control != "" {
+		ln, err := listen(o.Control)
+		if err != nil {
+			return fmt.Errorf("control listen %s: %w", o.Control, err)
+		}
+		cs := &engine.ControlServer{Volume: v, Token: token, Gatherer: reg}
+		go func() { errc <- cs.Serve(ctx, ln) }()
+		log.Info("Serving control endpoint", "address", o.Control)
+	}
+	if o.RebuildInterval > 0 {
+		go v.RunAutoRebuild(ctx, o.RebuildInterval)
+	}
+	if o.Ready != nil {
+		o.Ready(v)
+	}
+	select {
+	case <-ctx.Done():
+		return nil
+	case err := <-errc:
+		if err != nil && ctx.Err() == nil {
+			return err
+		}
+		<-ctx.Done()
+		return nil
+	}
+}
+
+func listen(addr string) (net.Listener, error) {
+	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
+		if st, err := os.Lstat(path); err == nil && st.Mode()&os.ModeSocket != 0 {
+			_ = os.Remove(path)
+		}
+		return net.Listen("unix", path)
+	}
+	return net.Listen("tcp", addr)
+}
