@@ -1,0 +1,93 @@
+package v1alpha1
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// EngineSpec is the per-volume engine process on the node a volume is
+// attached to.
+type EngineSpec struct {
+	// volumeName is the Volume the engine serves.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	VolumeName string `json:"volumeName"`
+
+	// nodeID is the node the engine runs on.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	NodeID string `json:"nodeID"`
+
+	// frontend is how the volume is exposed on the node.
+	// +optional
+	// +kubebuilder:default=nbd
+	// +kubebuilder:validation:Enum=nbd;fuse
+	Frontend string `json:"frontend,omitempty"`
+
+	// replicas names the Replica objects the engine writes to.
+	// +optional
+	// +listType=set
+	// +kubebuilder:validation:MaxItems=16
+	Replicas []string `json:"replicas,omitempty"`
+}
+
+// EngineStatus is the observed state of an engine.
+type EngineStatus struct {
+	// observedGeneration is the generation the status describes.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+	// conditions: Ready, Reconciling, Stalled.
+	// +optional
+	// +listType=map
+	// +listMapKey=type
+	// +kubebuilder:validation:MaxItems=16
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+	// state is Stopped, Starting, Running or Error.
+	// +optional
+	// +kubebuilder:validation:Enum=Stopped;Starting;Running;Error
+	State string `json:"state,omitempty"`
+	// endpoint is the device or socket the frontend serves.
+	// +optional
+	Endpoint string `json:"endpoint,omitempty"`
+	// replicaModes maps each replica name to RW, WO or ERR.
+	// +optional
+	ReplicaModes map[string]string `json:"replicaModes,omitempty"`
+	// rebuildProgress is the percentage of an ongoing rebuild.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=100
+	RebuildProgress int32 `json:"rebuildProgress,omitempty"`
+}
+
+// Engine is the process that serves one attached volume (internal; created by Cairn).
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:scope=Cluster,shortName=ceng,categories=cairn
+// +kubebuilder:printcolumn:name="Volume",type=string,JSONPath=`.spec.volumeName`
+// +kubebuilder:printcolumn:name="Node",type=string,JSONPath=`.spec.nodeID`
+// +kubebuilder:printcolumn:name="State",type=string,JSONPath=`.status.state`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type Engine struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+	// spec is the desired engine.
+	// +required
+	Spec EngineSpec `json:"spec"`
+	// status is the observed state.
+	// +optional
+	// +kubebuilder:default={"observedGeneration":-1}
+	Status EngineStatus `json:"status,omitempty"`
+}
+
+// EngineList is a list of Engines.
+// +kubebuilder:object:root=true
+type EngineList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []Engine `json:"items"`
+}
+
+func init() {
+	SchemeBuilder.Register(&Engine{}, &EngineList{})
+}

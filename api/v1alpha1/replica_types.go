@@ -1,0 +1,86 @@
+package v1alpha1
+
+import (
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// ReplicaSpec is one copy of a volume on one node. Replicas are created by
+// the volume controller and run by the node agent of spec.nodeID.
+type ReplicaSpec struct {
+	// volumeName is the Volume this replica belongs to.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	VolumeName string `json:"volumeName"`
+
+	// nodeID is the node that stores the replica.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	NodeID string `json:"nodeID"`
+
+	// diskPath is the node disk (data directory root) holding the replica.
+	// +optional
+	// +kubebuilder:validation:MaxLength=4096
+	DiskPath string `json:"diskPath,omitempty"`
+
+	// size is the volume size the replica is created with.
+	// +required
+	Size resource.Quantity `json:"size"`
+}
+
+// ReplicaStatus is the observed state of a replica.
+type ReplicaStatus struct {
+	// observedGeneration is the generation the status describes.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+	// conditions: Ready, Reconciling, Stalled.
+	// +optional
+	// +listType=map
+	// +listMapKey=type
+	// +kubebuilder:validation:MaxItems=16
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+	// state is Stopped, Starting, Running or Error.
+	// +optional
+	// +kubebuilder:validation:Enum=Stopped;Starting;Running;Error
+	State string `json:"state,omitempty"`
+	// address the replica server listens on.
+	// +optional
+	Address string `json:"address,omitempty"`
+	// dataGeneration is the replica's durable membership generation.
+	// +optional
+	DataGeneration int64 `json:"dataGeneration,omitempty"`
+}
+
+// Replica is one copy of a volume on one node (internal; created by Cairn).
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:scope=Cluster,shortName=crep,categories=cairn
+// +kubebuilder:printcolumn:name="Volume",type=string,JSONPath=`.spec.volumeName`
+// +kubebuilder:printcolumn:name="Node",type=string,JSONPath=`.spec.nodeID`
+// +kubebuilder:printcolumn:name="State",type=string,JSONPath=`.status.state`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type Replica struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+	// spec is the desired replica.
+	// +required
+	Spec ReplicaSpec `json:"spec"`
+	// status is the observed state.
+	// +optional
+	// +kubebuilder:default={"observedGeneration":-1}
+	Status ReplicaStatus `json:"status,omitempty"`
+}
+
+// ReplicaList is a list of Replicas.
+// +kubebuilder:object:root=true
+type ReplicaList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []Replica `json:"items"`
+}
+
+func init() {
+	SchemeBuilder.Register(&Replica{}, &ReplicaList{})
+}

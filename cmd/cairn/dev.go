@@ -1,0 +1,238 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/cairnstore/cairn/config"
+	"github.com/cairnstore/cairn/internal/localcluster"
+)
+
+func init() { addCommand(newDevCmd) }
+
+type devOptions struct {
+	dataDir   string
+	binDir    string
+	samples   bool
+	verbosity int
+}
+
+func newDevCmd() *cobra.Command {
+	o := devOptions{}
+	cmd := &cobra.Command{
+		Use:   "dev",
+		Short: "Run Cairn on an embedded local control plane (etcd + kube-apiserver) with the samples applied",
+		Long: `dev starts etcd and kube-apiserver on free loopback ports with state under
+--data-dir, installs Cairn's CRDs and webhooks, runs the manager in-process,
+applies config/samples, and prints the kubeconfig to look with. Ctrl-C stops
+everything; a second run reuses the data directory.`,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return runDev(ctx, o)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.dataDir, "data-dir", ".cairn/dev", "directory for etcd data, the kubeconfig and logs")
+	f.StringVar(&o.binDir, "bin-dir", "", "directory holding etcd and kube-apiserver (default: next to this binary, else ./bin)")
+	f.BoolVar(&o.samples, "samples", true, "apply config/samples once the control plane is up")
+	f.IntVarP(&o.verbosity, "v", "v", 0, "log verbosity (0 info, 1+ debug)")
+	return cmd
+}
+
+func runDev(ctx context.Context, o devOptions) error {
+	dataDir, err := filepath.Abs(o.dataDir)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return fmt.Errorf("create data dir: %w", err)
+	}
+	unlock, err := lockDataDir(dataDir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	etcdDir := filepath.Join(dataDir, "etcd")
+	if pid := findProcessWithArg(etcdDir); pid != 0 {
+		return fmt.Errorf("an etcd (pid %d) left by an earlier run still uses %s; stop it first: kill %d", pid, etcdDir, pid)
+	}
+	logPath := filepath.Join(dataDir, "controlplane.log")
+	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	defer logFile.Close()
+	ctrl.SetLogger(newLogger(o.verbosity))
+
+	fmt.Printf("Starting etcd and kube-apiserver (state in %s, output in %s)...\n", etcdDir, logPath)
+	cluster, err := localcluster.Start(localcluster.Options{BinDir: devBinDir(o.binDir), EtcdDataDir: etcdDir, Out: logFile})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		fmt.Println("Stopping the control plane...")
+		if err := cluster.Stop(); err != nil {
+			fmt.Fprintln(os.Stderr, "stop control plane:", err)
+		}
+	}()
+	kubeconfig := filepath.Join(dataDir, "kubeconfig")
+	if err := writeKubeconfig(cluster, kubeconfig); err != nil {
+		return err
+	}
+
+	mgr, err := newManager(cluster.Config, managerOptions{metricsAddr: "0", probeAddr: "0"}, cluster.WebhookOptions())
+	if err != nil {
+		return err
+	}
+	mgrCtx, cancelMgr := context.WithCancel(ctx)
+	mgrDone := make(chan error, 1)
+	go func() { mgrDone <- mgr.Start(mgrCtx) }()
+	defer func() {
+		cancelMgr()
+		<-mgrDone
+	}()
+	if err := waitWebhook(ctx, mgr.GetWebhookServer().StartedChecker(), mgrDone); err != nil {
+		return err
+	}
+
+	applied := 0
+	if o.samples {
+		objs, err := localcluster.Build(config.Samples, "samples")
+		if err != nil {
+			return err
+		}
+		c, err := client.New(cluster.Config, client.Options{Scheme: mgr.GetScheme()})
+		if err != nil {
+			return err
+		}
+		if err := localcluster.Apply(ctx, c, "cairn-dev", objs); err != nil {
+			return fmt.Errorf("apply samples: %w", err)
+		}
+		applied = len(objs)
+	}
+
+	fmt.Printf(`
+Cairn dev is running.
+  API server   %s
+  kubeconfig   %s
+  manager      in-process (validating webhook on %s:%d)
+  samples      %d objects applied from config/samples
+
+Look around with any Kubernetes client:
+  export KUBECONFIG=%s
+  kubectl get cairn
+
+Press Ctrl-C to stop.
+`, cluster.Config.Host, kubeconfig, cluster.WebhookOptions().Host, cluster.WebhookOptions().Port, applied, kubeconfig)
+
+	select {
+	case <-ctx.Done():
+		fmt.Println("\nInterrupted, shutting down...")
+		return nil
+	case err := <-mgrDone:
+		mgrDone <- err
+		return fmt.Errorf("manager stopped: %w", err)
+	}
+}
+
+// devBinDir finds etcd and kube-apiserver: the flag, then the directory of
+// this binary (make builds everything into bin/), then ./bin.
+func devBinDir(flag string) string {
+	if flag != "" {
+		return flag
+	}
+	if exe, err := os.Executable(); err == nil {
+		dir := filepath.Dir(exe)
+		if _, err := os.Stat(filepath.Join(dir, "kube-apiserver")); err == nil {
+			return dir
+		}
+	}
+	return "bin"
+}
+
+// lockDataDir takes an exclusive flock on dataDir/lock so that two dev runs
+// never share one etcd. The kernel drops the lock when the process dies, so
+// a crashed run leaves no stale lock.
+func lockDataDir(dataDir string) (func(), error) {
+	path := filepath.Join(dataDir, "lock")
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		pid, _ := os.ReadFile(path)
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("another `cairn dev` (pid %s) is using %s; stop it first or pass --data-dir", strings.TrimSpace(string(pid)), dataDir)
+		}
+		return nil, fmt.Errorf("lock %s: %w", path, err)
+	}
+	_ = f.Truncate(0)
+	_, _ = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	return func() { _ = f.Truncate(0); f.Close() }, nil
+}
+
+// findProcessWithArg returns the pid of a process whose command line
+// mentions arg (an etcd orphaned by a killed dev run), or 0.
+func findProcessWithArg(arg string) int {
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err == nil && strings.Contains(string(cmdline), arg) {
+			return pid
+		}
+	}
+	return 0
+}
+
+func writeKubeconfig(c *localcluster.Cluster, path string) error {
+	data, err := c.Kubeconfig("cairn-dev-admin")
+	if err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// waitWebhook waits until the webhook server serves, so that applying the
+// samples does not race the admission webhook.
+func waitWebhook(ctx context.Context, started func(*http.Request) error, mgrDone chan error) error {
+	deadline := time.NewTimer(60 * time.Second)
+	defer deadline.Stop()
+	for {
+		if started(nil) == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case err := <-mgrDone:
+			mgrDone <- err
+			return fmt.Errorf("manager stopped before its webhook server started: %w", err)
+		case <-deadline.C:
+			return errors.New("webhook server did not start within 60s")
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}

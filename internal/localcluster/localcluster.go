@@ -1,0 +1,145 @@
+package localcluster
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	admissionv1 "k8s.io/api/admissionregistration/v1"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	"sigs.k8s.io/controller-runtime/pkg/webhook"
+
+	"github.com/cairnstore/cairn/config"
+)
+
+// Options configures a local control plane.
+type Options struct {
+	// BinDir holds the etcd and kube-apiserver binaries.
+	BinDir string
+	// EtcdDataDir keeps etcd's state across runs; empty means a temporary
+	// directory removed on Stop.
+	EtcdDataDir string
+	// Out receives the control plane's own output; nil discards it.
+	Out io.Writer
+}
+
+// Cluster is a running local control plane.
+type Cluster struct {
+	env *envtest.Environment
+	// Config is an admin client configuration.
+	Config *rest.Config
+}
+
+// ErrMissingBinary means etcd or kube-apiserver has not been built.
+var ErrMissingBinary = errors.New("control plane binary missing")
+
+// Start brings up etcd and kube-apiserver, installs Cairn's CRDs and
+// registers the validating webhooks, pointed at a local serving address that
+// the caller's webhook server must listen on (see WebhookOptions).
+func Start(opts Options) (*Cluster, error) {
+	for _, name := range []string{"etcd", "kube-apiserver"} {
+		if _, err := os.Stat(filepath.Join(opts.BinDir, name)); err != nil {
+			return nil, fmt.Errorf("%w: %s not found in %s: run `make tools` (builds it from Go modules; about 5 minutes the first time)", ErrMissingBinary, name, opts.BinDir)
+		}
+	}
+	crds, err := CRDs()
+	if err != nil {
+		return nil, err
+	}
+	hooks, err := ValidatingWebhooks()
+	if err != nil {
+		return nil, err
+	}
+	env := &envtest.Environment{
+		BinaryAssetsDirectory:    opts.BinDir,
+		CRDs:                     crds,
+		ErrorIfCRDPathMissing:    true,
+		ControlPlaneStartTimeout: 90 * time.Second,
+		ControlPlaneStopTimeout:  30 * time.Second,
+		WebhookInstallOptions:    envtest.WebhookInstallOptions{ValidatingWebhooks: hooks},
+	}
+	etcd := &envtest.Etcd{DataDir: opts.EtcdDataDir}
+	env.ControlPlane.Etcd = etcd
+	api := env.ControlPlane.GetAPIServer()
+	if opts.Out != nil {
+		etcd.Out, etcd.Err = opts.Out, opts.Out
+		api.Out, api.Err = opts.Out, opts.Out
+	}
+	cfg, err := env.Start()
+	if err != nil {
+		_ = env.Stop()
+		return nil, fmt.Errorf("start local control plane: %w", err)
+	}
+	return &Cluster{env: env, Config: cfg}, nil
+}
+
+// WebhookOptions are the webhook server settings the API server was told to
+// call (host, port and serving certificate directory).
+func (c *Cluster) WebhookOptions() webhook.Options {
+	o := c.env.WebhookInstallOptions
+	return webhook.Options{Host: o.LocalServingHost, Port: o.LocalServingPort, CertDir: o.LocalServingCertDir}
+}
+
+// Kubeconfig returns a kubeconfig for a cluster-admin user.
+func (c *Cluster) Kubeconfig(user string) ([]byte, error) {
+	u, err := c.env.AddUser(envtest.User{Name: user, Groups: []string{"system:masters"}}, nil)
+	if err != nil {
+		return nil, fmt.Errorf("add user %s: %w", user, err)
+	}
+	return u.KubeConfig()
+}
+
+// Stop stops kube-apiserver and etcd and waits for them to exit.
+func (c *Cluster) Stop() error { return c.env.Stop() }
+
+// CRDs decodes Cairn's embedded CustomResourceDefinitions.
+func CRDs() ([]*apiextensionsv1.CustomResourceDefinition, error) {
+	var out []*apiextensionsv1.CustomResourceDefinition
+	err := fs.WalkDir(config.CRDs, ".", func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || !strings.HasSuffix(path, ".yaml") {
+			return err
+		}
+		return decodeAll(config.CRDs, path, func() any { return &apiextensionsv1.CustomResourceDefinition{} }, func(o any) {
+			out = append(out, o.(*apiextensionsv1.CustomResourceDefinition))
+		})
+	})
+	return out, err
+}
+
+// ValidatingWebhooks decodes Cairn's embedded webhook configuration.
+func ValidatingWebhooks() ([]*admissionv1.ValidatingWebhookConfiguration, error) {
+	var out []*admissionv1.ValidatingWebhookConfiguration
+	err := decodeAll(config.Webhooks, "webhook/manifests.yaml", func() any { return &admissionv1.ValidatingWebhookConfiguration{} }, func(o any) {
+		if w := o.(*admissionv1.ValidatingWebhookConfiguration); w.Kind == "ValidatingWebhookConfiguration" {
+			out = append(out, w)
+		}
+	})
+	return out, err
+}
+
+func decodeAll(fsys fs.FS, path string, newObj func() any, add func(any)) error {
+	data, err := fs.ReadFile(fsys, path)
+	if err != nil {
+		return err
+	}
+	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(data), 4096)
+	for {
+		obj := newObj()
+		if err := dec.Decode(obj); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return fmt.Errorf("decode %s: %w", path, err)
+		}
+		add(obj)
+	}
+}
