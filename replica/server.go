@@ -184,18 +184,10 @@ func (s *Server) serveConn(c net.Conn) error {
 	hdr := make([]byte, reqHeaderSize)
 	var rerr error
 	for {
-		if rerr = readFull(br, hdr); rerr != nil {
-			break
-		}
-		h, err := decodeReqHeader(hdr)
-		if err != nil {
-			rerr = err // malformed frame: drop this connection only
-			break
-		}
-		buf := getBuf(int(h.Payload))
-		if rerr = readFull(br, buf); rerr != nil {
-			putBuf(buf)
-			break
+		var h reqHeader
+		var buf []byte
+		if h, buf, rerr = readRequest(br, hdr); rerr != nil {
+			break // EOF, or a malformed frame: drop this connection only
 		}
 		sem <- struct{}{}
 		handlers.Add(1)
@@ -213,6 +205,24 @@ func (s *Server) serveConn(c net.Conn) error {
 		rerr = werr
 	}
 	return rerr
+}
+
+// readRequest reads one request frame; hdr is a reqHeaderSize scratch
+// buffer. The payload comes from the buffer pool.
+func readRequest(r io.Reader, hdr []byte) (reqHeader, []byte, error) {
+	if err := readFull(r, hdr); err != nil {
+		return reqHeader{}, nil, err
+	}
+	h, err := decodeReqHeader(hdr)
+	if err != nil {
+		return h, nil, err
+	}
+	buf := getBuf(int(h.Payload))
+	if err := readFull(r, buf); err != nil {
+		putBuf(buf)
+		return h, nil, err
+	}
+	return h, buf, nil
 }
 
 // writeResponses writes responses in completion order, flushing when no
