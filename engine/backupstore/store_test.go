@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"net"
 	"os"
 	"os/exec"
 	"sort"
@@ -596,3 +597,50 @@ func mustCodec(t *testing.T, idKey, encKey []byte) *codec {
 }
 
 var _ = errors.Is
+
+// TestS3CustomCA: an HTTPS endpoint with a private CA works with the CA
+// bundle and fails clearly without it.
+func TestS3CustomCA(t *testing.T) {
+	srv := testutil.StartS3TLS(t)
+	o := testOptions()
+	o.Endpoint, o.AccessKeyID, o.SecretAccessKey = srv.Endpoint, srv.AccessKey, srv.SecretKey
+	_, err := Open(context.Background(), srv.URL("tls"), o)
+	require.Error(t, err, "untrusted certificate")
+	require.Contains(t, err.Error(), "certificate")
+
+	o.CABundle = srv.CACert
+	s, err := Open(context.Background(), srv.URL("tls"), o)
+	require.NoError(t, err)
+	img := newMemImage(1 << 20)
+	fillMixed(img, 81)
+	_, err = s.CreateBackup(ctxT(t), BackupOptions{Volume: "v", Source: img, BlockSize: testBlockSize})
+	require.NoError(t, err)
+	sink := newMemImage(len(img.b))
+	_, err = s.Restore(ctxT(t), RestoreOptions{Volume: "v", Sink: sink, SinkZeroed: true})
+	require.NoError(t, err)
+	require.True(t, bytes.Equal(img.b, sink.b))
+}
+
+// TestS3Blackhole: an endpoint that accepts connections and never answers
+// fails Open within the probe timeout.
+func TestS3Blackhole(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+	o := testOptions()
+	o.Endpoint, o.AccessKeyID, o.SecretAccessKey = "http://"+l.Addr().String(), "a", "b"
+	o.ProbeTimeout = 2 * time.Second
+	start := time.Now()
+	_, err = Open(context.Background(), "s3://bucket/p", o)
+	require.ErrorIs(t, err, ErrUnreachable)
+	require.Less(t, time.Since(start), 10*time.Second)
+}

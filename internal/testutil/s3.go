@@ -2,8 +2,17 @@ package testutil
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"fmt"
+	"math/big"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -27,6 +36,11 @@ type S3Server struct {
 	Region    string
 	Bucket    string
 	Dir       string // posix backend root; the bucket is Dir/Bucket
+	// CACert is the PEM certificate of a TLS server (StartS3TLS), which
+	// clients must trust; nil for plain HTTP.
+	CACert []byte
+
+	certFile, keyFile string
 
 	t    testing.TB
 	bin  string
@@ -40,6 +54,18 @@ type S3Server struct {
 // creates a bucket and stops the server when the test ends.
 func StartS3(t testing.TB) *S3Server {
 	t.Helper()
+	return startS3(t, false)
+}
+
+// StartS3TLS is StartS3 serving HTTPS with a fresh self-signed certificate
+// for 127.0.0.1 (in CACert).
+func StartS3TLS(t testing.TB) *S3Server {
+	t.Helper()
+	return startS3(t, true)
+}
+
+func startS3(t testing.TB, useTLS bool) *S3Server {
+	t.Helper()
 	bin := RequireTool(t, "versitygw")
 	s := &S3Server{
 		AccessKey: "cairntestaccess",
@@ -52,6 +78,10 @@ func StartS3(t testing.TB) *S3Server {
 	}
 	s.Addr = freeLoopbackAddr(t)
 	s.Endpoint = "http://" + s.Addr
+	if useTLS {
+		s.Endpoint = "https://" + s.Addr
+		s.writeSelfSignedCert(t)
+	}
 	logf, err := os.Create(filepath.Join(t.TempDir(), "versitygw.log"))
 	if err != nil {
 		t.Fatal(err)
@@ -87,8 +117,11 @@ func (s *S3Server) start() error {
 	if s.cmd != nil {
 		return nil
 	}
-	cmd := exec.Command(s.bin, "--access", s.AccessKey, "--secret", s.SecretKey,
-		"--region", s.Region, "--port", s.Addr, "posix", s.Dir)
+	args := []string{"--access", s.AccessKey, "--secret", s.SecretKey, "--region", s.Region, "--port", s.Addr}
+	if s.certFile != "" {
+		args = append(args, "--cert", s.certFile, "--key", s.keyFile)
+	}
+	cmd := exec.Command(s.bin, append(args, "posix", s.Dir)...)
 	cmd.Stdout = s.log
 	cmd.Stderr = s.log
 	if err := cmd.Start(); err != nil {
@@ -162,12 +195,55 @@ func (s *S3Server) Env() []string {
 
 // Client returns an SDK client for direct checks.
 func (s *S3Server) Client() *s3.Client {
-	return s3.New(s3.Options{
+	o := s3.Options{
 		Region:       s.Region,
 		BaseEndpoint: aws.String(s.Endpoint),
 		UsePathStyle: true,
 		Credentials:  credentials.NewStaticCredentialsProvider(s.AccessKey, s.SecretKey, ""),
-	})
+	}
+	if s.CACert != nil {
+		pool := x509.NewCertPool()
+		pool.AppendCertsFromPEM(s.CACert)
+		o.HTTPClient = &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	}
+	return s3.New(o)
+}
+
+// writeSelfSignedCert makes a certificate for 127.0.0.1 and its key.
+func (s *S3Server) writeSelfSignedCert(t testing.TB) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(time.Now().UnixNano()),
+		Subject:               pkix.Name{CommonName: "cairn test s3"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(24 * time.Hour),
+		IPAddresses:           []net.IP{net.ParseIP("127.0.0.1")},
+		DNSNames:              []string{"localhost"},
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	s.CACert = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	s.certFile, s.keyFile = filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
+	if err := os.WriteFile(s.certFile, s.CACert, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(s.keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // Log returns the server's output so far.
