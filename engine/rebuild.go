@@ -71,7 +71,11 @@ func (v *Volume) Rebuild(ctx context.Context, addr string) (res RebuildResult, e
 		res.Finished = time.Now()
 		if err != nil {
 			res.Error = err.Error()
-			v.log.Info("Rebuild failed", "replica", addr, "err", err.Error())
+			lg := v.log
+			if errors.Is(err, ErrReplicaRefused) {
+				lg = lg.V(1) // an unreachable replica is retried quietly
+			}
+			lg.Info("Rebuild failed", "replica", addr, "err", err.Error())
 		} else {
 			v.log.Info("Rebuild finished", "replica", addr, "bytes", res.Bytes, "layers", len(res.Layers),
 				"seconds", res.Finished.Sub(res.Started).Seconds())

@@ -43,9 +43,9 @@ type Options struct {
 	// RebuildInterval is how often stale and failed replicas are retried;
 	// 0 disables automatic rebuilds.
 	RebuildInterval time.Duration
-	Log             logr.Logger
+	Log             logr.Logger `json:"-"`
 	// Ready, if set, is called once the frontend and control endpoint serve.
-	Ready func(v *engine.Volume)
+	Ready func(v *engine.Volume) `json:"-"`
 }
 
 // Validate checks the options a user gives on the command line.
