@@ -105,7 +105,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		go func() {
 			defer s.wg.Done()
 			err := s.serveConn(c)
-			if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
+			if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && !errors.Is(err, ErrAuth) {
 				s.logger.Info("Replica connection closed", "remote", c.RemoteAddr().String(), "error", err)
 			}
 			s.mu.Lock()

@@ -1,0 +1,103 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/cairnstore/cairn/replica"
+)
+
+func init() { addCommand(newReplicaCmd) }
+
+// newReplicaCmd runs one replica: it opens (or creates) the replica in
+// --dir and serves it on --listen until SIGINT/SIGTERM.
+func newReplicaCmd() *cobra.Command {
+	var dir, size, listen, tokenFile string
+	cmd := &cobra.Command{
+		Use:   "replica",
+		Short: "Serve one replica of a volume over Cairn's authenticated replica protocol",
+		Long: `Serve one replica of a volume.
+
+The replica lives in --dir. An empty directory gets a new replica of --size
+bytes; an existing one is opened and must have that size. Clients must
+present the token stored in --token-file. --listen is host:port or
+unix:/path/to/socket.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if dir == "" || size == "" || listen == "" || tokenFile == "" {
+				return errors.New("--dir, --size, --listen and --token-file are required")
+			}
+			n, err := parseReplicaSize(size)
+			if err != nil {
+				return err
+			}
+			tok, err := os.ReadFile(tokenFile)
+			if err != nil {
+				return fmt.Errorf("read token: %w", err)
+			}
+			token := strings.TrimSpace(string(tok))
+			if token == "" {
+				return fmt.Errorf("token file %s is empty", tokenFile)
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return runReplica(ctx, dir, n, listen, token)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&dir, "dir", "", "replica data directory")
+	f.StringVar(&size, "size", "", "volume size in bytes (suffixes Ki, Mi, Gi, Ti allowed)")
+	f.StringVar(&listen, "listen", "", "listen address: host:port or unix:/path")
+	f.StringVar(&tokenFile, "token-file", "", "file holding the per-volume access token")
+	return cmd
+}
+
+func runReplica(ctx context.Context, dir string, size int64, listen, token string) error {
+	log := slog.New(slog.NewJSONHandler(os.Stderr, nil)).With("dir", dir)
+	r, err := replica.OpenOrCreate(dir, size)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	in := r.Info()
+	log.Info("Replica opened", "size", in.Size, "generation", in.Generation, "snapshots", len(in.Snapshots), "rebuilding", in.Rebuilding)
+	ln, err := replica.Listen(listen)
+	if err != nil {
+		return err
+	}
+	srv, err := replica.NewServer(r, token, log)
+	if err != nil {
+		return err
+	}
+	log.Info("Replica serving", "listen", ln.Addr().String())
+	if err := srv.Serve(ctx, ln); err != nil {
+		return err
+	}
+	log.Info("Replica stopped")
+	return nil
+}
+
+// parseReplicaSize parses a byte count with an optional binary suffix.
+func parseReplicaSize(s string) (int64, error) {
+	mult := int64(1)
+	for i, suf := range []string{"Ki", "Mi", "Gi", "Ti", "Pi"} {
+		if v, ok := strings.CutSuffix(s, suf); ok {
+			s, mult = v, int64(1)<<(10*(i+1))
+			break
+		}
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n <= 0 || n > (1<<62)/mult {
+		return 0, fmt.Errorf("invalid --size %q", s)
+	}
+	return n * mult, nil
+}
