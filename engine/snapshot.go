@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"maps"
 	"regexp"
+	"time"
 )
 
 var snapshotName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
@@ -108,6 +109,14 @@ func (v *Volume) Revert(ctx context.Context, name string) error {
 		return fmt.Errorf("%w: another control operation is running", ErrBusy)
 	}
 	defer v.ctl.Unlock()
+	// Closing a frontend file (loop detach, FUSE release) completes
+	// asynchronously: give a just-detached client a moment.
+	v.mu.RLock()
+	attached := v.attached
+	v.mu.RUnlock()
+	for deadline := time.Now().Add(3 * time.Second); attached != nil && attached() && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if v.attached != nil && v.attached() {

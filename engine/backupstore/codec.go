@@ -298,7 +298,7 @@ func (c *codec) decompress(dst []byte, comp Compression, body []byte) error {
 	case CompressionZstd:
 		dec, _ := c.decPool.Get().(*zstd.Decoder)
 		if dec == nil {
-			dec, _ = zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(maxPlainPayload))
+			dec, _ = zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(1<<30))
 		}
 		out, err := dec.DecodeAll(body, dst[:0])
 		c.decPool.Put(dec)

@@ -69,8 +69,9 @@ func (s *Store) BackupReplica(ctx context.Context, r *replica.Replica, opts Repl
 			for i, e := range ext {
 				bo.Changed[i] = Extent{Offset: e.Offset, Length: e.Length}
 			}
-		case errors.Is(err, replica.ErrNotFound) && from != "":
-			// The last backed-up snapshot is gone: hash and compare.
+		case from != "" && (errors.Is(err, replica.ErrNotFound) || errors.Is(err, replica.ErrInvalid)):
+			// The last backed-up snapshot is gone (or not older than this
+			// one): hash every block and compare with the base instead.
 		default:
 			return BackupInfo{}, fmt.Errorf("backup %s: diff %q..%q: %w", opts.Volume, from, opts.Snapshot, err)
 		}

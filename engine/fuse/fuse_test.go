@@ -62,6 +62,9 @@ func TestFileOperations(t *testing.T) {
 	_, err = f.WriteAt([]byte("x"), 16<<20)
 	require.Error(t, err)
 	require.Error(t, f.Truncate(1<<20))
+	require.EqualValues(t, 1, m.OpenCount())
+	require.NoError(t, f.Close())
+	require.Eventually(t, func() bool { return m.OpenCount() == 0 }, 5*time.Second, 10*time.Millisecond)
 }
 
 func sh(t *testing.T, name string, args ...string) string {
