@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -112,13 +113,9 @@ func (v *Volume) Rebuild(ctx context.Context, addr string) (res RebuildResult, e
 		return res, err
 	}
 	res.Layers = layers
-	// From here the rebuild snapshot exists on the healthy replicas.
-	defer func() {
-		if rerr := v.removeSnapshot(snap); rerr != nil {
-			v.log.Info("Could not remove rebuild snapshot", "snapshot", snap, "err", rerr.Error())
-		}
-	}()
-
+	// The rebuild snapshot stays: removing it would make every replica copy
+	// the frozen layer into its head (O(data)), and keeping it lets a
+	// replica that drops out later come back by copying only newer layers.
 	for _, layer := range layers {
 		n, err := v.copyLayer(ctx, src, m, layer)
 		res.Bytes += n
@@ -251,7 +248,13 @@ func (v *Volume) copyLayer(ctx context.Context, src, m *member, layer string) (i
 	}
 	m.toCopy.Add(total)
 
-	type job struct{ off, n int64 }
+	// A job is a span of at most copyChunk bytes read with one ReadLayer;
+	// only its extents are written (a hole written as zeroes would hide
+	// the layers below).
+	type job struct {
+		off, n int64
+		ext    []Extent
+	}
 	jobs := make(chan job, 2*v.cfg.RebuildWorkers)
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()
@@ -259,8 +262,7 @@ func (v *Volume) copyLayer(ctx context.Context, src, m *member, layer string) (i
 		wg       sync.WaitGroup
 		errOnce  sync.Once
 		firstErr error
-		copied   int64
-		cmu      sync.Mutex
+		copied   atomic.Int64
 	)
 	setErr := func(err error) {
 		errOnce.Do(func() { firstErr = err; stop() })
@@ -276,8 +278,7 @@ func (v *Volume) copyLayer(ctx context.Context, src, m *member, layer string) (i
 				}
 				p := buf[:j.n]
 				ictx, cancel := context.WithTimeout(ctx, v.cfg.IOTimeout)
-				err := src.r.ReadLayer(ictx, layer, p, j.off)
-				if err != nil {
+				if err := src.r.ReadLayer(ictx, layer, p, j.off); err != nil {
 					cancel()
 					if ctx.Err() == nil {
 						v.fail(src, fmt.Errorf("rebuild read: %w", err))
@@ -285,31 +286,64 @@ func (v *Volume) copyLayer(ctx context.Context, src, m *member, layer string) (i
 					setErr(fmt.Errorf("read %s: %w", src.addr, err))
 					continue
 				}
-				err = m.r.WriteLayer(ictx, layer, p, j.off)
+				// The client pipelines: issue every extent's write at once.
+				errs := make([]error, len(j.ext))
+				var ww sync.WaitGroup
+				for k, e := range j.ext {
+					ww.Add(1)
+					go func() {
+						defer ww.Done()
+						errs[k] = m.r.WriteLayer(ictx, layer, p[e.Offset-j.off:e.Offset-j.off+e.Length], e.Offset)
+					}()
+				}
+				ww.Wait()
 				cancel()
-				if err != nil {
+				if err := errors.Join(errs...); err != nil {
 					setErr(fmt.Errorf("write %s: %w", m.addr, err))
 					continue
 				}
-				m.copied.Add(j.n)
-				v.cfg.Metrics.addRebuilt(v.cfg.Name, m.addr, j.n)
-				cmu.Lock()
-				copied += j.n
-				cmu.Unlock()
+				var n int64
+				for _, e := range j.ext {
+					n += e.Length
+				}
+				m.copied.Add(n)
+				copied.Add(n)
+				v.cfg.Metrics.addRebuilt(v.cfg.Name, m.addr, n)
 			}
 		}()
 	}
-feed:
-	for _, e := range extents {
-		for off := e.Offset; off < e.Offset+e.Length; off += copyChunk {
-			n := min(copyChunk, e.Offset+e.Length-off)
-			select {
-			case jobs <- job{off, n}:
-			case <-ctx.Done():
-				break feed
-			}
+	var cur job
+	flush := func() bool {
+		if len(cur.ext) == 0 {
+			return true
+		}
+		select {
+		case jobs <- cur:
+			cur = job{}
+			return true
+		case <-ctx.Done():
+			return false
 		}
 	}
+feed:
+	for _, e := range extents {
+		for off := e.Offset; off < e.Offset+e.Length; {
+			n := min(copyChunk, e.Offset+e.Length-off)
+			if len(cur.ext) > 0 && off+n-cur.off > copyChunk {
+				if !flush() {
+					break feed
+				}
+			}
+			if len(cur.ext) == 0 {
+				cur.off = off
+			}
+			n = min(n, cur.off+copyChunk-off)
+			cur.ext = append(cur.ext, Extent{Offset: off, Length: n})
+			cur.n = off + n - cur.off
+			off += n
+		}
+	}
+	flush()
 	close(jobs)
 	wg.Wait()
 	if firstErr == nil && ctx.Err() != nil {
@@ -318,7 +352,7 @@ feed:
 	if firstErr != nil {
 		v.settle()
 	}
-	return copied, firstErr
+	return copied.Load(), firstErr
 }
 
 const copyChunk = 1 << 20

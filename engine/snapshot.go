@@ -179,7 +179,8 @@ func (v *Volume) removeSnapshot(name string) error {
 	healthy := v.view.healthy
 	v.mu.RUnlock()
 	errs := v.parallel(healthy, func(m *member) error {
-		ctx, cancel := context.WithTimeout(context.Background(), v.cfg.ControlTimeout)
+		// Removal copies the layer's data into its child: allow it time.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
 		defer cancel()
 		return m.r.RemoveSnapshot(ctx, name)
 	})

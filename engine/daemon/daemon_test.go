@@ -3,6 +3,9 @@ package daemon
 import (
 	"bytes"
 	"context"
+	"io"
+	"net"
+	"net/http"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -168,7 +171,30 @@ func TestNBDClientsOnReplicatedVolume(t *testing.T) {
 	dst := filepath.Join(dir, "dst.raw")
 	run("nbdcopy", "--connections=4", uri, dst)
 	run("qemu-img", "compare", "-f", "raw", "-F", "raw", src, dst)
-	// The metrics endpoint reports the I/O.
 	st := e.status()
 	require.Equal(t, engine.Healthy, st.Robustness)
+
+	// The metrics endpoint reports the I/O and the replica states.
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", e.ctlSock)
+	}}}
+	resp, err := hc.Get("http://engine/metrics")
+	require.NoError(t, err)
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.NoError(t, err)
+	for _, want := range []string{
+		`cairn_engine_io_operations_total{op="write",volume="vol1"}`,
+		`cairn_engine_io_bytes_total{op="read",volume="vol1"}`,
+		`cairn_engine_io_latency_seconds_bucket{op="write",volume="vol1",le=`,
+		`cairn_engine_replica_state{mode="healthy",replica="` + rs[0].addr + `",volume="vol1"} 1`,
+		`cairn_engine_generation{volume="vol1"}`,
+	} {
+		require.Contains(t, string(body), want)
+	}
+	// Without the token the control API refuses.
+	resp, err = hc.Get("http://engine/v1/status")
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusUnauthorized, resp.StatusCode)
 }

@@ -211,6 +211,7 @@ func replicaAddrs(rs []*procReplica) []string {
 type engineProc struct {
 	*proc
 	nbdSock string
+	ctlSock string
 	ctl     *engine.ControlClient
 }
 
@@ -219,7 +220,7 @@ func startEngine(t *testing.T, o Options) *engineProc {
 	b, err := json.Marshal(o)
 	require.NoError(t, err)
 	p := startProc(t, "CAIRN_TEST_HELPER=engine", "CAIRN_ENGINE_OPTS="+string(b))
-	e := &engineProc{proc: p, nbdSock: o.Listen[len("unix:"):], ctl: engine.NewControlClient(o.Control, testToken)}
+	e := &engineProc{proc: p, nbdSock: o.Listen[len("unix:"):], ctlSock: o.Control[len("unix:"):], ctl: engine.NewControlClient(o.Control, testToken)}
 	e.waitReady()
 	return e
 }

@@ -1,0 +1,78 @@
+// Package engine is Cairn's per-volume engine: it serves one volume to its
+// user (through a frontend, engine/nbd or engine/fuse) and synchronously
+// replicates it to the volume's replicas (package replica).
+//
+//	frontend (NBD / FUSE)          engine.Volume                replicas
+//	  read  ------------------->  healthiest (local first) --> R1
+//	  write ------------------->  every healthy + rebuilding -> R1 R2 R3
+//	  flush ------------------->  every healthy + rebuilding -> fdatasync
+//
+// # Replication
+//
+// A write, trim or write-zeroes goes to every healthy replica in parallel and
+// is acknowledged when all of them have it. Reads go to one healthy replica:
+// a local one (unix socket) first, otherwise the one with the fewest reads in
+// flight; a failed read is retried on another replica.
+//
+// # Failure and generations
+//
+// Every replica stores a durable generation number. At Open the engine reads
+// every replica's generation and size: a replica of another size is refused
+// with the reason, one that is unreachable is failed, one with an older
+// generation (or an unfinished rebuild) is stale. Only the newest generation's
+// replicas are used, and the engine at once stores generation+1 on them, so
+// a replica left out now is older from then on.
+//
+// A replica whose I/O errors or exceeds Config.IOTimeout is dropped: the I/O
+// that saw the failure takes the I/O barrier, stores a new generation on the
+// survivors and only then is acknowledged. A replica that missed a write can
+// therefore never be chosen as newest after a restart. I/O continues while one
+// healthy replica remains; after that the volume is faulted and I/O fails.
+//
+// # I/O barrier
+//
+// I/O holds Volume.mu shared while it talks to replicas. Membership changes
+// (drop, rebuild start and promotion), snapshot and revert hold it exclusively:
+// they wait for in-flight I/O and hold new I/O back, so every replica sees the
+// same prefix of the write stream at that point.
+//
+// # Snapshots
+//
+// Snapshot flushes and snapshots every healthy replica under the barrier with
+// the same name and a random uid label (SnapshotUIDLabel). Revert needs the
+// volume detached (no NBD client, FUSE file not open); Remove coalesces the
+// layer on every replica while I/O continues.
+//
+// # Rebuild
+//
+// A new or returning replica is rebuilt while I/O continues (Volume.Rebuild,
+// or RunAutoRebuild for replicas that come back):
+//
+//  1. Barrier: flush and snapshot the healthy replicas (a "cairn-rebuild-"
+//     snapshot freezes the head); the target keeps the snapshot layers it
+//     shares with the source (same name and uid, from the bottom of the chain)
+//     and opens empty incomplete layers for the others plus an empty head;
+//     from now on it receives every write as a write-only member.
+//  2. The allocated extents of each missing layer are copied from the
+//     source's immutable layer into the target's incomplete layer, then the
+//     layer is committed. Live writes only touch the target's head, which
+//     wins over the layers below, so the copy can never overwrite them.
+//  3. Barrier: flush the target, store the volume's generation on it, make it
+//     healthy; then remove the rebuild snapshot everywhere.
+//
+// A rebuilding replica takes only block-aligned writes (it cannot
+// read-modify-write a partial block whose old data has not arrived yet). The
+// engine sends it the aligned equivalent of an unaligned write: the partial
+// edge blocks are read back from a healthy replica after the write and sent
+// whole. While a rebuild runs, writes hold striped 64 KiB range locks so that
+// two writes sharing a block cannot interleave those steps (Longhorn #4354,
+// #13139 were this class of bug).
+//
+// # Control and metrics
+//
+// ControlServer serves status, snapshots, revert, add/remove replica and
+// Prometheus metrics (Metrics: per-volume operations, bytes, errors, latency
+// histograms, replica modes, generation, rebuild bytes) over HTTP on a unix
+// socket or TCP. Package engine/daemon wires volume, frontend and control
+// endpoint into the `cairn engine` process.
+package engine
