@@ -1,0 +1,164 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/stretchr/testify/require"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	"k8s.io/client-go/tools/clientcmd"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	cairnv1 "github.com/cairnstore/cairn/api/v1alpha1"
+	"github.com/cairnstore/cairn/controllers"
+	"github.com/cairnstore/cairn/internal/testutil"
+)
+
+// TestDevSmoke runs `cairn dev` as a user would: it must bring up the
+// control plane with the CRDs served and the samples applied, refuse a
+// second run on the same data directory with a clear message, stop on
+// SIGINT leaving no child process behind, and keep its state for the next run.
+func TestDevSmoke(t *testing.T) {
+	ctrl.SetLogger(logr.Discard())
+	testutil.RequireTool(t, "kube-apiserver")
+	testutil.RequireTool(t, "etcd")
+	bin := filepath.Join(t.TempDir(), "cairn")
+	build := exec.Command("go", "build", "-o", bin, ".")
+	out, err := build.CombinedOutput()
+	require.NoError(t, err, "go build: %s", out)
+	dataDir := filepath.Join(t.TempDir(), "dev")
+
+	// First run: samples applied.
+	dev, kubeconfig := startDev(t, bin, dataDir)
+	c := devClient(t, kubeconfig)
+	ctx := context.Background()
+	crd := &apiextensionsv1.CustomResourceDefinition{}
+	require.NoError(t, c.Get(ctx, client.ObjectKey{Name: "volumes.storage.cairn.dev"}, crd))
+	vol := &cairnv1.Volume{}
+	require.NoError(t, c.Get(ctx, client.ObjectKey{Name: "pg-data"}, vol))
+	var targets cairnv1.BackupTargetList
+	require.NoError(t, c.List(ctx, &targets))
+	require.NotEmpty(t, targets.Items)
+
+	// A second run on the same data directory is refused at once.
+	second := exec.Command(bin, "dev", "--data-dir", dataDir, "--bin-dir", testutil.BinDir())
+	secondOut, err := second.CombinedOutput()
+	require.Error(t, err)
+	require.Contains(t, string(secondOut), "another `cairn dev` (pid "+strconv.Itoa(dev.Process.Pid)+")")
+
+	stopDev(t, dev)
+
+	// Second run without samples: the first run's objects are still there.
+	dev, kubeconfig = startDev(t, bin, dataDir, "--samples=false")
+	require.NoError(t, devClient(t, kubeconfig).Get(ctx, client.ObjectKey{Name: "pg-data"}, &cairnv1.Volume{}))
+	stopDev(t, dev)
+}
+
+func startDev(t *testing.T, bin, dataDir string, extra ...string) (*exec.Cmd, string) {
+	t.Helper()
+	args := append([]string{"dev", "--data-dir", dataDir, "--bin-dir", testutil.BinDir()}, extra...)
+	cmd := exec.Command(bin, args...)
+	// Own process group, so the test can find every descendant afterwards.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	stdout, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { _ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) })
+
+	ready := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		var kubeconfig string
+		for sc.Scan() {
+			line := sc.Text()
+			if f := strings.Fields(line); len(f) == 2 && f[0] == "kubeconfig" {
+				kubeconfig = f[1]
+			}
+			if strings.HasPrefix(line, "Press Ctrl-C to stop.") {
+				ready <- kubeconfig
+			}
+		}
+		close(ready)
+	}()
+	select {
+	case kc, ok := <-ready:
+		require.True(t, ok, "cairn dev exited before it was ready; stderr:\n%s", tail(stderr.String()))
+		require.FileExists(t, kc)
+		return cmd, kc
+	case <-time.After(3 * time.Minute):
+		t.Fatalf("cairn dev not ready after 3 minutes; stderr:\n%s", tail(stderr.String()))
+	}
+	return nil, ""
+}
+
+// stopDev sends SIGINT to cairn dev alone (not its group) and checks that
+// it exits cleanly and that none of its children survive.
+func stopDev(t *testing.T, cmd *exec.Cmd) {
+	t.Helper()
+	pgid := cmd.Process.Pid
+	require.NoError(t, cmd.Process.Signal(syscall.SIGINT))
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		require.NoError(t, err, "cairn dev exited with an error after SIGINT")
+	case <-time.After(90 * time.Second):
+		t.Fatal("cairn dev did not stop within 90s of SIGINT")
+	}
+	require.Eventually(t, func() bool { return len(groupMembers(pgid)) == 0 }, 10*time.Second, 100*time.Millisecond,
+		"processes left behind: %v", groupMembers(pgid))
+}
+
+// groupMembers lists the command lines of live processes in a process group.
+func groupMembers(pgid int) []string {
+	var out []string
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		if _, err := strconv.Atoi(e.Name()); err != nil {
+			continue
+		}
+		stat, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		// Fields after the ")" that ends the command name: state ppid pgrp ...
+		s := string(stat)
+		fields := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+		if len(fields) > 2 && fields[0] != "Z" && fields[2] == strconv.Itoa(pgid) {
+			cmdline, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+			out = append(out, e.Name()+": "+strings.ReplaceAll(string(cmdline), "\x00", " "))
+		}
+	}
+	return out
+}
+
+func devClient(t *testing.T, kubeconfig string) client.Client {
+	t.Helper()
+	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	require.NoError(t, err)
+	scheme := controllers.NewScheme()
+	require.NoError(t, apiextensionsv1.AddToScheme(scheme))
+	c, err := client.New(cfg, client.Options{Scheme: scheme})
+	require.NoError(t, err)
+	return c
+}
+
+func tail(s string) string {
+	if len(s) > 4000 {
+		return s[len(s)-4000:]
+	}
+	return s
+}
