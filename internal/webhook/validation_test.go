@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	kstatus "sigs.k8s.io/cli-utils/pkg/kstatus/status"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
 
@@ -244,6 +245,11 @@ func TestSamplesAreAccepted(t *testing.T) {
 		require.NoError(t, err)
 		require.True(t, found, "%s %s has no status.observedGeneration", o.GetKind(), o.GetName())
 		require.Equal(t, int64(-1), gen)
+		// kstatus (what Flux and cli-utils use) must read a new,
+		// not-yet-reconciled object as in progress, not as current.
+		res, err := kstatus.Compute(got)
+		require.NoError(t, err)
+		require.Equal(t, kstatus.InProgressStatus, res.Status, "%s %s: %s", o.GetKind(), o.GetName(), res.Message)
 	}
 	// Re-applying the same manifests changes nothing a user or GitOps tool
 	// sees: same generation, spec and metadata. The API server persists the
