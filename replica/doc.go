@@ -46,11 +46,11 @@
 // At open, the allocated extents of every layer are read with
 // SEEK_DATA/SEEK_HOLE bottom-up into an in-memory index mapping each block
 // to the chain position of its owner. The index is a two-level run-length
-// table (see index.go): 256 MiB chunks each holding a sorted array of
+// table (see index.go): 16 MiB chunks each holding a sorted array of
 // 4-byte runs, lookups are a binary search in one chunk. Memory is
-// proportional to fragmentation: ~22 MiB per TiB with 1% of the volume
+// proportional to fragmentation: ~26 MiB per TiB with 1% of the volume
 // written as scattered 4 KiB blocks (the worst case for that amount of
-// data), ~0.2 MiB per TiB for an empty volume. A snapshot does not touch
+// data), 3 MiB per TiB for an empty volume. A snapshot does not touch
 // the index (the new head owns nothing yet).
 //
 // Partial-block writes whose block is owned by a lower layer are
