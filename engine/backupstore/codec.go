@@ -5,17 +5,16 @@ import (
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/hkdf"
-	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
-	"hash"
 	"sync"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/pierrec/lz4/v4"
+	"github.com/zeebo/blake3"
 )
 
 // FormatVersion is the version of every object this package writes.
@@ -74,9 +73,9 @@ const (
 	maxPlainPayload = 1 << 34 // 16 GiB: refuses absurd lengths from corrupt headers
 )
 
-// BlockID is the content address of a block: SHA-256 of its plaintext, or
-// HMAC-SHA-256 keyed by a key derived from the encryption key when the
-// target is encrypted (so ids reveal nothing about content). The zero
+// BlockID is the content address of a block: BLAKE3-256 of its plaintext,
+// keyed by a key derived from the encryption key when the target is
+// encrypted (so ids reveal nothing about content). The zero
 // BlockID stands for an all-zero block, which is never stored.
 type BlockID [32]byte
 
@@ -101,12 +100,12 @@ func ParseBlockID(s string) (BlockID, error) {
 // optional AES-256-GCM, the envelope header and the content hash.
 type codec struct {
 	aead  cipher.AEAD // nil when unencrypted
-	idKey []byte      // nil when unencrypted: ids are plain SHA-256
+	idKey []byte      // nil when unencrypted: ids are unkeyed BLAKE3
 	level zstd.EncoderLevel
 
 	encPool sync.Pool // *zstd.Encoder
 	decPool sync.Pool // *zstd.Decoder
-	macPool sync.Pool // hash.Hash (HMAC)
+	macPool sync.Pool // *blake3.Hasher (keyed)
 }
 
 // deriveKeys derives the block-id key, the encryption key and the key-check
@@ -142,23 +141,23 @@ func newCodec(idKey, encKey []byte, level zstd.EncoderLevel) (*codec, error) {
 	return c, nil
 }
 
-// blockID computes the content address of plaintext. An all-zero plaintext
-// yields the zero BlockID.
+// blockID computes the content address of plaintext: BLAKE3-256, keyed
+// with the id key in an encrypted store. An all-zero plaintext yields the
+// zero BlockID.
 func (c *codec) blockID(p []byte) BlockID {
 	var id BlockID
 	if isZero(p) {
 		return id
 	}
 	if c.idKey == nil {
-		id = sha256.Sum256(p)
-		return id
+		return BlockID(blake3.Sum256(p))
 	}
-	h, _ := c.macPool.Get().(hash.Hash)
+	h, _ := c.macPool.Get().(*blake3.Hasher)
 	if h == nil {
-		h = hmac.New(sha256.New, c.idKey)
+		h, _ = blake3.NewKeyed(c.idKey)
 	}
 	h.Reset()
-	h.Write(p)
+	_, _ = h.Write(p)
 	h.Sum(id[:0])
 	c.macPool.Put(h)
 	if id.IsZero() { // astronomically unlikely; keep the marker unambiguous
@@ -207,7 +206,8 @@ func (c *codec) encode(dst []byte, kind byte, comp Compression, payload, aad []b
 }
 
 // decode checks an object's envelope, decrypts and decompresses it into
-// dst (reused when large enough) and returns the payload.
+// dst (reused when large enough) and returns the payload. It decrypts in
+// place, so obj is clobbered.
 func (c *codec) decode(dst []byte, kind byte, obj, aad []byte) ([]byte, error) {
 	if len(obj) < envelopeHeader || string(obj[:4]) != envelopeMagic {
 		return nil, fmt.Errorf("%w: bad magic", ErrFormat)
@@ -237,8 +237,9 @@ func (c *codec) decode(dst []byte, kind byte, obj, aad []byte) ([]byte, error) {
 		}
 		nonce := body[:gcmNonceSize]
 		fullAAD := append(append(make([]byte, 0, envelopeHeader+len(aad)), obj[:envelopeHeader]...), aad...)
-		// Decrypt into a private copy: obj may be shared with the caller.
-		plain, err := c.aead.Open(nil, nonce, body[gcmNonceSize:], fullAAD)
+		// Decrypt in place: decode owns obj (callers pass buffers they own).
+		ct := body[gcmNonceSize:]
+		plain, err := c.aead.Open(ct[:0], nonce, ct, fullAAD)
 		if err != nil {
 			return nil, fmt.Errorf("%w: authentication failed", ErrCorrupt)
 		}

@@ -24,10 +24,11 @@
 //
 // A volume is cut into fixed-size blocks (2 MiB by default, a multiple of
 // 4 KiB from 4 KiB to 64 MiB, fixed per backup; the last block may be
-// shorter). A block's id is SHA-256 of its plaintext, or, in an encrypted
-// store, HMAC-SHA-256 of the plaintext under a key derived from the
+// shorter). A block's id is BLAKE3-256 of its plaintext, or, in an
+// encrypted store, keyed BLAKE3-256 under a key derived from the
 // encryption key, so ids reveal nothing about content to someone without
-// the key. Identical blocks of any volume are stored once. All-zero blocks
+// the key. (BLAKE3 rather than SHA-256: three times faster here, and every
+// block is hashed on backup and again on restore.) Identical blocks of any volume are stored once. All-zero blocks
 // are never stored: their id in a manifest is 32 zero bytes.
 //
 // # Envelope (blocks, manifests, catalogues)
@@ -74,8 +75,8 @@
 // # Store descriptor (cairn-target.json)
 //
 // JSON, readable without the key: formatVersion, kind
-// "cairn-backup-target", id, created, blockIdHash ("sha256" or
-// "hmac-sha256") and, for encrypted stores, encryption {algorithm
+// "cairn-backup-target", id, created, blockIdHash ("blake3" or
+// "blake3-keyed") and, for encrypted stores, encryption {algorithm
 // "aes-256-gcm", kdf "hkdf-sha256", salt, keyCheck}. keyCheck is an HMAC
 // of the store id under a derived key: a wrong key is ErrWrongKey at Open,
 // no key for an encrypted store is ErrKeyRequired, a key for a plain store

@@ -202,8 +202,12 @@ func (s *Store) forEachBlock(ctx context.Context, ids []BlockID, blockSize int, 
 		go func() {
 			defer wg.Done()
 			buf := make([]byte, blockSize)
+			var obj []byte
 			for id := range work {
-				data, stored, err := s.fetchBlock(ctx, id, buf)
+				var data []byte
+				var stored int
+				var err error
+				data, obj, stored, err = s.fetchBlock(ctx, id, buf, obj)
 				if err == nil {
 					err = fn(id, data, stored)
 				}
@@ -229,24 +233,26 @@ feed:
 	return context.Cause(ctx)
 }
 
-// fetchBlock reads one block and checks it against its content address.
-func (s *Store) fetchBlock(ctx context.Context, id BlockID, buf []byte) ([]byte, int, error) {
-	obj, err := s.t.Get(ctx, blockKey(id))
+// fetchBlock reads one block into obj (reused, returned for the next call),
+// decodes it into buf and checks it against its content address.
+func (s *Store) fetchBlock(ctx context.Context, id BlockID, buf, obj []byte) (data, objBuf []byte, stored int, err error) {
+	obj, err = getInto(ctx, s.t, blockKey(id), obj[:0])
 	if errors.Is(err, ErrNotFound) {
-		return nil, 0, fmt.Errorf("%w: block %s", ErrMissingBlock, id)
+		return nil, obj, 0, fmt.Errorf("%w: block %s", ErrMissingBlock, id)
 	}
 	if err != nil {
-		return nil, 0, fmt.Errorf("block %s: %w", id, err)
+		return nil, obj, 0, fmt.Errorf("block %s: %w", id, err)
 	}
-	data, err := s.codec.decode(buf, kindBlock, obj, id[:])
+	stored = len(obj)
+	data, err = s.codec.decode(buf, kindBlock, obj, id[:])
 	if err != nil {
 		if errors.Is(err, ErrKeyRequired) {
-			return nil, 0, err
+			return nil, obj, 0, err
 		}
-		return nil, 0, fmt.Errorf("%w: block %s: %v", ErrCorrupt, id, err)
+		return nil, obj, 0, fmt.Errorf("%w: block %s: %v", ErrCorrupt, id, err)
 	}
 	if got := s.codec.blockID(data); got != id {
-		return nil, 0, fmt.Errorf("%w: block %s: content hashes to %s", ErrCorrupt, id, got)
+		return nil, obj, 0, fmt.Errorf("%w: block %s: content hashes to %s", ErrCorrupt, id, got)
 	}
-	return data, len(obj), nil
+	return data, obj, stored, nil
 }

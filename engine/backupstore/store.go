@@ -36,7 +36,8 @@ type Options struct {
 	// objects (a DR site reading the primary's target).
 	ReadOnly bool
 	// Concurrency is the number of blocks in flight (default
-	// max(4, 2*GOMAXPROCS), at most 64). Memory is bounded by about
+	// max(16, 2*GOMAXPROCS), at most 64): enough requests in flight to
+	// hide object-store latency. Memory is bounded by about
 	// 2 * Concurrency * block size.
 	Concurrency int
 	// ZstdLevel is the zstd encoder level (default SpeedFastest).
@@ -99,7 +100,7 @@ func Open(ctx context.Context, rawURL string, opts Options) (*Store, error) {
 // OpenStore opens the backup store in an already opened target.
 func OpenStore(ctx context.Context, t Target, opts Options) (*Store, error) {
 	if opts.Concurrency <= 0 {
-		opts.Concurrency = max(4, 2*runtime.GOMAXPROCS(0))
+		opts.Concurrency = max(16, 2*runtime.GOMAXPROCS(0))
 	}
 	opts.Concurrency = min(opts.Concurrency, 64)
 	if opts.ZstdLevel == 0 {
@@ -171,6 +172,9 @@ func (s *Store) loadOrInitConfig(ctx context.Context) (targetConfig, error) {
 		if cfg.FormatVersion != FormatVersion {
 			return cfg, fmt.Errorf("%w: %s: format version %d (this build reads %d)", ErrFormat, targetConfigKey, cfg.FormatVersion, FormatVersion)
 		}
+		if want := map[bool]string{false: "blake3", true: "blake3-keyed"}[cfg.Encryption != nil]; cfg.BlockIDHash != want {
+			return cfg, fmt.Errorf("%w: %s: block id hash %q", ErrFormat, targetConfigKey, cfg.BlockIDHash)
+		}
 		return cfg, nil
 	case !errors.Is(err, ErrNotFound):
 		return cfg, err
@@ -179,7 +183,7 @@ func (s *Store) loadOrInitConfig(ctx context.Context) (targetConfig, error) {
 	}
 	// A new store: record its id, hash and encryption parameters.
 	cfg = targetConfig{FormatVersion: FormatVersion, Kind: targetKind, ID: randomHex(16),
-		Created: time.Now().UTC().Truncate(time.Second), BlockIDHash: "sha256"}
+		Created: time.Now().UTC().Truncate(time.Second), BlockIDHash: "blake3"}
 	if len(s.opts.Key) > 0 {
 		salt := make([]byte, 32)
 		if _, err := rand.Read(salt); err != nil {
@@ -189,7 +193,7 @@ func (s *Store) loadOrInitConfig(ctx context.Context) (targetConfig, error) {
 		if err != nil {
 			return cfg, err
 		}
-		cfg.BlockIDHash = "hmac-sha256"
+		cfg.BlockIDHash = "blake3-keyed"
 		cfg.Encryption = &encryption{Algorithm: "aes-256-gcm", KDF: "hkdf-sha256", Salt: salt, KeyCheck: keyCheck(check, cfg.ID)}
 	}
 	b, err = json.MarshalIndent(cfg, "", "  ")

@@ -573,7 +573,7 @@ func TestCodecTamper(t *testing.T) {
 		payload := bytes.Repeat([]byte("cairn "), 1000)
 		obj, err := c.encode(nil, kindBlock, CompressionZstd, payload, []byte("id"))
 		require.NoError(t, err)
-		got, err := c.decode(nil, kindBlock, obj, []byte("id"))
+		got, err := c.decode(nil, kindBlock, bytes.Clone(obj), []byte("id"))
 		require.NoError(t, err)
 		require.Equal(t, payload, got)
 
@@ -581,10 +581,10 @@ func TestCodecTamper(t *testing.T) {
 		bad[5] = 9
 		_, err = c.decode(nil, kindBlock, bad, []byte("id"))
 		require.ErrorIs(t, err, ErrFormat)
-		_, err = c.decode(nil, kindManifest, obj, []byte("id"))
+		_, err = c.decode(nil, kindManifest, bytes.Clone(obj), []byte("id"))
 		require.ErrorIs(t, err, ErrFormat)
 		if c.aead != nil {
-			_, err = c.decode(nil, kindBlock, obj, []byte("other-id"))
+			_, err = c.decode(nil, kindBlock, bytes.Clone(obj), []byte("other-id"))
 			require.ErrorIs(t, err, ErrCorrupt, "ciphertext is bound to its id")
 		}
 	}

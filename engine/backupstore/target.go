@@ -28,6 +28,20 @@ type Target interface {
 	String() string
 }
 
+// bufferedGetter is implemented by targets that can read an object into a
+// caller's buffer, so hot paths (restore, verify) do not allocate per block.
+type bufferedGetter interface {
+	GetInto(ctx context.Context, key string, buf []byte) ([]byte, error)
+}
+
+// getInto reads key into buf when the target supports it.
+func getInto(ctx context.Context, t Target, key string, buf []byte) ([]byte, error) {
+	if g, ok := t.(bufferedGetter); ok {
+		return g.GetInto(ctx, key, buf)
+	}
+	return t.Get(ctx, key)
+}
+
 // ObjectInfo describes one listed object.
 type ObjectInfo struct {
 	Key     string

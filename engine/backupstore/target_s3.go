@@ -183,6 +183,10 @@ func (t *s3Target) opCtx(ctx context.Context) (context.Context, context.CancelFu
 }
 
 func (t *s3Target) Get(ctx context.Context, key string) ([]byte, error) {
+	return t.GetInto(ctx, key, nil)
+}
+
+func (t *s3Target) GetInto(ctx context.Context, key string, buf []byte) ([]byte, error) {
 	ctx, cancel := t.opCtx(ctx)
 	defer cancel()
 	out, err := t.client.GetObject(ctx, &s3.GetObjectInput{Bucket: &t.bucket, Key: aws.String(t.prefix + key)})
@@ -190,15 +194,21 @@ func (t *s3Target) Get(ctx context.Context, key string) ([]byte, error) {
 		return nil, t.mapErr("get", key, err)
 	}
 	defer out.Body.Close()
-	size := int64(0)
-	if out.ContentLength != nil {
-		size = *out.ContentLength
+	if n := aws.ToInt64(out.ContentLength); n > 0 && n <= maxPlainPayload {
+		if int64(cap(buf)) < n {
+			buf = make([]byte, n)
+		}
+		buf = buf[:n]
+		if _, err := io.ReadFull(out.Body, buf); err != nil {
+			return nil, t.mapErr("get", key, err)
+		}
+		return buf, nil
 	}
-	buf := bytes.NewBuffer(make([]byte, 0, size+bytes.MinRead))
-	if _, err := buf.ReadFrom(out.Body); err != nil {
+	b := bytes.NewBuffer(buf[:0])
+	if _, err := b.ReadFrom(out.Body); err != nil {
 		return nil, t.mapErr("get", key, err)
 	}
-	return buf.Bytes(), nil
+	return b.Bytes(), nil
 }
 
 func (t *s3Target) Put(ctx context.Context, key string, data []byte) error {

@@ -126,9 +126,14 @@ func (s *Store) Verify(ctx context.Context, opts VerifyOptions) (VerifyReport, e
 			return nil
 		})
 	} else {
+		bufs := make(chan [2][]byte, s.opts.Concurrency)
+		for range s.opts.Concurrency {
+			bufs <- [2][]byte{make([]byte, bs), nil}
+		}
 		err = parallel(ctx, s.opts.Concurrency, len(ids), func(i int) error {
-			buf := make([]byte, 0, bs)
-			_, stored, err := s.fetchBlock(ctx, ids[i], buf)
+			b := <-bufs
+			_, obj, stored, err := s.fetchBlock(ctx, ids[i], b[0], b[1])
+			bufs <- [2][]byte{b[0], obj}
 			if err != nil {
 				if !errors.Is(err, ErrMissingBlock) && !errors.Is(err, ErrCorrupt) {
 					return err
