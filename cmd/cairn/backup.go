@@ -65,7 +65,7 @@ base64).`,
 	pf.StringVar(&f.keyFile, "key-file", "", "file holding the encryption key (raw, hex or base64; env CAIRN_BACKUP_KEY)")
 	pf.BoolVar(&f.virtualHostStyle, "virtual-host-style", false, "use virtual-hosted-style S3 addressing instead of path style")
 	pf.BoolVar(&f.readOnly, "read-only", false, "never write to the target (no lock objects)")
-	pf.IntVar(&f.concurrency, "concurrency", 0, "blocks in flight (default 2×CPUs, at least 4)")
+	pf.IntVar(&f.concurrency, "concurrency", 0, "blocks in flight (default max(16, 2×CPUs))")
 	pf.StringVarP(&f.output, "output", "o", "text", "output format: text or json")
 	pf.BoolVar(&f.progress, "progress", false, "print progress to stderr (default when stderr is a terminal)")
 	pf.DurationVar(&f.timeout, "timeout", 0, "give up after this long (0: no limit)")
