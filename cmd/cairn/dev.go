@@ -67,8 +67,10 @@ func runDev(ctx context.Context, o devOptions) error {
 	}
 	defer unlock()
 	etcdDir := filepath.Join(dataDir, "etcd")
-	if pid := findProcessWithArg(etcdDir); pid != 0 {
-		return fmt.Errorf("an etcd (pid %d) left by an earlier run still uses %s; stop it first: kill %d", pid, etcdDir, pid)
+	pidFile := filepath.Join(dataDir, "controlplane.pids")
+	if left := leftoverControlPlane(pidFile, etcdDir); len(left) > 0 {
+		return fmt.Errorf("control plane processes left by an earlier run are still running (%s); stop them first: kill %s",
+			strings.Join(left, ", "), strings.Join(pidsOf(left), " "))
 	}
 	logPath := filepath.Join(dataDir, "controlplane.log")
 	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
@@ -89,6 +91,9 @@ func runDev(ctx context.Context, o devOptions) error {
 			fmt.Fprintln(os.Stderr, "stop control plane:", err)
 		}
 	}()
+	// envtest starts etcd and kube-apiserver in their own process groups;
+	// remember them so a run after a crash can name what is left over.
+	_ = os.WriteFile(pidFile, []byte(strings.Join(childPids(os.Getpid()), "\n")+"\n"), 0o600)
 	kubeconfig := filepath.Join(dataDir, "kubeconfig")
 	if err := writeKubeconfig(cluster, kubeconfig); err != nil {
 		return err
@@ -186,21 +191,66 @@ func lockDataDir(dataDir string) (func(), error) {
 	return func() { _ = f.Truncate(0); f.Close() }, nil
 }
 
-// findProcessWithArg returns the pid of a process whose command line
-// mentions arg (an etcd orphaned by a killed dev run), or 0.
-func findProcessWithArg(arg string) int {
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == os.Getpid() {
-			continue
-		}
-		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err == nil && strings.Contains(string(cmdline), arg) {
-			return pid
+// leftoverControlPlane returns "name (pid N)" for every etcd or
+// kube-apiserver an earlier run recorded in pidFile that is still alive, and
+// for any etcd using etcdDir.
+func leftoverControlPlane(pidFile, etcdDir string) []string {
+	var left []string
+	seen := map[string]bool{}
+	data, _ := os.ReadFile(pidFile)
+	for _, pid := range strings.Fields(string(data)) {
+		if name, _ := processName(pid); name == "etcd" || name == "kube-apiserver" {
+			left = append(left, fmt.Sprintf("%s (pid %s)", name, pid))
+			seen[pid] = true
 		}
 	}
-	return 0
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		if name, cmdline := processName(e.Name()); name == "etcd" && !seen[e.Name()] && strings.Contains(cmdline, etcdDir) {
+			left = append(left, fmt.Sprintf("etcd (pid %s)", e.Name()))
+		}
+	}
+	return left
+}
+
+// processName returns the base name of a live process's executable and its
+// command line; empty when the pid does not exist.
+func processName(pid string) (string, string) {
+	if _, err := strconv.Atoi(pid); err != nil {
+		return "", ""
+	}
+	cmdline, err := os.ReadFile(filepath.Join("/proc", pid, "cmdline"))
+	if err != nil || len(cmdline) == 0 {
+		return "", ""
+	}
+	argv0, _, _ := strings.Cut(string(cmdline), "\x00")
+	return filepath.Base(argv0), string(cmdline)
+}
+
+// childPids lists the pids of the direct children of parent.
+func childPids(parent int) []string {
+	var out []string
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		stat, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		s := string(stat)
+		fields := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+		if len(fields) > 1 && fields[1] == strconv.Itoa(parent) {
+			out = append(out, e.Name())
+		}
+	}
+	return out
+}
+
+func pidsOf(left []string) []string {
+	var pids []string
+	for _, l := range left {
+		pids = append(pids, strings.TrimSuffix(l[strings.Index(l, "pid ")+4:], ")"))
+	}
+	return pids
 }
 
 func writeKubeconfig(c *localcluster.Cluster, path string) error {

@@ -57,12 +57,55 @@ func TestDevSmoke(t *testing.T) {
 	require.Error(t, err)
 	require.Contains(t, string(secondOut), "another `cairn dev` (pid "+strconv.Itoa(dev.Process.Pid)+")")
 
-	stopDev(t, dev)
+	stopDev(t, dev, dataDir)
 
 	// Second run without samples: the first run's objects are still there.
 	dev, kubeconfig = startDev(t, bin, dataDir, "--samples=false")
 	require.NoError(t, devClient(t, kubeconfig).Get(ctx, client.ObjectKey{Name: "pg-data"}, &cairnv1.Volume{}))
-	stopDev(t, dev)
+
+	// Killed outright, dev cannot stop its control plane; the next run
+	// names the leftovers instead of hanging on a locked etcd.
+	left := controlPlanePids(t, dataDir)
+	require.NoError(t, dev.Process.Kill())
+	_ = dev.Wait()
+	third := exec.Command(bin, "dev", "--data-dir", dataDir, "--bin-dir", testutil.BinDir())
+	thirdOut, err := third.CombinedOutput()
+	require.Error(t, err)
+	require.Contains(t, string(thirdOut), "control plane processes left by an earlier run are still running")
+	for _, pid := range left {
+		require.Contains(t, string(thirdOut), "pid "+strconv.Itoa(pid))
+	}
+}
+
+// controlPlanePids returns the etcd and kube-apiserver pids a running dev
+// recorded, and makes sure the test kills them whatever happens.
+func controlPlanePids(t *testing.T, dataDir string) []int {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(dataDir, "controlplane.pids"))
+	require.NoError(t, err)
+	var pids []int
+	names := map[string]bool{}
+	for _, f := range strings.Fields(string(data)) {
+		pid, err := strconv.Atoi(f)
+		require.NoError(t, err)
+		cmdline, err := os.ReadFile(filepath.Join("/proc", f, "cmdline"))
+		require.NoError(t, err, "recorded pid %d is not running", pid)
+		argv0, _, _ := strings.Cut(string(cmdline), "\x00")
+		names[filepath.Base(argv0)] = true
+		pids = append(pids, pid)
+		t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGKILL) })
+	}
+	require.True(t, names["etcd"] && names["kube-apiserver"], "recorded %v", names)
+	return pids
+}
+
+func alive(pid int) bool {
+	stat, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return false
+	}
+	s := string(stat)
+	return !strings.HasPrefix(strings.TrimSpace(s[strings.LastIndexByte(s, ')')+1:]), "Z")
 }
 
 func startDev(t *testing.T, bin, dataDir string, extra ...string) (*exec.Cmd, string) {
@@ -105,10 +148,13 @@ func startDev(t *testing.T, bin, dataDir string, extra ...string) (*exec.Cmd, st
 }
 
 // stopDev sends SIGINT to cairn dev alone (not its group) and checks that
-// it exits cleanly and that none of its children survive.
-func stopDev(t *testing.T, cmd *exec.Cmd) {
+// it exits cleanly and that none of its children survive: neither in its
+// process group nor etcd and kube-apiserver, which envtest starts in groups
+// of their own.
+func stopDev(t *testing.T, cmd *exec.Cmd, dataDir string) {
 	t.Helper()
 	pgid := cmd.Process.Pid
+	children := controlPlanePids(t, dataDir)
 	require.NoError(t, cmd.Process.Signal(syscall.SIGINT))
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
@@ -120,6 +166,9 @@ func stopDev(t *testing.T, cmd *exec.Cmd) {
 	}
 	require.Eventually(t, func() bool { return len(groupMembers(pgid)) == 0 }, 10*time.Second, 100*time.Millisecond,
 		"processes left behind: %v", groupMembers(pgid))
+	for _, pid := range children {
+		require.False(t, alive(pid), "control plane process %d survived", pid)
+	}
 }
 
 // groupMembers lists the command lines of live processes in a process group.
