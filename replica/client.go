@@ -497,6 +497,66 @@ func (c *Client) WriteLayer(ctx context.Context, layer string, p []byte, off int
 	})
 }
 
+// WriteLayerExtents writes many block-aligned extents into a layer being
+// received (see Replica.WriteLayerExtents); data holds their bytes back to
+// back. Extents are packed into as few frames as the frame size allows
+// (an extent larger than a frame is split), and the frames are pipelined.
+func (c *Client) WriteLayerExtents(ctx context.Context, layer string, extents []Extent, data []byte) error {
+	if len(layer) > 255 {
+		return fmt.Errorf("%w: layer name too long", ErrInvalid)
+	}
+	var total int64
+	for _, e := range extents {
+		if e.Offset < 0 || e.Length < 0 {
+			return fmt.Errorf("%w: extent [%d, +%d)", ErrOutOfRange, e.Offset, e.Length)
+		}
+		total += e.Length
+	}
+	if total != int64(len(data)) {
+		return fmt.Errorf("%w: extents cover %d bytes but %d bytes of data", ErrInvalid, total, len(data))
+	}
+	name := layerPayload(layer)
+	var calls []*call
+	var first error
+	var batch []Extent
+	var lo, hi int64 // data of the batch: data[lo:hi]
+	send := func() {
+		if len(batch) == 0 || first != nil {
+			return
+		}
+		cl, err := c.start(opWriteLayerExtents, 0, uint64(len(batch)), nil, name, encodeExtents(batch), data[lo:hi])
+		if err != nil {
+			first = err
+		} else {
+			calls = append(calls, cl)
+		}
+		batch, lo = batch[:0], hi
+	}
+	for _, e := range extents {
+		for e.Length > 0 && first == nil {
+			room := int64(MaxIO) - int64(16*(len(batch)+1)) - (hi - lo)
+			if room < BlockSize {
+				send()
+				continue
+			}
+			n := min(e.Length, room&^(BlockSize-1))
+			if e.Length%BlockSize != 0 {
+				n = min(e.Length, room) // unaligned: the server refuses it
+			}
+			batch = append(batch, Extent{Offset: e.Offset, Length: n})
+			hi += n
+			e.Offset, e.Length = e.Offset+n, e.Length-n
+		}
+	}
+	send()
+	for _, cl := range calls {
+		if err := c.wait(ctx, cl); err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
 // CommitLayer seals a received layer (see Replica.CommitLayer).
 func (c *Client) CommitLayer(ctx context.Context, layer string) error {
 	return c.ctl(ctx, opCommitLayer, 0, 0, &ctlRequest{Name: layer}, nil)

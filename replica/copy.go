@@ -7,53 +7,147 @@ import (
 	"golang.org/x/sync/errgroup"
 )
 
-// copyWindow is the range of one LayerExtents query during CopyLayer.
-const copyWindow = 256 << 20
+const (
+	// copyWindow is the range of one LayerExtents query during CopyLayer.
+	copyWindow = 256 << 20
+	// copyGap is the largest hole CopyLayer reads through rather than
+	// splitting a read: reading a short hole is cheaper than a frame.
+	copyGap = 64 << 10
+)
+
+// copySpan is one ReadLayer request: [off, end) covering ext.
+type copySpan struct {
+	off, end int64
+	ext      []Extent
+}
+
+// copyBatch is one WriteLayerExtents frame: its extents (in spans read
+// from the source) and their data size.
+type copyBatch struct {
+	spans []copySpan
+	ext   []Extent
+	bytes int64
+}
+
+// add appends the piece [off, off+n) to the batch, extending the last
+// read span when the piece is near it.
+func (b *copyBatch) add(off, n int64) {
+	b.ext = append(b.ext, Extent{Offset: off, Length: n})
+	b.bytes += n
+	if k := len(b.spans) - 1; k >= 0 && off-b.spans[k].end <= copyGap && off+n-b.spans[k].off <= MaxIO {
+		b.spans[k].end = off + n
+		b.spans[k].ext = append(b.spans[k].ext, Extent{Offset: off, Length: n})
+		return
+	}
+	b.spans = append(b.spans, copySpan{off: off, end: off + n, ext: []Extent{{Offset: off, Length: n}}})
+}
+
+// room is how many data bytes one more extent may add to the frame.
+func (b *copyBatch) room() int64 {
+	return int64(MaxIO) - 16*int64(len(b.ext)+1) - b.bytes
+}
 
 // CopyLayer streams the allocated extents of snapshot layer from src into
 // the same (Incomplete) layer of dst and commits it there: the data-moving
-// step of a rebuild. It keeps up to parallel reads/writes in flight (4 if
-// parallel <= 0) and returns the number of bytes copied. size is the
-// volume size.
+// step of a rebuild. Extents are packed into frames of up to MaxIO bytes:
+// the source is read in spans (short holes are read through rather than
+// costing a request each) and each frame's extents are written with one
+// WriteLayerExtents, so sparse data is not bound by requests per second.
+// Up to parallel frames are in flight (4 if parallel <= 0). It returns the
+// number of bytes copied. size is the volume size.
 func CopyLayer(ctx context.Context, src, dst *Client, layer string, size int64, parallel int) (int64, error) {
 	if parallel <= 0 {
 		parallel = 4
 	}
+	if len(layer) > 255 {
+		return 0, fmt.Errorf("%w: layer name too long", ErrInvalid)
+	}
+	name := layerPayload(layer)
 	var copied int64
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(parallel)
-	for w := int64(0); w < size; w += copyWindow {
+	run := func(b *copyBatch) {
+		g.Go(func() error { return copyFrame(gctx, src, dst, layer, name, b) })
+	}
+	for w := int64(0); w < size && gctx.Err() == nil; w += copyWindow {
 		ext, err := src.LayerExtents(gctx, layer, w, min(copyWindow, size-w))
 		if err != nil {
 			g.Wait()
 			return copied, fmt.Errorf("layer extents of %q: %w", layer, err)
 		}
+		b := &copyBatch{}
 		for _, e := range ext {
-			for off := e.Offset; off < e.End(); off += MaxIO {
-				off, n := off, min(int64(MaxIO), e.End()-off)
+			for off := e.Offset; off < e.End(); {
+				room := b.room() &^ (BlockSize - 1)
+				if room <= 0 {
+					run(b)
+					b = &copyBatch{}
+					continue
+				}
+				n := min(e.End()-off, room)
+				b.add(off, n)
 				copied += n
-				g.Go(func() error {
-					buf := getBuf(int(n))
-					defer putBuf(buf)
-					if _, err := src.ReadLayer(gctx, layer, buf, off); err != nil {
-						return fmt.Errorf("read layer %q at %d: %w", layer, off, err)
-					}
-					if err := dst.WriteLayer(gctx, layer, buf, off); err != nil {
-						return fmt.Errorf("write layer %q at %d: %w", layer, off, err)
-					}
-					return nil
-				})
+				off += n
 			}
 		}
-		if gctx.Err() != nil {
-			break
+		if len(b.ext) > 0 {
+			run(b)
 		}
 	}
 	if err := g.Wait(); err != nil {
+		return copied, err
+	}
+	if err := ctx.Err(); err != nil {
 		return copied, err
 	}
 	if err := dst.CommitLayer(ctx, layer); err != nil {
 		return copied, fmt.Errorf("commit layer %q: %w", layer, err)
 	}
 	return copied, nil
+}
+
+// copyFrame reads one batch's spans from src (pipelined) and writes its
+// extents to dst in one WriteLayerExtents frame.
+func copyFrame(ctx context.Context, src, dst *Client, layer string, name []byte, b *copyBatch) error {
+	data := getBuf(int(b.bytes))
+	defer putBuf(data)
+	bufs := make([][]byte, len(b.spans))
+	calls := make([]*call, len(b.spans))
+	defer func() {
+		for _, buf := range bufs {
+			putBuf(buf)
+		}
+	}()
+	var first error
+	for i, s := range b.spans {
+		bufs[i] = getBuf(int(s.end - s.off))
+		cl, err := src.start(opReadLayer, uint64(s.off), uint64(s.end-s.off), bufs[i], name)
+		if err != nil {
+			first = fmt.Errorf("read layer %q at %d: %w", layer, s.off, err)
+			break
+		}
+		calls[i] = cl
+	}
+	// wait for every started read: their buffers are in use until then
+	for i, cl := range calls {
+		if cl == nil {
+			continue
+		}
+		if err := src.wait(ctx, cl); err != nil && first == nil {
+			first = fmt.Errorf("read layer %q at %d: %w", layer, b.spans[i].off, err)
+		}
+	}
+	if first != nil {
+		return first
+	}
+	var d int64
+	for i, s := range b.spans {
+		for _, e := range s.ext {
+			d += int64(copy(data[d:], bufs[i][e.Offset-s.off:e.End()-s.off]))
+		}
+	}
+	if err := dst.WriteLayerExtents(ctx, layer, b.ext, data); err != nil {
+		return fmt.Errorf("write layer %q at %d: %w", layer, b.ext[0].Offset, err)
+	}
+	return nil
 }

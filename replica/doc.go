@@ -103,7 +103,16 @@
 // (offset u64, length u64) for a window [offset, offset+length) of at most
 // 1 GiB, which the client pages through. Rebuild: ReadLayer (33, payload
 // = u8 name length + name), ResetForRebuild (34), WriteLayer (35, payload
-// = name prefix + data), CommitLayer (36).
+// = name prefix + data), CommitLayer (36) and WriteLayerExtents (37), the
+// vectored WriteLayer:
+//
+//	header length = n (extent count), offset = 0
+//	payload = u8 name length | name | n x (offset u64, length u64) | data
+//
+// where data is the n extents' bytes back to back (every extent
+// block-aligned). One frame carries up to MaxIO bytes of extents and data,
+// so a sparse layer (4 KiB data / 4 KiB hole) moves ~1000 extents per
+// request instead of one.
 //
 // # Rebuild
 //
@@ -126,8 +135,10 @@
 //     WriteZeroes write zero blocks on T while it rebuilds. T must not
 //     serve reads yet.
 //  4. For each receive layer, oldest first: CopyLayer(ctx, S, T, name,
-//     size, n) streams S.LayerExtents + S.ReadLayer into T.WriteLayer and
-//     calls T.CommitLayer (fsync, checksum check, mark complete).
+//     size, n) streams S.LayerExtents + S.ReadLayer (spans, reading
+//     through holes of up to 64 KiB) into T.WriteLayerExtents (frames of
+//     up to MaxIO bytes) and calls T.CommitLayer (fsync, checksum check,
+//     mark complete).
 //     Blocks T's head already rewrote keep reading from the head.
 //  5. When T.Info().Rebuilding is false its chain equals S's; the engine
 //     marks it healthy, sets the generation on all replicas, and may

@@ -48,6 +48,9 @@ const (
 	opResetForRebuild uint8 = 34
 	opWriteLayer      uint8 = 35
 	opCommitLayer     uint8 = 36
+	// opWriteLayerExtents: length = extent count; payload = name prefix |
+	// count x (offset u64, length u64) | data of all extents back to back.
+	opWriteLayerExtents uint8 = 37
 )
 
 // reqHeader is the fixed request header:
@@ -176,6 +179,24 @@ func splitLayerPayload(p []byte) (string, []byte, error) {
 	}
 	n := int(p[0])
 	return string(p[1 : 1+n]), p[1+n:], nil
+}
+
+// splitExtentsPayload parses the body of a WriteLayerExtents frame (after
+// the name prefix): n extents of 16 bytes followed by their data.
+func splitExtentsPayload(p []byte, n uint64) ([]Extent, []byte, error) {
+	if n > uint64(len(p))/16 {
+		return nil, nil, fmt.Errorf("%w: %d extents do not fit a payload of %d bytes", ErrInvalid, n, len(p))
+	}
+	ext, err := decodeExtents(p[:16*n])
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, e := range ext {
+		if e.Offset < 0 || e.Length < 0 {
+			return nil, nil, fmt.Errorf("%w: extent [%d, +%d)", ErrOutOfRange, e.Offset, e.Length)
+		}
+	}
+	return ext, p[16*n:], nil
 }
 
 // readFull reads exactly len(b) bytes.

@@ -185,3 +185,64 @@ func TestRebuildGuards(t *testing.T) {
 	require.NoError(t, r.ResetForRebuild([]string{"a"}, nil))
 	require.False(t, r.Info().Rebuilding)
 }
+
+// TestRebuildSparse copies a 4k-data/4k-hole layer (plus some large
+// extents) with CopyLayer, which packs many extents per WriteLayerExtents
+// frame, and checks the copy block for block.
+func TestRebuildSparse(t *testing.T) {
+	const size = 16 << 20
+	rng := rand.New(rand.NewPCG(21, 22))
+	src := newTestReplica(t, size)
+	dst := newTestReplica(t, size)
+	for b := int64(0); b < size/BlockSize/2; b += 2 {
+		_, err := src.WriteAt(randBlocks(rng, 1), b*BlockSize)
+		require.NoError(t, err)
+	}
+	_, err := src.WriteAt(randBlocks(rng, 1200), size/2+BlockSize) // > 4 MiB extent
+	require.NoError(t, err)
+	require.NoError(t, src.Snapshot("s", nil))
+	sum, err := src.Checksum("s")
+	require.NoError(t, err)
+	sc := dialTest(t, startServer(t, src))
+	dc := dialTest(t, startServer(t, dst))
+	ctx := context.Background()
+	require.NoError(t, dc.ResetForRebuild(ctx, nil, []SnapshotInfo{{Name: "s", Checksum: sum}}))
+	n, err := CopyLayer(ctx, sc, dc, "s", size, 3)
+	require.NoError(t, err)
+	require.EqualValues(t, (size/BlockSize/4+1200)*BlockSize, n)
+	require.False(t, dst.Info().Rebuilding)
+	requireSame(t, readAll(t, src, size), readAll(t, dst, size), "sparse copy")
+	ext, err := dst.LayerExtents("s", 0, size)
+	require.NoError(t, err)
+	want, err := src.LayerExtents("s", 0, size)
+	require.NoError(t, err)
+	require.Equal(t, want, ext)
+}
+
+func TestWriteLayerExtentsBadInput(t *testing.T) {
+	const size = 64 * BlockSize
+	r := newTestReplica(t, size)
+	require.NoError(t, r.ResetForRebuild(nil, []SnapshotInfo{{Name: "b"}}))
+	c := dialTest(t, startServer(t, r))
+	ctx := context.Background()
+	blk := bytes.Repeat([]byte{7}, 2*BlockSize)
+	// wrong data length, unaligned, out of range, unknown layer, read-only
+	require.ErrorIs(t, c.WriteLayerExtents(ctx, "b", []Extent{{0, BlockSize}}, blk), ErrInvalid)
+	require.ErrorIs(t, c.WriteLayerExtents(ctx, "b", []Extent{{1, BlockSize}}, blk[:BlockSize]), ErrInvalid)
+	require.ErrorIs(t, c.WriteLayerExtents(ctx, "b", []Extent{{size, BlockSize}}, blk[:BlockSize]), ErrOutOfRange)
+	require.ErrorIs(t, c.WriteLayerExtents(ctx, "nope", []Extent{{0, BlockSize}}, blk[:BlockSize]), ErrNotFound)
+	require.ErrorIs(t, r.WriteLayerExtents("b", []Extent{{0, BlockSize}, {-4096, BlockSize}}, blk), ErrOutOfRange)
+	// a frame whose extent count exceeds its payload is refused, the
+	// connection stays up
+	cl, err := c.start(opWriteLayerExtents, 0, 1<<40, nil, layerPayload("b"), blk)
+	require.NoError(t, err)
+	require.ErrorIs(t, c.wait(ctx, cl), ErrInvalid)
+	// nothing was written by the refused requests
+	ext, err := r.LayerExtents("b", 0, size)
+	require.NoError(t, err)
+	require.Empty(t, ext)
+	require.NoError(t, c.WriteLayerExtents(ctx, "b", []Extent{{0, BlockSize}, {8 * BlockSize, BlockSize}}, blk))
+	ext, err = r.LayerExtents("b", 0, size)
+	require.NoError(t, err)
+	require.Equal(t, []Extent{{0, BlockSize}, {8 * BlockSize, BlockSize}}, ext)
+}

@@ -332,7 +332,7 @@ func (s *Server) handle(h reqHeader, payload []byte) response {
 		return errResponse(h, err)
 	}
 	var ctl ctlRequest
-	if h.Op >= opInfo && h.Op != opReadLayer && h.Op != opWriteLayer && len(payload) > 0 {
+	if h.Op >= opInfo && h.Op != opReadLayer && h.Op != opWriteLayer && h.Op != opWriteLayerExtents && len(payload) > 0 {
 		if len(payload) > maxControlPayload {
 			return errResponse(h, fmt.Errorf("%w: control payload of %d bytes", ErrTooLarge, len(payload)))
 		}
@@ -426,6 +426,16 @@ func (s *Server) handle(h reqHeader, payload []byte) response {
 			return errResponse(h, err)
 		}
 		return jsonResponse(h, nil, r.WriteLayer(name, data, off))
+	case opWriteLayerExtents:
+		name, body, err := splitLayerPayload(payload)
+		if err != nil {
+			return errResponse(h, err)
+		}
+		ext, data, err := splitExtentsPayload(body, h.Length)
+		if err != nil {
+			return errResponse(h, err)
+		}
+		return jsonResponse(h, nil, r.WriteLayerExtents(name, ext, data))
 	case opCommitLayer:
 		return jsonResponse(h, nil, r.CommitLayer(ctl.Name))
 	}
