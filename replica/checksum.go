@@ -63,6 +63,10 @@ func (r *Replica) Checksum(layerName string) (string, error) {
 	}
 	id, gen := l.rec.ID, l.gen
 	f, err := os.Open(l.path)
+	if err == nil {
+		r.pin(id)
+		defer r.unpin(id)
+	}
 	r.opMu.Unlock()
 	if err != nil {
 		return "", err

@@ -35,6 +35,22 @@
 // and deletes layer and temp files the metadata does not reference (left
 // by a crash between creating a file and committing the metadata).
 //
+// A pending head merge (see RemoveSnapshot below) adds "mergeFrom": the
+// id of a former head whose blocks must still be copied into the head;
+// such a file is written with version 2 so older binaries refuse it rather
+// than lose that data, and Open finishes the merge before serving.
+//
+// RemoveSnapshot keeps every remaining view identical in one of two ways.
+// Copy-up (online, O(snapshot data)): the removed layer's blocks its child
+// lacks are copied into the child, then the layer is dropped. Merge-down
+// (I/O paused, O(head data)), chosen when the child is the head, the head
+// holds less data than the snapshot (and at most 128 MiB), no reader has
+// the snapshot open and there is room: sync the head, commit the chain
+// with the snapshot's file as the new head and mergeFrom = old head, copy
+// the old head's allocated blocks into it, fdatasync, commit without
+// mergeFrom, delete the old head. This is how the engine drops its
+// rebuild snapshots cheaply.
+//
 // Durability: WriteAt goes to the page cache; Flush is fdatasync of the
 // head, the only layer with unsynced data. Snapshot syncs the head before
 // committing the metadata that freezes it, so a snapshot never references

@@ -14,7 +14,11 @@ const (
 	metaName    = "replica.meta"
 	metaMagic   = "CAIRNRM1"
 	metaVersion = 1
-	lockName    = "replica.lock"
+	// metaVersionMerge marks a file with a pending head merge (MergeFrom):
+	// versions that do not know it refuse to open the replica instead of
+	// dropping the unmerged head data.
+	metaVersionMerge = 2
+	lockName         = "replica.lock"
 	// maxLayers bounds the chain; owners are uint16 chain positions.
 	maxLayers = 32000
 	// maxSize bounds the volume size (1 PiB).
@@ -28,6 +32,12 @@ type metaFile struct {
 	BlockSize  int           `json:"blockSize"`
 	Generation uint64        `json:"generation"`
 	Layers     []layerRecord `json:"layers"`
+	// MergeFrom, when set, is the id of a former head whose allocated
+	// blocks must be copied into the head before the replica serves I/O:
+	// RemoveSnapshot merging a small head down into its parent crashed
+	// after committing the new chain. Open redoes the copy (idempotent)
+	// and clears it.
+	MergeFrom string `json:"mergeFrom,omitempty"`
 }
 
 // layerRecord is one layer of the chain: its data file is layer-<ID>.img.
@@ -62,7 +72,7 @@ func decodeMeta(name string, buf []byte) (*metaFile, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrCorrupt, err)
 	}
-	if version != metaVersion {
+	if version != metaVersion && version != metaVersionMerge {
 		return nil, fmt.Errorf("%w: %s: unsupported metadata version %d", ErrCorrupt, name, version)
 	}
 	var m metaFile
@@ -71,6 +81,9 @@ func decodeMeta(name string, buf []byte) (*metaFile, error) {
 	}
 	if err := m.validate(); err != nil {
 		return nil, fmt.Errorf("%w: %s: %v", ErrCorrupt, name, err)
+	}
+	if (m.MergeFrom != "") != (version == metaVersionMerge) {
+		return nil, fmt.Errorf("%w: %s: version %d with mergeFrom %q", ErrCorrupt, name, version, m.MergeFrom)
 	}
 	return &m, nil
 }
@@ -103,6 +116,9 @@ func (m *metaFile) validate() error {
 		}
 		names[l.Name] = true
 	}
+	if m.MergeFrom != "" && (!validID(m.MergeFrom) || ids[m.MergeFrom]) {
+		return fmt.Errorf("bad or duplicate mergeFrom id %q", m.MergeFrom)
+	}
 	return nil
 }
 
@@ -111,7 +127,11 @@ func (m *metaFile) encode() []byte {
 	if err != nil {
 		panic(err) // plain data, cannot fail
 	}
-	return durable.Encode(metaMagic, metaVersion, payload)
+	v := uint32(metaVersion)
+	if m.MergeFrom != "" {
+		v = metaVersionMerge
+	}
+	return durable.Encode(metaMagic, v, payload)
 }
 
 func (m *metaFile) clone() *metaFile {

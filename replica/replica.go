@@ -41,6 +41,14 @@ type Replica struct {
 	idx        *index
 	rl         rangeLocks
 	closed     bool
+	// broken is set when a chain change failed half-way in a way only a
+	// reopen can resolve (see mergeHeadDown); every operation then fails.
+	broken error
+
+	// pins counts open readers (snapshot readers, checksums) per layer id
+	// whose content must not change under them. Guarded by pinMu.
+	pinMu sync.Mutex
+	pins  map[string]int
 }
 
 type layer struct {
@@ -228,6 +236,12 @@ func openLocked(dir string, lockf *os.File) (*Replica, error) {
 		}
 		layers = append(layers, l)
 	}
+	if m.MergeFrom != "" {
+		if m, err = finishMerge(dir, m, layers[len(layers)-1]); err != nil {
+			closeAll()
+			return nil, err
+		}
+	}
 	idx, err := buildIndex(layers, m.Size)
 	if err != nil {
 		closeAll()
@@ -265,6 +279,86 @@ func openLayer(dir string, rec layerRecord, size int64) (*layer, error) {
 		}
 	}
 	return &layer{rec: rec, f: f, fd: int(f.Fd()), path: path}, nil
+}
+
+// finishMerge completes a head merge interrupted by a crash: it copies
+// the allocated blocks of the former head m.MergeFrom into head (again:
+// the copy is idempotent), syncs it, commits the metadata without
+// MergeFrom and deletes the former head's file.
+func finishMerge(dir string, m *metaFile, head *layer) (*metaFile, error) {
+	path := filepath.Join(dir, layerRecord{ID: m.MergeFrom}.fileName())
+	f, err := os.Open(path)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("%w: layer file %s being merged (%s) is missing", ErrCorrupt, path, metaName)
+		}
+		return nil, err
+	}
+	defer f.Close()
+	if err := copyAllocated(f, head.f, m.Size); err != nil {
+		return nil, fmt.Errorf("finish merge of %s: %w", path, err)
+	}
+	if err := unix.Fdatasync(head.fd); err != nil {
+		return nil, ioErr("fdatasync", err)
+	}
+	m = m.clone()
+	m.MergeFrom = ""
+	if err := durable.WriteRaw(filepath.Join(dir, metaName), m.encode()); err != nil {
+		return nil, ioErr("write metadata", err)
+	}
+	os.Remove(path)
+	return m, nil
+}
+
+// copyAllocated copies every allocated block of src into dst at the same
+// offset.
+func copyAllocated(src, dst *os.File, size int64) error {
+	ext, err := dataExtents(int(src.Fd()), 0, size)
+	if err != nil {
+		return ioErr("seek data", err)
+	}
+	buf := make([]byte, 1<<20)
+	for _, e := range ext {
+		for off := e.Offset; off < e.End(); {
+			n := min(e.End()-off, int64(len(buf)))
+			if _, err := src.ReadAt(buf[:n], off); err != nil {
+				return ioErr("read", err)
+			}
+			if err := hook("merge"); err != nil {
+				return ioErr("write", err)
+			}
+			if _, err := dst.WriteAt(buf[:n], off); err != nil {
+				return ioErr("write", err)
+			}
+			off += n
+		}
+	}
+	return nil
+}
+
+// pin marks layer id as being read by a reader that must keep seeing its
+// content; unpin releases it.
+func (r *Replica) pin(id string) {
+	r.pinMu.Lock()
+	if r.pins == nil {
+		r.pins = map[string]int{}
+	}
+	r.pins[id]++
+	r.pinMu.Unlock()
+}
+
+func (r *Replica) unpin(id string) {
+	r.pinMu.Lock()
+	if r.pins[id]--; r.pins[id] <= 0 {
+		delete(r.pins, id)
+	}
+	r.pinMu.Unlock()
+}
+
+func (r *Replica) pinned(id string) bool {
+	r.pinMu.Lock()
+	defer r.pinMu.Unlock()
+	return r.pins[id] > 0
 }
 
 // removeOrphans deletes layer files and temp files not referenced by the
@@ -435,6 +529,9 @@ func (r *Replica) IndexMemory() int64 { return r.idx.memBytes() }
 func (r *Replica) checkOpen() error {
 	if r.closed {
 		return ErrClosed
+	}
+	if r.broken != nil {
+		return fmt.Errorf("%w: replica must be reopened: %v", ErrClosed, r.broken)
 	}
 	return nil
 }

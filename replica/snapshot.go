@@ -172,6 +172,13 @@ func (r *Replica) replaceTop(keep int, receive []SnapshotInfo) error {
 // during the copy; the chain switch at the end pauses it briefly. A crash
 // at any point leaves a consistent chain (the copy only adds to the child
 // blocks it reads identically anyway).
+//
+// When the child is the head and the head holds less data than the
+// snapshot (at most 128 MiB), the head is merged down instead: its blocks
+// are copied into the snapshot's file, which becomes the head, with I/O
+// paused for the O(head data) copy (see mergeHeadDown; a crash half-way is
+// finished by Open). A snapshot with an open SnapshotReader is always
+// copied up.
 func (r *Replica) RemoveSnapshot(name string) error {
 	r.opMu.Lock()
 	defer r.opMu.Unlock()
@@ -189,6 +196,9 @@ func (r *Replica) RemoveSnapshot(name string) error {
 	c := r.layers[pos]
 	cpos := uint16(pos + 1)
 	isHead := pos+1 == len(r.layers)
+	if isHead && r.mergeDownCheaper(p, c) {
+		return r.mergeHeadDown(pos)
+	}
 	// the child's content changes: drop its stored checksum first
 	if r.meta.Layers[pos].Checksum != "" {
 		m := r.meta.clone()
@@ -278,6 +288,80 @@ func (r *Replica) RemoveSnapshot(name string) error {
 	return nil
 }
 
+// mergeDownMax bounds the head data RemoveSnapshot merges down into the
+// parent; the merge pauses I/O for its duration.
+const mergeDownMax = 128 << 20
+
+// mergeDownCheaper reports whether removing snapshot layer p whose child
+// is head h should merge h down into p (O(head data), I/O paused) rather
+// than copy p up into h (O(parent data), online): the head holds less
+// data than the parent and at most mergeDownMax, no reader has p open
+// and the filesystem has room for the copy. Callers hold opMu.
+func (r *Replica) mergeDownCheaper(p, h *layer) bool {
+	if r.pinned(p.rec.ID) {
+		return false
+	}
+	var ps, hs unix.Stat_t
+	var fs unix.Statfs_t
+	if unix.Fstat(p.fd, &ps) != nil || unix.Fstat(h.fd, &hs) != nil || unix.Fstatfs(h.fd, &fs) != nil {
+		return false
+	}
+	head, parent := hs.Blocks*512, ps.Blocks*512
+	return head <= mergeDownMax && head < parent && int64(fs.Bavail)*int64(fs.Bsize) > head+64<<20
+}
+
+// mergeHeadDown removes the snapshot at chain position pos, whose child is
+// the head, by copying the head's blocks into the snapshot's file, which
+// then becomes the head. Under the I/O barrier: sync the head, commit the
+// new chain with MergeFrom = old head (a crash from here on is finished
+// by Open), copy, sync, commit without MergeFrom, delete the old head.
+// Callers hold opMu.
+func (r *Replica) mergeHeadDown(pos int) error {
+	p, h := r.layers[pos-1], r.layers[pos]
+	m1 := r.meta.clone()
+	m1.Layers = slices.Delete(m1.Layers, pos-1, pos)
+	m1.Layers[pos-1] = layerRecord{ID: p.rec.ID}
+	m1.MergeFrom = h.rec.ID
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err := unix.Fdatasync(h.fd); err != nil {
+		return ioErr("fdatasync", err)
+	}
+	// if this fails (even after the rename), the old chain stays valid:
+	// the parent is untouched and a merge redone at open is correct
+	if err := r.writeMeta(m1); err != nil {
+		return err
+	}
+	p.gen++
+	m2 := m1.clone()
+	m2.MergeFrom = ""
+	err := copyAllocated(h.f, p.f, r.size)
+	if err == nil {
+		if err = unix.Fdatasync(p.fd); err != nil {
+			err = ioErr("fdatasync", err)
+		}
+	}
+	if err == nil {
+		err = r.writeMeta(m2)
+	}
+	if err != nil {
+		// the committed chain says "merge pending", the parent file is
+		// half merged: only a reopen (which finishes the merge) is safe
+		r.broken = fmt.Errorf("merge of the head into snapshot %q: %w", p.rec.Name, err)
+		return err
+	}
+	r.idx.remap(func(o uint16) uint16 {
+		if o == uint16(pos+1) {
+			return uint16(pos)
+		}
+		return o
+	})
+	r.setChain(m2, append(slices.Clone(r.layers[:pos-1]), p))
+	h.f.Close()
+	os.Remove(h.path)
+	return nil
+}
+
 // position resolves a snapshot name ("" = head) to a chain position.
 // Callers hold opMu or mu.
 func (r *Replica) position(name string) (int, error) {
@@ -358,7 +442,9 @@ func (r *Replica) OpenSnapshot(name string) (SnapshotReader, error) {
 	if r.layers[pos-1].rec.Incomplete {
 		return nil, fmt.Errorf("%w: snapshot %q is still being received", ErrRebuilding, name)
 	}
-	sr := &snapReader{name: name, size: r.size}
+	id := r.layers[pos-1].rec.ID
+	r.pin(id)
+	sr := &snapReader{name: name, size: r.size, unpin: func() { r.unpin(id) }}
 	for _, l := range r.layers[:pos] {
 		f, err := os.Open(l.path)
 		if err != nil {
@@ -379,6 +465,7 @@ type snapReader struct {
 	size   int64
 	layers []*layer
 	idx    *index
+	unpin  func()
 }
 
 func (s *snapReader) Size() int64  { return s.size }
@@ -412,5 +499,9 @@ func (s *snapReader) Close() error {
 		l.f.Close()
 	}
 	s.layers, s.idx = nil, nil
+	if s.unpin != nil {
+		s.unpin()
+		s.unpin = nil
+	}
 	return nil
 }

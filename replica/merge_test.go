@@ -1,0 +1,138 @@
+package replica
+
+import (
+	"bytes"
+	"errors"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+// layerFiles lists the layer files in a replica directory.
+func layerFiles(t testing.TB, dir string) []string {
+	t.Helper()
+	m, err := filepath.Glob(filepath.Join(dir, "layer-*.img"))
+	require.NoError(t, err)
+	return m
+}
+
+// mergeSetup writes a big snapshot "base" (plus an older one) and a few
+// head blocks (including a zeroed block over base data and a trimmed one
+// over nothing), returning the expected head content.
+func mergeSetup(t *testing.T, r *Replica, size int64) []byte {
+	rng := rand.New(rand.NewPCG(31, 32))
+	_, err := r.WriteAt(randBlocks(rng, 8), 0)
+	require.NoError(t, err)
+	require.NoError(t, r.Snapshot("old", nil))
+	_, err = r.WriteAt(randBlocks(rng, int(size/BlockSize/2)), 0)
+	require.NoError(t, err)
+	require.NoError(t, r.Snapshot("base", nil))
+	_, err = r.WriteAt(randBlocks(rng, 2), 5*BlockSize)
+	require.NoError(t, err)
+	_, err = r.WriteAt([]byte("partial"), 100*BlockSize+7)
+	require.NoError(t, err)
+	require.NoError(t, r.WriteZeroes(20*BlockSize, 3*BlockSize))
+	_, err = r.WriteAt(randBlocks(rng, 1), size-BlockSize)
+	require.NoError(t, err)
+	return readAll(t, r, size)
+}
+
+// TestRemoveSnapshotMergesHeadDown: removing the snapshot under a small
+// head merges the head into it (the snapshot's file becomes the head), and
+// the head reads the same before and after, and after reopen.
+func TestRemoveSnapshotMergesHeadDown(t *testing.T) {
+	const size = 2 << 20
+	r := newTestReplica(t, size)
+	want := mergeSetup(t, r, size)
+	oldSnap, err := r.OpenSnapshot("old")
+	require.NoError(t, err)
+	defer oldSnap.Close()
+	wantOld := readAll(t, oldSnap, size)
+	baseID := r.layers[1].rec.ID
+	headPath := r.layers[2].path
+	require.NoError(t, r.RemoveSnapshot("base"))
+	require.Equal(t, baseID, r.layers[len(r.layers)-1].rec.ID, "the snapshot's file became the head")
+	_, err = os.Stat(headPath)
+	require.ErrorIs(t, err, os.ErrNotExist, "old head file removed")
+	require.Len(t, layerFiles(t, r.Dir()), 2)
+	requireSame(t, want, readAll(t, r, size), "head after merge")
+	requireSame(t, wantOld, readAll(t, oldSnap, size), "older snapshot reader")
+	// the merged head keeps working
+	_, err = r.WriteAt(bytes.Repeat([]byte{9}, BlockSize), 3*BlockSize)
+	require.NoError(t, err)
+	copy(want[3*BlockSize:], bytes.Repeat([]byte{9}, BlockSize))
+	r = reopen(t, r)
+	requireSame(t, want, readAll(t, r, size), "head after reopen")
+	require.Equal(t, []string{"old"}, snapNames(r))
+	sr, err := r.OpenSnapshot("old")
+	require.NoError(t, err)
+	requireSame(t, wantOld, readAll(t, sr, size), "older snapshot after reopen")
+	sr.Close()
+}
+
+func snapNames(r *Replica) []string {
+	var n []string
+	for _, s := range r.Snapshots() {
+		n = append(n, s.Name)
+	}
+	return n
+}
+
+// TestRemoveSnapshotCopiesUpWhenPinned: a reader of the snapshot keeps
+// it from being merged into (the copy-up path runs instead).
+func TestRemoveSnapshotCopiesUpWhenPinned(t *testing.T) {
+	const size = 1 << 20
+	r := newTestReplica(t, size)
+	want := mergeSetup(t, r, size)
+	sr, err := r.OpenSnapshot("base")
+	require.NoError(t, err)
+	wantBase := readAll(t, sr, size)
+	headID := r.layers[2].rec.ID
+	require.NoError(t, r.RemoveSnapshot("base"))
+	require.Equal(t, headID, r.layers[len(r.layers)-1].rec.ID, "copy-up keeps the head file")
+	requireSame(t, wantBase, readAll(t, sr, size), "reader of the removed snapshot")
+	requireSame(t, want, readAll(t, r, size), "head")
+	sr.Close()
+	require.Empty(t, r.pins)
+}
+
+// TestMergeCrashFinishedByOpen: the copy fails half-way after the new
+// chain was committed (as a crash would leave it): the replica refuses
+// further work, and Open finishes the merge.
+func TestMergeCrashFinishedByOpen(t *testing.T) {
+	const size = 2 << 20
+	r := newTestReplica(t, size)
+	want := mergeSetup(t, r, size)
+	n := 0
+	testHook = func(p string) error {
+		if p == "merge" {
+			if n++; n == 2 {
+				return errors.New("injected crash")
+			}
+		}
+		return nil
+	}
+	defer func() { testHook = nil }()
+	err := r.RemoveSnapshot("base")
+	require.Error(t, err)
+	_, err = r.WriteAt(make([]byte, BlockSize), 0)
+	require.ErrorIs(t, err, ErrClosed)
+	testHook = nil
+	dir := r.Dir()
+	r.Close()
+	buf, err := os.ReadFile(filepath.Join(dir, metaName))
+	require.NoError(t, err)
+	m, err := decodeMeta("meta", buf)
+	require.NoError(t, err)
+	require.NotEmpty(t, m.MergeFrom, "merge pending on disk")
+	r, err = Open(dir)
+	require.NoError(t, err)
+	defer r.Close()
+	requireSame(t, want, readAll(t, r, size), "head after finished merge")
+	require.Equal(t, []string{"old"}, snapNames(r))
+	require.Empty(t, r.meta.MergeFrom)
+	require.Len(t, layerFiles(t, dir), 2)
+}
