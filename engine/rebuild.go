@@ -92,7 +92,7 @@ func (v *Volume) Rebuild(ctx context.Context, addr string) (res RebuildResult, e
 	if err != nil {
 		return res, err
 	}
-	r, err := v.cfg.Dial(ctx, addr)
+	r, err := v.dial(ctx, addr)
 	if err != nil {
 		v.setReason(m, "rebuild: unreachable: "+err.Error())
 		return res, fmt.Errorf("%w: %s: %v", ErrReplicaRefused, addr, err)

@@ -64,9 +64,21 @@ type Replica interface {
 	// incomplete layer's data and commit it.
 	ResetForRebuild(ctx context.Context, keep []string, receive []SnapshotInfo) error
 	WriteLayer(ctx context.Context, layer string, p []byte, off int64) error
+	// WriteLayerExtents writes many block-aligned extents of a layer
+	// being received; data holds their bytes back to back.
+	WriteLayerExtents(ctx context.Context, layer string, extents []Extent, data []byte) error
 	CommitLayer(ctx context.Context, layer string) error
 
 	Close() error
+}
+
+// asyncReplica is implemented by replicas with a pipelined I/O path
+// (replicaClient): I/O legs complete through their owner without a
+// goroutine per request. Other replicas are driven through the Replica
+// methods on a goroutine.
+type asyncReplica interface {
+	submit(l *ioLeg)
+	setIOTimeout(d time.Duration)
 }
 
 // Dialer connects to a replica by address.

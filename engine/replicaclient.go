@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/cairnstore/cairn/replica"
 )
@@ -21,16 +22,29 @@ func ReplicaDialer(token string) Dialer {
 			c.Close()
 			return nil, err
 		}
-		return &replicaClient{c: c, size: info.Size}, nil
+		d, err := dialData(ctx, addr, token, 0)
+		if err != nil {
+			c.Close()
+			return nil, err
+		}
+		return &replicaClient{c: c, d: d, size: info.Size}, nil
 	}
 }
 
-// replicaClient adapts *replica.Client to Replica, translating the
-// replica's sentinel errors into the engine's.
+// replicaClient adapts *replica.Client (control operations) and a dataConn
+// (I/O) to Replica, translating the replica's sentinel errors into the
+// engine's.
 type replicaClient struct {
 	c    *replica.Client
+	d    *dataConn
 	size int64
 }
+
+// submit implements asyncReplica.
+func (r *replicaClient) submit(l *ioLeg) { r.d.submit(l) }
+
+// setIOTimeout implements asyncReplica.
+func (r *replicaClient) setIOTimeout(d time.Duration) { r.d.setTimeout(d) }
 
 func mapErr(err error) error {
 	switch {
@@ -49,26 +63,28 @@ func mapErr(err error) error {
 }
 
 func (r *replicaClient) ReadAt(ctx context.Context, p []byte, off int64) error {
-	_, err := r.c.ReadAt(ctx, p, off)
-	return mapErr(err)
+	return mapErr(r.d.do(ctx, rpOpRead, "", p, off, int64(len(p))))
 }
 
 func (r *replicaClient) WriteAt(ctx context.Context, p []byte, off int64) error {
-	_, err := r.c.WriteAt(ctx, p, off)
-	return mapErr(err)
+	return mapErr(r.d.do(ctx, rpOpWrite, "", p, off, int64(len(p))))
 }
 
-func (r *replicaClient) Flush(ctx context.Context) error { return mapErr(r.c.Flush(ctx)) }
+func (r *replicaClient) Flush(ctx context.Context) error {
+	return mapErr(r.d.do(ctx, rpOpFlush, "", nil, 0, 0))
+}
 
 func (r *replicaClient) Trim(ctx context.Context, off, length int64) error {
-	return mapErr(r.c.Trim(ctx, off, length))
+	return mapErr(r.d.do(ctx, rpOpTrim, "", nil, off, length))
 }
 
 func (r *replicaClient) WriteZeroes(ctx context.Context, off, length int64) error {
-	return mapErr(r.c.WriteZeroes(ctx, off, length))
+	return mapErr(r.d.do(ctx, rpOpZeroes, "", nil, off, length))
 }
 
-func (r *replicaClient) Ping(ctx context.Context) error { return mapErr(r.c.Ping(ctx)) }
+func (r *replicaClient) Ping(ctx context.Context) error {
+	return mapErr(r.d.do(ctx, rpOpPing, "", nil, 0, 0))
+}
 
 func (r *replicaClient) Info(ctx context.Context) (ReplicaInfo, error) {
 	in, err := r.c.Info(ctx)
@@ -113,8 +129,7 @@ func (r *replicaClient) LayerExtents(ctx context.Context, layer string) ([]Exten
 }
 
 func (r *replicaClient) ReadLayer(ctx context.Context, layer string, p []byte, off int64) error {
-	_, err := r.c.ReadLayer(ctx, layer, p, off)
-	return mapErr(err)
+	return mapErr(r.d.do(ctx, rpOpReadLayer, layer, p, off, int64(len(p))))
 }
 
 func (r *replicaClient) ResetForRebuild(ctx context.Context, keep []string, receive []SnapshotInfo) error {
@@ -126,11 +141,22 @@ func (r *replicaClient) ResetForRebuild(ctx context.Context, keep []string, rece
 }
 
 func (r *replicaClient) WriteLayer(ctx context.Context, layer string, p []byte, off int64) error {
-	return mapErr(r.c.WriteLayer(ctx, layer, p, off))
+	return mapErr(r.d.do(ctx, rpOpWriteLayer, layer, p, off, int64(len(p))))
+}
+
+func (r *replicaClient) WriteLayerExtents(ctx context.Context, layer string, extents []Extent, data []byte) error {
+	ext := make([]replica.Extent, len(extents))
+	for i, e := range extents {
+		ext[i] = replica.Extent{Offset: e.Offset, Length: e.Length}
+	}
+	return mapErr(r.c.WriteLayerExtents(ctx, layer, ext, data))
 }
 
 func (r *replicaClient) CommitLayer(ctx context.Context, layer string) error {
 	return mapErr(r.c.CommitLayer(ctx, layer))
 }
 
-func (r *replicaClient) Close() error { return r.c.Close() }
+func (r *replicaClient) Close() error {
+	r.d.Close()
+	return r.c.Close()
+}

@@ -59,6 +59,7 @@ type member struct {
 type view struct {
 	healthy    []*member
 	rebuilding []*member
+	resyncing  []*member
 }
 
 // Volume is the replicated engine of one volume; it implements Backend.
@@ -153,7 +154,7 @@ func Open(ctx context.Context, cfg Config) (*Volume, error) {
 func (v *Volume) probe(ctx context.Context, m *member) {
 	ctx, cancel := context.WithTimeout(ctx, v.cfg.ControlTimeout)
 	defer cancel()
-	r, err := v.cfg.Dial(ctx, m.addr)
+	r, err := v.dial(ctx, m.addr)
 	if err != nil {
 		m.mode, m.reason = ModeFailed, "unreachable: "+err.Error()
 		return
@@ -174,6 +175,18 @@ func (v *Volume) probe(ctx context.Context, m *member) {
 		return
 	}
 	r.Close()
+}
+
+// dial connects to a replica and gives its I/O path the volume's timeout.
+func (v *Volume) dial(ctx context.Context, addr string) (Replica, error) {
+	r, err := v.cfg.Dial(ctx, addr)
+	if err != nil {
+		return nil, err
+	}
+	if ar, ok := r.(asyncReplica); ok {
+		ar.setIOTimeout(v.cfg.IOTimeout)
+	}
+	return r, nil
 }
 
 // bumpGenerationLocked stores gen+1 on every healthy replica, dropping the

@@ -11,7 +11,6 @@ import (
 	"os"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -152,9 +151,15 @@ type conn struct {
 	structured bool
 	noZeroes   bool
 
-	wmu     sync.Mutex
-	waiting atomic.Int32
-	werr    error
+	// Replies: completions queue them, one writer goroutine sends every
+	// queued reply with one flush (see replyLoop).
+	qmu     sync.Mutex
+	queue   []*request
+	idle    bool
+	stop    bool
+	qwake   chan struct{}
+	werr    error // only the writer touches it
+	release func()
 }
 
 // --- handshake -------------------------------------------------------------
@@ -319,14 +324,29 @@ func (c *conn) optReply(opt, typ uint32, data []byte) error {
 
 // --- transmission ----------------------------------------------------------
 
+// request is one NBD request from reading to its reply.
 type request struct {
 	flags  uint16
 	typ    uint16
 	handle uint64
 	off    uint64
 	length uint32
-	buf    []byte
+	buf    []byte // write data, then read data for the reply
+
+	// reply
+	errno uint32
+	msg   string
+
+	c  *conn
+	er engine.Request
 }
+
+var requestPool = sync.Pool{New: func() any {
+	rq := &request{}
+	rq.er.Tag = rq
+	rq.er.Done = asyncDone
+	return rq
+}}
 
 func (c *conn) transmit(ctx context.Context) error {
 	max := c.s.MaxInFlight
@@ -335,7 +355,22 @@ func (c *conn) transmit(ctx context.Context) error {
 	}
 	sem := make(chan struct{}, max)
 	var inflight sync.WaitGroup
-	defer inflight.Wait()
+	c.qwake = make(chan struct{}, 1)
+	c.release = func() { <-sem; inflight.Done() }
+	writerDone := make(chan struct{})
+	go func() {
+		defer close(writerDone)
+		c.replyLoop()
+	}()
+	defer func() {
+		inflight.Wait()
+		c.qmu.Lock()
+		c.stop = true
+		c.qmu.Unlock()
+		c.signal()
+		<-writerDone
+	}()
+	async, _ := c.s.Backend.(engine.AsyncBackend)
 	size := uint64(c.s.Backend.Size())
 	var hdr [28]byte
 	for {
@@ -345,36 +380,45 @@ func (c *conn) transmit(ctx context.Context) error {
 		if m := binary.BigEndian.Uint32(hdr[0:]); m != requestMagic {
 			return fmt.Errorf("bad request magic %#x", m)
 		}
-		rq := &request{
-			flags:  binary.BigEndian.Uint16(hdr[4:]),
-			typ:    binary.BigEndian.Uint16(hdr[6:]),
-			handle: binary.BigEndian.Uint64(hdr[8:]),
-			off:    binary.BigEndian.Uint64(hdr[16:]),
-			length: binary.BigEndian.Uint32(hdr[24:]),
+		rq := requestPool.Get().(*request)
+		rq.c = c
+		rq.flags = binary.BigEndian.Uint16(hdr[4:])
+		rq.typ = binary.BigEndian.Uint16(hdr[6:])
+		rq.handle = binary.BigEndian.Uint64(hdr[8:])
+		rq.off = binary.BigEndian.Uint64(hdr[16:])
+		rq.length = binary.BigEndian.Uint32(hdr[24:])
+		rq.buf, rq.errno, rq.msg = nil, 0, ""
+		// Every request holds a slot until its reply is written.
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			return ctx.Err()
 		}
+		inflight.Add(1)
 		inRange := rq.off <= size && uint64(rq.length) <= size-rq.off
 		switch rq.typ {
 		case cmdDisc:
-			inflight.Wait()
+			c.release()
+			requestPool.Put(rq)
 			return io.EOF
 		case cmdWrite:
 			if rq.length > MaxPayload || !inRange {
 				// Consume the payload so the stream stays in sync.
 				if _, err := io.CopyN(io.Discard, c.r, int64(rq.length)); err != nil {
+					c.release()
 					return err
 				}
 				e := uint32(errNoSpc)
 				if rq.length > MaxPayload {
 					e = errOverflow
 				}
-				if err := c.replyErr(rq, e, "write out of range or too large"); err != nil {
-					return err
-				}
+				c.replyErr(rq, e, "write out of range or too large")
 				continue
 			}
 			rq.buf = getBuf(int(rq.length))
 			if _, err := io.ReadFull(c.r, rq.buf); err != nil {
 				putBuf(rq.buf)
+				c.release()
 				return err
 			}
 		case cmdRead:
@@ -383,9 +427,13 @@ func (c *conn) transmit(ctx context.Context) error {
 				if rq.length > MaxPayload {
 					e = errOverflow
 				}
-				if err := c.replyErr(rq, e, "read out of range or too large"); err != nil {
-					return err
+				if rq.length > MaxPayload && !c.structured {
+					// Cannot send that much filler: a hard disconnect is
+					// the protocol's only other option.
+					c.release()
+					return fmt.Errorf("oversized read of %d bytes with simple replies", rq.length)
 				}
+				c.replyErr(rq, e, "read out of range or too large")
 				continue
 			}
 		case cmdTrim, cmdWriteZeroes, cmdCache:
@@ -394,50 +442,84 @@ func (c *conn) transmit(ctx context.Context) error {
 				if rq.typ == cmdWriteZeroes {
 					e = errNoSpc
 				}
-				if err := c.replyErr(rq, e, "request out of range"); err != nil {
-					return err
-				}
+				c.replyErr(rq, e, "request out of range")
 				continue
 			}
 		case cmdFlush:
 		default:
-			if err := c.replyErr(rq, errInval, fmt.Sprintf("unsupported command %d", rq.typ)); err != nil {
-				return err
-			}
+			c.replyErr(rq, errInval, fmt.Sprintf("unsupported command %d", rq.typ))
 			continue
 		}
-		select {
-		case sem <- struct{}{}:
-		case <-ctx.Done():
-			putBuf(rq.buf)
-			return ctx.Err()
+		if async != nil && rq.typ != cmdCache {
+			c.submit(async, rq, false)
+			continue
 		}
-		inflight.Add(1)
-		go func() {
-			defer inflight.Done()
-			defer func() { <-sem }()
-			c.execute(ctx, rq)
-		}()
+		go c.execute(ctx, rq)
 	}
 }
 
+// submit hands a request to an asynchronous backend; fuaFlush is the
+// flush that follows a FUA write.
+func (c *conn) submit(b engine.AsyncBackend, rq *request, fuaFlush bool) {
+	er := &rq.er
+	er.Buf, er.Off, er.Length = nil, int64(rq.off), int64(rq.length)
+	switch {
+	case fuaFlush || rq.typ == cmdFlush:
+		er.Op = engine.IOFlush
+	case rq.typ == cmdRead:
+		rq.buf = getBuf(int(rq.length))
+		er.Op, er.Buf = engine.IORead, rq.buf
+	case rq.typ == cmdWrite:
+		er.Op, er.Buf = engine.IOWrite, rq.buf
+	case rq.typ == cmdTrim:
+		er.Op = engine.IOTrim
+	case rq.typ == cmdWriteZeroes:
+		er.Op = engine.IOWriteZeroes
+	}
+	b.Submit(er)
+}
+
+// asyncDone completes a request on the backend's goroutine: it must not
+// block, so a FUA flush is issued from a new goroutine.
+func asyncDone(er *engine.Request, err error) {
+	rq := er.Tag.(*request)
+	c := rq.c
+	if err == nil && er.Op != engine.IOFlush && er.Op != engine.IORead && rq.flags&cmdFlagFUA != 0 {
+		if b, ok := c.s.Backend.(engine.AsyncBackend); ok {
+			go c.submit(b, rq, true)
+			return
+		}
+	}
+	c.finish(rq, err)
+}
+
+func (c *conn) finish(rq *request, err error) {
+	if rq.typ == cmdWrite {
+		putBuf(rq.buf)
+		rq.buf = nil
+	}
+	if err != nil {
+		if rq.typ == cmdRead {
+			putBuf(rq.buf)
+			rq.buf = nil
+		}
+		c.replyErr(rq, errnoOf(err), err.Error())
+		return
+	}
+	c.enqueue(rq)
+}
+
+// execute runs a request on a backend without Submit.
 func (c *conn) execute(ctx context.Context, rq *request) {
 	b := c.s.Backend
 	off := int64(rq.off)
 	var err error
 	switch rq.typ {
 	case cmdRead:
-		buf := getBuf(int(rq.length))
-		if err = b.ReadAt(ctx, buf, off); err == nil {
-			_ = c.replyRead(rq, buf)
-			putBuf(buf)
-			return
-		}
-		putBuf(buf)
+		rq.buf = getBuf(int(rq.length))
+		err = b.ReadAt(ctx, rq.buf, off)
 	case cmdWrite:
 		err = b.WriteAt(ctx, rq.buf, off)
-		putBuf(rq.buf)
-		rq.buf = nil
 		if err == nil && rq.flags&cmdFlagFUA != 0 {
 			err = b.Flush(ctx)
 		}
@@ -455,11 +537,7 @@ func (c *conn) execute(ctx context.Context, rq *request) {
 		}
 	case cmdCache:
 	}
-	if err != nil {
-		_ = c.replyErr(rq, errnoOf(err), err.Error())
-		return
-	}
-	_ = c.replySimple(rq.handle, 0)
+	c.finish(rq, err)
 }
 
 func errnoOf(err error) uint32 {
@@ -473,45 +551,86 @@ func errnoOf(err error) uint32 {
 	}
 }
 
-// send serialises reply writers and flushes the buffered writer when no
-// other reply is waiting, so bursts of replies share syscalls.
-func (c *conn) send(fn func(w *bufio.Writer) error) error {
-	c.waiting.Add(1)
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	if c.werr == nil {
-		c.werr = fn(c.w)
+// replyErr queues an error reply.
+func (c *conn) replyErr(rq *request, errno uint32, msg string) {
+	if errno == 0 {
+		errno = errIO
 	}
-	if c.waiting.Add(-1) == 0 && c.werr == nil {
-		c.werr = c.w.Flush()
+	if len(msg) > 4096 {
+		msg = msg[:4096]
 	}
-	if c.werr != nil {
-		c.nc.Close()
-	}
-	return c.werr
+	rq.errno, rq.msg = errno, msg
+	c.enqueue(rq)
 }
 
-func (c *conn) replySimple(handle uint64, errno uint32) error {
-	return c.send(func(w *bufio.Writer) error {
-		var h [16]byte
-		binary.BigEndian.PutUint32(h[0:], simpleMagic)
-		binary.BigEndian.PutUint32(h[4:], errno)
-		binary.BigEndian.PutUint64(h[8:], handle)
-		_, err := w.Write(h[:])
-		return err
-	})
+func (c *conn) enqueue(rq *request) {
+	c.qmu.Lock()
+	c.queue = append(c.queue, rq)
+	wake := c.idle
+	c.idle = false
+	c.qmu.Unlock()
+	if wake {
+		c.signal()
+	}
 }
 
-func (c *conn) replyRead(rq *request, data []byte) error {
-	return c.send(func(w *bufio.Writer) error {
+func (c *conn) signal() {
+	select {
+	case c.qwake <- struct{}{}:
+	default:
+	}
+}
+
+// replyLoop writes every queued reply into the buffered writer and flushes
+// once per batch, so a burst of completions costs one syscall. After a
+// write error it keeps draining (and releasing) replies without sending.
+func (c *conn) replyLoop() {
+	var batch []*request
+	for {
+		c.qmu.Lock()
+		for len(c.queue) == 0 && !c.stop {
+			c.idle = true
+			c.qmu.Unlock()
+			<-c.qwake
+			c.qmu.Lock()
+		}
+		if len(c.queue) == 0 {
+			c.qmu.Unlock()
+			return
+		}
+		batch, c.queue = c.queue, batch[:0]
+		c.qmu.Unlock()
+		for _, rq := range batch {
+			if c.werr == nil {
+				c.werr = c.writeReply(c.w, rq)
+			}
+			if rq.typ == cmdRead {
+				putBuf(rq.buf)
+			}
+			rq.buf, rq.c, rq.msg = nil, nil, ""
+			requestPool.Put(rq)
+			c.release()
+		}
+		clear(batch)
+		if c.werr == nil {
+			c.werr = c.w.Flush()
+		}
+		if c.werr != nil {
+			c.nc.Close()
+		}
+	}
+}
+
+func (c *conn) writeReply(w *bufio.Writer, rq *request) error {
+	if rq.errno == 0 {
+		if rq.typ != cmdRead {
+			return writeSimple(w, rq.handle, 0)
+		}
 		if !c.structured {
-			var h [16]byte
-			binary.BigEndian.PutUint32(h[0:], simpleMagic)
-			binary.BigEndian.PutUint64(h[8:], rq.handle)
-			if _, err := w.Write(h[:]); err != nil {
+			if err := writeSimple(w, rq.handle, 0); err != nil {
 				return err
 			}
-			_, err := w.Write(data)
+			_, err := w.Write(rq.buf)
 			return err
 		}
 		var h [28]byte
@@ -519,61 +638,51 @@ func (c *conn) replyRead(rq *request, data []byte) error {
 		binary.BigEndian.PutUint16(h[4:], replyFlagDone)
 		binary.BigEndian.PutUint16(h[6:], replyTypeData)
 		binary.BigEndian.PutUint64(h[8:], rq.handle)
-		binary.BigEndian.PutUint32(h[16:], uint32(8+len(data)))
+		binary.BigEndian.PutUint32(h[16:], uint32(8+len(rq.buf)))
 		binary.BigEndian.PutUint64(h[20:], rq.off)
 		if _, err := w.Write(h[:]); err != nil {
 			return err
 		}
-		_, err := w.Write(data)
+		_, err := w.Write(rq.buf)
 		return err
-	})
-}
-
-// replyErr sends an error reply. A failed READ needs a structured error
-// chunk, or with simple replies length bytes of filler after the header.
-func (c *conn) replyErr(rq *request, errno uint32, msg string) error {
-	if rq.typ != cmdRead {
-		if !c.structured {
-			return c.replySimple(rq.handle, errno)
-		}
 	}
+	// Errors: simple replies, except that a failed READ needs a structured
+	// error chunk, or with simple replies length bytes of filler.
 	if !c.structured {
-		if rq.length > MaxPayload {
-			// Cannot send that much filler: a hard disconnect is the
-			// protocol's only other option.
-			c.nc.Close()
-			return fmt.Errorf("oversized read of %d bytes with simple replies", rq.length)
+		if err := writeSimple(w, rq.handle, rq.errno); err != nil {
+			return err
 		}
-		return c.send(func(w *bufio.Writer) error {
-			var h [16]byte
-			binary.BigEndian.PutUint32(h[0:], simpleMagic)
-			binary.BigEndian.PutUint32(h[4:], errno)
-			binary.BigEndian.PutUint64(h[8:], rq.handle)
-			if _, err := w.Write(h[:]); err != nil {
-				return err
-			}
+		if rq.typ == cmdRead {
 			_, err := io.CopyN(w, zeroReader{}, int64(rq.length))
 			return err
-		})
-	}
-	if len(msg) > 4096 {
-		msg = msg[:4096]
-	}
-	return c.send(func(w *bufio.Writer) error {
-		var h [26]byte
-		binary.BigEndian.PutUint32(h[0:], structuredMagc)
-		binary.BigEndian.PutUint16(h[4:], replyFlagDone)
-		binary.BigEndian.PutUint16(h[6:], replyTypeError)
-		binary.BigEndian.PutUint64(h[8:], rq.handle)
-		binary.BigEndian.PutUint32(h[16:], uint32(6+len(msg)))
-		binary.BigEndian.PutUint32(h[20:], errno)
-		binary.BigEndian.PutUint16(h[24:], uint16(len(msg)))
-		if _, err := w.Write(h[:]); err != nil {
-			return err
 		}
-		_, err := w.WriteString(msg)
+		return nil
+	}
+	if rq.typ != cmdRead {
+		return writeSimple(w, rq.handle, rq.errno)
+	}
+	var h [26]byte
+	binary.BigEndian.PutUint32(h[0:], structuredMagc)
+	binary.BigEndian.PutUint16(h[4:], replyFlagDone)
+	binary.BigEndian.PutUint16(h[6:], replyTypeError)
+	binary.BigEndian.PutUint64(h[8:], rq.handle)
+	binary.BigEndian.PutUint32(h[16:], uint32(6+len(rq.msg)))
+	binary.BigEndian.PutUint32(h[20:], rq.errno)
+	binary.BigEndian.PutUint16(h[24:], uint16(len(rq.msg)))
+	if _, err := w.Write(h[:]); err != nil {
 		return err
-	})
+	}
+	_, err := w.WriteString(rq.msg)
+	return err
+}
+
+func writeSimple(w *bufio.Writer, handle uint64, errno uint32) error {
+	var h [16]byte
+	binary.BigEndian.PutUint32(h[0:], simpleMagic)
+	binary.BigEndian.PutUint32(h[4:], errno)
+	binary.BigEndian.PutUint64(h[8:], handle)
+	_, err := w.Write(h[:])
+	return err
 }
 
 type zeroReader struct{}
