@@ -111,6 +111,9 @@ type measured struct {
 
 // run runs a command and returns its wall time and peak RSS.
 func run(t *testing.T, env []string, name string, args ...string) measured {
+	if name != "sync" {
+		settle(t)
+	}
 	cmd := exec.Command(name, args...)
 	cmd.Env = env
 	var out bytes.Buffer
@@ -121,6 +124,13 @@ func run(t *testing.T, env []string, name string, args ...string) measured {
 	require.NoError(t, err, "%s %s:\n%s", name, strings.Join(args, " "), out.String())
 	ru := cmd.ProcessState.SysUsage().(*syscall.Rusage)
 	return measured{secs: secs, rssMiB: float64(ru.Maxrss) / 1024}
+}
+
+// settle flushes dirty pages so that one measurement does not pay for the
+// previous one's writeback.
+func settle(t *testing.T) {
+	out, err := exec.Command("sync").CombinedOutput()
+	require.NoError(t, err, string(out))
 }
 
 // cairnHelper runs this test binary as a separate Cairn backup/restore

@@ -10,8 +10,9 @@ import (
 // File is a raw image used as a backup source or a restore sink. As a sink
 // it punches holes for all-zero blocks, so restored images stay sparse.
 type File struct {
-	f    *os.File
-	size int64
+	f       *os.File
+	size    int64
+	regular bool
 }
 
 // OpenFileSource opens a raw image read-only as a backup source.
@@ -32,7 +33,7 @@ func OpenFileSource(path string) (*File, error) {
 			return nil, err
 		}
 	}
-	return &File{f: f, size: size}, nil
+	return &File{f: f, size: size, regular: st.Mode().IsRegular()}, nil
 }
 
 // CreateFileSink opens (creating if needed) a raw image of the given size
@@ -55,7 +56,7 @@ func CreateFileSink(path string, size int64) (sink *File, fresh bool, err error)
 			return nil, false, err
 		}
 	}
-	return &File{f: f, size: size}, fresh, nil
+	return &File{f: f, size: size, regular: st.Mode().IsRegular()}, fresh, nil
 }
 
 func (f *File) Size() int64                              { return f.size }
@@ -79,6 +80,15 @@ func (f *File) Trim(off, length int64) error {
 		length -= n
 	}
 	return nil
+}
+
+// Preallocate reserves disk space for a range (fallocate), so the restore's
+// writes do not have to fill holes one page at a time.
+func (f *File) Preallocate(off, length int64) error {
+	if !f.regular {
+		return nil
+	}
+	return unix.Fallocate(int(f.f.Fd()), 0, off, length)
 }
 
 // Sync flushes the file to stable storage.

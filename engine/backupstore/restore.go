@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"sort"
 	"sync"
 )
 
@@ -16,6 +18,14 @@ type Sink interface {
 // zeros (punch a hole, unmap). Restore uses it for all-zero blocks.
 type Trimmer interface {
 	Trim(off, length int64) error
+}
+
+// Preallocator is implemented by sinks that can reserve space for a range
+// before it is written (fallocate). Restore preallocates the ranges it is
+// about to write: on ext4 and xfs that makes the writes several times
+// cheaper than filling holes, and keeps the result sparse elsewhere.
+type Preallocator interface {
+	Preallocate(off, length int64) error
 }
 
 // RestoreOptions describe one restore.
@@ -151,9 +161,25 @@ func (s *Store) Restore(ctx context.Context, opts RestoreOptions) (RestoreResult
 	}
 
 	ids := make([]BlockID, 0, len(want))
-	for id := range want {
+	var writes []int
+	for id, idx := range want {
 		ids = append(ids, id)
+		writes = append(writes, idx...)
 	}
+	if pa, ok := opts.Sink.(Preallocator); ok {
+		// Best effort: a filesystem without fallocate just writes slower.
+		for _, e := range blockExtents(writes, m.Size, m.BlockSize) {
+			if pa.Preallocate(e.Offset, e.Length) != nil {
+				break
+			}
+		}
+	}
+	// Fetch in volume order: sequential writes, and readahead-friendly.
+	first := make(map[BlockID]int, len(want))
+	for id, idx := range want {
+		first[id] = slices.Min(idx)
+	}
+	sort.Slice(ids, func(i, j int) bool { return first[ids[i]] < first[ids[j]] })
 	var mu sync.Mutex
 	err = s.forEachBlock(ctx, ids, m.BlockSize, func(id BlockID, data []byte, stored int) error {
 		for _, i := range want[id] {
@@ -183,6 +209,24 @@ func (s *Store) Restore(ctx context.Context, opts RestoreOptions) (RestoreResult
 	}
 	pr.finish()
 	return res, nil
+}
+
+// blockExtents merges block indexes into byte extents.
+func blockExtents(blocks []int, size int64, bs int) []Extent {
+	slices.Sort(blocks)
+	var out []Extent
+	for _, i := range blocks {
+		off, n := int64(i)*int64(bs), int64(blockLen(size, bs, i))
+		if k := len(out) - 1; k >= 0 && out[k].Offset+out[k].Length == off {
+			out[k].Length += n
+			continue
+		}
+		if k := len(out) - 1; k >= 0 && out[k].Offset+out[k].Length > off {
+			continue // duplicate index
+		}
+		out = append(out, Extent{Offset: off, Length: n})
+	}
+	return out
 }
 
 // forEachBlock fetches, decodes and verifies blocks with bounded
