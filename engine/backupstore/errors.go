@@ -16,6 +16,9 @@ var (
 	ErrUnreachable = errors.New("backupstore: target unreachable")
 	// ErrAccessDenied is returned when the target rejects the credentials.
 	ErrAccessDenied = errors.New("backupstore: access denied by target (check credentials)")
+	// ErrNoCredentials is returned when no S3 credentials were given and
+	// none could be found in the environment.
+	ErrNoCredentials = errors.New("backupstore: no usable S3 credentials (pass them from a Secret or set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)")
 	// ErrBucketNotFound is returned when the S3 bucket (or file target
 	// directory) does not exist.
 	ErrBucketNotFound = errors.New("backupstore: bucket not found")

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
@@ -521,6 +522,12 @@ func TestBadInput(t *testing.T) {
 	wrongCreds.SecretAccessKey = "not-the-secret"
 	unreachable := good
 	unreachable.Endpoint = "http://127.0.0.1:1"
+	noCreds := good
+	noCreds.AccessKeyID, noCreds.SecretAccessKey = "", ""
+	t.Setenv("AWS_ACCESS_KEY_ID", "")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "")
+	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", filepath.Join(t.TempDir(), "none"))
+	t.Setenv("AWS_CONFIG_FILE", filepath.Join(t.TempDir(), "none"))
 	noHost := good
 	noHost.Endpoint = "http://no-such-host.invalid:9000"
 	cases := []struct {
@@ -539,6 +546,7 @@ func TestBadInput(t *testing.T) {
 		{"missing bucket", "s3://no-such-bucket/p", good, ErrBucketNotFound},
 		{"unreachable endpoint", srv.URL("p"), unreachable, ErrUnreachable},
 		{"unresolvable endpoint", srv.URL("p"), noHost, ErrUnreachable},
+		{"no credentials", srv.URL("p"), noCreds, ErrNoCredentials},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -18,9 +18,11 @@ import (
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/feature/ec2/imds"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/aws/smithy-go"
+	"github.com/aws/smithy-go/logging"
 	smithyhttp "github.com/aws/smithy-go/transport/http"
 )
 
@@ -73,6 +75,7 @@ func openS3Target(ctx context.Context, bucket, prefix string, opts TargetOptions
 		})
 	loadOpts := []func(*config.LoadOptions) error{
 		config.WithRegion(opts.Region),
+		config.WithLogger(logging.Nop{}),
 		config.WithHTTPClient(httpClient),
 		config.WithRetryer(func() aws.Retryer {
 			return retry.NewStandard(func(o *retry.StandardOptions) {
@@ -80,6 +83,11 @@ func openS3Target(ctx context.Context, bucket, prefix string, opts TargetOptions
 				o.MaxBackoff = 2 * time.Second
 			})
 		}),
+	}
+	if opts.Endpoint != "" {
+		// An S3-compatible endpoint has no EC2 instance roles: do not spend
+		// the probe timeout asking the metadata service.
+		loadOpts = append(loadOpts, config.WithEC2IMDSClientEnableState(imds.ClientDisabled))
 	}
 	if opts.AccessKeyID != "" || opts.SecretAccessKey != "" {
 		loadOpts = append(loadOpts, config.WithCredentialsProvider(
@@ -128,6 +136,11 @@ func (t *s3Target) mapErr(op, key string, err error) error {
 	where := fmt.Sprintf("s3 %s %s", op, t.url)
 	if key != "" {
 		where += " " + key
+	}
+	// Credentials that could not be resolved never reached the server:
+	// say so instead of reporting whatever the credential source returned.
+	if msg := err.Error(); strings.Contains(msg, "get identity:") || strings.Contains(msg, "failed to retrieve credentials") {
+		return fmt.Errorf("%w: %s: %v", ErrNoCredentials, where, err)
 	}
 	var nsk *types.NoSuchKey
 	var nf *types.NotFound
