@@ -108,7 +108,7 @@ func (m *Metrics) setReplicaMode(vol, addr string, mode ReplicaMode) {
 	if m == nil {
 		return
 	}
-	for _, md := range []ReplicaMode{ModeHealthy, ModeRebuilding, ModeStale, ModeFailed} {
+	for _, md := range []ReplicaMode{ModeHealthy, ModeRebuilding, ModeResyncing, ModeStale, ModeFailed} {
 		val := 0.0
 		if md == mode {
 			val = 1
@@ -135,7 +135,7 @@ func (m *Metrics) deleteReplica(vol, addr string) {
 	if m == nil {
 		return
 	}
-	for _, md := range []ReplicaMode{ModeHealthy, ModeRebuilding, ModeStale, ModeFailed} {
+	for _, md := range []ReplicaMode{ModeHealthy, ModeRebuilding, ModeResyncing, ModeStale, ModeFailed} {
 		m.replicas.DeleteLabelValues(vol, addr, string(md))
 	}
 }

@@ -142,7 +142,7 @@ func (v *Volume) memberFor(addr string) (*member, error) {
 	}
 	for _, m := range v.members {
 		if m.addr == addr {
-			if m.mode == ModeHealthy || m.mode == ModeRebuilding {
+			if m.mode == ModeHealthy || m.mode == ModeRebuilding || m.mode == ModeResyncing {
 				return nil, fmt.Errorf("%w: replica %s is %s", ErrBusy, addr, m.mode)
 			}
 			return m, nil

@@ -93,6 +93,11 @@ const (
 	// ModeRebuilding replicas take writes only while they receive the
 	// layers they lack.
 	ModeRebuilding ReplicaMode = "rebuilding"
+	// ModeResyncing replicas hold the volume but may differ from the
+	// source in blocks written when the engine last stopped without a
+	// clean shutdown; they take every write and are repaired from the
+	// source (see resync.go), and are never read until then.
+	ModeResyncing ReplicaMode = "resyncing"
 	// ModeStale replicas are reachable but older than the volume; they are
 	// never read and wait for a rebuild.
 	ModeStale ReplicaMode = "stale"

@@ -44,7 +44,7 @@ func (v *Volume) Status() Status {
 			healthy++
 		}
 		rs := ReplicaStatus{Address: m.addr, Mode: m.mode, Reason: m.reason, Generation: m.gen, Local: m.local}
-		if m.mode == ModeRebuilding {
+		if m.mode == ModeRebuilding || m.mode == ModeResyncing {
 			rs.RebuildCopied, rs.RebuildTotal = m.copied.Load(), m.toCopy.Load()
 		}
 		st.Replicas = append(st.Replicas, rs)

@@ -138,15 +138,25 @@ func Open(ctx context.Context, cfg Config) (*Volume, error) {
 			v.log.Info("Replica not used", "replica", m.addr, "mode", m.mode, "reason", m.reason)
 		}
 	}
+	// An odd generation means the last engine did not shut down cleanly:
+	// the newest replicas may differ in blocks written just before.
+	dirty := maxGen%2 == 1
 	v.gen = maxGen
 	v.mu.Lock()
 	err := v.bumpGenerationLocked()
+	if err == nil && dirty {
+		v.startResyncLocked(ctx)
+	}
 	v.mu.Unlock()
 	if err != nil {
 		v.Close()
 		return nil, fmt.Errorf("%w: no usable replica: %s", ErrNoHealthyReplica, strings.Join(reasons, "; "))
 	}
-	v.log.Info("Volume opened", "generation", v.gen, "healthy", len(v.view.healthy), "replicas", len(v.members))
+	v.log.Info("Volume opened", "generation", v.gen, "healthy", len(v.view.healthy), "resyncing", len(v.view.resyncing),
+		"replicas", len(v.members), "uncleanShutdown", dirty)
+	if len(v.view.resyncing) > 0 {
+		go v.runResync()
+	}
 	return v, nil
 }
 
@@ -189,17 +199,33 @@ func (v *Volume) dial(ctx context.Context, addr string) (Replica, error) {
 	return r, nil
 }
 
-// bumpGenerationLocked stores gen+1 on every healthy replica, dropping the
-// ones that fail, until it succeeds on all remaining ones. Called with mu held.
+// bumpGenerationLocked stores the next odd generation on every healthy and
+// resyncing replica, dropping the ones that fail, until it succeeds on all
+// remaining ones. Called with mu held.
+//
+// Generations are odd while an engine has the volume open and even after a
+// clean shutdown (Close, after a flush on every replica), so the next Open
+// knows whether writes may have been cut short on some replicas only.
 func (v *Volume) bumpGenerationLocked() error {
 	for {
-		healthy := v.modeLocked(ModeHealthy)
+		if len(v.modeLocked(ModeHealthy)) == 0 {
+			// The resync source is gone: a resyncing replica has every
+			// write since Open, so it becomes the source.
+			if rs := v.modeLocked(ModeResyncing); len(rs) > 0 {
+				rs[0].mode, rs[0].reason = ModeHealthy, ""
+				v.log.Info("Resync source lost; replica takes over as source", "replica", rs[0].addr)
+			}
+		}
+		healthy := append(v.modeLocked(ModeHealthy), v.modeLocked(ModeResyncing)...)
 		if len(healthy) == 0 {
 			v.faulted = true
 			v.rebuildViewLocked()
 			return ErrNoHealthyReplica
 		}
 		gen := v.gen + 1
+		if gen%2 == 0 {
+			gen++
+		}
 		errs := v.parallel(healthy, func(m *member) error {
 			ctx, cancel := context.WithTimeout(context.Background(), v.cfg.ControlTimeout)
 			defer cancel()
@@ -234,7 +260,8 @@ func (v *Volume) modeLocked(mode ReplicaMode) []*member {
 }
 
 func (v *Volume) rebuildViewLocked() {
-	nv := &view{healthy: v.modeLocked(ModeHealthy), rebuilding: v.modeLocked(ModeRebuilding)}
+	nv := &view{healthy: v.modeLocked(ModeHealthy), rebuilding: v.modeLocked(ModeRebuilding),
+		resyncing: v.modeLocked(ModeResyncing)}
 	// Local replicas first: reads prefer them.
 	slices.SortStableFunc(nv.healthy, func(a, b *member) int {
 		switch {
@@ -291,8 +318,8 @@ func (v *Volume) settleLocked() {
 	}
 	droppedHealthy, droppedAny := false, false
 	for _, m := range v.members {
-		if m.failed.Load() && (m.mode == ModeHealthy || m.mode == ModeRebuilding) {
-			droppedHealthy = droppedHealthy || m.mode == ModeHealthy
+		if m.failed.Load() && (m.mode == ModeHealthy || m.mode == ModeRebuilding || m.mode == ModeResyncing) {
+			droppedHealthy = droppedHealthy || m.mode == ModeHealthy || m.mode == ModeResyncing
 			droppedAny = true
 			var err error = errors.New("failed")
 			if p := m.failErr.Load(); p != nil {
@@ -460,10 +487,17 @@ func (v *Volume) mutate(mu *mutation) error {
 		return ErrNoHealthyReplica
 	}
 	var unlock func()
-	if len(vw.rebuilding) > 0 && mu.op != opFlush {
+	if (len(vw.rebuilding) > 0 || len(vw.resyncing) > 0) && mu.op != opFlush {
 		unlock = v.locks.lock(mu.off, mu.n)
 	}
+	// Healthy and resyncing members take every mutation and count for
+	// the acknowledgement; rebuilding ones take aligned ones here and
+	// the aligned equivalent of the others below.
 	targets := vw.healthy
+	nfull := len(vw.healthy) + len(vw.resyncing)
+	if len(vw.resyncing) > 0 {
+		targets = append(slices.Clip(targets), vw.resyncing...)
+	}
 	aligned := mu.op == opFlush || (mu.off%blockSize == 0 && mu.n%blockSize == 0)
 	if aligned && len(vw.rebuilding) > 0 {
 		targets = append(slices.Clip(targets), vw.rebuilding...)
@@ -480,7 +514,7 @@ func (v *Volume) mutate(mu *mutation) error {
 	for i, m := range targets {
 		if errs[i] != nil {
 			v.fail(m, fmt.Errorf("%s: %w", mu.op, errs[i]))
-		} else if i < len(vw.healthy) {
+		} else if i < nfull {
 			ok++
 		}
 	}
@@ -583,7 +617,10 @@ func (v *Volume) Generation() uint64 {
 	return v.gen
 }
 
-// Close closes every replica connection; I/O after Close fails.
+// Close flushes every healthy replica and, if all of them flushed and no
+// resync is unfinished, stores the next (even) generation on them: the
+// mark of a clean shutdown, so the next Open trusts them without a resync.
+// Then it closes every replica connection; I/O after Close fails.
 func (v *Volume) Close() error {
 	v.cancelRebuild()
 	v.mu.Lock()
@@ -592,6 +629,8 @@ func (v *Volume) Close() error {
 		return nil
 	}
 	v.closed = true
+	v.settleLocked()
+	v.markCleanLocked()
 	for _, m := range v.members {
 		if m.r != nil && m.mode != ModeFailed {
 			m.r.Close()
