@@ -48,18 +48,20 @@ func newIndex(blocks int64) *index {
 
 // find returns the index of the run containing off (runs non-empty).
 func (c *chunk) find(off uint32) int {
-	// first run with start > off, minus one
-	i, _ := slices.BinarySearchFunc(c.runs, off+1, func(r uint32, t uint32) int {
-		s := runStart(r)
-		switch {
-		case s < t:
-			return -1
-		case s > t:
-			return 1
+	// first run with start > off, minus one (runs sort by start, and
+	// start > off is r >= (off+1)<<16 whatever the owner bits)
+	key := (off + 1) << 16
+	runs := c.runs
+	lo, hi := 0, len(runs)
+	for lo < hi {
+		m := int(uint(lo+hi) >> 1)
+		if runs[m] < key {
+			lo = m + 1
+		} else {
+			hi = m
 		}
-		return 0
-	})
-	return i - 1
+	}
+	return lo - 1
 }
 
 // get returns the owner of off and the end (exclusive, within the chunk)

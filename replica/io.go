@@ -1,6 +1,7 @@
 package replica
 
 import (
+	"io"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -27,6 +28,11 @@ type rangeGuard struct {
 func (l *rangeLocks) lock(blk0, blk1 int64) rangeGuard {
 	r0 := blk0 >> rlRegionShift
 	r1 := (blk1 - 1) >> rlRegionShift
+	if r0 == r1 { // common case: one region
+		s := int(r0 % rlStripes)
+		l.m[s].Lock()
+		return rangeGuard{l: l, a0: s, a1: s, b0: 1, b1: 0}
+	}
 	g := rangeGuard{l: l, b0: 1, b1: 0}
 	switch {
 	case r1-r0+1 >= rlStripes:
@@ -57,6 +63,44 @@ func (g rangeGuard) unlock() {
 	}
 }
 
+// pwriteFull writes all of p at off with pwrite(2) on the raw descriptor:
+// the I/O path skips os.File's descriptor reference counting.
+func pwriteFull(fd int, p []byte, off int64) error {
+	for len(p) > 0 {
+		n, err := unix.Pwrite(fd, p, off)
+		if err != nil {
+			if err == unix.EINTR {
+				continue
+			}
+			return err
+		}
+		if n == 0 {
+			return io.ErrShortWrite
+		}
+		p, off = p[n:], off+int64(n)
+	}
+	return nil
+}
+
+// preadFull reads len(p) bytes at off; the layer files are volume-sized,
+// so a short read is an error.
+func preadFull(fd int, p []byte, off int64) error {
+	for len(p) > 0 {
+		n, err := unix.Pread(fd, p, off)
+		if err != nil {
+			if err == unix.EINTR {
+				continue
+			}
+			return err
+		}
+		if n == 0 {
+			return io.ErrUnexpectedEOF
+		}
+		p, off = p[n:], off+int64(n)
+	}
+	return nil
+}
+
 // zeroes is a read-only buffer of zero bytes.
 var zeroes = make([]byte, 1<<20)
 
@@ -84,7 +128,7 @@ func (r *Replica) readLocked(p []byte, off int64) (int, error) {
 		dst := p[done : done+int(n)]
 		if owner == 0 {
 			clear(dst)
-		} else if _, err := r.layers[owner-1].f.ReadAt(dst, cur); err != nil {
+		} else if err := preadFull(r.layers[owner-1].fd, dst, cur); err != nil {
 			return done, ioErr("read", err)
 		}
 		done += int(n)
@@ -150,7 +194,9 @@ func (r *Replica) writeLocked(p []byte, off int64) (int, error) {
 	if err := hook("write"); err != nil {
 		return 0, ioErr("write", err)
 	}
-	if _, err := head.f.WriteAt(buf, wOff); err != nil {
+	err := pwriteFull(head.fd, buf, wOff)
+	r.markDirty()
+	if err != nil {
 		r.resyncHead(b0, b1)
 		return 0, ioErr("write", err)
 	}
@@ -171,7 +217,33 @@ func (r *Replica) Flush() error {
 	if err := hook("flush"); err != nil {
 		return ioErr("fdatasync", err)
 	}
+	return r.syncHead()
+}
+
+// markDirty records that the head has unsynced changes. It is called
+// after the change, so a Flush that misses the flag was issued before the
+// change was acknowledged. The load keeps the flag's cache line shared
+// while it is already set.
+func (r *Replica) markDirty() {
+	if !r.dirty.Load() {
+		r.dirty.Store(true)
+	}
+}
+
+// syncHead fdatasyncs the head if it changed since the last sync: a flush
+// or snapshot with nothing written costs no system call (fdatasync of a
+// clean file still flushes the device cache on ext4). Callers hold mu.
+//
+// syncMu makes a concurrent caller that finds the flag clear wait for the
+// fdatasync in progress, which covers its writes.
+func (r *Replica) syncHead() error {
+	r.syncMu.Lock()
+	defer r.syncMu.Unlock()
+	if !r.dirty.Swap(false) {
+		return nil
+	}
 	if err := unix.Fdatasync(r.layers[len(r.layers)-1].fd); err != nil {
+		r.dirty.Store(true)
 		return ioErr("fdatasync", err)
 	}
 	return nil
@@ -238,6 +310,7 @@ func (r *Replica) zeroBlocks(b0, b1 int64) error {
 	hp := uint16(n)
 	g := r.rl.lock(b0, b1)
 	defer g.unlock()
+	defer r.markDirty() // punched holes and zero blocks alike
 	off, end := b0*BlockSize, b1*BlockSize
 	// Blocks a lower layer holds data for must be covered by zero data in
 	// the head; elsewhere a hole reads as zeroes. While layers are being

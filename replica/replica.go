@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -49,6 +50,16 @@ type Replica struct {
 	// whose content must not change under them. Guarded by pinMu.
 	pinMu sync.Mutex
 	pins  map[string]int
+
+	// dirty is set when the head has changes not yet fdatasynced.
+	dirty  atomic.Bool
+	syncMu sync.Mutex
+	// spares holds a pre-created empty layer file for the next snapshot's
+	// head, made in the background (spareRun) so a snapshot does not
+	// create a file on its critical path.
+	spares   chan *layer
+	spareRun sync.WaitGroup
+	spareBsy atomic.Bool
 }
 
 type layer struct {
@@ -250,6 +261,8 @@ func openLocked(dir string, lockf *os.File) (*Replica, error) {
 	r.idx = idx
 	r.setChain(m, layers)
 	removeOrphans(dir, m)
+	r.spares = make(chan *layer, 1)
+	r.refillSpare()
 	return r, nil
 }
 
@@ -279,6 +292,51 @@ func openLayer(dir string, rec layerRecord, size int64) (*layer, error) {
 		}
 	}
 	return &layer{rec: rec, f: f, fd: int(f.Fd()), path: path}, nil
+}
+
+// refillSpare starts creating the next snapshot's head file in the
+// background unless one is ready or being made. The file is not in the
+// metadata: a crash leaves an orphan that Open deletes. Callers hold opMu
+// (or own r).
+func (r *Replica) refillSpare() {
+	if len(r.spares) > 0 || !r.spareBsy.CompareAndSwap(false, true) {
+		return
+	}
+	r.spareRun.Add(1)
+	go func() {
+		defer r.spareRun.Done()
+		defer r.spareBsy.Store(false)
+		id, err := newLayerFile(r.dir, r.size)
+		if err != nil {
+			return // the snapshot creates its file itself
+		}
+		l, err := openLayer(r.dir, layerRecord{ID: id}, r.size)
+		if err != nil {
+			os.Remove(filepath.Join(r.dir, layerRecord{ID: id}.fileName()))
+			return
+		}
+		r.spares <- l
+	}()
+}
+
+// takeSpare returns the pre-created head file, or creates one now.
+// Callers hold opMu.
+func (r *Replica) takeSpare() (*layer, error) {
+	select {
+	case l := <-r.spares:
+		return l, nil
+	default:
+	}
+	id, err := newLayerFile(r.dir, r.size)
+	if err != nil {
+		return nil, ioErr("create layer", err)
+	}
+	l, err := openLayer(r.dir, layerRecord{ID: id}, r.size)
+	if err != nil {
+		os.Remove(filepath.Join(r.dir, layerRecord{ID: id}.fileName()))
+		return nil, err
+	}
+	return l, nil
 }
 
 // finishMerge completes a head merge interrupted by a crash: it copies
@@ -555,8 +613,15 @@ func (r *Replica) Close() error {
 	}
 	r.closed = true
 	var first error
-	if err := unix.Fdatasync(r.layers[len(r.layers)-1].fd); err != nil {
-		first = ioErr("fdatasync", err)
+	if err := r.syncHead(); err != nil {
+		first = err
+	}
+	r.spareRun.Wait()
+	select {
+	case l := <-r.spares:
+		l.f.Close()
+		os.Remove(l.path)
+	default:
 	}
 	for _, l := range r.layers {
 		if err := l.f.Close(); err != nil && first == nil {

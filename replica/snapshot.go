@@ -47,18 +47,13 @@ func (r *Replica) Snapshot(name string, labels map[string]string) error {
 	if len(r.layers) >= maxLayers {
 		return fmt.Errorf("%w: chain already has %d layers", ErrInvalid, len(r.layers))
 	}
-	// sync the bulk of the head's dirty data before excluding I/O
-	oldHead := r.layers[len(r.layers)-1]
-	if err := unix.Fdatasync(oldHead.fd); err != nil {
-		return ioErr("fdatasync", err)
+	// sync the bulk of the head's dirty data before excluding I/O (free
+	// when the engine flushed just before, as it does)
+	if err := r.syncHead(); err != nil {
+		return err
 	}
-	id, err := newLayerFile(r.dir, r.size)
+	nl, err := r.takeSpare()
 	if err != nil {
-		return ioErr("create layer", err)
-	}
-	nl, err := openLayer(r.dir, layerRecord{ID: id}, r.size)
-	if err != nil {
-		os.Remove(r.dir + "/" + layerRecord{ID: id}.fileName())
 		return err
 	}
 	fail := func(err error) error {
@@ -71,18 +66,21 @@ func (r *Replica) Snapshot(name string, labels map[string]string) error {
 	h.Name = name
 	h.Labels = maps.Clone(labels)
 	h.Created = time.Now().UTC()
-	m.Layers = append(m.Layers, layerRecord{ID: id})
+	m.Layers = append(m.Layers, layerRecord{ID: nl.rec.ID})
 
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	// in-flight writes have finished; make them part of the snapshot
-	if err := unix.Fdatasync(oldHead.fd); err != nil {
-		return fail(ioErr("fdatasync", err))
+	if err := r.syncHead(); err != nil {
+		return fail(err)
 	}
+	// the directory fsync of this write also makes the new head's
+	// directory entry durable
 	if err := r.writeMeta(m); err != nil {
 		return fail(err)
 	}
 	r.setChain(m, append(r.layers, nl))
+	r.refillSpare()
 	return nil
 }
 

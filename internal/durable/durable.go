@@ -1,6 +1,6 @@
 // Package durable writes small metadata files crash-safely: the content is
 // framed with a magic, a length and a CRC32C, written to a temporary file,
-// fsynced, renamed over the target and the directory is fsynced. Readers
+// fdatasynced, renamed over the target and the directory is fsynced. Readers
 // verify the frame and name the offending file on any mismatch.
 //
 // Frame layout (little endian):
@@ -20,6 +20,8 @@ import (
 	"hash/crc32"
 	"os"
 	"path/filepath"
+
+	"golang.org/x/sys/unix"
 )
 
 // HeaderSize is the size of the frame header preceding the payload.
@@ -98,7 +100,7 @@ func ReadFile(path, magic string) (uint32, []byte, error) {
 }
 
 // WriteFile atomically replaces path with a framed payload: write a temp
-// file in the same directory, fsync it, rename it over path, fsync the
+// file in the same directory, fdatasync it, rename it over path, fsync the
 // directory. On any error the previous content of path is left intact.
 func WriteFile(path, magic string, version uint32, payload []byte) error {
 	return WriteRaw(path, Encode(magic, version, payload))
@@ -120,8 +122,10 @@ func WriteRaw(path string, data []byte) (err error) {
 	if _, err = tmp.Write(data); err != nil {
 		return fmt.Errorf("write %s: %w", tmp.Name(), err)
 	}
-	if err = tmp.Sync(); err != nil {
-		return fmt.Errorf("fsync %s: %w", tmp.Name(), err)
+	// fdatasync suffices: it persists the data and the size needed to
+	// read it back; the rename and directory fsync persist the name
+	if err = unix.Fdatasync(int(tmp.Fd())); err != nil {
+		return fmt.Errorf("fdatasync %s: %w", tmp.Name(), err)
 	}
 	if err = tmp.Close(); err != nil {
 		return err
