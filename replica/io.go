@@ -194,6 +194,7 @@ func (r *Replica) writeLocked(p []byte, off int64) (int, error) {
 	if err := hook("write"); err != nil {
 		return 0, ioErr("write", err)
 	}
+	simWrite(head.path, head.fd, wOff, int64(len(buf)))
 	err := pwriteFull(head.fd, buf, wOff)
 	r.markDirty()
 	if err != nil {
@@ -242,7 +243,7 @@ func (r *Replica) syncHead() error {
 	if !r.dirty.Swap(false) {
 		return nil
 	}
-	if err := unix.Fdatasync(r.layers[len(r.layers)-1].fd); err != nil {
+	if err := fdatasync(r.layers[len(r.layers)-1]); err != nil {
 		r.dirty.Store(true)
 		return ioErr("fdatasync", err)
 	}
@@ -332,6 +333,7 @@ func (r *Replica) zeroBlocks(b0, b1 int64) error {
 		if to <= cur {
 			return nil
 		}
+		simWrite(head.path, head.fd, cur, to-cur)
 		if err := unix.Fallocate(head.fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, cur, to-cur); err != nil {
 			return ioErr("punch hole", err)
 		}
@@ -344,6 +346,7 @@ func (r *Replica) zeroBlocks(b0, b1 int64) error {
 		}
 		for o := e.Offset; o < e.End(); {
 			k := min(e.End()-o, int64(len(zeroes)))
+			simWrite(head.path, head.fd, o, k)
 			if _, err := head.f.WriteAt(zeroes[:k], o); err != nil {
 				r.resyncHead(e.Offset/BlockSize, (o+k+BlockSize-1)/BlockSize)
 				return ioErr("write zeroes", err)

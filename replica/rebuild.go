@@ -2,8 +2,6 @@ package replica
 
 import (
 	"fmt"
-
-	"golang.org/x/sys/unix"
 )
 
 // Rebuild, target side. See doc.go for the whole protocol.
@@ -72,7 +70,9 @@ func (r *Replica) WriteLayer(name string, p []byte, off int64) error {
 	if off%BlockSize != 0 || len(p)%BlockSize != 0 {
 		return fmt.Errorf("%w: layer writes must be block aligned (offset %d, length %d)", ErrInvalid, off, len(p))
 	}
-	if _, err := r.layers[pos-1].f.WriteAt(p, off); err != nil {
+	l := r.layers[pos-1]
+	simWrite(l.path, l.fd, off, int64(len(p)))
+	if _, err := l.f.WriteAt(p, off); err != nil {
 		return ioErr("write layer", err)
 	}
 	r.idx.setIfLower(off/BlockSize, (off+int64(len(p)))/BlockSize, uint16(pos))
@@ -114,6 +114,7 @@ func (r *Replica) WriteLayerExtents(name string, extents []Extent, data []byte) 
 		if e.Length == 0 {
 			continue
 		}
+		simWrite(l.path, l.fd, e.Offset, e.Length)
 		if _, err := l.f.WriteAt(data[done:done+e.Length], e.Offset); err != nil {
 			return ioErr("write layer", err)
 		}
@@ -138,7 +139,7 @@ func (r *Replica) CommitLayer(name string) error {
 		return err
 	}
 	l := r.layers[pos-1]
-	if err := unix.Fdatasync(l.fd); err != nil {
+	if err := fdatasync(l); err != nil {
 		return ioErr("fdatasync", err)
 	}
 	if want := l.rec.Checksum; want != "" {

@@ -356,7 +356,7 @@ func finishMerge(dir string, m *metaFile, head *layer) (*metaFile, error) {
 	if err := copyAllocated(f, head.f, m.Size); err != nil {
 		return nil, fmt.Errorf("finish merge of %s: %w", path, err)
 	}
-	if err := unix.Fdatasync(head.fd); err != nil {
+	if err := fdatasync(head); err != nil {
 		return nil, ioErr("fdatasync", err)
 	}
 	m = m.clone()
@@ -385,6 +385,7 @@ func copyAllocated(src, dst *os.File, size int64) error {
 			if err := hook("merge"); err != nil {
 				return ioErr("write", err)
 			}
+			simWrite(dst.Name(), int(dst.Fd()), off, n)
 			if _, err := dst.WriteAt(buf[:n], off); err != nil {
 				return ioErr("write", err)
 			}

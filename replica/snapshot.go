@@ -221,6 +221,7 @@ func (r *Replica) RemoveSnapshot(name string) error {
 			if _, err := p.f.ReadAt(chunk, b*BlockSize); err != nil {
 				return ioErr("read", err)
 			}
+			simWrite(c.path, c.fd, b*BlockSize, int64(len(chunk)))
 			if _, err := c.f.WriteAt(chunk, b*BlockSize); err != nil {
 				return ioErr("write", err)
 			}
@@ -264,7 +265,7 @@ func (r *Replica) RemoveSnapshot(name string) error {
 			s = t
 		}
 	}
-	if err := unix.Fdatasync(c.fd); err != nil {
+	if err := fdatasync(c); err != nil {
 		return ioErr("fdatasync", err)
 	}
 	m := r.meta.clone()
@@ -322,7 +323,7 @@ func (r *Replica) mergeHeadDown(pos int) error {
 	m1.MergeFrom = h.rec.ID
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if err := unix.Fdatasync(h.fd); err != nil {
+	if err := fdatasync(h); err != nil {
 		return ioErr("fdatasync", err)
 	}
 	// if this fails (even after the rename), the old chain stays valid:
@@ -335,7 +336,7 @@ func (r *Replica) mergeHeadDown(pos int) error {
 	m2.MergeFrom = ""
 	err := copyAllocated(h.f, p.f, r.size)
 	if err == nil {
-		if err = unix.Fdatasync(p.fd); err != nil {
+		if err = fdatasync(p); err != nil {
 			err = ioErr("fdatasync", err)
 		}
 	}
