@@ -1,0 +1,161 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/cairnstore/cairn/replica"
+)
+
+// runMainEnv makes the test binary act as the cairn binary (TestMain), so
+// process-level tests run the real command without building it.
+const runMainEnv = "CAIRN_TEST_RUN_MAIN"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(runMainEnv) == "1" {
+		main()
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+type replicaProc struct {
+	cmd    *exec.Cmd
+	stderr *bytes.Buffer
+	done   chan error
+}
+
+func startReplica(t *testing.T, args ...string) *replicaProc {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], append([]string{"replica"}, args...)...)
+	cmd.Env = append(os.Environ(), runMainEnv+"=1")
+	p := &replicaProc{cmd: cmd, stderr: &bytes.Buffer{}, done: make(chan error, 1)}
+	cmd.Stderr = p.stderr
+	require.NoError(t, cmd.Start())
+	go func() { p.done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			<-p.done
+		}
+	})
+	return p
+}
+
+// wait returns the exit error (nil for status 0) or fails after timeout.
+func (p *replicaProc) wait(t *testing.T, timeout time.Duration) error {
+	t.Helper()
+	select {
+	case err := <-p.done:
+		return err
+	case <-time.After(timeout):
+		t.Fatalf("cairn replica did not exit within %s; stderr:\n%s", timeout, p.stderr)
+		return nil
+	}
+}
+
+// dialWhenUp dials until the server listens (or the process exits).
+func dialWhenUp(t *testing.T, p *replicaProc, addr, token string) *replica.Client {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		c, err := replica.Dial(context.Background(), addr, token)
+		if err == nil {
+			return c
+		}
+		select {
+		case werr := <-p.done:
+			p.done <- werr
+			t.Fatalf("cairn replica exited (%v) before serving; stderr:\n%s", werr, p.stderr)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("cairn replica not serving on %s: %v; stderr:\n%s", addr, err, p.stderr)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestReplicaCommand runs `cairn replica` as the node does: it creates the
+// replica, serves I/O to the right token only, stops cleanly on SIGTERM,
+// keeps the data across restarts and refuses a size mismatch clearly.
+func TestReplicaCommand(t *testing.T) {
+	tmp := t.TempDir()
+	dir := filepath.Join(tmp, "data")
+	tokenFile := filepath.Join(tmp, "token")
+	require.NoError(t, os.WriteFile(tokenFile, []byte("volume-token\n"), 0o600))
+	addr := "unix:" + filepath.Join(tmp, "r.sock")
+	args := []string{"--dir", dir, "--size", "4Mi", "--listen", addr, "--token-file", tokenFile}
+	ctx := context.Background()
+
+	p := startReplica(t, args...)
+	c := dialWhenUp(t, p, addr, "volume-token")
+	in, err := c.Info(ctx)
+	require.NoError(t, err)
+	require.EqualValues(t, 4<<20, in.Size)
+	data := bytes.Repeat([]byte("cairn!"), 1000)
+	_, err = c.WriteAt(ctx, data, 12345)
+	require.NoError(t, err)
+	require.NoError(t, c.Flush(ctx))
+	got := make([]byte, len(data))
+	_, err = c.ReadAt(ctx, got, 12345)
+	require.NoError(t, err)
+	require.Equal(t, data, got)
+	// the wrong token is refused; the server keeps serving the right one
+	_, err = replica.Dial(ctx, addr, "wrong-token")
+	require.ErrorIs(t, err, replica.ErrAuth)
+	require.NoError(t, c.Ping(ctx))
+
+	// SIGTERM: clean exit, the client sees the connection go away
+	require.NoError(t, p.cmd.Process.Signal(syscall.SIGTERM))
+	require.NoError(t, p.wait(t, 30*time.Second), "stderr:\n%s", p.stderr)
+	require.Contains(t, p.stderr.String(), "Replica stopped")
+	select {
+	case <-c.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("client still connected after the server stopped")
+	}
+	c.Close()
+
+	// another size for the same directory: a clear error, non-zero exit
+	bad := startReplica(t, "--dir", dir, "--size", "8Mi", "--listen", addr, "--token-file", tokenFile)
+	err = bad.wait(t, 30*time.Second)
+	var ee *exec.ExitError
+	require.True(t, errors.As(err, &ee), "want a non-zero exit, got %v", err)
+	msg := bad.stderr.String()
+	require.Contains(t, msg, "size mismatch")
+	require.Contains(t, msg, "4194304")
+	require.Contains(t, msg, "8388608")
+
+	// missing flags and an empty token file are refused too
+	for _, a := range [][]string{
+		{"--dir", dir, "--size", "4Mi", "--listen", addr},
+		{"--dir", dir, "--size", "4Mi", "--listen", addr, "--token-file", os.DevNull},
+		{"--dir", dir, "--size", "4Xi", "--listen", addr, "--token-file", tokenFile},
+	} {
+		bp := startReplica(t, a...)
+		require.Error(t, bp.wait(t, 30*time.Second), "args %v", a)
+		require.True(t, strings.HasPrefix(bp.stderr.String(), "cairn: "), "stderr: %s", bp.stderr)
+	}
+
+	// restart with the same size: the flushed data is there
+	p = startReplica(t, args...)
+	c = dialWhenUp(t, p, addr, "volume-token")
+	clear(got)
+	_, err = c.ReadAt(ctx, got, 12345)
+	require.NoError(t, err)
+	require.Equal(t, data, got)
+	c.Close()
+	require.NoError(t, p.cmd.Process.Signal(syscall.SIGTERM))
+	require.NoError(t, p.wait(t, 30*time.Second), "stderr:\n%s", p.stderr)
+}
