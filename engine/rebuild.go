@@ -272,6 +272,7 @@ func (v *Volume) copyLayer(ctx context.Context, src, m *member, layer string) (i
 		go func() {
 			defer wg.Done()
 			buf := make([]byte, copyChunk)
+			packed := make([]byte, 0, copyChunk)
 			for j := range jobs {
 				if ctx.Err() != nil {
 					continue
@@ -286,19 +287,18 @@ func (v *Volume) copyLayer(ctx context.Context, src, m *member, layer string) (i
 					setErr(fmt.Errorf("read %s: %w", src.addr, err))
 					continue
 				}
-				// The client pipelines: issue every extent's write at once.
-				errs := make([]error, len(j.ext))
-				var ww sync.WaitGroup
-				for k, e := range j.ext {
-					ww.Add(1)
-					go func() {
-						defer ww.Done()
-						errs[k] = m.r.WriteLayer(ictx, layer, p[e.Offset-j.off:e.Offset-j.off+e.Length], e.Offset)
-					}()
+				// One vectored write per span: the extents' bytes back to
+				// back (a single extent is written from p as is).
+				data := p
+				if len(j.ext) > 1 || j.ext[0].Offset != j.off || j.ext[0].Length != j.n {
+					data = packed[:0]
+					for _, e := range j.ext {
+						data = append(data, p[e.Offset-j.off:e.Offset-j.off+e.Length]...)
+					}
 				}
-				ww.Wait()
+				err := m.r.WriteLayerExtents(ictx, layer, j.ext, data)
 				cancel()
-				if err := errors.Join(errs...); err != nil {
+				if err != nil {
 					setErr(fmt.Errorf("write %s: %w", m.addr, err))
 					continue
 				}
