@@ -64,6 +64,9 @@ type fanout struct {
 	ok    atomic.Int32
 	bad   atomic.Bool
 	legs  [maxFanout]ioLeg
+	// stripes are the range locks a mutation holds until it completes.
+	stripes []uint16
+	sbuf    [24]uint16
 }
 
 var fanoutPool = sync.Pool{New: func() any {
@@ -130,6 +133,10 @@ func (v *Volume) Submit(rq *Request) {
 		f.setLeg(0, m, rpOpRead, rq.Buf, rq.Off, n)
 		f.n = 1
 	} else {
+		if o != opFlush {
+			f.stripes = v.locks.stripesFor(rq.Off, n, f.sbuf[:0])
+			v.locks.lockStripes(f.stripes)
+		}
 		for i, m := range vw.healthy {
 			switch o {
 			case opWrite:
@@ -206,6 +213,8 @@ func (f *fanout) ioDone(l *ioLeg, err error) {
 	if f.op == opRead {
 		f.legs[0].m.inflight.Add(-1)
 	}
+	v.locks.unlockStripes(f.stripes)
+	f.stripes = nil
 	v.mu.RUnlock()
 	if f.bad.Load() {
 		// A replica failed: drop it (barrier) and, for a read, retry

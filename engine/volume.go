@@ -487,7 +487,7 @@ func (v *Volume) mutate(mu *mutation) error {
 		return ErrNoHealthyReplica
 	}
 	var unlock func()
-	if (len(vw.rebuilding) > 0 || len(vw.resyncing) > 0) && mu.op != opFlush {
+	if mu.op != opFlush {
 		unlock = v.locks.lock(mu.off, mu.n)
 	}
 	// Healthy and resyncing members take every mutation and count for
