@@ -6,9 +6,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
-	"path/filepath"
-
-	"github.com/cairnstore/cairn/internal/durable"
 )
 
 // layerChecksum hashes a layer file: SHA-256 over, for every allocated
@@ -115,8 +112,7 @@ func (r *Replica) Scrub() (ScrubReport, error) {
 		r.opMu.Unlock()
 		return rep, err
 	}
-	mpath := filepath.Join(r.dir, metaName)
-	if _, _, err := durable.ReadFile(mpath, metaMagic); err != nil {
+	if err := r.ms.verify(); err != nil {
 		r.opMu.Unlock()
 		return rep, fmt.Errorf("%w: %w", ErrCorrupt, err)
 	}

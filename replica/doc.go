@@ -5,7 +5,7 @@
 //
 // A replica is a directory:
 //
-//	replica.meta            chain metadata (framed JSON, CRC32C)
+//	replica.meta            chain metadata (two copies of framed JSON, CRC32C)
 //	replica.lock            flock(2): one process per directory
 //	layer-<id>.img  ...     one sparse file per layer, volume-sized
 //
@@ -27,13 +27,39 @@
 // size, generation and, oldest first, one record per layer (file id,
 // snapshot name, labels, creation time, stored checksum, incomplete flag).
 // Keeping all layer records in one file makes every chain change (snapshot,
-// revert, remove, rebuild) one atomic rename. The file is framed by
+// revert, remove, rebuild) one atomic commit. The record is a frame from
 // internal/durable: magic "CAIRNRM1", version, payload length and a CRC32C
-// over all of it; it is replaced by write temp -> fsync -> rename -> fsync
-// directory. Open refuses a truncated or corrupt file, a missing layer
-// file or an unknown version with ErrCorrupt and the path in the message,
-// and deletes layer and temp files the metadata does not reference (left
-// by a crash between creating a file and committing the metadata).
+// over all of it, with a JSON payload. The file holds two copies, like
+// bbolt's two meta pages:
+//
+//	offset 0            S                   2S
+//	       +------------+-------------------+
+//	       | slot 0     | slot 1            |   S = slotSize, a power of
+//	       | frame, pad | frame, pad        |   two >= 64 KiB, in the JSON
+//	       +------------+-------------------+
+//
+// A commit overwrites slot 0 with the new frame and fdatasyncs it (the
+// commit point), then copies it to slot 1 in the background; the next
+// commit first waits for that copy (and redoes it if it failed). So at
+// rest both slots hold the current state, and between commits slot 1 holds
+// the previous or the current one. Open reads slot 0, or slot 1 when slot
+// 0 does not verify: a crash tearing slot 0 leaves slot 1 with the state
+// before the commit that never returned, a crash tearing slot 1 leaves
+// slot 0 with the current one, and damage to one slot at rest loses
+// nothing. Both slots unreadable (or a file of another size, e.g.
+// truncated) and Open refuses with ErrCorrupt naming the file; Scrub
+// fails while one slot is damaged (the next commit rewrites both). A
+// commit is thus one overwrite of blocks the file already owns plus one
+// fdatasync: no new file, no rename, no directory fsync, so no filesystem
+// journal commit, whose latency on a busy disk is tens of milliseconds; and
+// it needs no free space. Only when the metadata outgrows a slot is the
+// file rewritten whole (twice the size: temp file, fdatasync, rename,
+// fsync directory), as is a file from an earlier version holding a single
+// frame (still read). Open refuses a missing layer file or an unknown
+// version with ErrCorrupt and the path in the message, and deletes layer
+// and temp files the metadata does not reference (left by a crash between
+// creating a file and committing the metadata; kept when a slot was
+// unreadable, as the other may be one commit old).
 //
 // A pending head merge (see RemoveSnapshot below) adds "mergeFrom": the
 // id of a former head whose blocks must still be copied into the head;
@@ -52,10 +78,16 @@
 // rebuild snapshots cheaply.
 //
 // Durability: WriteAt goes to the page cache; Flush is fdatasync of the
-// head, the only layer with unsynced data. Snapshot syncs the head before
-// committing the metadata that freezes it, so a snapshot never references
-// data that could be lost. Received (rebuild) layers are synced by
-// CommitLayer before being marked complete.
+// head, the only layer with unsynced data (skipped when nothing changed
+// since the last one). Snapshot syncs the head before committing the
+// metadata that freezes it, so a snapshot never references data that
+// could be lost; its new head file is created ahead of time in the
+// background (an unreferenced spare that Open deletes after a crash), so
+// a snapshot after a Flush costs one metadata commit. Received (rebuild)
+// layers are synced by CommitLayer before being marked complete. Tests
+// simulate power loss by putting back the pre-sync content of a random
+// half of the blocks written since each file's last fdatasync
+// (failpoint.go).
 //
 // # Layer index
 //

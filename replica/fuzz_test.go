@@ -81,8 +81,15 @@ func FuzzMetadata(f *testing.F) {
 	f.Add((&metaFile{Size: BlockSize, BlockSize: BlockSize, Layers: []layerRecord{{ID: "0000000000000000"}}}).encode())
 	f.Add([]byte("CAIRNRM1"))
 	f.Add([]byte{})
+	// the two-slot layout, second copy damaged
+	two := make([]byte, 2*metaSlotMin)
+	m.SlotSize = metaSlotMin
+	copy(two, m.encode())
+	copy(two[metaSlotMin:], m.encode())
+	two[metaSlotMin+30] ^= 1
+	f.Add(two)
 	f.Fuzz(func(t *testing.T, buf []byte) {
-		got, err := decodeMeta("replica.meta", buf)
+		got, _, _, err := parseMeta("replica.meta", buf)
 		if err != nil {
 			require.ErrorIs(t, err, ErrCorrupt)
 			require.Contains(t, err.Error(), "replica.meta")

@@ -127,7 +127,7 @@ func TestMergeCrashFinishedByOpen(t *testing.T) {
 	r.Close()
 	buf, err := os.ReadFile(filepath.Join(dir, metaName))
 	require.NoError(t, err)
-	m, err := decodeMeta("meta", buf)
+	m, _, _, err := parseMeta("meta", buf)
 	require.NoError(t, err)
 	require.NotEmpty(t, m.MergeFrom, "merge pending on disk")
 	r, err = Open(dir)

@@ -38,6 +38,9 @@ type metaFile struct {
 	// after committing the new chain. Open redoes the copy (idempotent)
 	// and clears it.
 	MergeFrom string `json:"mergeFrom,omitempty"`
+	// SlotSize is the size of each of the file's two copies (see
+	// metastore.go); 0 in a file holding a single frame.
+	SlotSize int64 `json:"slotSize,omitempty"`
 }
 
 // layerRecord is one layer of the chain: its data file is layer-<ID>.img.
@@ -69,6 +72,16 @@ func validID(s string) bool {
 // path used in error messages.
 func decodeMeta(name string, buf []byte) (*metaFile, error) {
 	version, payload, err := durable.Decode(name, metaMagic, buf)
+	return decodeMetaPayload(name, version, payload, err)
+}
+
+// decodeMetaPrefix decodes the frame at the start of buf (a slot).
+func decodeMetaPrefix(name string, buf []byte) (*metaFile, error) {
+	version, payload, err := durable.DecodePrefix(name, metaMagic, buf)
+	return decodeMetaPayload(name, version, payload, err)
+}
+
+func decodeMetaPayload(name string, version uint32, payload []byte, err error) (*metaFile, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrCorrupt, err)
 	}

@@ -27,6 +27,7 @@ func (r *Replica) abandon() {
 	for _, l := range r.layers {
 		l.f.Close()
 	}
+	r.ms.close()
 	r.lockf.Close()
 }
 

@@ -14,8 +14,6 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/cairnstore/cairn/internal/durable"
 )
 
 // Replica is one copy of a volume stored in a directory: a chain of layers
@@ -40,6 +38,7 @@ type Replica struct {
 	names      map[string]int // snapshot name -> chain position (1-based)
 	rebuilding bool
 	idx        *index
+	ms         *metaStore
 	rl         rangeLocks
 	closed     bool
 	// broken is set when a chain change failed half-way in a way only a
@@ -122,10 +121,12 @@ func Create(dir string, size int64) (*Replica, error) {
 		return nil, err
 	}
 	m := &metaFile{Size: size, BlockSize: BlockSize, Layers: []layerRecord{{ID: head}}}
-	if err := durable.WriteRaw(filepath.Join(dir, metaName), m.encode()); err != nil {
+	ms, err := createMeta(filepath.Join(dir, metaName), m)
+	if err != nil {
 		os.Remove(filepath.Join(dir, layerRecord{ID: head}.fileName()))
 		return nil, ioErr("write metadata", err)
 	}
+	ms.close()
 	r, err := openLocked(dir, lockf)
 	ok = err == nil
 	return r, err
@@ -218,26 +219,24 @@ func newLayerFile(dir string, size int64) (string, error) {
 
 func openLocked(dir string, lockf *os.File) (*Replica, error) {
 	mpath := filepath.Join(dir, metaName)
-	buf, err := os.ReadFile(mpath)
+	m, ms, degraded, err := loadMeta(mpath)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, fmt.Errorf("%w: %s: no replica metadata", ErrNotFound, mpath)
 		}
 		return nil, err
 	}
-	m, err := decodeMeta(mpath, buf)
-	if err != nil {
-		return nil, err
-	}
 	if err := checkFS(dir); err != nil {
+		ms.close()
 		return nil, err
 	}
-	r := &Replica{dir: dir, size: m.Size, blocks: m.Size / BlockSize, lockf: lockf}
+	r := &Replica{dir: dir, size: m.Size, blocks: m.Size / BlockSize, lockf: lockf, ms: ms}
 	layers := make([]*layer, 0, len(m.Layers))
 	closeAll := func() {
 		for _, l := range layers {
 			l.f.Close()
 		}
+		ms.close()
 	}
 	for _, rec := range m.Layers {
 		l, err := openLayer(dir, rec, m.Size)
@@ -248,7 +247,7 @@ func openLocked(dir string, lockf *os.File) (*Replica, error) {
 		layers = append(layers, l)
 	}
 	if m.MergeFrom != "" {
-		if m, err = finishMerge(dir, m, layers[len(layers)-1]); err != nil {
+		if m, err = finishMerge(dir, ms, m, layers[len(layers)-1]); err != nil {
 			closeAll()
 			return nil, err
 		}
@@ -260,7 +259,11 @@ func openLocked(dir string, lockf *os.File) (*Replica, error) {
 	}
 	r.idx = idx
 	r.setChain(m, layers)
-	removeOrphans(dir, m)
+	// with one metadata copy unreadable the other may be one commit old:
+	// keep files it does not know until a clean open
+	if !degraded {
+		removeOrphans(dir, m)
+	}
 	r.spares = make(chan *layer, 1)
 	r.refillSpare()
 	return r, nil
@@ -343,7 +346,7 @@ func (r *Replica) takeSpare() (*layer, error) {
 // the allocated blocks of the former head m.MergeFrom into head (again:
 // the copy is idempotent), syncs it, commits the metadata without
 // MergeFrom and deletes the former head's file.
-func finishMerge(dir string, m *metaFile, head *layer) (*metaFile, error) {
+func finishMerge(dir string, ms *metaStore, m *metaFile, head *layer) (*metaFile, error) {
 	path := filepath.Join(dir, layerRecord{ID: m.MergeFrom}.fileName())
 	f, err := os.Open(path)
 	if err != nil {
@@ -361,7 +364,7 @@ func finishMerge(dir string, m *metaFile, head *layer) (*metaFile, error) {
 	}
 	m = m.clone()
 	m.MergeFrom = ""
-	if err := durable.WriteRaw(filepath.Join(dir, metaName), m.encode()); err != nil {
+	if err := ms.commit(m); err != nil {
 		return nil, ioErr("write metadata", err)
 	}
 	os.Remove(path)
@@ -470,12 +473,13 @@ func (r *Replica) setChain(m *metaFile, layers []*layer) {
 	}
 }
 
-// writeMeta durably replaces replica.meta. Callers hold opMu.
+// writeMeta durably commits m as the replica's metadata. Callers hold
+// opMu.
 func (r *Replica) writeMeta(m *metaFile) error {
 	if err := hook("meta"); err != nil {
 		return ioErr("write metadata", err)
 	}
-	if err := durable.WriteRaw(filepath.Join(r.dir, metaName), m.encode()); err != nil {
+	if err := r.ms.commit(m); err != nil {
 		return ioErr("write metadata", err)
 	}
 	return nil
@@ -628,6 +632,9 @@ func (r *Replica) Close() error {
 		if err := l.f.Close(); err != nil && first == nil {
 			first = err
 		}
+	}
+	if err := r.ms.close(); err != nil && first == nil {
+		first = err
 	}
 	r.lockf.Close()
 	return first

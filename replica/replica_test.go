@@ -313,12 +313,16 @@ func TestCorruptMetadata(t *testing.T) {
 		"empty": func(dir string, buf []byte) {
 			os.WriteFile(filepath.Join(dir, metaName), nil, 0o640)
 		},
-		"bitflip": func(dir string, buf []byte) {
-			buf[len(buf)-3] ^= 0x10
+		"bitflip in both copies": func(dir string, buf []byte) {
+			buf[100] ^= 0x10
+			buf[len(buf)/2+100] ^= 0x10
 			os.WriteFile(filepath.Join(dir, metaName), buf, 0o640)
 		},
+		"not two slots": func(dir string, buf []byte) {
+			os.WriteFile(filepath.Join(dir, metaName), append(buf, 0), 0o640)
+		},
 		"missing layer": func(dir string, buf []byte) {
-			m, err := decodeMeta("x", buf)
+			m, _, _, err := parseMeta("x", buf)
 			require.NoError(t, err)
 			os.Remove(filepath.Join(dir, m.Layers[0].fileName()))
 		},
@@ -332,6 +336,48 @@ func TestCorruptMetadata(t *testing.T) {
 			require.Contains(t, err.Error(), dir)
 		})
 	}
+	// one damaged copy: the other serves, Scrub reports the damage and
+	// the next commit repairs it
+	for _, slot := range []int{0, 1} {
+		t.Run(fmt.Sprintf("bitflip in copy %d", slot), func(t *testing.T) {
+			dir, buf := mk(t)
+			buf[slot*len(buf)/2+100] ^= 0x10
+			require.NoError(t, os.WriteFile(filepath.Join(dir, metaName), buf, 0o640))
+			r, err := Open(dir)
+			require.NoError(t, err)
+			defer r.Close()
+			require.Equal(t, []string{"s1"}, snapNames(r))
+			got := make([]byte, 5)
+			_, err = r.ReadAt(got, 0)
+			require.NoError(t, err)
+			require.Equal(t, "hello", string(got))
+			_, err = r.Scrub()
+			require.ErrorIs(t, err, ErrCorrupt)
+			require.Contains(t, err.Error(), fmt.Sprintf("slot %d", slot))
+			require.NoError(t, r.SetGeneration(1))
+			_, err = r.Scrub()
+			require.NoError(t, err)
+		})
+	}
+	// a file written by an earlier version (one frame) opens and is
+	// converted to two copies by the next commit
+	t.Run("single frame", func(t *testing.T) {
+		dir, buf := mk(t)
+		m, _, _, err := parseMeta("x", buf)
+		require.NoError(t, err)
+		m.SlotSize = 0
+		require.NoError(t, os.WriteFile(filepath.Join(dir, metaName), m.encode(), 0o640))
+		r, err := Open(dir)
+		require.NoError(t, err)
+		defer r.Close()
+		require.Equal(t, []string{"s1"}, snapNames(r))
+		require.NoError(t, r.SetGeneration(2))
+		st, err := os.Stat(filepath.Join(dir, metaName))
+		require.NoError(t, err)
+		require.EqualValues(t, 2*metaSlotMin, st.Size())
+		r = reopen(t, r)
+		require.EqualValues(t, 2, r.Generation())
+	})
 }
 
 func TestChecksumAndScrub(t *testing.T) {

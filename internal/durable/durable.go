@@ -78,6 +78,20 @@ func Decode(name, magic string, buf []byte) (uint32, []byte, error) {
 	return version, buf[HeaderSize:], nil
 }
 
+// DecodePrefix is Decode for a frame at the start of buf followed by
+// other bytes (padding, another frame): it verifies the frame the header
+// describes and ignores the rest.
+func DecodePrefix(name, magic string, buf []byte) (uint32, []byte, error) {
+	if len(buf) < HeaderSize {
+		return 0, nil, fmt.Errorf("%w: %s: truncated header (%d bytes)", ErrCorrupt, name, len(buf))
+	}
+	n := binary.LittleEndian.Uint32(buf[12:])
+	if n > MaxPayload || int64(n) > int64(len(buf)-HeaderSize) {
+		return 0, nil, fmt.Errorf("%w: %s: length %d exceeds the %d bytes available", ErrCorrupt, name, n, len(buf)-HeaderSize)
+	}
+	return Decode(name, magic, buf[:HeaderSize+int(n)])
+}
+
 // ReadFile reads and verifies a framed file.
 func ReadFile(path, magic string) (uint32, []byte, error) {
 	f, err := os.Open(path)
