@@ -12,7 +12,30 @@
 // A write, trim or write-zeroes goes to every healthy replica in parallel and
 // is acknowledged when all of them have it. Reads go to one healthy replica:
 // a local one (unix socket) first, otherwise the one with the fewest reads in
-// flight; a failed read is retried on another replica.
+// flight; a failed read is retried on another replica. Overlapping
+// mutations are serialised by striped 64 KiB range locks held until every
+// replica answered: replicas execute concurrent requests in any order, and
+// without the locks two overlapping writes in flight could land in
+// different orders on different replicas.
+//
+// # I/O path
+//
+// The I/O path is bound by syscalls and thread wakeups (profiled with perf
+// on 2 vCPUs: before this design, goroutine stack growth, one writev per
+// replica request and per-request contexts and channels were half of the
+// engine's CPU). So a frontend request costs no goroutine of its own:
+//
+//	NBD reader --Submit--> fanout (RLock, range locks) --legs--> dataConn queue per replica
+//	                                 writer goroutine: one writev for everything queued
+//	NBD writer <--Done---- last leg  <--------- reader goroutine: bufio, completes legs
+//	(one flush per burst of replies)
+//
+// Volume.Submit (AsyncBackend) takes that path when every member is
+// healthy; rebuilds, resyncs, failures being handled and requests above
+// replica.MaxIO take the synchronous path on a goroutine. dataConn is the
+// engine's own connection for I/O (replica wire protocol v1); control
+// operations use replica.Client on a second connection. Timeouts are one
+// watchdog per connection, not a timer per request.
 //
 // # Failure and generations
 //
@@ -28,6 +51,15 @@
 // survivors and only then is acknowledged. A replica that missed a write can
 // therefore never be chosen as newest after a restart. I/O continues while one
 // healthy replica remains; after that the volume is faulted and I/O fails.
+//
+// # Crash consistency
+//
+// The generation is odd while an engine has the volume open and even after
+// a clean Close (flush on every replica, then generation+1). An Open that
+// finds an odd newest generation resyncs: one newest replica serves reads,
+// the others take writes and are compared with it and repaired over the
+// union of their head extents (only heads can differ), chunk by chunk under
+// the range locks, while I/O continues (resync.go).
 //
 // # I/O barrier
 //
@@ -64,9 +96,9 @@
 // read-modify-write a partial block whose old data has not arrived yet). The
 // engine sends it the aligned equivalent of an unaligned write: the partial
 // edge blocks are read back from a healthy replica after the write and sent
-// whole. While a rebuild runs, writes hold striped 64 KiB range locks so that
-// two writes sharing a block cannot interleave those steps (Longhorn #4354,
-// #13139 were this class of bug).
+// whole. The range locks keep two writes sharing a block from interleaving
+// those steps (Longhorn #4354, #13139 were this class of bug). The copy
+// sends each 1 MiB span's extents in one vectored WriteLayerExtents.
 //
 // # Control and metrics
 //
