@@ -107,7 +107,11 @@ func change1Percent(t *testing.T, path string, size int64, seed uint64) []Extent
 type measured struct {
 	secs   float64
 	rssMiB float64
+	cpu    float64 // user+system seconds of the process and of versitygw
 }
+
+// benchServer is the S3 server whose CPU time run adds to each command's.
+var benchServer *testutil.S3Server
 
 // run runs a command and returns its wall time and peak RSS.
 func run(t *testing.T, env []string, name string, args ...string) measured {
@@ -118,12 +122,20 @@ func run(t *testing.T, env []string, name string, args ...string) measured {
 	cmd.Env = env
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
+	srvCPU := 0.0
+	if benchServer != nil {
+		srvCPU = benchServer.CPUSeconds()
+	}
 	start := time.Now()
 	err := cmd.Run()
 	secs := time.Since(start).Seconds()
 	require.NoError(t, err, "%s %s:\n%s", name, strings.Join(args, " "), out.String())
 	ru := cmd.ProcessState.SysUsage().(*syscall.Rusage)
-	return measured{secs: secs, rssMiB: float64(ru.Maxrss) / 1024}
+	cpu := time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
+	if benchServer != nil {
+		cpu += benchServer.CPUSeconds() - srvCPU
+	}
+	return measured{secs: secs, rssMiB: float64(ru.Maxrss) / 1024, cpu: cpu}
 }
 
 // settle flushes dirty pages so that one measurement does not pay for the
@@ -213,6 +225,8 @@ func (s stat) format(f string) string {
 func TestBenchBackup(t *testing.T) {
 	restic := testutil.RequireTool(t, "restic")
 	srv := testutil.StartS3(t)
+	benchServer = srv
+	defer func() { benchServer = nil }()
 	size := benchSize(t)
 	runs := 3
 	if s := os.Getenv("CAIRN_BENCH_RUNS"); s != "" {
@@ -222,17 +236,26 @@ func TestBenchBackup(t *testing.T) {
 	gib := float64(size) / (1 << 30)
 	renv := append(srv.Env(), "RESTIC_PASSWORD=bench", "RESTIC_CACHE_DIR="+filepath.Join(dir, "restic-cache"))
 
-	type row struct {
+	// op collects one operation's measurements for both tools.
+	type op struct {
 		name                string
-		cairn, restic       stat
-		cairnRSS, resticRSS stat
+		cairn, restic       stat // wall seconds
+		cairnRSS, resticRSS stat // peak RSS MiB
+		cairnCPU, resticCPU stat // CPU seconds, client + versitygw
 	}
-	var rows []row
+	addC := func(o *op, m measured) {
+		o.cairn, o.cairnRSS, o.cairnCPU = append(o.cairn, m.secs), append(o.cairnRSS, m.rssMiB), append(o.cairnCPU, m.cpu)
+	}
+	addR := func(o *op, m measured) {
+		o.restic, o.resticRSS, o.resticCPU = append(o.restic, m.secs), append(o.resticRSS, m.rssMiB), append(o.resticCPU, m.cpu)
+	}
+	var rows []*op
 	var notes []string
 	for _, kind := range []string{"random", "mixed"} {
 		img := filepath.Join(dir, kind+".img")
-		var restSyncC, restSyncR stat
-		var fullC, fullR, restC, restR, incC, incCHash, incR, rssFullC, rssFullR, rssRestC, rssRestR, incUp stat
+		full, rest, restSync := &op{name: kind + " full backup"}, &op{name: kind + " restore"}, &op{name: kind + " restore + fsync"}
+		incDiff, incHash := &op{name: kind + " incr. 1% (replica diff)"}, &op{name: kind + " incr. 1% (no diff: hash)"}
+		var incUp stat
 		var objsC, objsR, bytesC, bytesR float64
 		for i := 0; i < runs; i++ {
 			writeDataset(t, img, kind, size)
@@ -240,82 +263,69 @@ func TestBenchBackup(t *testing.T) {
 			cURL := srv.URL("cairn/" + prefix)
 			rRepo := fmt.Sprintf("s3:%s/%s/restic/%s", srv.Endpoint, srv.Bucket, prefix)
 			run(t, renv, restic, "-r", rRepo, "init", "--repository-version", "2")
-			dropCaches()
 
 			// Full backup.
-			m := cairnHelper(t, srv, "backup", cURL, img)
-			fullC, rssFullC = append(fullC, m.secs), append(rssFullC, m.rssMiB)
-			m = run(t, renv, restic, "-r", rRepo, "backup", "--host", "bench", img)
-			fullR, rssFullR = append(fullR, m.secs), append(rssFullR, m.rssMiB)
+			addC(full, cairnHelper(t, srv, "backup", cURL, img))
+			addR(full, run(t, renv, restic, "-r", rRepo, "backup", "--host", "bench", img))
 			n, b := countObjects(t, filepath.Join(srv.Dir, srv.Bucket, "cairn", prefix))
 			objsC, bytesC = float64(n)/gib, float64(b)/float64(size)
 			n, b = countObjects(t, filepath.Join(srv.Dir, srv.Bucket, "restic", prefix))
 			objsR, bytesR = float64(n)/gib, float64(b)/float64(size)
 
-			// Restore.
+			// Restore, then the same again including an fsync of the result.
 			out := filepath.Join(dir, "restore-cairn.img")
 			os.Remove(out)
-			m = cairnHelper(t, srv, "restore", cURL, out)
-			restC, rssRestC = append(restC, m.secs), append(rssRestC, m.rssMiB)
+			m := cairnHelper(t, srv, "restore", cURL, out)
+			addC(rest, m)
 			sync := run(t, renv, "sync", out)
-			restSyncC = append(restSyncC, m.secs+sync.secs)
+			addC(restSync, measured{secs: m.secs + sync.secs, rssMiB: m.rssMiB, cpu: m.cpu + sync.cpu})
 			sameFile(t, img, out)
 			os.Remove(out)
 			rdir := filepath.Join(dir, "restore-restic")
 			os.RemoveAll(rdir)
 			m = run(t, renv, restic, "-r", rRepo, "restore", "latest", "--target", rdir)
-			restR, rssRestR = append(restR, m.secs), append(rssRestR, m.rssMiB)
+			addR(rest, m)
 			sync = run(t, renv, "sync", filepath.Join(rdir, img))
-			restSyncR = append(restSyncR, m.secs+sync.secs)
+			addR(restSync, measured{secs: m.secs + sync.secs, rssMiB: m.rssMiB, cpu: m.cpu + sync.cpu})
 			sameFile(t, img, filepath.Join(rdir, img))
 			os.RemoveAll(rdir)
-			// Let writeback settle so the next measurement starts clean.
-			run(t, renv, "sync")
 
 			// Incremental after changing 1% of the blocks: with the replica
-			// diff (the normal path) and without it (hash fallback).
+			// diff (the normal path) and without it (hash fallback); restic
+			// rescans the file either way.
 			ext := change1Percent(t, img, size, uint64(i+1))
 			extFile := filepath.Join(dir, "extents.json")
 			eb, _ := json.Marshal(ext)
 			require.NoError(t, os.WriteFile(extFile, eb, 0o600))
 			before, _ := countObjectsBytes(t, srv, "cairn/"+prefix)
-			m = cairnHelper(t, srv, "backup", cURL, img, "CAIRN_BENCH_EXTENTS="+extFile)
-			incC = append(incC, m.secs)
+			addC(incDiff, cairnHelper(t, srv, "backup", cURL, img, "CAIRN_BENCH_EXTENTS="+extFile))
 			after, _ := countObjectsBytes(t, srv, "cairn/"+prefix)
 			incUp = append(incUp, 100*float64(after-before)/float64(size))
-			change1Percent(t, img, size, uint64(100+i))
-			m = cairnHelper(t, srv, "backup", cURL, img)
-			incCHash = append(incCHash, m.secs)
 			m = run(t, renv, restic, "-r", rRepo, "backup", "--host", "bench", img)
-			incR = append(incR, m.secs)
+			addR(incDiff, m)
+			change1Percent(t, img, size, uint64(100+i))
+			addC(incHash, cairnHelper(t, srv, "backup", cURL, img))
+			addR(incHash, run(t, renv, restic, "-r", rRepo, "backup", "--host", "bench", img))
 		}
-		rows = append(rows,
-			row{kind + " full backup (s)", fullC, fullR, rssFullC, rssFullR},
-			row{kind + " restore (s)", restC, restR, rssRestC, rssRestR},
-			row{kind + " restore + fsync (s)", restSyncC, restSyncR, nil, nil},
-			row{kind + " incr. 1% with diff (s)", incC, incR, nil, nil},
-			row{kind + " incr. 1% no diff (s)", incCHash, incR, nil, nil},
-		)
+		rows = append(rows, full, rest, restSync, incDiff, incHash)
 		notes = append(notes,
 			fmt.Sprintf("%s: objects per GiB: cairn %.0f, restic %.0f; stored bytes / volume bytes: cairn %.3f, restic %.3f",
 				kind, objsC, objsR, bytesC, bytesR),
 			fmt.Sprintf("%s: incremental upload (diff path) %% of volume: %s; incremental/full time ratio (median): %.3f",
-				kind, incUp.format("%.3f"), median(incC)/median(fullC)),
-			fmt.Sprintf("%s: throughput ratio cairn/restic (median): backup %.2fx, restore %.2fx",
-				kind, median(fullR)/median(fullC), median(restR)/median(restC)),
+				kind, incUp.format("%.3f"), median(incDiff.cairn)/median(full.cairn)),
+			fmt.Sprintf("%s: median speedup cairn vs restic: backup %.2fx wall, %.2fx CPU; restore %.2fx wall, %.2fx CPU",
+				kind, median(full.restic)/median(full.cairn), median(full.resticCPU)/median(full.cairnCPU),
+				median(rest.restic)/median(rest.cairn), median(rest.resticCPU)/median(rest.cairnCPU)),
 		)
 	}
 	fmt.Printf("\nBackup benchmark: %.2f GiB per dataset, %d runs, same versitygw, Cairn zstd+AES-256-GCM vs restic %s (repo v2, compression auto)\n",
 		gib, runs, resticVersion(restic))
-	fmt.Printf("figures are min / median / max\n\n")
-	fmt.Printf("%-34s %-24s %-24s %-8s %-24s %-24s\n", "operation", "cairn", "restic", "speedup", "cairn peak RSS MiB", "restic peak RSS MiB")
+	fmt.Printf("figures are min / median / max; CPU = user+system seconds of the tool's process plus versitygw's during the operation\n\n")
+	f := "%-34s %-22s %-22s %-8s %-22s %-22s %-20s %-20s\n"
+	fmt.Printf(f, "operation", "cairn wall s", "restic wall s", "speedup", "cairn CPU s", "restic CPU s", "cairn peak RSS MiB", "restic peak RSS MiB")
 	for _, r := range rows {
-		rc, rr := "-", "-"
-		if r.cairnRSS != nil {
-			rc, rr = r.cairnRSS.String(), r.resticRSS.String()
-		}
-		fmt.Printf("%-34s %-24s %-24s %-8s %-24s %-24s\n", r.name, r.cairn, r.restic,
-			fmt.Sprintf("%.2fx", median(r.restic)/median(r.cairn)), rc, rr)
+		fmt.Printf(f, r.name, r.cairn, r.restic, fmt.Sprintf("%.2fx", median(r.restic)/median(r.cairn)),
+			r.cairnCPU, r.resticCPU, r.cairnRSS.format("%.0f"), r.resticRSS.format("%.0f"))
 	}
 	fmt.Println()
 	for _, n := range notes {
@@ -342,7 +352,3 @@ func resticVersion(bin string) string {
 	}
 	return "?"
 }
-
-// dropCaches is best effort: both tools read the image from the page cache
-// otherwise, which is what the comparison uses.
-func dropCaches() {}

@@ -180,7 +180,7 @@ func (s *Store) Restore(ctx context.Context, opts RestoreOptions) (RestoreResult
 		first[id] = slices.Min(idx)
 	}
 	sort.Slice(ids, func(i, j int) bool { return first[ids[i]] < first[ids[j]] })
-	var mu sync.Mutex
+	var mu, wmu sync.Mutex
 	err = s.forEachBlock(ctx, ids, m.BlockSize, func(id BlockID, data []byte, stored int) error {
 		for _, i := range want[id] {
 			n := blockLen(m.Size, m.BlockSize, i)
@@ -188,7 +188,12 @@ func (s *Store) Restore(ctx context.Context, opts RestoreOptions) (RestoreResult
 				return fmt.Errorf("%w: block %s is %d bytes, backup %s/%s needs %d at block %d",
 					ErrCorrupt, id, len(data), opts.Volume, info.ID, n, i)
 			}
-			if _, err := opts.Sink.WriteAt(data, int64(i)*int64(m.BlockSize)); err != nil {
+			// One writer at a time: the kernel serialises writes to one
+			// file anyway, and waiting here sleeps instead of spinning.
+			wmu.Lock()
+			_, err := opts.Sink.WriteAt(data, int64(i)*int64(m.BlockSize))
+			wmu.Unlock()
+			if err != nil {
 				return fmt.Errorf("write block %d: %w", i, err)
 			}
 			pr.add(int64(n), 1, 0)
