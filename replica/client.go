@@ -454,6 +454,13 @@ func (c *Client) Diff(ctx context.Context, from, to string, size int64) ([]Exten
 	return c.extents(ctx, opDiff, &ctlRequest{From: from, To: to}, 0, size)
 }
 
+// ChangedSince returns the extents the head changed in since generation
+// gen (see Replica.ChangedSince); size is the volume size (from Info).
+// ErrNotFound means the server does not track that far back: rebuild.
+func (c *Client) ChangedSince(ctx context.Context, gen uint64, size int64) ([]Extent, error) {
+	return c.extents(ctx, opChangedSince, &ctlRequest{Generation: gen}, 0, size)
+}
+
 // LayerExtents returns the allocated extents of one layer in
 // [off, off+length) (rebuild source side).
 func (c *Client) LayerExtents(ctx context.Context, layer string, off, length int64) ([]Extent, error) {

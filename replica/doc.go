@@ -115,6 +115,18 @@
 // After a restart the engine compares generations and never picks a
 // replica with a lower one as the source of truth.
 //
+// # Changed-block tracking
+//
+// SetGeneration(g) also starts an in-memory bitmap (one bit per 64 KiB
+// region, 2 MiB per TiB) of the regions the head changes from then on; the
+// newest four are kept. ChangedSince(g) returns the regions of the newest
+// bitmap started at or before g: a superset of what a replica that left
+// at generation g missed, so it can catch up by copying those regions of
+// the head view, without a rebuild snapshot. Bitmaps are not durable and
+// are dropped by Revert and ResetForRebuild; then ChangedSince fails with
+// ErrNotFound and the engine rebuilds. The engine must raise the
+// generation before acknowledging any write a departed replica missed.
+//
 // # Protocol
 //
 // One TCP or unix-socket connection carries pipelined requests; replies
@@ -147,9 +159,10 @@
 // Flush (3), Trim (4) and WriteZeroes (5) (offset/length), Ping (6).
 // Control ops take and return JSON: Info (16), SetGeneration (17, offset =
 // generation), Snapshot (18), Revert (19), RemoveSnapshot (20), Checksum
-// (22), Scrub (23); Diff (21) and LayerExtents (32) return binary extents
-// (offset u64, length u64) for a window [offset, offset+length) of at most
-// 1 GiB, which the client pages through. Rebuild: ReadLayer (33, payload
+// (22), Scrub (23); Diff (21), ChangedSince (24, JSON {"generation": g})
+// and LayerExtents (32) return binary extents (offset u64, length u64) for
+// a window [offset, offset+length) of at most 1 GiB, which the client
+// pages through. Rebuild: ReadLayer (33, payload
 // = u8 name length + name), ResetForRebuild (34), WriteLayer (35, payload
 // = name prefix + data), CommitLayer (36) and WriteLayerExtents (37), the
 // vectored WriteLayer:

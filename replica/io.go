@@ -197,6 +197,7 @@ func (r *Replica) writeLocked(p []byte, off int64) (int, error) {
 	simWrite(head.path, head.fd, wOff, int64(len(buf)))
 	err := pwriteFull(head.fd, buf, wOff)
 	r.markDirty()
+	r.markChanged(wOff, wOff+int64(len(buf)))
 	if err != nil {
 		r.resyncHead(b0, b1)
 		return 0, ioErr("write", err)
@@ -312,6 +313,7 @@ func (r *Replica) zeroBlocks(b0, b1 int64) error {
 	g := r.rl.lock(b0, b1)
 	defer g.unlock()
 	defer r.markDirty() // punched holes and zero blocks alike
+	defer r.markChanged(b0*BlockSize, b1*BlockSize)
 	off, end := b0*BlockSize, b1*BlockSize
 	// Blocks a lower layer holds data for must be covered by zero data in
 	// the head; elsewhere a hole reads as zeroes. While layers are being

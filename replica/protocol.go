@@ -42,6 +42,7 @@ const (
 	opDiff           uint8 = 21
 	opChecksum       uint8 = 22
 	opScrub          uint8 = 23
+	opChangedSince   uint8 = 24
 
 	opLayerExtents    uint8 = 32
 	opReadLayer       uint8 = 33

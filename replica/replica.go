@@ -39,8 +39,10 @@ type Replica struct {
 	rebuilding bool
 	idx        *index
 	ms         *metaStore
-	rl         rangeLocks
-	closed     bool
+	// trackers are the changed-block bitmaps (cbt.go), replaced under mu
+	trackers []*changeTracker
+	rl       rangeLocks
+	closed   bool
 	// broken is set when a chain change failed half-way in a way only a
 	// reopen can resolve (see mergeHeadDown); every operation then fails.
 	broken error
@@ -552,6 +554,11 @@ func (r *Replica) SetGeneration(g uint64) error {
 	}
 	r.mu.Lock()
 	r.meta = m
+	// track the head's changes from generation g on
+	r.trackers = append(r.trackers, newChangeTracker(g, r.size))
+	if n := len(r.trackers); n > cbtMaxTrackers {
+		r.trackers = append([]*changeTracker(nil), r.trackers[n-cbtMaxTrackers:]...)
+	}
 	r.mu.Unlock()
 	return nil
 }

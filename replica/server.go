@@ -283,6 +283,8 @@ type ctlRequest struct {
 	Labels  map[string]string `json:"labels,omitempty"`
 	Keep    []string          `json:"keep,omitempty"`
 	Receive []SnapshotInfo    `json:"receive,omitempty"`
+	// Generation is the ChangedSince argument.
+	Generation uint64 `json:"generation,omitempty"`
 }
 
 type checksumResponse struct {
@@ -379,14 +381,17 @@ func (s *Server) handle(h reqHeader, payload []byte) response {
 		return jsonResponse(h, nil, r.Revert(ctl.Name))
 	case opRemoveSnapshot:
 		return jsonResponse(h, nil, r.RemoveSnapshot(ctl.Name))
-	case opDiff, opLayerExtents:
+	case opDiff, opLayerExtents, opChangedSince:
 		if length > extentWindow {
 			return errResponse(h, fmt.Errorf("%w: extent window of %d bytes (max %d)", ErrTooLarge, length, extentWindow))
 		}
 		var ext []Extent
-		if h.Op == opDiff {
+		switch h.Op {
+		case opDiff:
 			ext, err = r.DiffRange(ctl.From, ctl.To, off, length)
-		} else {
+		case opChangedSince:
+			ext, err = r.ChangedSince(ctl.Generation, off, length)
+		default:
 			ext, err = r.LayerExtents(ctl.Name, off, length)
 		}
 		if err != nil {

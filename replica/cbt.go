@@ -1,0 +1,104 @@
+package replica
+
+import (
+	"fmt"
+	"math/bits"
+	"sync/atomic"
+)
+
+// Changed-block tracking. When SetGeneration raises the generation to g,
+// the replica starts a bitmap of the regions the head is written in from
+// then on. ChangedSince(g) returns them, so a replica that left the
+// volume at generation g and comes back copies only those regions from a
+// healthy one instead of a rebuild snapshot's whole layers. The bitmaps
+// live in memory only: after a restart, a revert or a rebuild reset,
+// ChangedSince reports ErrNotFound and the engine falls back to a rebuild.
+const (
+	// cbtRegionShift: one bit per 64 KiB region, 2 MiB per TiB per bitmap.
+	cbtRegionShift = 16
+	// cbtMaxTrackers bounds the bitmaps kept (the newest generations).
+	cbtMaxTrackers = 4
+)
+
+type changeTracker struct {
+	gen  uint64
+	bits []atomic.Uint64
+}
+
+func newChangeTracker(gen uint64, size int64) *changeTracker {
+	regions := (size + 1<<cbtRegionShift - 1) >> cbtRegionShift
+	return &changeTracker{gen: gen, bits: make([]atomic.Uint64, (regions+63)/64)}
+}
+
+// mark sets the bits of the regions overlapping [off, end).
+func (t *changeTracker) mark(off, end int64) {
+	for r := off >> cbtRegionShift; r <= (end-1)>>cbtRegionShift; r++ {
+		w, b := &t.bits[r/64], uint64(1)<<(r%64)
+		if w.Load()&b == 0 {
+			w.Or(b)
+		}
+	}
+}
+
+// extents returns the marked regions within [off, end) as merged extents
+// clipped to size.
+func (t *changeTracker) extents(off, end, size int64) []Extent {
+	out := []Extent{}
+	r0, r1 := off>>cbtRegionShift, (end+1<<cbtRegionShift-1)>>cbtRegionShift
+	for r := r0; r < r1; {
+		w := t.bits[r/64].Load() >> (r % 64)
+		if w == 0 {
+			r += 64 - r%64
+			continue
+		}
+		r += int64(bits.TrailingZeros64(w))
+		if r >= r1 {
+			break
+		}
+		s, e := max(r<<cbtRegionShift, off&^(BlockSize-1)), min((r+1)<<cbtRegionShift, end, size)
+		if n := len(out); n > 0 && out[n-1].End() == s {
+			out[n-1].Length = e - out[n-1].Offset
+		} else {
+			out = append(out, Extent{Offset: s, Length: e - s})
+		}
+		r++
+	}
+	return out
+}
+
+// markChanged records a change of the head in [off, end) in every
+// tracker. Callers hold mu (shared is enough).
+func (r *Replica) markChanged(off, end int64) {
+	for _, t := range r.trackers {
+		t.mark(off, end)
+	}
+}
+
+// ChangedSince returns, within [off, off+length), the extents (64 KiB
+// regions, clipped to the volume) the head was written, trimmed or zeroed
+// in since SetGeneration raised the generation to gen or to a lower value
+// still tracked: a superset of the blocks changed since then. It fails
+// with ErrNotFound when no bitmap covers gen (see above). The engine must
+// raise the generation before it acknowledges a write a departed replica
+// missed, so the bitmap sees every such write.
+func (r *Replica) ChangedSince(gen uint64, off, length int64) ([]Extent, error) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if err := r.checkOpen(); err != nil {
+		return nil, err
+	}
+	if err := r.checkRange(off, length); err != nil {
+		return nil, err
+	}
+	// the newest bitmap started at or before gen
+	var best *changeTracker
+	for _, t := range r.trackers {
+		if t.gen <= gen && (best == nil || t.gen > best.gen) {
+			best = t
+		}
+	}
+	if best == nil || gen > r.meta.Generation {
+		return nil, fmt.Errorf("%w: changes since generation %d are not tracked (generation %d)", ErrNotFound, gen, r.meta.Generation)
+	}
+	return best.extents(off, off+length, r.size), nil
+}
