@@ -36,6 +36,9 @@ func FuzzFrames(f *testing.F) {
 	f.Add(frame(reqHeader{Op: opReadLayer, ID: 7, Length: 4096}, []byte{0}))
 	f.Add(frame(reqHeader{Op: opWriteLayer, ID: 8, Length: 4096}, append([]byte{2, 's', '1'}, make([]byte, 4096)...)))
 	f.Add(frame(reqHeader{Op: 200, ID: 9}, []byte("x")))
+	ext := encodeExtents([]Extent{{0, 4096}, {8192, 4096}})
+	f.Add(frame(reqHeader{Op: opWriteLayerExtents, ID: 10, Length: 2}, append(append([]byte{2, 's', '1'}, ext...), make([]byte, 8192)...)))
+	f.Add(frame(reqHeader{Op: opChangedSince, ID: 11, Length: 1 << 20}, []byte(`{"generation":1}`)))
 	f.Add([]byte{1, 0, 0, 0, 0xff, 0xff, 0xff, 0xff})
 	f.Fuzz(func(t *testing.T, stream []byte) {
 		fuzzOnce.Do(func() {

@@ -59,6 +59,7 @@ func (r *Replica) Snapshot(name string, labels map[string]string) error {
 	fail := func(err error) error {
 		nl.f.Close()
 		os.Remove(nl.path)
+		r.refillSpare()
 		return err
 	}
 	m := r.meta.clone()
