@@ -350,7 +350,11 @@ func TestKilledBackupProcess(t *testing.T) {
 			if n >= 5 {
 				break
 			}
-			require.True(t, time.Now().Before(deadline), "helper stored no blocks: %s", out.String())
+			if time.Now().After(deadline) {
+				_ = cmd.Process.Kill()
+				_ = cmd.Wait()
+				t.Fatalf("helper stored no blocks: %s", out.String())
+			}
 			time.Sleep(20 * time.Millisecond)
 		}
 		require.NoError(t, cmd.Process.Kill())
