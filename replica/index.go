@@ -89,11 +89,10 @@ func (c *chunk) set(lo, hi uint32, o uint16) {
 		}
 		c.runs = []uint32{mkRun(0, 0)}
 	}
-	var tail uint16
-	if hi < chunkBlocks {
-		tail, _ = c.get(hi)
-	}
 	i := c.find(lo)
+	if runOwner(c.runs[i]) == o && (i+1 == len(c.runs) || runStart(c.runs[i+1]) >= hi) {
+		return // already owned (the common case of a rewrite)
+	}
 	if runStart(c.runs[i]) < lo {
 		i++ // keep the run starting before lo
 	}
@@ -101,6 +100,11 @@ func (c *chunk) set(lo, hi uint32, o uint16) {
 	j := i
 	for j < len(c.runs) && runStart(c.runs[j]) <= hi {
 		j++
+	}
+	// the run holding hi (j-1 >= 0: runs[0] starts at 0) continues after
+	var tail uint16
+	if hi < chunkBlocks {
+		tail = runOwner(c.runs[j-1])
 	}
 	seg := [2]uint32{mkRun(lo, o), mkRun(hi, tail)}
 	n := 2
