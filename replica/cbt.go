@@ -72,6 +72,9 @@ func (r *Replica) markChanged(off, end int64) {
 	for _, t := range r.trackers {
 		t.mark(off, end)
 	}
+	if r.mergeTrk != nil {
+		r.mergeTrk.mark(off, end)
+	}
 }
 
 // ChangedSince returns, within [off, off+length), the extents (64 KiB

@@ -69,12 +69,15 @@
 // RemoveSnapshot keeps every remaining view identical in one of two ways.
 // Copy-up (online, O(snapshot data)): the removed layer's blocks its child
 // lacks are copied into the child, then the layer is dropped. Merge-down
-// (I/O paused, O(head data)), chosen when the child is the head, the head
-// holds less data than the snapshot (and at most 128 MiB), no reader has
-// the snapshot open and there is room: sync the head, commit the chain
-// with the snapshot's file as the new head and mergeFrom = old head, copy
-// the old head's allocated blocks into it, fdatasync, commit without
-// mergeFrom, delete the old head. This is how the engine drops its
+// (O(head data)), chosen when the child is the head, the head holds less
+// data than the snapshot, no reader has the snapshot open and there is
+// room: commit the chain with the snapshot's file as the new head and
+// mergeFrom = old head; copy the old head's allocated blocks into it
+// while writes continue to the old head (under the block-range locks,
+// noting the 64 KiB regions written meanwhile) and fdatasync; then, with
+// I/O paused, copy the regions written meanwhile, fdatasync, commit
+// without mergeFrom, switch and delete the old head. I/O pauses only for
+// what was written during the copy. This is how the engine drops its
 // rebuild snapshots cheaply.
 //
 // Durability: WriteAt goes to the page cache; Flush is fdatasync of the

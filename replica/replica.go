@@ -41,6 +41,9 @@ type Replica struct {
 	ms         *metaStore
 	// trackers are the changed-block bitmaps (cbt.go), replaced under mu
 	trackers []*changeTracker
+	// mergeTrk notes head changes during a merge's online copy
+	// (mergeHeadDown), set under mu
+	mergeTrk *changeTracker
 	rl       rangeLocks
 	closed   bool
 	// broken is set when a chain change failed half-way in a way only a

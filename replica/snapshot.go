@@ -174,11 +174,11 @@ func (r *Replica) replaceTop(keep int, receive []SnapshotInfo) error {
 // blocks it reads identically anyway).
 //
 // When the child is the head and the head holds less data than the
-// snapshot (at most 128 MiB), the head is merged down instead: its blocks
-// are copied into the snapshot's file, which becomes the head, with I/O
-// paused for the O(head data) copy (see mergeHeadDown; a crash half-way is
-// finished by Open). A snapshot with an open SnapshotReader is always
-// copied up.
+// snapshot, the head is merged down instead: its blocks are copied into
+// the snapshot's file, which becomes the head, O(head data), with I/O
+// paused only for the blocks written during the copy (see mergeHeadDown;
+// a crash half-way is finished by Open). A snapshot with an open
+// SnapshotReader is always copied up.
 func (r *Replica) RemoveSnapshot(name string) error {
 	r.opMu.Lock()
 	defer r.opMu.Unlock()
@@ -289,15 +289,11 @@ func (r *Replica) RemoveSnapshot(name string) error {
 	return nil
 }
 
-// mergeDownMax bounds the head data RemoveSnapshot merges down into the
-// parent; the merge pauses I/O for its duration.
-const mergeDownMax = 128 << 20
-
 // mergeDownCheaper reports whether removing snapshot layer p whose child
-// is head h should merge h down into p (O(head data), I/O paused) rather
-// than copy p up into h (O(parent data), online): the head holds less
-// data than the parent and at most mergeDownMax, no reader has p open
-// and the filesystem has room for the copy. Callers hold opMu.
+// is head h should merge h down into p (O(head data)) rather than copy p
+// up into h (O(parent data)): the head holds less data than the parent,
+// no reader has p open and the filesystem has room for the copy. Callers
+// hold opMu.
 func (r *Replica) mergeDownCheaper(p, h *layer) bool {
 	if r.pinned(p.rec.ID) {
 		return false
@@ -308,35 +304,79 @@ func (r *Replica) mergeDownCheaper(p, h *layer) bool {
 		return false
 	}
 	head, parent := hs.Blocks*512, ps.Blocks*512
-	return head <= mergeDownMax && head < parent && int64(fs.Bavail)*int64(fs.Bsize) > head+64<<20
+	return head < parent && int64(fs.Bavail)*int64(fs.Bsize) > head+64<<20
 }
 
 // mergeHeadDown removes the snapshot at chain position pos, whose child is
 // the head, by copying the head's blocks into the snapshot's file, which
-// then becomes the head. Under the I/O barrier: sync the head, commit the
-// new chain with MergeFrom = old head (a crash from here on is finished
-// by Open), copy, sync, commit without MergeFrom, delete the old head.
-// Callers hold opMu.
+// then becomes the head:
+//
+//  1. commit the new chain with MergeFrom = old head: from here on a
+//     crash is finished by Open (which copies the old head over again);
+//  2. online, with writes still going to the old head: copy its allocated
+//     blocks into the parent step by step under the range locks, noting
+//     the regions written meanwhile (mergeTrk); fdatasync the parent;
+//  3. under the I/O barrier: copy the regions written during step 2,
+//     fdatasync, commit without MergeFrom, switch, delete the old head.
+//
+// I/O pauses only for step 3, O(data written during step 2). The parent
+// is only changed at blocks the head holds, so every view stays the same
+// throughout; a hole the head punches meanwhile is written as zeroes
+// instead (zeroBlocks sees the copied data below it). Callers hold opMu.
 func (r *Replica) mergeHeadDown(pos int) error {
 	p, h := r.layers[pos-1], r.layers[pos]
 	m1 := r.meta.clone()
 	m1.Layers = slices.Delete(m1.Layers, pos-1, pos)
 	m1.Layers[pos-1] = layerRecord{ID: p.rec.ID}
 	m1.MergeFrom = h.rec.ID
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if err := fdatasync(h); err != nil {
-		return ioErr("fdatasync", err)
-	}
-	// if this fails (even after the rename), the old chain stays valid:
-	// the parent is untouched and a merge redone at open is correct
+	// if this fails (even if it reached the disk), the old chain stays
+	// valid: the parent is untouched and a merge redone at open is correct
 	if err := r.writeMeta(m1); err != nil {
 		return err
 	}
 	p.gen++
+	fail := func(err error) error {
+		// the committed chain says "merge pending", the parent file is
+		// half merged: only a reopen (which finishes the merge) is safe
+		r.mu.Lock()
+		r.mergeTrk = nil
+		r.broken = fmt.Errorf("merge of the head into snapshot %q: %w", p.rec.Name, err)
+		r.mu.Unlock()
+		return err
+	}
+	tr := newChangeTracker(0, r.size)
+	r.mu.Lock()
+	r.mergeTrk = tr
+	r.mu.Unlock()
+	ext, err := dataExtents(h.fd, 0, r.size)
+	if err != nil {
+		return fail(ioErr("seek data", err))
+	}
+	for _, e := range ext {
+		for s := e.Offset; s < e.End(); s += 1 << 20 {
+			t := min(e.End(), s+1<<20)
+			g := r.rl.lock(s/BlockSize, t/BlockSize)
+			err := copyAllocatedRange(h, p, s, t)
+			g.unlock()
+			if err != nil {
+				return fail(err)
+			}
+		}
+	}
+	if err := fdatasync(p); err != nil {
+		return fail(ioErr("fdatasync", err))
+	}
+
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.mergeTrk = nil
 	m2 := m1.clone()
 	m2.MergeFrom = ""
-	err := copyAllocated(h.f, p.f, r.size)
+	for _, e := range tr.extents(0, r.size, r.size) {
+		if err = copyAllocatedRange(h, p, e.Offset, e.End()); err != nil {
+			break
+		}
+	}
 	if err == nil {
 		if err = fdatasync(p); err != nil {
 			err = ioErr("fdatasync", err)
@@ -346,8 +386,6 @@ func (r *Replica) mergeHeadDown(pos int) error {
 		err = r.writeMeta(m2)
 	}
 	if err != nil {
-		// the committed chain says "merge pending", the parent file is
-		// half merged: only a reopen (which finishes the merge) is safe
 		r.broken = fmt.Errorf("merge of the head into snapshot %q: %w", p.rec.Name, err)
 		return err
 	}
@@ -360,6 +398,34 @@ func (r *Replica) mergeHeadDown(pos int) error {
 	r.setChain(m2, append(slices.Clone(r.layers[:pos-1]), p))
 	h.f.Close()
 	os.Remove(h.path)
+	return nil
+}
+
+// copyAllocatedRange copies the allocated blocks of src within [off, end)
+// into dst at the same offsets.
+func copyAllocatedRange(src, dst *layer, off, end int64) error {
+	ext, err := dataExtents(src.fd, off, end)
+	if err != nil {
+		return ioErr("seek data", err)
+	}
+	buf := getBuf(1 << 20)
+	defer putBuf(buf)
+	for _, e := range ext {
+		for o := e.Offset; o < e.End(); {
+			n := min(e.End()-o, int64(len(buf)))
+			if err := preadFull(src.fd, buf[:n], o); err != nil {
+				return ioErr("read", err)
+			}
+			if err := hook("merge"); err != nil {
+				return ioErr("write", err)
+			}
+			simWrite(dst.path, dst.fd, o, n)
+			if err := pwriteFull(dst.fd, buf[:n], o); err != nil {
+				return ioErr("write", err)
+			}
+			o += n
+		}
+	}
 	return nil
 }
 
