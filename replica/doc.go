@@ -108,8 +108,9 @@
 // read-modify-written under striped block-range locks, so the head always
 // holds whole blocks. Trim and WriteZeroes punch holes where no lower
 // layer has data and write zero blocks where one does (a hole would
-// expose the older data). ENOSPC surfaces as ErrNoSpace; the metadata is
-// never written in place, so a full disk cannot corrupt it.
+// expose the older data). ENOSPC surfaces as ErrNoSpace; a metadata
+// commit only overwrites blocks replica.meta already owns (the other slot
+// keeping a good copy), so a full disk neither fails nor corrupts it.
 //
 // # Generation
 //
