@@ -161,18 +161,30 @@ func (s *Store) Restore(ctx context.Context, opts RestoreOptions) (RestoreResult
 	}
 
 	ids := make([]BlockID, 0, len(want))
-	var writes []int
-	for id, idx := range want {
+	for id := range want {
 		ids = append(ids, id)
-		writes = append(writes, idx...)
 	}
-	if pa, ok := opts.Sink.(Preallocator); ok {
-		// Best effort: a filesystem without fallocate just writes slower.
-		for _, e := range blockExtents(writes, m.Size, m.BlockSize) {
-			if pa.Preallocate(e.Offset, e.Length) != nil {
-				break
+	// On a fresh (zeroed) sink only the non-zero pages of each block are
+	// written, each run preallocated first: fallocate makes the writes far
+	// cheaper than filling holes, and zero pages stay holes. Other sinks
+	// get whole blocks, since they must overwrite what was there.
+	fresh := opts.SinkZeroed && prev == nil
+	pa, _ := opts.Sink.(Preallocator)
+	writeAt := func(data []byte, off int64) error {
+		if !fresh {
+			_, err := opts.Sink.WriteAt(data, off)
+			return err
+		}
+		for _, r := range nonZeroRuns(data, 4096) {
+			p := data[r.Offset : r.Offset+r.Length]
+			if pa != nil && pa.Preallocate(off+r.Offset, r.Length) != nil {
+				pa = nil // best effort: no fallocate here, just write
+			}
+			if _, err := opts.Sink.WriteAt(p, off+r.Offset); err != nil {
+				return err
 			}
 		}
+		return nil
 	}
 	// Fetch in volume order: sequential writes, and readahead-friendly.
 	first := make(map[BlockID]int, len(want))
@@ -191,7 +203,7 @@ func (s *Store) Restore(ctx context.Context, opts RestoreOptions) (RestoreResult
 			// One writer at a time: the kernel serialises writes to one
 			// file anyway, and waiting here sleeps instead of spinning.
 			wmu.Lock()
-			_, err := opts.Sink.WriteAt(data, int64(i)*int64(m.BlockSize))
+			err := writeAt(data, int64(i)*int64(m.BlockSize))
 			wmu.Unlock()
 			if err != nil {
 				return fmt.Errorf("write block %d: %w", i, err)
@@ -216,20 +228,20 @@ func (s *Store) Restore(ctx context.Context, opts RestoreOptions) (RestoreResult
 	return res, nil
 }
 
-// blockExtents merges block indexes into byte extents.
-func blockExtents(blocks []int, size int64, bs int) []Extent {
-	slices.Sort(blocks)
+// nonZeroRuns returns the byte ranges of p that are not all zero, at page
+// granularity.
+func nonZeroRuns(p []byte, page int) []Extent {
 	var out []Extent
-	for _, i := range blocks {
-		off, n := int64(i)*int64(bs), int64(blockLen(size, bs, i))
-		if k := len(out) - 1; k >= 0 && out[k].Offset+out[k].Length == off {
-			out[k].Length += n
+	for off := 0; off < len(p); off += page {
+		n := min(page, len(p)-off)
+		if isZero(p[off : off+n]) {
 			continue
 		}
-		if k := len(out) - 1; k >= 0 && out[k].Offset+out[k].Length > off {
-			continue // duplicate index
+		if k := len(out) - 1; k >= 0 && out[k].Offset+out[k].Length == int64(off) {
+			out[k].Length += int64(n)
+			continue
 		}
-		out = append(out, Extent{Offset: off, Length: n})
+		out = append(out, Extent{Offset: int64(off), Length: int64(n)})
 	}
 	return out
 }

@@ -686,3 +686,27 @@ func TestIncrementalRestoreSinceDeleted(t *testing.T) {
 	require.Less(t, rep.BlocksChecked, rep.Blocks)
 	require.Positive(t, rep.BlocksChecked)
 }
+
+// TestFileSinkSparse: restoring into a fresh file writes only non-zero
+// pages (preallocated), leaves holes elsewhere, and is byte-exact.
+func TestFileSinkSparse(t *testing.T) {
+	tt := newFileTarget(t)
+	ctx := ctxT(t)
+	s := tt.open(t)
+	img := newMemImage(8 << 20)
+	fillMixed(img, 101)
+	clear(img.b[100<<10 : 300<<10]) // zero pages inside non-zero blocks
+	_, err := s.CreateBackup(ctx, BackupOptions{Volume: "v", Source: img, BlockSize: testBlockSize * 4})
+	require.NoError(t, err)
+	path := filepath.Join(t.TempDir(), "restored.img")
+	sink, fresh, err := CreateFileSink(path, int64(len(img.b)))
+	require.NoError(t, err)
+	require.True(t, fresh)
+	_, err = s.Restore(ctx, RestoreOptions{Volume: "v", Sink: sink, SinkZeroed: fresh})
+	require.NoError(t, err)
+	require.NoError(t, sink.Close())
+	got, err := os.ReadFile(path)
+	require.NoError(t, err)
+	require.True(t, bytes.Equal(img.b, got))
+	require.Equal(t, []Extent{{Offset: 4096, Length: 8192}}, nonZeroRuns(append(make([]byte, 4096), append(bytes.Repeat([]byte{1}, 8192), make([]byte, 4096)...)...), 4096))
+}
