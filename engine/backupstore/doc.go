@@ -111,10 +111,12 @@
 // at any point leaves at most unreferenced blocks and an unlisted
 // manifest: a retry reuses the blocks, GC removes what stays unreferenced.
 //
-// Restore (holding "blocks" shared) fetches each distinct block once,
-// verifies it and writes it at every offset that uses it; zero blocks are
-// trimmed (or skipped on a fresh sink). Incremental restore writes only
-// the blocks whose id differs from the backup the sink already holds.
+// Restore (holding "blocks" shared) fetches each distinct block once, in
+// volume order, verifies it and writes it at every offset that uses it;
+// zero blocks are trimmed (or skipped on a fresh sink, where only the
+// non-zero pages of each block are written, preallocated, so the result
+// stays sparse). Incremental restore writes only the blocks whose id
+// differs from the backup the sink already holds.
 //
 // Delete removes the catalogue entry first (the backup stops being
 // restorable), then under "blocks" exclusive removes the blocks no listed
