@@ -113,9 +113,9 @@
 //
 // Restore (holding "blocks" shared) fetches each distinct block once, in
 // volume order, verifies it and writes it at every offset that uses it;
-// zero blocks are trimmed (or skipped on a fresh sink, where only the
-// non-zero pages of each block are written, preallocated, so the result
-// stays sparse). Incremental restore writes only the blocks whose id
+// the ranges to write are preallocated first; zero blocks are trimmed (or
+// skipped on a fresh sink, where only the non-zero pages of each block are
+// written). Incremental restore writes only the blocks whose id
 // differs from the backup the sink already holds.
 //
 // Delete removes the catalogue entry first (the backup stops being

@@ -164,23 +164,30 @@ func (s *Store) Restore(ctx context.Context, opts RestoreOptions) (RestoreResult
 	for id := range want {
 		ids = append(ids, id)
 	}
-	// On a fresh (zeroed) sink only the non-zero pages of each block are
-	// written, each run preallocated first: fallocate makes the writes far
-	// cheaper than filling holes, and zero pages stay holes. Other sinks
-	// get whole blocks, since they must overwrite what was there.
+	// Preallocate the blocks about to be written, one call per contiguous
+	// range: fallocate makes the writes far cheaper than filling holes. On
+	// a fresh (zeroed) sink only the non-zero pages of each block are then
+	// written; other sinks get whole blocks, since they must overwrite what
+	// was there.
 	fresh := opts.SinkZeroed && prev == nil
-	pa, _ := opts.Sink.(Preallocator)
+	if pa, ok := opts.Sink.(Preallocator); ok {
+		var writes []int
+		for _, idx := range want {
+			writes = append(writes, idx...)
+		}
+		for _, e := range blockExtents(writes, m.Size, m.BlockSize) {
+			if pa.Preallocate(e.Offset, e.Length) != nil {
+				break // best effort: no fallocate here, just write
+			}
+		}
+	}
 	writeAt := func(data []byte, off int64) error {
 		if !fresh {
 			_, err := opts.Sink.WriteAt(data, off)
 			return err
 		}
 		for _, r := range nonZeroRuns(data, 4096) {
-			p := data[r.Offset : r.Offset+r.Length]
-			if pa != nil && pa.Preallocate(off+r.Offset, r.Length) != nil {
-				pa = nil // best effort: no fallocate here, just write
-			}
-			if _, err := opts.Sink.WriteAt(p, off+r.Offset); err != nil {
+			if _, err := opts.Sink.WriteAt(data[r.Offset:r.Offset+r.Length], off+r.Offset); err != nil {
 				return err
 			}
 		}
@@ -226,6 +233,23 @@ func (s *Store) Restore(ctx context.Context, opts RestoreOptions) (RestoreResult
 	}
 	pr.finish()
 	return res, nil
+}
+
+// blockExtents merges block indexes into byte extents.
+func blockExtents(blocks []int, size int64, bs int) []Extent {
+	slices.Sort(blocks)
+	var out []Extent
+	for _, i := range blocks {
+		off, n := int64(i)*int64(bs), int64(blockLen(size, bs, i))
+		if k := len(out) - 1; k >= 0 && out[k].Offset+out[k].Length >= off {
+			if end := off + n; end > out[k].Offset+out[k].Length {
+				out[k].Length = end - out[k].Offset
+			}
+			continue
+		}
+		out = append(out, Extent{Offset: off, Length: n})
+	}
+	return out
 }
 
 // nonZeroRuns returns the byte ranges of p that are not all zero, at page

@@ -688,7 +688,7 @@ func TestIncrementalRestoreSinceDeleted(t *testing.T) {
 }
 
 // TestFileSinkSparse: restoring into a fresh file writes only non-zero
-// pages (preallocated), leaves holes elsewhere, and is byte-exact.
+// pages of preallocated blocks, skips zero blocks, and is byte-exact.
 func TestFileSinkSparse(t *testing.T) {
 	tt := newFileTarget(t)
 	ctx := ctxT(t)
