@@ -3,7 +3,6 @@ package replica
 import (
 	"bytes"
 	"encoding/json"
-	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -15,12 +14,6 @@ func frame(h reqHeader, payload []byte) []byte {
 	h.encode(b)
 	return append(b, payload...)
 }
-
-var (
-	fuzzOnce    sync.Once
-	fuzzServer  *Server
-	fuzzReplica *Replica
-)
 
 // FuzzFrames feeds an arbitrary byte stream to the server's frame decoder
 // and dispatches every well-formed frame to a real (small) replica: no
@@ -40,15 +33,20 @@ func FuzzFrames(f *testing.F) {
 	f.Add(frame(reqHeader{Op: opWriteLayerExtents, ID: 10, Length: 2}, append(append([]byte{2, 's', '1'}, ext...), make([]byte, 8192)...)))
 	f.Add(frame(reqHeader{Op: opChangedSince, ID: 11, Length: 1 << 20}, []byte(`{"generation":1}`)))
 	f.Add([]byte{1, 0, 0, 0, 0xff, 0xff, 0xff, 0xff})
+	// One replica serves every input. It lives in the fuzz target's own
+	// temp dir and is closed (waiting for background work such as the
+	// spare head file) before that dir is removed; cleanups run LIFO.
+	dir := f.TempDir()
+	r, err := Create(dir+"/fz", 1<<16)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(func() { r.Close() })
+	fuzzServer, err := NewServer(r, "t", nil)
+	if err != nil {
+		f.Fatal(err)
+	}
 	f.Fuzz(func(t *testing.T, stream []byte) {
-		fuzzOnce.Do(func() {
-			r, err := Create(t.TempDir()+"/fz", 1<<16)
-			if err != nil {
-				panic(err)
-			}
-			fuzzReplica = r
-			fuzzServer, _ = NewServer(r, "t", nil)
-		})
 		rd := bytes.NewReader(stream)
 		hdr := make([]byte, reqHeaderSize)
 		for {
