@@ -74,6 +74,20 @@ base64).`,
 	return cmd
 }
 
+// withStore makes a RunE that opens the target and runs fn under the
+// command's context (SIGINT/SIGTERM and --timeout cancel it).
+func (f *backupFlags) withStore(fn func(ctx context.Context, cmd *cobra.Command, s *backupstore.Store) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, _ []string) error {
+		ctx, cancel := f.context()
+		defer cancel()
+		s, err := f.open(ctx)
+		if err != nil {
+			return err
+		}
+		return fn(ctx, cmd, s)
+	}
+}
+
 // context returns a context cancelled by SIGINT/SIGTERM and --timeout.
 func (f *backupFlags) context() (context.Context, context.CancelFunc) {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -330,17 +344,14 @@ func newBackupListCmd(f *backupFlags) *cobra.Command {
 		Use:   "list [--volume NAME]",
 		Short: "List a volume's backups (one object read), or the volumes in the target",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, cancel := f.context()
-			defer cancel()
-			s, err := f.open(ctx)
-			if err != nil {
-				return err
-			}
+		RunE: f.withStore(func(ctx context.Context, cmd *cobra.Command, s *backupstore.Store) error {
 			if volume == "" {
 				vols, err := s.Volumes(ctx)
 				if err != nil {
 					return err
+				}
+				if vols == nil {
+					vols = []string{} // JSON [] rather than null
 				}
 				return f.print(cmd.OutOrStdout(), vols, func(w io.Writer) {
 					fmt.Fprintln(w, "VOLUME")
@@ -363,7 +374,7 @@ func newBackupListCmd(f *backupFlags) *cobra.Command {
 						humanBytes(b.Size), b.Blocks, humanBytes(b.NewBytes))
 				}
 			})
-		},
+		}),
 	}
 	cmd.Flags().StringVar(&volume, "volume", "", "volume name")
 	return cmd
@@ -435,13 +446,7 @@ func newBackupVerifyCmd(f *backupFlags) *cobra.Command {
 		Use:   "verify [--volume NAME [--backup ID]] [--sample FRACTION] [--existence-only]",
 		Short: "Check that every block of a backup (or of all backups) exists and hashes correctly",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, cancel := f.context()
-			defer cancel()
-			s, err := f.open(ctx)
-			if err != nil {
-				return err
-			}
+		RunE: f.withStore(func(ctx context.Context, cmd *cobra.Command, s *backupstore.Store) error {
 			o.Progress = f.progressFunc()
 			rep, verr := s.Verify(ctx, o)
 			if verr != nil && len(rep.Problems) == 0 {
@@ -457,7 +462,7 @@ func newBackupVerifyCmd(f *backupFlags) *cobra.Command {
 				return err
 			}
 			return verr
-		},
+		}),
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&o.Volume, "volume", "", "volume (default: all)")
@@ -473,13 +478,7 @@ func newBackupDeleteCmd(f *backupFlags) *cobra.Command {
 		Use:   "delete --volume NAME --backup ID",
 		Short: "Delete a backup and the blocks no other backup references",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, cancel := f.context()
-			defer cancel()
-			s, err := f.open(ctx)
-			if err != nil {
-				return err
-			}
+		RunE: f.withStore(func(ctx context.Context, cmd *cobra.Command, s *backupstore.Store) error {
 			res, err := s.Delete(ctx, volume, backup)
 			if err != nil {
 				return err
@@ -490,7 +489,7 @@ func newBackupDeleteCmd(f *backupFlags) *cobra.Command {
 					fmt.Fprintln(w, "note\ttarget busy: block removal deferred to the next gc")
 				}
 			})
-		},
+		}),
 	}
 	cmd.Flags().StringVar(&volume, "volume", "", "volume name")
 	cmd.Flags().StringVar(&backup, "backup", "", "backup id")
@@ -505,13 +504,7 @@ func newBackupGCCmd(f *backupFlags) *cobra.Command {
 		Use:   "gc [--dry-run]",
 		Short: "Remove blocks and manifests no listed backup references",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, cancel := f.context()
-			defer cancel()
-			s, err := f.open(ctx)
-			if err != nil {
-				return err
-			}
+		RunE: f.withStore(func(ctx context.Context, cmd *cobra.Command, s *backupstore.Store) error {
 			res, err := s.GC(ctx, o)
 			if err != nil {
 				return err
@@ -521,7 +514,7 @@ func newBackupGCCmd(f *backupFlags) *cobra.Command {
 					res.ReferencedBlocks, res.UnreferencedBlocks, humanBytes(res.UnreferencedBytes), res.OrphanManifests,
 					res.ExpiredLocks, o.DryRun)
 			})
-		},
+		}),
 	}
 	cmd.Flags().BoolVar(&o.DryRun, "dry-run", false, "report without removing")
 	return cmd
