@@ -253,43 +253,15 @@ type backupRun struct {
 // Concurrency workers, each owning one read buffer and one object buffer:
 // memory stays at about 2 * Concurrency * BlockSize whatever the volume size.
 func (r *backupRun) run(ctx context.Context, src Source, blocks []int) error {
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	work := make(chan int)
-	var wg sync.WaitGroup
-	var firstErr error
-	var once sync.Once
-	fail := func(err error) {
-		once.Do(func() { firstErr = err; cancel(err) })
-	}
-	for w := 0; w < min(r.s.opts.Concurrency, max(1, len(blocks))); w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			buf := make([]byte, r.m.BlockSize)
-			var obj []byte
-			for i := range work {
-				var err error
-				if obj, err = r.one(ctx, src, i, buf, obj); err != nil {
-					fail(err)
-				}
-			}
-		}()
-	}
-feed:
-	for _, i := range blocks {
-		select {
-		case work <- i:
-		case <-ctx.Done():
-			break feed
+	return parallelWorkers(ctx, r.s.opts.Concurrency, len(blocks), func() func(context.Context, int) error {
+		buf := make([]byte, r.m.BlockSize)
+		var obj []byte
+		return func(ctx context.Context, k int) error {
+			var err error
+			obj, err = r.one(ctx, src, blocks[k], buf, obj)
+			return err
 		}
-	}
-	close(work)
-	wg.Wait()
-	if firstErr != nil {
-		return firstErr
-	}
-	return context.Cause(ctx)
+	})
 }
 
 func (r *backupRun) one(ctx context.Context, src Source, i int, buf, obj []byte) ([]byte, error) {

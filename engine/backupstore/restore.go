@@ -275,47 +275,18 @@ func nonZeroRuns(p []byte, page int) []Extent {
 // the call). A missing block fails with ErrMissingBlock, a bad one with
 // ErrCorrupt, both naming the block id.
 func (s *Store) forEachBlock(ctx context.Context, ids []BlockID, blockSize int, fn func(id BlockID, data []byte, stored int) error) error {
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	work := make(chan BlockID)
-	var wg sync.WaitGroup
-	var once sync.Once
-	var firstErr error
-	fail := func(err error) { once.Do(func() { firstErr = err; cancel(err) }) }
-	for w := 0; w < min(s.opts.Concurrency, max(1, len(ids))); w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			buf := make([]byte, blockSize)
-			var obj []byte
-			for id := range work {
-				var data []byte
-				var stored int
-				var err error
-				data, obj, stored, err = s.fetchBlock(ctx, id, buf, obj)
-				if err == nil {
-					err = fn(id, data, stored)
-				}
-				if err != nil {
-					fail(err)
-				}
+	return parallelWorkers(ctx, s.opts.Concurrency, len(ids), func() func(context.Context, int) error {
+		buf := make([]byte, blockSize)
+		var obj []byte
+		return func(ctx context.Context, k int) error {
+			data, objBuf, stored, err := s.fetchBlock(ctx, ids[k], buf, obj)
+			obj = objBuf
+			if err != nil {
+				return err
 			}
-		}()
-	}
-feed:
-	for _, id := range ids {
-		select {
-		case work <- id:
-		case <-ctx.Done():
-			break feed
+			return fn(ids[k], data, stored)
 		}
-	}
-	close(work)
-	wg.Wait()
-	if firstErr != nil {
-		return firstErr
-	}
-	return context.Cause(ctx)
+	})
 }
 
 // fetchBlock reads one block into obj (reused, returned for the next call),

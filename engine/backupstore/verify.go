@@ -164,6 +164,15 @@ func (s *Store) Verify(ctx context.Context, opts VerifyOptions) (VerifyReport, e
 // parallel runs fn(0..n-1) on up to conc goroutines, stopping at the first
 // error.
 func parallel(ctx context.Context, conc, n int, fn func(i int) error) error {
+	return parallelWorkers(ctx, conc, n, func() func(context.Context, int) error {
+		return func(_ context.Context, i int) error { return fn(i) }
+	})
+}
+
+// parallelWorkers runs items 0..n-1 on up to conc workers, each made by
+// newWorker so it can own buffers (bounded memory), and stops at the first
+// error. Workers get a context cancelled by that error.
+func parallelWorkers(ctx context.Context, conc, n int, newWorker func() func(ctx context.Context, i int) error) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	work := make(chan int)
@@ -172,10 +181,11 @@ func parallel(ctx context.Context, conc, n int, fn func(i int) error) error {
 	var firstErr error
 	for w := 0; w < min(conc, max(1, n)); w++ {
 		wg.Add(1)
+		do := newWorker()
 		go func() {
 			defer wg.Done()
 			for i := range work {
-				if err := fn(i); err != nil {
+				if err := do(ctx, i); err != nil {
 					once.Do(func() { firstErr = err; cancel(err) })
 				}
 			}
