@@ -232,17 +232,29 @@ func childPids(parent int) []string {
 	var out []string
 	entries, _ := os.ReadDir("/proc")
 	for _, e := range entries {
-		stat, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
-		if err != nil {
-			continue
-		}
-		s := string(stat)
-		fields := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-		if len(fields) > 1 && fields[1] == strconv.Itoa(parent) {
+		if st, ok := readProcStat(e.Name()); ok && st.ppid == strconv.Itoa(parent) {
 			out = append(out, e.Name())
 		}
 	}
 	return out
+}
+
+// procStat holds the fields of /proc/PID/stat that dev and its test use.
+type procStat struct{ state, ppid, pgrp string }
+
+// readProcStat parses /proc/PID/stat; the fields after the ")" that ends
+// the command name are: state ppid pgrp ...
+func readProcStat(pid string) (procStat, bool) {
+	stat, err := os.ReadFile(filepath.Join("/proc", pid, "stat"))
+	if err != nil {
+		return procStat{}, false
+	}
+	s := string(stat)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	if len(f) < 3 {
+		return procStat{}, false
+	}
+	return procStat{state: f[0], ppid: f[1], pgrp: f[2]}, true
 }
 
 func pidsOf(left []string) []string {

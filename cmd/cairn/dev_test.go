@@ -99,13 +99,11 @@ func controlPlanePids(t *testing.T, dataDir string) []int {
 	return pids
 }
 
+// alive reports whether pid runs and is not a zombie (PID 1 here does not
+// reap orphans).
 func alive(pid int) bool {
-	stat, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
-	if err != nil {
-		return false
-	}
-	s := string(stat)
-	return !strings.HasPrefix(strings.TrimSpace(s[strings.LastIndexByte(s, ')')+1:]), "Z")
+	st, ok := readProcStat(strconv.Itoa(pid))
+	return ok && st.state != "Z"
 }
 
 func startDev(t *testing.T, bin, dataDir string, extra ...string) (*exec.Cmd, string) {
@@ -176,17 +174,7 @@ func groupMembers(pgid int) []string {
 	var out []string
 	entries, _ := os.ReadDir("/proc")
 	for _, e := range entries {
-		if _, err := strconv.Atoi(e.Name()); err != nil {
-			continue
-		}
-		stat, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
-		if err != nil {
-			continue
-		}
-		// Fields after the ")" that ends the command name: state ppid pgrp ...
-		s := string(stat)
-		fields := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-		if len(fields) > 2 && fields[0] != "Z" && fields[2] == strconv.Itoa(pgid) {
+		if st, ok := readProcStat(e.Name()); ok && st.state != "Z" && st.pgrp == strconv.Itoa(pgid) {
 			cmdline, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
 			out = append(out, e.Name()+": "+strings.ReplaceAll(string(cmdline), "\x00", " "))
 		}
