@@ -59,7 +59,7 @@ func TestFUSELoopExt4SnapshotRevert(t *testing.T) {
 	attach := func() string {
 		dev, err := fuse.AttachLoop(context.Background(), file)
 		require.NoError(t, err)
-		t.Cleanup(func() { _ = fuse.DetachLoop(context.Background(), dev) })
+		t.Cleanup(func() { _ = fuse.DetachLoop(context.Background(), dev, file) })
 		return dev
 	}
 	fsDir := filepath.Join(t.TempDir(), "ext4")
@@ -110,7 +110,7 @@ func TestFUSELoopExt4SnapshotRevert(t *testing.T) {
 
 	// Revert needs the volume detached.
 	require.ErrorIs(t, ctl.Revert(context.Background(), "s1"), engine.ErrAttached)
-	require.NoError(t, fuse.DetachLoop(context.Background(), dev))
+	require.NoError(t, fuse.DetachLoop(context.Background(), dev, file))
 	require.NoError(t, ctl.Revert(context.Background(), "s1"))
 
 	dev = attach()

@@ -82,7 +82,7 @@ func attachForTest(t *testing.T, file string) string {
 	testutil.RequireTool(t, "losetup")
 	dev, err := AttachLoop(context.Background(), file)
 	require.NoError(t, err)
-	t.Cleanup(func() { _ = DetachLoop(context.Background(), dev) })
+	t.Cleanup(func() { _ = DetachLoop(context.Background(), dev, file) })
 	return dev
 }
 
@@ -128,4 +128,38 @@ func TestLoopExt4RoundTrip(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, want, sha256.Sum256(got), name)
 	}
+}
+
+// TestDetachLoopSparesReusedDevice detaches a device whose number has since
+// been given to another file: the other file's device must stay attached.
+func TestDetachLoopSparesReusedDevice(t *testing.T) {
+	testutil.RequireRoot(t)
+	testutil.RequireTool(t, "losetup")
+	ctx := context.Background()
+	dir := t.TempDir()
+	a, b := filepath.Join(dir, "a.img"), filepath.Join(dir, "b.img")
+	for _, f := range []string{a, b} {
+		require.NoError(t, os.WriteFile(f, make([]byte, 1<<20), 0o600))
+	}
+	devA, err := AttachLoop(ctx, a)
+	require.NoError(t, err)
+	require.NoError(t, DetachLoop(ctx, devA, a))
+	devs, err := LoopDevicesFor(ctx, a)
+	require.NoError(t, err)
+	require.Empty(t, devs, "a is still attached")
+	require.NoError(t, DetachLoop(ctx, devA, a), "detaching a detached device is not an error")
+
+	devB, err := AttachLoop(ctx, b)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = DetachLoop(ctx, devB, b) })
+	// A stale detach of a's old device (possibly devB now) leaves b alone.
+	require.NoError(t, DetachLoop(ctx, devA, a))
+	require.NoError(t, DetachLoop(ctx, devB, a))
+	devs, err = LoopDevicesFor(ctx, b)
+	require.NoError(t, err)
+	require.Equal(t, []string{devB}, devs)
+	require.NoError(t, DetachLoop(ctx, devB, b))
+	devs, err = LoopDevicesFor(ctx, b)
+	require.NoError(t, err)
+	require.Empty(t, devs)
 }

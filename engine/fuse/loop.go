@@ -1,11 +1,15 @@
 package fuse
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os/exec"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // AttachLoop puts file on a free loop device and returns the device path.
@@ -26,20 +30,60 @@ func AttachLoop(ctx context.Context, file string) (string, error) {
 	return dev, nil
 }
 
-// DetachLoop detaches a loop device, retrying while it is briefly busy.
-func DetachLoop(ctx context.Context, dev string) error {
-	var err error
-	for i := 0; i < 20; i++ {
-		if _, err = losetup(ctx, "-d", dev); err == nil {
-			return nil
+// DetachLoop detaches dev if, and only if, it is still backed by file.
+// Checking the backing file on an open descriptor of the device, then
+// clearing it through that same descriptor, means a device number that was
+// released and handed to someone else in the meantime is never torn down
+// (a node agent or a test detaching "its" /dev/loopN after another user got
+// it would pull the disk from under a mounted file system). A device that is
+// no longer attached is not an error. While something else still holds the
+// device open the kernel defers the detach to the last close.
+func DetachLoop(ctx context.Context, dev, file string) error {
+	for attempt := 1; ; attempt++ {
+		err := detachLoopOnce(dev, file)
+		if !errors.Is(err, unix.EBUSY) && !errors.Is(err, unix.EAGAIN) || attempt == 50 {
+			return err
 		}
 		select {
 		case <-ctx.Done():
-			return err
+			return fmt.Errorf("fuse: detach %s: %w (last error: %v)", dev, ctx.Err(), err)
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
-	return err
+}
+
+func detachLoopOnce(dev, file string) error {
+	fd, err := unix.Open(dev, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("fuse: open %s: %w", dev, err)
+	}
+	defer unix.Close(fd)
+	info, err := unix.IoctlLoopGetStatus64(fd)
+	if errors.Is(err, unix.ENXIO) {
+		return nil // not attached
+	}
+	if err != nil {
+		return fmt.Errorf("fuse: status of %s: %w", dev, err)
+	}
+	if !backedBy(info, file) {
+		return nil // already detached and reused for another file
+	}
+	if err := unix.IoctlSetInt(fd, unix.LOOP_CLR_FD, 0); err != nil && !errors.Is(err, unix.ENXIO) {
+		return fmt.Errorf("fuse: detach %s: %w", dev, err)
+	}
+	return nil
+}
+
+// backedBy reports whether the loop device described by info is backed by
+// file: same inode when the file can still be stat'ed, otherwise the name
+// the kernel kept (truncated to 63 bytes).
+func backedBy(info *unix.LoopInfo64, file string) bool {
+	var st unix.Stat_t
+	if unix.Stat(file, &st) == nil {
+		return info.Device == st.Dev && info.Inode == st.Ino
+	}
+	name := string(bytes.TrimRight(info.File_name[:], "\x00"))
+	return name != "" && strings.HasPrefix(file, name)
 }
 
 // LoopDevicesFor lists the loop devices backed by file.
