@@ -80,6 +80,7 @@ type memImage struct {
 	mu     sync.Mutex
 	b      []byte
 	delay  time.Duration // per ReadAt, to make backups slow for fault tests
+	hold   func()        // called before each ReadAt, to stop a backup at a chosen point
 	writes int
 	trims  int
 }
@@ -91,6 +92,9 @@ func (m *memImage) Size() int64 { return int64(len(m.b)) }
 func (m *memImage) ReadAt(p []byte, off int64) (int, error) {
 	if m.delay > 0 {
 		time.Sleep(m.delay)
+	}
+	if m.hold != nil {
+		m.hold()
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()

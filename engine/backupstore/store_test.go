@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -403,10 +404,19 @@ func TestDeleteDuringBackup(t *testing.T) {
 
 		mutate(img, 52, 4)
 		want := img.clone()
+		// The running backup stops after a few blocks, holding the block
+		// set, until the delete has returned.
 		slow := img.clone()
-		slow.delay = 40 * time.Millisecond
-		progressed := make(chan struct{})
-		var once bool
+		progressed, release := make(chan struct{}), make(chan struct{})
+		var reads atomic.Int32
+		slow.hold = func() {
+			if reads.Add(1) == 10 {
+				close(progressed)
+			}
+			if reads.Load() >= 10 {
+				<-release
+			}
+		}
 		type result struct {
 			b   BackupInfo
 			err error
@@ -414,17 +424,12 @@ func TestDeleteDuringBackup(t *testing.T) {
 		done := make(chan result, 1)
 		go func() {
 			// No diff: every block is hashed and most are found in b1.
-			b, err := s.CreateBackup(ctx, BackupOptions{Volume: "v", Source: slow, BlockSize: testBlockSize, Base: b1.ID,
-				Progress: func(p Progress) {
-					if !once && p.BlocksDone > 10 {
-						once = true
-						close(progressed)
-					}
-				}})
+			b, err := s.CreateBackup(ctx, BackupOptions{Volume: "v", Source: slow, BlockSize: testBlockSize, Base: b1.ID})
 			done <- result{b, err}
 		}()
 		<-progressed
 		d, err := s.Delete(ctx, "v", b1.ID)
+		close(release)
 		require.NoError(t, err)
 		require.True(t, d.Deferred, "block removal waits for the running backup")
 		require.Zero(t, d.BlocksDeleted)
