@@ -64,7 +64,9 @@
 // A pending head merge (see RemoveSnapshot below) adds "mergeFrom": the
 // id of a former head whose blocks must still be copied into the head;
 // such a file is written with version 2 so older binaries refuse it rather
-// than lose that data, and Open finishes the merge before serving.
+// than lose that data, and Open finishes the merge before serving. A
+// pending merge of a snapshot into its parent also has "mergeInto" (the id
+// of the layer receiving the copy instead of the head), version 3.
 //
 // RemoveSnapshot keeps every remaining view identical in one of two ways.
 // Copy-up (online, O(snapshot data)): the removed layer's blocks its child
@@ -77,8 +79,11 @@
 // noting the 64 KiB regions written meanwhile) and fdatasync; then, with
 // I/O paused, copy the regions written meanwhile, fdatasync, commit
 // without mergeFrom, switch and delete the old head. I/O pauses only for
-// what was written during the copy. This is how the engine drops its
-// rebuild snapshots cheaply.
+// what was written during the copy. When the child is itself a snapshot
+// holding less data than the removed one, it is merged down the same way
+// without any pause (it is immutable): the removed snapshot's file takes
+// the child's place, name and labels (mergeFrom = child, mergeInto = that
+// file). This is how the engine drops its older rebuild snapshots cheaply.
 //
 // Durability: WriteAt goes to the page cache; Flush is fdatasync of the
 // head, the only layer with unsynced data (skipped when nothing changed

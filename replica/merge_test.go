@@ -224,3 +224,98 @@ func TestMergeDownUnderLiveWrites(t *testing.T) {
 	r = reopen(t, r)
 	requireSame(t, model, readAll(t, r, size), "after reopen")
 }
+
+// snapMergeSetup builds big → small → head and returns what "small" and
+// the head read.
+func snapMergeSetup(t *testing.T, r *Replica, size int64) (small, head []byte) {
+	rng := rand.New(rand.NewPCG(41, 42))
+	_, err := r.WriteAt(randBlocks(rng, int(size/BlockSize/2)), 0)
+	require.NoError(t, err)
+	require.NoError(t, r.Snapshot("big", nil))
+	_, err = r.WriteAt(randBlocks(rng, 3), 7*BlockSize)
+	require.NoError(t, err)
+	require.NoError(t, r.WriteZeroes(30*BlockSize, 2*BlockSize))
+	_, err = r.WriteAt(randBlocks(rng, 1), size-BlockSize)
+	require.NoError(t, err)
+	require.NoError(t, r.Snapshot("small", map[string]string{"k": "v"}))
+	_, err = r.WriteAt(randBlocks(rng, 2), 8*BlockSize)
+	require.NoError(t, err)
+	sr, err := r.OpenSnapshot("small")
+	require.NoError(t, err)
+	small = readAll(t, sr, size)
+	require.NoError(t, sr.Close())
+	return small, readAll(t, r, size)
+}
+
+// TestRemoveSnapshotMergesSnapshotDown: removing a big snapshot under a
+// small one merges the small one down (the big one's file takes its place
+// and name); the small snapshot and the head read the same, before and
+// after reopen.
+func TestRemoveSnapshotMergesSnapshotDown(t *testing.T) {
+	const size = 2 << 20
+	r := newTestReplica(t, size)
+	wantSmall, wantHead := snapMergeSetup(t, r, size)
+	bigID, smallPath := r.layers[0].rec.ID, r.layers[1].path
+	require.NoError(t, r.RemoveSnapshot("big"))
+	require.Equal(t, bigID, r.layers[0].rec.ID, "the big snapshot's file took the small one's place")
+	require.Equal(t, "small", r.layers[0].rec.Name)
+	require.Equal(t, map[string]string{"k": "v"}, r.layers[0].rec.Labels)
+	_, err := os.Stat(smallPath)
+	require.ErrorIs(t, err, os.ErrNotExist, "merged file removed")
+	require.Equal(t, 2, chainFiles(t, r))
+	check := func(r *Replica, when string) {
+		requireSame(t, wantHead, readAll(t, r, size), "head "+when)
+		sr, err := r.OpenSnapshot("small")
+		require.NoError(t, err)
+		requireSame(t, wantSmall, readAll(t, sr, size), "snapshot "+when)
+		require.NoError(t, sr.Close())
+	}
+	check(r, "after merge")
+	_, err = r.WriteAt(bytes.Repeat([]byte{7}, BlockSize), 9*BlockSize)
+	require.NoError(t, err)
+	copy(wantHead[9*BlockSize:], bytes.Repeat([]byte{7}, BlockSize))
+	r = reopen(t, r)
+	check(r, "after reopen")
+	require.Equal(t, []string{"small"}, snapNames(r))
+}
+
+// TestSnapshotMergeCrashFinishedByOpen: the snapshot merge-down fails
+// half-way after the new chain was committed; Open finishes it.
+func TestSnapshotMergeCrashFinishedByOpen(t *testing.T) {
+	const size = 2 << 20
+	r := newTestReplica(t, size)
+	wantSmall, wantHead := snapMergeSetup(t, r, size)
+	n := 0
+	testHook = func(p string) error {
+		if p == "merge" {
+			if n++; n == 2 {
+				return errors.New("injected crash")
+			}
+		}
+		return nil
+	}
+	defer func() { testHook = nil }()
+	require.Error(t, r.RemoveSnapshot("big"))
+	_, err := r.WriteAt(make([]byte, BlockSize), 0)
+	require.ErrorIs(t, err, ErrClosed)
+	testHook = nil
+	dir := r.Dir()
+	r.Close()
+	buf, err := os.ReadFile(filepath.Join(dir, metaName))
+	require.NoError(t, err)
+	m, _, _, err := parseMeta("meta", buf)
+	require.NoError(t, err)
+	require.NotEmpty(t, m.MergeFrom, "merge pending on disk")
+	require.NotEmpty(t, m.MergeInto)
+	r, err = Open(dir)
+	require.NoError(t, err)
+	defer r.Close()
+	require.Empty(t, r.meta.MergeFrom)
+	require.Equal(t, []string{"small"}, snapNames(r))
+	requireSame(t, wantHead, readAll(t, r, size), "head after finished merge")
+	sr, err := r.OpenSnapshot("small")
+	require.NoError(t, err)
+	requireSame(t, wantSmall, readAll(t, sr, size), "snapshot after finished merge")
+	require.NoError(t, sr.Close())
+	require.Equal(t, 2, chainFiles(t, r))
+}

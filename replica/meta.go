@@ -18,6 +18,10 @@ const (
 	// versions that do not know it refuse to open the replica instead of
 	// dropping the unmerged head data.
 	metaVersionMerge = 2
+	// metaVersionMergeInto marks a pending merge into a layer other than
+	// the head (MergeInto): a reader that only knows version 2 would copy
+	// into the head and must refuse instead.
+	metaVersionMergeInto = 3
 	lockName         = "replica.lock"
 	// maxLayers bounds the chain; owners are uint16 chain positions.
 	maxLayers = 32000
@@ -38,6 +42,10 @@ type metaFile struct {
 	// after committing the new chain. Open redoes the copy (idempotent)
 	// and clears it.
 	MergeFrom string `json:"mergeFrom,omitempty"`
+	// MergeInto is the id of the layer MergeFrom is copied into; empty
+	// means the head. It is set when a snapshot smaller than its parent
+	// was merged down into the parent's file (which took its place).
+	MergeInto string `json:"mergeInto,omitempty"`
 	// SlotSize is the size of each of the file's two copies (see
 	// metastore.go); 0 in a file holding a single frame.
 	SlotSize int64 `json:"slotSize,omitempty"`
@@ -85,7 +93,7 @@ func decodeMetaPayload(name string, version uint32, payload []byte, err error) (
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrCorrupt, err)
 	}
-	if version != metaVersion && version != metaVersionMerge {
+	if version != metaVersion && version != metaVersionMerge && version != metaVersionMergeInto {
 		return nil, fmt.Errorf("%w: %s: unsupported metadata version %d", ErrCorrupt, name, version)
 	}
 	var m metaFile
@@ -95,7 +103,7 @@ func decodeMetaPayload(name string, version uint32, payload []byte, err error) (
 	if err := m.validate(); err != nil {
 		return nil, fmt.Errorf("%w: %s: %v", ErrCorrupt, name, err)
 	}
-	if (m.MergeFrom != "") != (version == metaVersionMerge) {
+	if (m.MergeFrom != "") != (version >= metaVersionMerge) || (m.MergeInto != "") != (version == metaVersionMergeInto) {
 		return nil, fmt.Errorf("%w: %s: version %d with mergeFrom %q", ErrCorrupt, name, version, m.MergeFrom)
 	}
 	return &m, nil
@@ -132,6 +140,9 @@ func (m *metaFile) validate() error {
 	if m.MergeFrom != "" && (!validID(m.MergeFrom) || ids[m.MergeFrom]) {
 		return fmt.Errorf("bad or duplicate mergeFrom id %q", m.MergeFrom)
 	}
+	if m.MergeInto != "" && (m.MergeFrom == "" || !ids[m.MergeInto]) {
+		return fmt.Errorf("mergeInto %q without mergeFrom or not in the chain", m.MergeInto)
+	}
 	return nil
 }
 
@@ -143,6 +154,9 @@ func (m *metaFile) encode() []byte {
 	v := uint32(metaVersion)
 	if m.MergeFrom != "" {
 		v = metaVersionMerge
+	}
+	if m.MergeInto != "" {
+		v = metaVersionMergeInto
 	}
 	return durable.Encode(metaMagic, v, payload)
 }

@@ -252,7 +252,13 @@ func openLocked(dir string, lockf *os.File) (*Replica, error) {
 		layers = append(layers, l)
 	}
 	if m.MergeFrom != "" {
-		if m, err = finishMerge(dir, ms, m, layers[len(layers)-1]); err != nil {
+		into := layers[len(layers)-1]
+		for i, rec := range m.Layers {
+			if rec.ID == m.MergeInto {
+				into = layers[i]
+			}
+		}
+		if m, err = finishMerge(dir, ms, m, into); err != nil {
 			closeAll()
 			return nil, err
 		}
@@ -347,10 +353,10 @@ func (r *Replica) takeSpare() (*layer, error) {
 	return l, nil
 }
 
-// finishMerge completes a head merge interrupted by a crash: it copies
-// the allocated blocks of the former head m.MergeFrom into head (again:
-// the copy is idempotent), syncs it, commits the metadata without
-// MergeFrom and deletes the former head's file.
+// finishMerge completes a merge-down interrupted by a crash: it copies
+// the allocated blocks of the merged layer m.MergeFrom into the layer that
+// took its place, head (again: the copy is idempotent), syncs it, commits
+// the metadata without MergeFrom and deletes the merged layer's file.
 func finishMerge(dir string, ms *metaStore, m *metaFile, head *layer) (*metaFile, error) {
 	path := filepath.Join(dir, layerRecord{ID: m.MergeFrom}.fileName())
 	f, err := os.Open(path)
@@ -368,7 +374,7 @@ func finishMerge(dir string, ms *metaStore, m *metaFile, head *layer) (*metaFile
 		return nil, ioErr("fdatasync", err)
 	}
 	m = m.clone()
-	m.MergeFrom = ""
+	m.MergeFrom, m.MergeInto = "", ""
 	if err := ms.commit(m); err != nil {
 		return nil, ioErr("write metadata", err)
 	}

@@ -199,6 +199,9 @@ func (r *Replica) RemoveSnapshot(name string) error {
 	if isHead && r.mergeDownCheaper(p, c) {
 		return r.mergeHeadDown(pos)
 	}
+	if !isHead && !r.pinned(c.rec.ID) && r.mergeDownCheaper(p, c) {
+		return r.mergeSnapshotDown(pos)
+	}
 	// the child's content changes: drop its stored checksum first
 	if r.meta.Layers[pos].Checksum != "" {
 		m := r.meta.clone()
@@ -398,6 +401,67 @@ func (r *Replica) mergeHeadDown(pos int) error {
 	r.setChain(m2, append(slices.Clone(r.layers[:pos-1]), p))
 	h.f.Close()
 	os.Remove(h.path)
+	return nil
+}
+
+// mergeSnapshotDown removes the snapshot at chain position pos whose child
+// c is another snapshot by copying c's blocks into the snapshot's file p,
+// which then takes c's place, name and labels: O(c's data) instead of
+// O(p's data). c is immutable, so no range locks are needed, and until the
+// final switch every read still resolves to the file that held the block:
+//
+//  1. commit the chain without p, with p's file standing in for c and
+//     MergeFrom = c, MergeInto = p: from here on a crash is finished by
+//     Open (the copy is idempotent, c's file stays until the end);
+//  2. copy c's allocated blocks into p's file, fdatasync;
+//  3. commit without MergeFrom, switch the chain and index, delete c.
+//
+// Callers hold opMu and have checked that neither layer is pinned.
+func (r *Replica) mergeSnapshotDown(pos int) error {
+	p, c := r.layers[pos-1], r.layers[pos]
+	m1 := r.meta.clone()
+	rec := m1.Layers[pos]
+	rec.ID, rec.Checksum = p.rec.ID, ""
+	m1.Layers[pos] = rec
+	m1.Layers = slices.Delete(m1.Layers, pos-1, pos)
+	m1.MergeFrom, m1.MergeInto = c.rec.ID, p.rec.ID
+	if err := r.writeMeta(m1); err != nil {
+		return err
+	}
+	fail := func(err error) error {
+		// the committed chain says "merge pending" and p's file is half
+		// merged: only a reopen (which finishes the merge) is safe
+		r.mu.Lock()
+		r.broken = fmt.Errorf("merge of snapshot %q into its parent: %w", c.rec.Name, err)
+		r.mu.Unlock()
+		return err
+	}
+	p.gen++
+	if err := copyAllocatedRange(c, p, 0, r.size); err != nil {
+		return fail(err)
+	}
+	if err := fdatasync(p); err != nil {
+		return fail(ioErr("fdatasync", err))
+	}
+	m2 := m1.clone()
+	m2.MergeFrom, m2.MergeInto = "", ""
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err := r.writeMeta(m2); err != nil {
+		r.broken = fmt.Errorf("merge of snapshot %q into its parent: %w", c.rec.Name, err)
+		return err
+	}
+	// c (1-based pos+1) now lives in p's file (1-based pos); everything
+	// above moves down one place
+	r.idx.remap(func(o uint16) uint16 {
+		if o > uint16(pos) {
+			return o - 1
+		}
+		return o
+	})
+	r.setChain(m2, slices.Delete(slices.Clone(r.layers), pos, pos+1))
+	c.f.Close()
+	os.Remove(c.path)
 	return nil
 }
 
