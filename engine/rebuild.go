@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"strings"
 	"time"
 )
 
@@ -23,7 +24,9 @@ type RebuildResult struct {
 }
 
 // rebuildSnapshotPrefix names the snapshot a rebuild takes to freeze the
-// head it copies; it is removed again when the rebuild ends.
+// head it copies. The newest one stays (a replica that drops out later
+// copies only newer layers); older ones are pruned once every member is
+// healthy.
 const rebuildSnapshotPrefix = "cairn-rebuild-"
 
 func (v *Volume) cancelRebuild() {
@@ -53,7 +56,8 @@ func (v *Volume) Rebuilding() string {
 //     immutable layer and commit it. Live writes only touch the target's
 //     head, so the copy cannot overwrite them.
 //  3. Under the barrier: flush the target, store the volume's generation on
-//     it and make it healthy; then drop the rebuild snapshot everywhere.
+//     it and make it healthy; then, with every member healthy, drop the
+//     older rebuild snapshots everywhere (the newest one stays).
 //
 // A replica that returns after a short outage already holds the older
 // layers, so only the layers written since its last common snapshot move.
@@ -113,8 +117,7 @@ func (v *Volume) Rebuild(ctx context.Context, addr string) (res RebuildResult, e
 		return res, err
 	}
 	res.Layers = layers
-	// The rebuild snapshot stays: removing it would make every replica copy
-	// the frozen layer into its head (O(data)), and keeping it lets a
+	// The rebuild snapshot stays (only older ones are pruned): it lets a
 	// replica that drops out later come back by copying only newer layers.
 	for _, layer := range layers {
 		n, err := v.copyLayer(ctx, src, m, layer)
@@ -129,7 +132,56 @@ func (v *Volume) Rebuild(ctx context.Context, addr string) (res RebuildResult, e
 			return res, v.abortRebuild(m, fmt.Errorf("commit layer %s: %w", layer, err))
 		}
 	}
-	return res, v.promote(m)
+	if err := v.promote(m); err != nil {
+		return res, err
+	}
+	v.pruneRebuildSnapshots()
+	return res, nil
+}
+
+// pruneRebuildSnapshots removes every rebuild snapshot but the newest once
+// all members are healthy: none of them can still need an older one to
+// come back incrementally (a failed or stale member keeps them all, so it
+// copies only newer layers when it returns). On the replicas this is a
+// merge of the small newer layer down into the older one. Callers hold
+// v.ctl; errors are logged, the rebuild itself has succeeded.
+func (v *Volume) pruneRebuildSnapshots() {
+	v.mu.RLock()
+	all := len(v.view.healthy) == len(v.members)
+	v.mu.RUnlock()
+	if !all {
+		return
+	}
+	snaps, err := v.Snapshots(context.Background())
+	if err != nil {
+		v.log.Info("Cannot list snapshots to prune rebuild snapshots", "err", err.Error())
+		return
+	}
+	old := rebuildSnapshotsToPrune(snaps)
+	for _, name := range old {
+		if err := v.removeSnapshot(name); err != nil {
+			v.log.Info("Cannot remove an old rebuild snapshot", "snapshot", name, "err", err.Error())
+			return
+		}
+	}
+	if len(old) > 0 {
+		v.log.Info("Removed old rebuild snapshots", "snapshots", old)
+	}
+}
+
+// rebuildSnapshotsToPrune returns the rebuild snapshots of a chain (oldest
+// first) except the newest one.
+func rebuildSnapshotsToPrune(chain []SnapshotInfo) []string {
+	var names []string
+	for _, s := range chain {
+		if strings.HasPrefix(s.Name, rebuildSnapshotPrefix) && s.Labels["cairn.dev/purpose"] == "rebuild" {
+			names = append(names, s.Name)
+		}
+	}
+	if len(names) == 0 {
+		return nil
+	}
+	return names[:len(names)-1]
 }
 
 // memberFor returns the member for addr, adding a new one; a healthy or

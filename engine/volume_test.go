@@ -301,5 +301,33 @@ func TestReturningReplicaCopiesOnlyNewLayers(t *testing.T) {
 	for _, r := range rs {
 		requireSame(t, m.data, r.contents(), r.addr)
 	}
+
+	// A second outage: the replica comes back to copy only what was written
+	// since the first rebuild snapshot; afterwards every replica keeps only
+	// the newest rebuild snapshot (older ones are merged away).
+	rs[1].stop()
+	write(30)
+	rs[1].start()
+	res, err = v.Rebuild(bg, rs[1].addr)
+	require.NoError(t, err)
+	require.Len(t, res.Layers, 1, "layers since the last rebuild snapshot: %v", res.Layers)
+	require.LessOrEqual(t, res.Bytes, int64(30*4096))
+	snaps, err := v.Snapshots(bg)
+	require.NoError(t, err)
+	var names []string
+	for _, s := range snaps {
+		names = append(names, s.Name)
+	}
+	require.Len(t, names, 2, "the user snapshot and the newest rebuild snapshot: %v", names)
+	require.Equal(t, "old", names[0])
+	require.Equal(t, res.Layers[0], names[1], "the newest rebuild snapshot stays")
+	for _, r := range rs {
+		var got []string
+		for _, s := range r.r.Snapshots() {
+			got = append(got, s.Name)
+		}
+		require.Equal(t, names, got, r.addr)
+		requireSame(t, m.data, r.contents(), r.addr)
+	}
 	_ = replica.BlockSize
 }
