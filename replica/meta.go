@@ -22,7 +22,7 @@ const (
 	// the head (MergeInto): a reader that only knows version 2 would copy
 	// into the head and must refuse instead.
 	metaVersionMergeInto = 3
-	lockName         = "replica.lock"
+	lockName             = "replica.lock"
 	// maxLayers bounds the chain; owners are uint16 chain positions.
 	maxLayers = 32000
 	// maxSize bounds the volume size (1 PiB).
