@@ -2,6 +2,9 @@ package replica
 
 import (
 	"fmt"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 // Rebuild, target side. See doc.go for the whole protocol.
@@ -206,9 +209,40 @@ func (r *Replica) ReadLayer(name string, p []byte, off int64) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	n, err := r.layers[pos-1].f.ReadAt(p, off)
+	l := r.layers[pos-1]
+	if len(p) >= directReadMin && directAligned(p, off) {
+		if err := readDirect(l.path, p, off); err == nil {
+			return len(p), nil
+		}
+		// no O_DIRECT here (tmpfs) or a stricter alignment: buffered
+	}
+	n, err := l.f.ReadAt(p, off)
 	if err != nil {
 		return n, ioErr("read layer", err)
 	}
 	return n, nil
+}
+
+// directReadMin is the smallest ReadLayer that bypasses the page cache.
+// Rebuilds stream whole layers once: buffered, concurrent chunk reads of
+// cold data kept the source busy in page-cache work at a sixth of the
+// disk's rate (profiled), and would evict the volume's working set.
+const directReadMin = 128 << 10
+
+// directAligned reports whether p and off suit O_DIRECT (4 KiB covers
+// every logical block size Cairn runs on).
+func directAligned(p []byte, off int64) bool {
+	return len(p)%BlockSize == 0 && off%BlockSize == 0 && uintptr(unsafe.Pointer(&p[0]))%BlockSize == 0
+}
+
+// readDirect reads p at off from path with O_DIRECT. The kernel writes
+// back dirty page-cache data in the range first, so the read sees every
+// write made through the buffered descriptor.
+func readDirect(path string, p []byte, off int64) error {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	return preadFull(fd, p, off)
 }

@@ -246,3 +246,36 @@ func TestWriteLayerExtentsBadInput(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, []Extent{{0, BlockSize}, {8 * BlockSize, BlockSize}}, ext)
 }
+
+// TestReadLayerDirectSeesUnflushedWrites: large aligned ReadLayer calls
+// bypass the page cache; they still return data written (not yet flushed)
+// through the page cache, holes as zeroes, and unaligned calls agree.
+func TestReadLayerDirectSeesUnflushedWrites(t *testing.T) {
+	const size = 4 << 20
+	r := newTestReplica(t, size)
+	rng := rand.New(rand.NewPCG(61, 62))
+	want := make([]byte, size)
+	data := randBlocks(rng, 100)
+	_, err := r.WriteAt(data, 3*BlockSize)
+	require.NoError(t, err)
+	copy(want[3*BlockSize:], data)
+	require.NoError(t, r.Snapshot("s", nil))
+	data = randBlocks(rng, 10)
+	_, err = r.WriteAt(data, 1<<20) // head, not flushed
+	require.NoError(t, err)
+
+	buf := make([]byte, 2<<20)
+	require.True(t, directAligned(buf, 0))
+	_, err = r.ReadLayer("s", buf, 0)
+	require.NoError(t, err)
+	require.Equal(t, want[:2<<20], buf)
+	_, err = r.ReadLayer("", buf, 0)
+	require.NoError(t, err)
+	headWant := make([]byte, 2<<20)
+	copy(headWant[1<<20:], data)
+	require.Equal(t, headWant, buf)
+	// unaligned (buffered path) reads agree
+	_, err = r.ReadLayer("s", buf[1:BlockSize+1], 3*BlockSize)
+	require.NoError(t, err)
+	require.Equal(t, want[3*BlockSize:4*BlockSize], buf[1:BlockSize+1])
+}
