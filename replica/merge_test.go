@@ -104,13 +104,9 @@ func TestRemoveSnapshotCopiesUpWhenPinned(t *testing.T) {
 	require.Empty(t, r.pins)
 }
 
-// TestMergeCrashFinishedByOpen: the copy fails half-way after the new
-// chain was committed (as a crash would leave it): the replica refuses
-// further work, and Open finishes the merge.
-func TestMergeCrashFinishedByOpen(t *testing.T) {
-	const size = 2 << 20
-	r := newTestReplica(t, size)
-	want := mergeSetup(t, r, size)
+// failSecondMergeCopy makes the second chunk copy of a merge fail, as a
+// crash half-way through would leave it; reset at cleanup.
+func failSecondMergeCopy(t *testing.T) {
 	n := 0
 	testHook = func(p string) error {
 		if p == "merge" {
@@ -120,10 +116,17 @@ func TestMergeCrashFinishedByOpen(t *testing.T) {
 		}
 		return nil
 	}
-	defer func() { testHook = nil }()
-	err := r.RemoveSnapshot("base")
-	require.Error(t, err)
-	_, err = r.WriteAt(make([]byte, BlockSize), 0)
+	t.Cleanup(func() { testHook = nil })
+}
+
+// crashedRemove removes snapshot name with the merge copy failing half-way:
+// the replica refuses further I/O; it is closed and the metadata on disk
+// (a merge pending) returned with the directory.
+func crashedRemove(t *testing.T, r *Replica, name string) (string, *metaFile) {
+	t.Helper()
+	failSecondMergeCopy(t)
+	require.Error(t, r.RemoveSnapshot(name))
+	_, err := r.WriteAt(make([]byte, BlockSize), 0)
 	require.ErrorIs(t, err, ErrClosed)
 	testHook = nil
 	dir := r.Dir()
@@ -133,7 +136,19 @@ func TestMergeCrashFinishedByOpen(t *testing.T) {
 	m, _, _, err := parseMeta("meta", buf)
 	require.NoError(t, err)
 	require.NotEmpty(t, m.MergeFrom, "merge pending on disk")
-	r, err = Open(dir)
+	return dir, m
+}
+
+// TestMergeCrashFinishedByOpen: the copy fails half-way after the new
+// chain was committed (as a crash would leave it): the replica refuses
+// further work, and Open finishes the merge.
+func TestMergeCrashFinishedByOpen(t *testing.T) {
+	const size = 2 << 20
+	r := newTestReplica(t, size)
+	want := mergeSetup(t, r, size)
+	dir, m := crashedRemove(t, r, "base")
+	require.Empty(t, m.MergeInto)
+	r, err := Open(dir)
 	require.NoError(t, err)
 	defer r.Close()
 	requireSame(t, want, readAll(t, r, size), "head after finished merge")
@@ -285,29 +300,9 @@ func TestSnapshotMergeCrashFinishedByOpen(t *testing.T) {
 	const size = 2 << 20
 	r := newTestReplica(t, size)
 	wantSmall, wantHead := snapMergeSetup(t, r, size)
-	n := 0
-	testHook = func(p string) error {
-		if p == "merge" {
-			if n++; n == 2 {
-				return errors.New("injected crash")
-			}
-		}
-		return nil
-	}
-	defer func() { testHook = nil }()
-	require.Error(t, r.RemoveSnapshot("big"))
-	_, err := r.WriteAt(make([]byte, BlockSize), 0)
-	require.ErrorIs(t, err, ErrClosed)
-	testHook = nil
-	dir := r.Dir()
-	r.Close()
-	buf, err := os.ReadFile(filepath.Join(dir, metaName))
-	require.NoError(t, err)
-	m, _, _, err := parseMeta("meta", buf)
-	require.NoError(t, err)
-	require.NotEmpty(t, m.MergeFrom, "merge pending on disk")
+	dir, m := crashedRemove(t, r, "big")
 	require.NotEmpty(t, m.MergeInto)
-	r, err = Open(dir)
+	r, err := Open(dir)
 	require.NoError(t, err)
 	defer r.Close()
 	require.Empty(t, r.meta.MergeFrom)
