@@ -3,15 +3,11 @@ package engine
 import (
 	"bufio"
 	"context"
-	"crypto/hmac"
-	"crypto/rand"
-	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"net"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -81,10 +77,6 @@ type ioOwner interface {
 
 // Replica protocol constants (replica/protocol.go, version 1).
 const (
-	rpMagic        = "CAIRNRP1"
-	rpVersion      = 1
-	rpNonce        = 32
-	rpMAC          = 32
 	rpReqHeader    = 32
 	rpRespHeader   = 16
 	rpMaxSlots     = 1024
@@ -104,22 +96,8 @@ var errConnTimeout = errors.New("replica I/O timed out")
 
 // dialData opens and authenticates a data connection.
 func dialData(ctx context.Context, addr, token string, timeout time.Duration) (*dataConn, error) {
-	var d net.Dialer
-	var conn net.Conn
-	var err error
-	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
-		conn, err = d.DialContext(ctx, "unix", path)
-	} else {
-		conn, err = d.DialContext(ctx, "tcp", addr)
-	}
+	conn, err := replica.DialConn(ctx, addr, token)
 	if err != nil {
-		return nil, err
-	}
-	if tc, ok := conn.(*net.TCPConn); ok {
-		_ = tc.SetNoDelay(true)
-	}
-	if err := dataHandshake(ctx, conn, []byte(token)); err != nil {
-		conn.Close()
 		return nil, err
 	}
 	c := &dataConn{
@@ -141,51 +119,6 @@ func dialData(ctx context.Context, addr, token string, timeout time.Duration) (*
 		c.completeAll()
 	}()
 	return c, nil
-}
-
-func dataHandshake(ctx context.Context, conn net.Conn, token []byte) error {
-	deadline := time.Now().Add(10 * time.Second)
-	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
-		deadline = d
-	}
-	_ = conn.SetDeadline(deadline)
-	defer conn.SetDeadline(time.Time{}) //nolint:errcheck
-	hello := make([]byte, 12+rpNonce)
-	if _, err := io.ReadFull(conn, hello); err != nil {
-		return fmt.Errorf("replica handshake: %w", err)
-	}
-	if string(hello[:8]) != rpMagic || binary.LittleEndian.Uint32(hello[8:]) != rpVersion {
-		return fmt.Errorf("%w: peer is not a cairn replica of protocol %d", replica.ErrProtocol, rpVersion)
-	}
-	sNonce := hello[12:]
-	msg := make([]byte, 12+rpNonce+rpMAC)
-	copy(msg, rpMagic)
-	binary.LittleEndian.PutUint32(msg[8:], rpVersion)
-	cNonce := msg[12 : 12+rpNonce]
-	_, _ = rand.Read(cNonce)
-	copy(msg[12+rpNonce:], rpAuthMAC(token, "client", sNonce, cNonce))
-	if _, err := conn.Write(msg); err != nil {
-		return fmt.Errorf("replica handshake: %w", err)
-	}
-	reply := make([]byte, 1+rpMAC)
-	if _, err := io.ReadFull(conn, reply); err != nil {
-		return fmt.Errorf("%w: server closed the connection during authentication: %v", replica.ErrAuth, err)
-	}
-	if reply[0] != 0 {
-		return fmt.Errorf("%w: server refused the token", replica.ErrAuth)
-	}
-	if !hmac.Equal(reply[1:], rpAuthMAC(token, "server", sNonce, cNonce)) {
-		return fmt.Errorf("%w: server does not know the token", replica.ErrAuth)
-	}
-	return nil
-}
-
-func rpAuthMAC(token []byte, side string, sNonce, cNonce []byte) []byte {
-	m := hmac.New(sha256.New, token)
-	m.Write([]byte("cairn-replica-" + side))
-	m.Write(sNonce)
-	m.Write(cNonce)
-	return m.Sum(nil)
 }
 
 // submit queues a leg. If the connection has failed, the leg completes

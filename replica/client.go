@@ -48,6 +48,20 @@ type call struct {
 // Dial connects to the replica server at addr ("host:port" or
 // "unix:/path") and authenticates with token.
 func Dial(ctx context.Context, addr, token string) (*Client, error) {
+	conn, err := DialConn(ctx, addr, token)
+	if err != nil {
+		return nil, err
+	}
+	c := &Client{conn: conn, addr: addr, pending: map[uint64]*call{}, done: make(chan struct{})}
+	go c.readLoop()
+	return c, nil
+}
+
+// DialConn connects to the replica server at addr ("host:port" or
+// "unix:/path") and authenticates with token, returning the connection
+// ready for request frames: for clients that speak the I/O protocol
+// themselves (the engine's batched data path).
+func DialConn(ctx context.Context, addr, token string) (net.Conn, error) {
 	if token == "" {
 		return nil, fmt.Errorf("%w: empty token", ErrInvalid)
 	}
@@ -69,9 +83,7 @@ func Dial(ctx context.Context, addr, token string) (*Client, error) {
 		conn.Close()
 		return nil, err
 	}
-	c := &Client{conn: conn, addr: addr, pending: map[uint64]*call{}, done: make(chan struct{})}
-	go c.readLoop()
-	return c, nil
+	return conn, nil
 }
 
 func clientHandshake(ctx context.Context, conn net.Conn, token []byte) error {
