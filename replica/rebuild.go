@@ -58,28 +58,7 @@ func (r *Replica) incompleteLayer(name string) (int, error) {
 // the head (or a newer received layer) already holds keep reading from
 // there.
 func (r *Replica) WriteLayer(name string, p []byte, off int64) error {
-	r.mu.RLock()
-	defer r.mu.RUnlock()
-	if err := r.checkOpen(); err != nil {
-		return err
-	}
-	pos, err := r.incompleteLayer(name)
-	if err != nil {
-		return err
-	}
-	if err := r.checkRange(off, int64(len(p))); err != nil {
-		return err
-	}
-	if off%BlockSize != 0 || len(p)%BlockSize != 0 {
-		return fmt.Errorf("%w: layer writes must be block aligned (offset %d, length %d)", ErrInvalid, off, len(p))
-	}
-	l := r.layers[pos-1]
-	simWrite(l.path, l.fd, off, int64(len(p)))
-	if _, err := l.f.WriteAt(p, off); err != nil {
-		return ioErr("write layer", err)
-	}
-	r.idx.setIfLower(off/BlockSize, (off+int64(len(p)))/BlockSize, uint16(pos))
-	return nil
+	return r.WriteLayerExtents(name, []Extent{{Offset: off, Length: int64(len(p))}}, p)
 }
 
 // WriteLayerExtents writes many block-aligned extents into a layer being
