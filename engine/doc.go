@@ -90,7 +90,14 @@
 //     layer is committed. Live writes only touch the target's head, which
 //     wins over the layers below, so the copy can never overwrite them.
 //  3. Barrier: flush the target, store the volume's generation on it, make it
-//     healthy; then remove the rebuild snapshot everywhere.
+//     healthy. The newest rebuild snapshot stays, so a replica that drops
+//     out later copies only newer layers when it returns; once every member
+//     is healthy the older ones are removed everywhere (on the replicas the
+//     smaller of two neighbouring layers is merged into the larger one).
+//
+// The source reads layers with O_DIRECT (a rebuild streams cold data once;
+// through the page cache it cost more CPU than the copy and evicted the
+// volume's working set).
 //
 // A rebuilding replica takes only block-aligned writes (it cannot
 // read-modify-write a partial block whose old data has not arrived yet). The

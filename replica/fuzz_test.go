@@ -50,7 +50,7 @@ func FuzzFrames(f *testing.F) {
 		rd := bytes.NewReader(stream)
 		hdr := make([]byte, reqHeaderSize)
 		for {
-			h, payload, err := readRequest(rd, hdr)
+			h, payload, _, err := readRequest(rd, hdr)
 			if err != nil {
 				return
 			}

@@ -91,6 +91,19 @@ func (r *Replica) WriteLayerExtents(name string, extents []Extent, data []byte) 
 		return fmt.Errorf("%w: extents cover %d bytes but %d bytes of data", ErrInvalid, total, len(data))
 	}
 	l := r.layers[pos-1]
+	if len(extents) == 1 && len(data) >= directReadMin && directAligned(data, extents[0].Offset) {
+		// One large aligned extent (fully written data): straight to the
+		// disk, pipelined with the other requests in flight, instead of
+		// piling up dirty pages that CommitLayer's fdatasync would then
+		// write out with the copy stalled behind it.
+		e := extents[0]
+		simWrite(l.path, l.fd, e.Offset, e.Length)
+		if err := writeDirect(l.path, data, e.Offset); err == nil {
+			r.idx.setIfLower(e.Offset/BlockSize, e.End()/BlockSize, uint16(pos))
+			return nil
+		}
+		// no O_DIRECT here: buffered
+	}
 	var done int64
 	for _, e := range extents {
 		if e.Length == 0 {
@@ -212,6 +225,16 @@ const directReadMin = 128 << 10
 // every logical block size Cairn runs on).
 func directAligned(p []byte, off int64) bool {
 	return len(p)%BlockSize == 0 && off%BlockSize == 0 && uintptr(unsafe.Pointer(&p[0]))%BlockSize == 0
+}
+
+// writeDirect writes p at off to path with O_DIRECT.
+func writeDirect(path string, p []byte, off int64) error {
+	fd, err := unix.Open(path, unix.O_WRONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	return pwriteFull(fd, p, off)
 }
 
 // readDirect reads p at off from path with O_DIRECT. The kernel writes

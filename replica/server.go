@@ -185,16 +185,16 @@ func (s *Server) serveConn(c net.Conn) error {
 	var rerr error
 	for {
 		var h reqHeader
-		var buf []byte
-		if h, buf, rerr = readRequest(br, hdr); rerr != nil {
+		var payload, pooled []byte
+		if h, payload, pooled, rerr = readRequest(br, hdr); rerr != nil {
 			break // EOF, or a malformed frame: drop this connection only
 		}
 		sem <- struct{}{}
 		handlers.Add(1)
 		go func() {
 			defer handlers.Done()
-			resp := s.handle(h, buf)
-			putBuf(buf)
+			resp := s.handle(h, payload)
+			putBuf(pooled)
 			out <- resp
 			<-sem
 		}()
@@ -208,21 +208,42 @@ func (s *Server) serveConn(c net.Conn) error {
 }
 
 // readRequest reads one request frame; hdr is a reqHeaderSize scratch
-// buffer. The payload comes from the buffer pool.
-func readRequest(r io.Reader, hdr []byte) (reqHeader, []byte, error) {
+// buffer. The payload lives in pooled, a buffer from the pool to hand back
+// with putBuf once the request is done. A WriteLayerExtents payload is
+// placed so that its data starts page-aligned: the replica can then write
+// a rebuild's data with O_DIRECT straight from the frame.
+func readRequest(r io.Reader, hdr []byte) (h reqHeader, payload, pooled []byte, err error) {
 	if err := readFull(r, hdr); err != nil {
-		return reqHeader{}, nil, err
+		return reqHeader{}, nil, nil, err
 	}
-	h, err := decodeReqHeader(hdr)
+	h, err = decodeReqHeader(hdr)
 	if err != nil {
-		return h, nil, err
+		return h, nil, nil, err
 	}
-	buf := getBuf(int(h.Payload))
-	if err := readFull(r, buf); err != nil {
-		putBuf(buf)
-		return h, nil, err
+	n := int(h.Payload)
+	if h.Op != opWriteLayerExtents || n < 1 || h.Length > uint64(n)/16 {
+		pooled = getBuf(n)
+		if err := readFull(r, pooled); err != nil {
+			putBuf(pooled)
+			return h, nil, nil, err
+		}
+		return h, pooled, pooled, nil
 	}
-	return h, buf, nil
+	// name length byte | name | extents x 16 | data
+	var nameLen [1]byte
+	if err := readFull(r, nameLen[:]); err != nil {
+		return h, nil, nil, err
+	}
+	prefix := 1 + int(nameLen[0]) + 16*int(h.Length)
+	pad := (BlockSize - prefix%BlockSize) % BlockSize
+	pooled = getBuf(n + pad)
+	payload = pooled[pad : pad+n]
+	payload[0] = nameLen[0]
+	if err := readFull(r, payload[1:]); err != nil {
+		putBuf(pooled)
+		return h, nil, nil, err
+	}
+	return h, payload, pooled, nil
 }
 
 // writeResponses writes responses in completion order, flushing when no
