@@ -87,7 +87,11 @@
 //     from now on it receives every write as a write-only member.
 //  2. The allocated extents of each missing layer are copied from the
 //     source's immutable layer into the target's incomplete layer, then the
-//     layer is committed. Live writes only touch the target's head, which
+//     layer is committed. The target pulls them from the source itself
+//     (replica PullLayer, 256 MiB windows for progress): the data crosses
+//     the network once and never the engine. Where the target cannot reach
+//     the source at the address the engine uses (a node-local unix socket)
+//     the engine relays them (RebuildResult.Relayed). Live writes only touch the target's head, which
 //     wins over the layers below, so the copy can never overwrite them.
 //  3. Barrier: flush the target, store the volume's generation on it, make it
 //     healthy. The newest rebuild snapshot stays, so a replica that drops
@@ -104,8 +108,8 @@
 // engine sends it the aligned equivalent of an unaligned write: the partial
 // edge blocks are read back from a healthy replica after the write and sent
 // whole. The range locks keep two writes sharing a block from interleaving
-// those steps (Longhorn #4354, #13139 were this class of bug). The copy
-// sends each 1 MiB span's extents in one vectored WriteLayerExtents.
+// those steps (Longhorn #4354, #13139 were this class of bug). A relayed
+// copy sends each 1 MiB span's extents in one vectored WriteLayerExtents.
 //
 // # Control and metrics
 //

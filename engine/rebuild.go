@@ -19,6 +19,9 @@ type RebuildResult struct {
 	Layers []string `json:"layers,omitempty"`
 	// Bytes is the amount of data copied.
 	Bytes int64 `json:"bytes"`
+	// Relayed is true when the data passed through the engine because the
+	// target could not pull it from the source itself.
+	Relayed bool `json:"relayed,omitempty"`
 	// Error is empty when the rebuild succeeded.
 	Error string `json:"error,omitempty"`
 }
@@ -120,8 +123,9 @@ func (v *Volume) Rebuild(ctx context.Context, addr string) (res RebuildResult, e
 	// The rebuild snapshot stays (only older ones are pruned): it lets a
 	// replica that drops out later come back by copying only newer layers.
 	for _, layer := range layers {
-		n, err := v.copyLayer(ctx, src, m, layer)
+		n, relayed, err := v.copyLayer(ctx, src, m, layer)
 		res.Bytes += n
+		res.Relayed = res.Relayed || relayed
 		if err != nil {
 			return res, v.abortRebuild(m, fmt.Errorf("copy layer %s: %w", layer, err))
 		}
@@ -285,21 +289,75 @@ func (v *Volume) abortRebuild(m *member, err error) error {
 	return err
 }
 
-// copyLayer copies one layer's allocated extents from src to the target in
-// chunks of at most copyChunk, with RebuildWorkers requests in flight.
-func (v *Volume) copyLayer(ctx context.Context, src, m *member, layer string) (int64, error) {
+// layerPuller is a rebuild target that can fetch a layer from the source
+// replica itself (replicaClient).
+type layerPuller interface {
+	PullLayer(ctx context.Context, layer, source string, off, length int64) (int64, error)
+}
+
+// errPullUnavailable: the target cannot pull from the source (it cannot
+// reach the address the engine uses, or predates PullLayer); the engine
+// relays the data instead.
+var errPullUnavailable = errors.New("target cannot pull from the source")
+
+// pullWindow is the range of one PullLayer request; progress advances per
+// window.
+const pullWindow = 256 << 20
+
+// copyLayer copies one layer's allocated extents from src to the target:
+// the target pulls them straight from the source when it can (the data
+// then crosses the network once and skips the engine), else the engine
+// relays them. relayed reports which.
+func (v *Volume) copyLayer(ctx context.Context, src, m *member, layer string) (n int64, relayed bool, err error) {
 	lctx, cancel := context.WithTimeout(ctx, v.cfg.ControlTimeout)
 	extents, err := src.r.LayerExtents(lctx, layer)
 	cancel()
 	if err != nil {
-		return 0, fmt.Errorf("source %s extents: %w", src.addr, err)
+		return 0, false, fmt.Errorf("source %s extents: %w", src.addr, err)
 	}
 	var total int64
 	for _, e := range extents {
 		total += e.Length
 	}
 	m.toCopy.Add(total)
+	if p, ok := m.r.(layerPuller); ok {
+		n, err := v.pullLayer(ctx, p, src, m, layer)
+		if !errors.Is(err, errPullUnavailable) {
+			return n, false, err
+		}
+		v.log.Info("Rebuild target cannot pull from the source; relaying", "replica", m.addr, "source", src.addr, "err", err.Error())
+	}
+	n, err = v.relayLayer(ctx, src, m, layer, extents)
+	return n, true, err
+}
 
+// pullLayer has the target pull layer from src window by window. It fails
+// with errPullUnavailable, having copied nothing, when the target cannot
+// pull at all.
+func (v *Volume) pullLayer(ctx context.Context, p layerPuller, src, m *member, layer string) (int64, error) {
+	var copied int64
+	for w := int64(0); w < v.cfg.Size; w += pullWindow {
+		// A window moves at most pullWindow bytes: allow it a slow disk's time.
+		wctx, cancel := context.WithTimeout(ctx, max(v.cfg.ControlTimeout, 10*time.Minute))
+		n, err := p.PullLayer(wctx, layer, src.addr, w, min(pullWindow, v.cfg.Size-w))
+		cancel()
+		copied += n
+		m.copied.Add(n)
+		v.cfg.Metrics.addRebuilt(v.cfg.Name, m.addr, n)
+		if err != nil {
+			if copied == 0 && errors.Is(err, errPullUnavailable) {
+				return 0, err
+			}
+			return copied, fmt.Errorf("pull into %s from %s: %w", m.addr, src.addr, err)
+		}
+	}
+	return copied, nil
+}
+
+// relayLayer copies one layer's extents from src to the target through the
+// engine, in chunks of at most copyChunk, with RebuildWorkers requests in
+// flight.
+func (v *Volume) relayLayer(ctx context.Context, src, m *member, layer string, extents []Extent) (int64, error) {
 	// A job is a span of at most copyChunk bytes read with one ReadLayer;
 	// only its extents are written (a hole written as zeroes would hide
 	// the layers below).

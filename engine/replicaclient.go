@@ -152,6 +152,16 @@ func (r *replicaClient) WriteLayerExtents(ctx context.Context, layer string, ext
 	return mapErr(r.c.WriteLayerExtents(ctx, layer, ext, data))
 }
 
+// PullLayer has the replica copy a range of layer straight from the
+// replica at source (see replica.Client.PullLayer).
+func (r *replicaClient) PullLayer(ctx context.Context, layer, source string, off, length int64) (int64, error) {
+	n, err := r.c.PullLayer(ctx, layer, source, off, length)
+	if errors.Is(err, replica.ErrUnreachable) || errors.Is(err, replica.ErrUnknownOp) {
+		err = fmt.Errorf("%w: %w", errPullUnavailable, err)
+	}
+	return n, mapErr(err)
+}
+
 func (r *replicaClient) CommitLayer(ctx context.Context, layer string) error {
 	return mapErr(r.c.CommitLayer(ctx, layer))
 }

@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"sync"
 	"testing"
@@ -297,6 +298,7 @@ func TestReturningReplicaCopiesOnlyNewLayers(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, res.Layers, 1, "only the layer written since the common snapshot moves: %v", res.Layers)
 	require.LessOrEqual(t, res.Bytes, int64(20*4096))
+	require.False(t, res.Relayed, "the target pulls from the source itself")
 	require.Equal(t, Healthy, v.Status().Robustness)
 	for _, r := range rs {
 		requireSame(t, m.data, r.contents(), r.addr)
@@ -330,4 +332,47 @@ func TestReturningReplicaCopiesOnlyNewLayers(t *testing.T) {
 		requireSame(t, m.data, r.contents(), r.addr)
 	}
 	_ = replica.BlockSize
+}
+
+// TestRebuildRelaysWhenTargetCannotPull: the engine reaches the replicas
+// at addresses the target cannot dial (here: aliases only the engine's
+// dialer knows), so the target's pull fails and the engine relays the
+// data itself; the rebuilt replica holds the same data.
+func TestRebuildRelaysWhenTargetCannotPull(t *testing.T) {
+	const size = 8 << 20
+	rs := newTestReplicas(t, 2, size)
+	alias := map[string]string{}
+	var aliases []string
+	for i, r := range rs {
+		a := fmt.Sprintf("unix:/nonexistent/alias%d.sock", i)
+		alias[a] = r.addr
+		aliases = append(aliases, a)
+	}
+	dial := ReplicaDialer(testToken)
+	v := openTestVolume(t, size, nil, func(c *Config) {
+		c.Replicas = aliases
+		c.Dial = func(ctx context.Context, addr string) (Replica, error) { return dial(ctx, alias[addr]) }
+	})
+	m := &model{data: make([]byte, size)}
+	rnd := rand.New(rand.NewPCG(9, 10))
+	write := func(n int) {
+		for i := 0; i < n; i++ {
+			p := randBytes(rnd, 8192)
+			off := rnd.Int64N(size/4096-1) * 4096
+			require.NoError(t, v.WriteAt(bg, p, off))
+			m.write(p, off)
+		}
+	}
+	write(200)
+	rs[1].stop()
+	write(50)
+	rs[1].start()
+	res, err := v.Rebuild(bg, aliases[1])
+	require.NoError(t, err)
+	require.True(t, res.Relayed)
+	require.Positive(t, res.Bytes)
+	require.Equal(t, Healthy, v.Status().Robustness)
+	for _, r := range rs {
+		requireSame(t, m.data, r.contents(), r.addr)
+	}
 }

@@ -479,6 +479,20 @@ func (c *Client) LayerExtents(ctx context.Context, layer string, off, length int
 	return c.extents(ctx, opLayerExtents, &ctlRequest{Name: layer}, off, length)
 }
 
+// PullLayer has the replica copy the allocated extents of layer within
+// [off, off+length) from the replica at source (which it dials and
+// authenticates to itself) into its own incomplete layer of that name, and
+// returns the bytes copied: a rebuild whose data does not pass through the
+// caller. ErrUnreachable: the replica could not reach source.
+func (c *Client) PullLayer(ctx context.Context, layer, source string, off, length int64) (int64, error) {
+	if off < 0 || length < 0 {
+		return 0, fmt.Errorf("%w: negative range", ErrOutOfRange)
+	}
+	var resp pullResponse
+	err := c.ctl(ctx, opPullLayer, uint64(off), uint64(length), &ctlRequest{Name: layer, Source: source}, &resp)
+	return resp.Bytes, err
+}
+
 // ReadLayer reads the raw content of one layer (rebuild source side).
 func (c *Client) ReadLayer(ctx context.Context, layer string, p []byte, off int64) (int, error) {
 	if off < 0 {

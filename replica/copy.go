@@ -56,6 +56,32 @@ func (b *copyBatch) room() int64 {
 // Up to parallel frames are in flight (4 if parallel <= 0). It returns the
 // number of bytes copied. size is the volume size.
 func CopyLayer(ctx context.Context, src, dst *Client, layer string, size int64, parallel int) (int64, error) {
+	copied, err := copyRange(ctx, src, dst, layer, 0, size, parallel)
+	if err != nil {
+		return copied, err
+	}
+	if err := dst.CommitLayer(ctx, layer); err != nil {
+		return copied, fmt.Errorf("commit layer %q: %w", layer, err)
+	}
+	return copied, nil
+}
+
+// layerSink receives a layer's extents: a remote replica (Client) or, when
+// a replica pulls a layer itself, the local one.
+type layerSink interface {
+	WriteLayerExtents(ctx context.Context, layer string, extents []Extent, data []byte) error
+}
+
+// localSink writes into a replica in this process.
+type localSink struct{ r *Replica }
+
+func (l localSink) WriteLayerExtents(_ context.Context, layer string, extents []Extent, data []byte) error {
+	return l.r.WriteLayerExtents(layer, extents, data)
+}
+
+// copyRange copies the allocated extents of layer within [off, end) from
+// src to dst (see CopyLayer) without committing.
+func copyRange(ctx context.Context, src *Client, dst layerSink, layer string, off, end int64, parallel int) (int64, error) {
 	if parallel <= 0 {
 		parallel = 4
 	}
@@ -69,8 +95,8 @@ func CopyLayer(ctx context.Context, src, dst *Client, layer string, size int64, 
 	run := func(b *copyBatch) {
 		g.Go(func() error { return copyFrame(gctx, src, dst, layer, name, b) })
 	}
-	for w := int64(0); w < size && gctx.Err() == nil; w += copyWindow {
-		ext, err := src.LayerExtents(gctx, layer, w, min(copyWindow, size-w))
+	for w := off; w < end && gctx.Err() == nil; w += copyWindow {
+		ext, err := src.LayerExtents(gctx, layer, w, min(copyWindow, end-w))
 		if err != nil {
 			g.Wait()
 			return copied, fmt.Errorf("layer extents of %q: %w", layer, err)
@@ -97,18 +123,12 @@ func CopyLayer(ctx context.Context, src, dst *Client, layer string, size int64, 
 	if err := g.Wait(); err != nil {
 		return copied, err
 	}
-	if err := ctx.Err(); err != nil {
-		return copied, err
-	}
-	if err := dst.CommitLayer(ctx, layer); err != nil {
-		return copied, fmt.Errorf("commit layer %q: %w", layer, err)
-	}
-	return copied, nil
+	return copied, ctx.Err()
 }
 
 // copyFrame reads one batch's spans from src (pipelined) and writes its
 // extents to dst in one WriteLayerExtents frame.
-func copyFrame(ctx context.Context, src, dst *Client, layer string, name []byte, b *copyBatch) error {
+func copyFrame(ctx context.Context, src *Client, dst layerSink, layer string, name []byte, b *copyBatch) error {
 	data := getBuf(int(b.bytes))
 	defer putBuf(data)
 	bufs := make([][]byte, len(b.spans))

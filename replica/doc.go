@@ -182,7 +182,16 @@
 // where data is the n extents' bytes back to back (every extent
 // block-aligned). One frame carries up to MaxIO bytes of extents and data,
 // so a sparse layer (4 KiB data / 4 KiB hole) moves ~1000 extents per
-// request instead of one.
+// request instead of one. The server reads this frame so that data starts
+// page-aligned, and writes a large single extent with O_DIRECT (a rebuild
+// streams to disk rather than ending in one long fdatasync).
+//
+// PullLayer (38, JSON {"name", "source"}, offset/length = range) makes the
+// receiving replica copy a range of its incomplete layer from the replica
+// at source itself: it dials source, authenticates with its own token
+// (replicas of a volume share it), runs the CopyLayer loop below into its
+// local layer and replies {"bytes": n}. ErrUnreachable (status 17) means
+// it could not reach source; callers then copy through themselves.
 //
 // # Rebuild
 //
@@ -204,11 +213,13 @@
 //     one fails with ErrUnaligned rather than merging stale data. Trim and
 //     WriteZeroes write zero blocks on T while it rebuilds. T must not
 //     serve reads yet.
-//  4. For each receive layer, oldest first: CopyLayer(ctx, S, T, name,
-//     size, n) streams S.LayerExtents + S.ReadLayer (spans, reading
-//     through holes of up to 64 KiB) into T.WriteLayerExtents (frames of
-//     up to MaxIO bytes) and calls T.CommitLayer (fsync, checksum check,
-//     mark complete).
+//  4. For each receive layer, oldest first: T.PullLayer(name, S's
+//     address, window) for each window of the volume, then T.CommitLayer
+//     (fsync, checksum check, mark complete); or, when T cannot reach S,
+//     CopyLayer(ctx, S, T, name, size, n) does the same through the
+//     caller. Either streams S.LayerExtents + S.ReadLayer (spans, reading
+//     through holes of up to 64 KiB; large aligned reads bypass S's page
+//     cache) into T.WriteLayerExtents (frames of up to MaxIO bytes).
 //     Blocks T's head already rewrote keep reading from the head.
 //  5. When T.Info().Rebuilding is false its chain equals S's; the engine
 //     marks it healthy, sets the generation on all replicas, and may

@@ -43,4 +43,7 @@ var (
 	ErrUnknownOp = errors.New("replica: unknown operation")
 	// ErrStaleGeneration: SetGeneration with a value lower than the stored one.
 	ErrStaleGeneration = errors.New("replica: generation would go backwards")
+	// ErrUnreachable: a PullLayer could not connect to (or authenticate
+	// with) its source replica.
+	ErrUnreachable = errors.New("replica: source unreachable")
 )

@@ -52,6 +52,11 @@ const (
 	// opWriteLayerExtents: length = extent count; payload = name prefix |
 	// count x (offset u64, length u64) | data of all extents back to back.
 	opWriteLayerExtents uint8 = 37
+	// opPullLayer: JSON {name, source}, offset/length = range. The server
+	// copies the layer's allocated extents in the range from the replica
+	// at source (authenticating with its own token) into its incomplete
+	// layer of that name; the reply is {"bytes": n}.
+	opPullLayer uint8 = 38
 )
 
 // reqHeader is the fixed request header:
@@ -134,7 +139,7 @@ var statusErrors = []error{
 	1: ErrOutOfRange, 2: ErrTooLarge, 3: ErrInvalid, 4: ErrNotFound, 5: ErrExists,
 	6: ErrCorrupt, 7: ErrClosed, 8: ErrSizeMismatch, 9: ErrRebuilding, 10: ErrUnaligned,
 	11: ErrReadOnly, 12: ErrNoSpace, 13: ErrAuth, 14: ErrProtocol, 15: ErrUnknownOp,
-	16: ErrStaleGeneration,
+	16: ErrStaleGeneration, 17: ErrUnreachable,
 }
 
 const statusOther = 255

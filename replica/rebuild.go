@@ -54,6 +54,16 @@ func (r *Replica) incompleteLayer(name string) (int, error) {
 	return pos, nil
 }
 
+// incompleteLayerOf is incompleteLayer for callers holding no lock.
+func (r *Replica) incompleteLayerOf(name string) (int, error) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if err := r.checkOpen(); err != nil {
+		return 0, err
+	}
+	return r.incompleteLayer(name)
+}
+
 // WriteLayer writes block-aligned data into a layer being received. Blocks
 // the head (or a newer received layer) already holds keep reading from
 // there.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -312,4 +313,56 @@ func TestWriteLayerExtentsFrameAlignsData(t *testing.T) {
 			putBuf(pooled)
 		}
 	}
+}
+
+// TestPullLayer: the target replica pulls a layer straight from the source
+// (sparse data, a > 4 MiB extent, in two windows), commits it against the
+// source's checksum and reads the same; bad pulls fail with clear errors.
+func TestPullLayer(t *testing.T) {
+	const size = 16 << 20
+	rng := rand.New(rand.NewPCG(71, 72))
+	src := newTestReplica(t, size)
+	dst := newTestReplica(t, size)
+	for b := int64(0); b < size/BlockSize/2; b += 2 {
+		_, err := src.WriteAt(randBlocks(rng, 1), b*BlockSize)
+		require.NoError(t, err)
+	}
+	_, err := src.WriteAt(randBlocks(rng, 1300), size/2+BlockSize)
+	require.NoError(t, err)
+	require.NoError(t, src.Snapshot("s", nil))
+	sum, err := src.Checksum("s")
+	require.NoError(t, err)
+	srcAddr := startServer(t, src)
+	dc := dialTest(t, startServer(t, dst))
+	ctx := context.Background()
+
+	_, err = dc.PullLayer(ctx, "s", srcAddr, 0, size)
+	require.ErrorIs(t, err, ErrNotFound, "no layer s being received yet")
+	require.NoError(t, dc.ResetForRebuild(ctx, nil, []SnapshotInfo{{Name: "s", Checksum: sum}}))
+	_, err = dc.PullLayer(ctx, "s", "unix:"+filepath.Join(t.TempDir(), "nobody.sock"), 0, size)
+	require.ErrorIs(t, err, ErrUnreachable)
+	_, err = dc.PullLayer(ctx, "s", srcAddr, size-BlockSize, 2*BlockSize)
+	require.ErrorIs(t, err, ErrOutOfRange)
+	// a source that does not know the token
+	other := newTestReplica(t, size)
+	otherAddr := "unix:" + filepath.Join(t.TempDir(), "o.sock")
+	ln, err := Listen(otherAddr)
+	require.NoError(t, err)
+	octx, ocancel := context.WithCancel(ctx)
+	odone := make(chan error, 1)
+	go func() { odone <- Serve(octx, ln, other, "another-token") }()
+	t.Cleanup(func() { ocancel(); <-odone })
+	_, err = dc.PullLayer(ctx, "s", otherAddr, 0, size)
+	require.ErrorIs(t, err, ErrUnreachable)
+
+	var n int64
+	for _, w := range [][2]int64{{0, size / 2}, {size / 2, size / 2}} {
+		k, err := dc.PullLayer(ctx, "s", srcAddr, w[0], w[1])
+		require.NoError(t, err)
+		n += k
+	}
+	require.EqualValues(t, (size/BlockSize/4+1300)*BlockSize, n)
+	require.NoError(t, dc.CommitLayer(ctx, "s"))
+	require.False(t, dst.Info().Rebuilding)
+	requireSame(t, readAll(t, src, size), readAll(t, dst, size), "pulled copy")
 }

@@ -306,6 +306,12 @@ type ctlRequest struct {
 	Receive []SnapshotInfo    `json:"receive,omitempty"`
 	// Generation is the ChangedSince argument.
 	Generation uint64 `json:"generation,omitempty"`
+	// Source is the replica a PullLayer copies from.
+	Source string `json:"source,omitempty"`
+}
+
+type pullResponse struct {
+	Bytes int64 `json:"bytes"`
 }
 
 type checksumResponse struct {
@@ -464,9 +470,48 @@ func (s *Server) handle(h reqHeader, payload []byte) response {
 		return jsonResponse(h, nil, r.WriteLayerExtents(name, ext, data))
 	case opCommitLayer:
 		return jsonResponse(h, nil, r.CommitLayer(ctl.Name))
+	case opPullLayer:
+		n, err := s.pullLayer(ctl.Name, ctl.Source, off, length)
+		return jsonResponse(h, pullResponse{Bytes: n}, err)
 	}
 	return errResponse(h, fmt.Errorf("%w: %d", ErrUnknownOp, h.Op))
 }
+
+// pullTimeout bounds one PullLayer request; callers pull a layer in
+// windows far smaller than this takes at any sane disk rate.
+const pullTimeout = 30 * time.Minute
+
+// pullLayer copies the allocated extents of layer within [off, off+length)
+// from the replica at source into this replica's incomplete layer of that
+// name: a rebuild where the data goes straight from source to target
+// instead of through the engine. The target authenticates to the source
+// with its own token (replicas of one volume share it).
+func (s *Server) pullLayer(layer, source string, off, length int64) (int64, error) {
+	if source == "" {
+		return 0, fmt.Errorf("%w: pull needs a source address", ErrInvalid)
+	}
+	if err := s.r.checkRange(off, length); err != nil {
+		return 0, err
+	}
+	if _, err := s.r.incompleteLayerOf(layer); err != nil {
+		return 0, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), pullTimeout)
+	defer cancel()
+	src, err := Dial(ctx, source, string(s.token))
+	if err != nil {
+		return 0, fmt.Errorf("%w: pull from %s: %v", ErrUnreachable, source, err)
+	}
+	defer src.Close()
+	n, err := copyRange(ctx, src, localSink{s.r}, layer, off, off+length, pullParallel)
+	if err != nil {
+		return n, fmt.Errorf("pull %q from %s: %w", layer, source, err)
+	}
+	return n, nil
+}
+
+// pullParallel is the number of frames a pull keeps in flight.
+const pullParallel = 8
 
 // Buffer pool by power-of-two size class, up to maxPayload.
 var bufPools [24]sync.Pool
