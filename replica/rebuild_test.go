@@ -187,23 +187,32 @@ func TestRebuildGuards(t *testing.T) {
 	require.False(t, r.Info().Rebuilding)
 }
 
+// sparseSource returns a replica holding snapshot "s" of 4k data / 4k hole
+// over the first half plus one extent of big blocks (> 4 MiB for big
+// >= 1025) in the second, its checksum, and an empty target replica.
+func sparseSource(t *testing.T, size int64, seed uint64, big int) (src, dst *Replica, sum string) {
+	t.Helper()
+	rng := rand.New(rand.NewPCG(seed, seed+1))
+	src = newTestReplica(t, size)
+	dst = newTestReplica(t, size)
+	for b := int64(0); b < size/BlockSize/2; b += 2 {
+		_, err := src.WriteAt(randBlocks(rng, 1), b*BlockSize)
+		require.NoError(t, err)
+	}
+	_, err := src.WriteAt(randBlocks(rng, big), size/2+BlockSize)
+	require.NoError(t, err)
+	require.NoError(t, src.Snapshot("s", nil))
+	sum, err = src.Checksum("s")
+	require.NoError(t, err)
+	return src, dst, sum
+}
+
 // TestRebuildSparse copies a 4k-data/4k-hole layer (plus some large
 // extents) with CopyLayer, which packs many extents per WriteLayerExtents
 // frame, and checks the copy block for block.
 func TestRebuildSparse(t *testing.T) {
 	const size = 16 << 20
-	rng := rand.New(rand.NewPCG(21, 22))
-	src := newTestReplica(t, size)
-	dst := newTestReplica(t, size)
-	for b := int64(0); b < size/BlockSize/2; b += 2 {
-		_, err := src.WriteAt(randBlocks(rng, 1), b*BlockSize)
-		require.NoError(t, err)
-	}
-	_, err := src.WriteAt(randBlocks(rng, 1200), size/2+BlockSize) // > 4 MiB extent
-	require.NoError(t, err)
-	require.NoError(t, src.Snapshot("s", nil))
-	sum, err := src.Checksum("s")
-	require.NoError(t, err)
+	src, dst, sum := sparseSource(t, size, 21, 1200)
 	sc := dialTest(t, startServer(t, src))
 	dc := dialTest(t, startServer(t, dst))
 	ctx := context.Background()
@@ -320,23 +329,12 @@ func TestWriteLayerExtentsFrameAlignsData(t *testing.T) {
 // source's checksum and reads the same; bad pulls fail with clear errors.
 func TestPullLayer(t *testing.T) {
 	const size = 16 << 20
-	rng := rand.New(rand.NewPCG(71, 72))
-	src := newTestReplica(t, size)
-	dst := newTestReplica(t, size)
-	for b := int64(0); b < size/BlockSize/2; b += 2 {
-		_, err := src.WriteAt(randBlocks(rng, 1), b*BlockSize)
-		require.NoError(t, err)
-	}
-	_, err := src.WriteAt(randBlocks(rng, 1300), size/2+BlockSize)
-	require.NoError(t, err)
-	require.NoError(t, src.Snapshot("s", nil))
-	sum, err := src.Checksum("s")
-	require.NoError(t, err)
+	src, dst, sum := sparseSource(t, size, 71, 1300)
 	srcAddr := startServer(t, src)
 	dc := dialTest(t, startServer(t, dst))
 	ctx := context.Background()
 
-	_, err = dc.PullLayer(ctx, "s", srcAddr, 0, size)
+	_, err := dc.PullLayer(ctx, "s", srcAddr, 0, size)
 	require.ErrorIs(t, err, ErrNotFound, "no layer s being received yet")
 	require.NoError(t, dc.ResetForRebuild(ctx, nil, []SnapshotInfo{{Name: "s", Checksum: sum}}))
 	_, err = dc.PullLayer(ctx, "s", "unix:"+filepath.Join(t.TempDir(), "nobody.sock"), 0, size)
