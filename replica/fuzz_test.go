@@ -2,6 +2,7 @@ package replica
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"testing"
 
@@ -57,7 +58,7 @@ func FuzzFrames(f *testing.F) {
 			if h.Payload > maxPayload || len(payload) != int(h.Payload) {
 				t.Fatalf("decoder accepted payload %d", h.Payload)
 			}
-			resp := fuzzServer.handle(h, payload)
+			resp := fuzzServer.handle(context.Background(), h, payload)
 			if len(resp.payload) > maxPayload {
 				t.Fatalf("reply of %d bytes", len(resp.payload))
 			}

@@ -178,6 +178,9 @@ func (s *Server) serveConn(c net.Conn) error {
 	writerDone := make(chan error, 1)
 	go func() { writerDone <- writeResponses(c, out) }()
 
+	// Long requests (PullLayer) stop when their connection goes away.
+	connCtx, connGone := context.WithCancel(context.Background())
+	defer connGone()
 	var handlers sync.WaitGroup
 	sem := make(chan struct{}, maxInflight)
 	br := bufio.NewReaderSize(c, 64<<10)
@@ -193,12 +196,13 @@ func (s *Server) serveConn(c net.Conn) error {
 		handlers.Add(1)
 		go func() {
 			defer handlers.Done()
-			resp := s.handle(h, payload)
+			resp := s.handle(connCtx, h, payload)
 			putBuf(pooled)
 			out <- resp
 			<-sem
 		}()
 	}
+	connGone() // nobody is left to answer: stop long requests
 	handlers.Wait()
 	close(out)
 	if werr := <-writerDone; rerr == nil {
@@ -350,7 +354,7 @@ func decodeExtents(b []byte) ([]Extent, error) {
 	return ext, nil
 }
 
-func (s *Server) handle(h reqHeader, payload []byte) response {
+func (s *Server) handle(ctx context.Context, h reqHeader, payload []byte) response {
 	r := s.r
 	off, err := toInt64(h.Offset)
 	if err != nil {
@@ -471,14 +475,15 @@ func (s *Server) handle(h reqHeader, payload []byte) response {
 	case opCommitLayer:
 		return jsonResponse(h, nil, r.CommitLayer(ctl.Name))
 	case opPullLayer:
-		n, err := s.pullLayer(ctl.Name, ctl.Source, off, length)
+		n, err := s.pullLayer(ctx, ctl.Name, ctl.Source, off, length)
 		return jsonResponse(h, pullResponse{Bytes: n}, err)
 	}
 	return errResponse(h, fmt.Errorf("%w: %d", ErrUnknownOp, h.Op))
 }
 
-// pullTimeout bounds one PullLayer request; callers pull a layer in
-// windows far smaller than this takes at any sane disk rate.
+// pullTimeout bounds one PullLayer request (which also stops when the
+// requesting connection closes); callers pull a layer in windows far
+// smaller than this takes at any sane disk rate.
 const pullTimeout = 30 * time.Minute
 
 // pullLayer copies the allocated extents of layer within [off, off+length)
@@ -486,7 +491,7 @@ const pullTimeout = 30 * time.Minute
 // name: a rebuild where the data goes straight from source to target
 // instead of through the engine. The target authenticates to the source
 // with its own token (replicas of one volume share it).
-func (s *Server) pullLayer(layer, source string, off, length int64) (int64, error) {
+func (s *Server) pullLayer(ctx context.Context, layer, source string, off, length int64) (int64, error) {
 	if source == "" {
 		return 0, fmt.Errorf("%w: pull needs a source address", ErrInvalid)
 	}
@@ -496,7 +501,7 @@ func (s *Server) pullLayer(layer, source string, off, length int64) (int64, erro
 	if _, err := s.r.incompleteLayerOf(layer); err != nil {
 		return 0, err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), pullTimeout)
+	ctx, cancel := context.WithTimeout(ctx, pullTimeout)
 	defer cancel()
 	src, err := Dial(ctx, source, string(s.token))
 	if err != nil {
