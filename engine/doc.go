@@ -57,9 +57,11 @@
 // The generation is odd while an engine has the volume open and even after
 // a clean Close (flush on every replica, then generation+1). An Open that
 // finds an odd newest generation resyncs: one newest replica serves reads,
-// the others take writes and are compared with it and repaired over the
-// union of their head extents (only heads can differ), chunk by chunk under
-// the range locks, while I/O continues (resync.go).
+// the others take writes and are compared with it and repaired, chunk by
+// chunk under the range locks, while I/O continues (resync.go): over the
+// regions the replicas tracked as written since the session began, or,
+// when a replica restarted since and lost that tracking, over the union of
+// their head extents (only heads can differ).
 //
 // # I/O barrier
 //

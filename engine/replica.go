@@ -31,6 +31,9 @@ type ReplicaInfo struct {
 	// Rebuilding is true while some layer is still being received; such a
 	// replica must never serve reads.
 	Rebuilding bool
+	// SessionStart, when not 0, is the generation since which the replica
+	// tracked every head change (see replica.Info.SessionStart).
+	SessionStart uint64
 }
 
 // Replica is the engine's connection to one replica: the I/O path, the

@@ -91,7 +91,7 @@ func (r *replicaClient) Info(ctx context.Context) (ReplicaInfo, error) {
 	if err != nil {
 		return ReplicaInfo{}, mapErr(err)
 	}
-	out := ReplicaInfo{Size: in.Size, Generation: in.Generation, Rebuilding: in.Rebuilding}
+	out := ReplicaInfo{Size: in.Size, Generation: in.Generation, Rebuilding: in.Rebuilding, SessionStart: in.SessionStart}
 	for _, s := range in.Snapshots {
 		out.Snapshots = append(out.Snapshots, SnapshotInfo{
 			Name: s.Name, Labels: s.Labels, Created: s.Created, Incomplete: s.Incomplete, checksum: s.Checksum,
@@ -150,6 +150,20 @@ func (r *replicaClient) WriteLayerExtents(ctx context.Context, layer string, ext
 		ext[i] = replica.Extent{Offset: e.Offset, Length: e.Length}
 	}
 	return mapErr(r.c.WriteLayerExtents(ctx, layer, ext, data))
+}
+
+// ChangedSince returns the regions of the head changed since generation
+// gen (replica changed-block tracking).
+func (r *replicaClient) ChangedSince(ctx context.Context, gen uint64, size int64) ([]Extent, error) {
+	ext, err := r.c.ChangedSince(ctx, gen, size)
+	if err != nil {
+		return nil, mapErr(err)
+	}
+	out := make([]Extent, len(ext))
+	for i, e := range ext {
+		out[i] = Extent{Offset: e.Offset, Length: e.Length}
+	}
+	return out, nil
 }
 
 // PullLayer has the replica copy a range of layer straight from the

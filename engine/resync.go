@@ -31,11 +31,17 @@ import (
 //     middle of a snapshot, makes it stale: it is rebuilt).
 //  2. Resyncing replicas take every write like healthy ones; writes hold
 //     the 64 KiB range locks while a resync runs.
-//  3. Only blocks in a head layer can differ (snapshot layers are frozen
-//     under the I/O barrier after a flush on every replica), so the resync
-//     compares the volume on the source and on each target over the union
-//     of their head extents, a chunk at a time under the chunk's range
-//     lock, and writes the source's blocks where a target differs.
+//  3. Only blocks written since the last clean close can differ, and only
+//     in head layers (snapshot layers are frozen under the I/O barrier
+//     after a flush on every replica). Each replica process tracks the
+//     regions written since the session began (Info.SessionStart,
+//     ChangedSince; kept through unclean reopens), so the resync compares
+//     the volume on the source and on each target over the union of those
+//     regions; if any of them restarted (tracking is in memory) or was
+//     rebuilt since, over the union of their whole head extents. It goes a
+//     chunk at a time under the chunk's range lock and writes the source's
+//     blocks where a target differs. Status.LastResync reports the amount
+//     compared and whether tracking bounded it.
 //  4. The targets become healthy. If the engine dies meanwhile, the
 //     generation is still odd and the next Open resyncs again. If the
 //     source fails, a resyncing replica (which has every write since Open)
@@ -67,6 +73,7 @@ func (v *Volume) startResyncLocked(ctx context.Context) {
 		return err
 	})
 	for i, m := range v.view.healthy {
+		m.sessionStart = infos[m].SessionStart
 		switch {
 		case errs[i] != nil:
 			v.fail(m, fmt.Errorf("info: %w", errs[i]))
@@ -143,27 +150,79 @@ func (v *Volume) runResync() {
 		}
 		v.rebuildViewLocked()
 		v.mu.Unlock()
+		v.rebuildMu.Lock()
+		res := *v.lastResync
+		v.rebuildMu.Unlock()
 		v.log.Info("Resync finished", "source", src.addr, "replicas", done, "bytesRepaired", n,
-			"seconds", time.Since(start).Seconds())
+			"bytesCompared", res.Compared, "tracked", res.Tracked, "seconds", time.Since(start).Seconds())
 	}
 }
 
-// resyncPass compares every target with src over the union of their head
-// extents and repairs the differences; it returns the bytes rewritten.
+// ResyncResult describes the last finished resync pass.
+type ResyncResult struct {
+	Source   string    `json:"source"`
+	Finished time.Time `json:"finished"`
+	// Compared is the amount of the volume compared on every target.
+	Compared int64 `json:"compared"`
+	// Repaired is the amount rewritten on targets that differed.
+	Repaired int64 `json:"repaired"`
+	// Tracked is true when the replicas' change tracking bounded the
+	// comparison; false when it covered their whole heads.
+	Tracked bool `json:"tracked"`
+}
+
+// changeTracking is implemented by replicas that report the head regions
+// changed since a generation (replicaClient).
+type changeTracking interface {
+	ChangedSince(ctx context.Context, gen uint64, size int64) ([]Extent, error)
+}
+
+// resyncRegions returns what a resync must compare: the union, over the
+// source and targets, of the regions each has changed since the session
+// it was opened in began (only writes of that session, cut short by the
+// crash or still unrepaired from an earlier one, can differ). If any of
+// them cannot tell (restarted, rebuilt or reverted since), the union of
+// their whole head layers.
+func (v *Volume) resyncRegions(ctx context.Context, ms []*member) (ext []Extent, tracked bool, err error) {
+	tracked = true
+	for _, m := range ms {
+		ct, ok := m.r.(changeTracking)
+		if !ok || m.sessionStart == 0 {
+			tracked = false
+			break
+		}
+		e, err := ct.ChangedSince(ctx, m.sessionStart, v.cfg.Size)
+		if err != nil {
+			v.log.Info("Replica cannot bound the resync; comparing whole heads", "replica", m.addr, "err", err.Error())
+			tracked = false
+			break
+		}
+		ext = append(ext, e...)
+	}
+	if tracked {
+		return mergeExtents(ext), true, nil
+	}
+	ext = nil
+	for _, m := range ms {
+		e, err := m.r.LayerExtents(ctx, "")
+		if err != nil {
+			v.fail(m, fmt.Errorf("resync extents: %w", err))
+			return nil, false, fmt.Errorf("extents of %s: %w", m.addr, err)
+		}
+		ext = append(ext, e...)
+	}
+	return mergeExtents(ext), false, nil
+}
+
+// resyncPass compares every target with src over resyncRegions and
+// repairs the differences; it returns the bytes rewritten.
 func (v *Volume) resyncPass(src *member, targets []*member) (int64, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), v.cfg.ControlTimeout)
-	var all []Extent
-	for _, m := range append([]*member{src}, targets...) {
-		ext, err := m.r.LayerExtents(ctx, "")
-		if err != nil {
-			cancel()
-			v.fail(m, fmt.Errorf("resync extents: %w", err))
-			return 0, fmt.Errorf("extents of %s: %w", m.addr, err)
-		}
-		all = append(all, ext...)
-	}
+	all, tracked, err := v.resyncRegions(ctx, append([]*member{src}, targets...))
 	cancel()
-	all = mergeExtents(all)
+	if err != nil {
+		return 0, err
+	}
 	var total int64
 	for _, e := range all {
 		total += e.Length
@@ -172,7 +231,6 @@ func (v *Volume) resyncPass(src *member, targets []*member) (int64, error) {
 		m.copied.Store(0)
 		m.toCopy.Store(total)
 	}
-
 	type job struct{ off, n int64 }
 	jobs := make(chan job, 8)
 	var (
@@ -222,6 +280,11 @@ func (v *Volume) resyncPass(src *member, targets []*member) (int64, error) {
 	}
 	close(jobs)
 	wg.Wait()
+	if firstErr == nil {
+		v.rebuildMu.Lock()
+		v.lastResync = &ResyncResult{Source: src.addr, Finished: time.Now(), Compared: total, Repaired: repaired, Tracked: tracked}
+		v.rebuildMu.Unlock()
+	}
 	return repaired, firstErr
 }
 

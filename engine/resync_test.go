@@ -38,19 +38,53 @@ func TestUncleanShutdownResyncsReplicas(t *testing.T) {
 	require.False(t, v2.Resyncing(), "clean shutdown: no resync")
 	require.NoError(t, v2.Close())
 
-	// Now the engine "dies": in-flight writes reached only some replicas,
-	// and the generation stays odd.
-	gen = rs[0].generation() + 1
-	for i, r := range rs {
-		for k := 0; k < 20; k++ {
-			off := rnd.Int64N(size/blockSize) * blockSize
-			_, err := r.r.WriteAt(randBytes(rnd, blockSize*(1+i)), min(off, size-int64(blockSize*(1+i))))
-			require.NoError(t, err)
+	// Now an engine opens the volume (odd generation, as Open stores before
+	// any I/O) and "dies": in-flight writes reached only some replicas.
+	crash := func() {
+		gen := rs[0].generation()
+		gen += 1 + gen%2 // next odd
+		for i, r := range rs {
+			require.NoError(t, r.r.SetGeneration(gen))
+			for k := 0; k < 20; k++ {
+				off := rnd.Int64N(size/blockSize) * blockSize
+				_, err := r.r.WriteAt(randBytes(rnd, blockSize*(1+i)), min(off, size-int64(blockSize*(1+i))))
+				require.NoError(t, err)
+			}
 		}
-		require.NoError(t, r.r.SetGeneration(gen))
+		require.NotEqual(t, rs[0].contents(), rs[1].contents())
 	}
-	require.NotEqual(t, rs[0].contents(), rs[1].contents())
+	crash()
+	v3 := resyncWhileWriting(t, rs)
+	// The replicas tracked the session's changes: only those regions
+	// (20 writes of <= 3 blocks per replica, 64 KiB regions) were compared.
+	st := v3.Status()
+	require.NotNil(t, st.LastResync)
+	require.True(t, st.LastResync.Tracked, "%+v", st.LastResync)
+	require.LessOrEqual(t, st.LastResync.Compared, int64(3*20*2*64<<10))
+	require.Positive(t, st.LastResync.Repaired)
+	require.NoError(t, v3.Close())
+	require.Equal(t, uint64(0), rs[0].generation()%2)
 
+	// A second crash, after which the replica processes restart: they lost
+	// their change tracking, so the resync compares their whole heads.
+	crash()
+	for _, r := range rs {
+		r.stop()
+		r.start()
+	}
+	v4 := resyncWhileWriting(t, rs)
+	st = v4.Status()
+	require.NotNil(t, st.LastResync)
+	require.False(t, st.LastResync.Tracked, "%+v", st.LastResync)
+	require.NoError(t, v4.Close())
+}
+
+// resyncWhileWriting opens the uncleanly closed volume on rs, keeps writing
+// (some writes unaligned) until the resync finished, and checks every
+// replica and the volume read the same.
+func resyncWhileWriting(t *testing.T, rs []*testReplica) *Volume {
+	t.Helper()
+	size := rs[0].size
 	v3 := openTestVolume(t, size, rs, func(c *Config) { c.RebuildWorkers = 4 })
 	// Writes keep flowing during the resync, some unaligned.
 	var wg sync.WaitGroup
@@ -90,8 +124,7 @@ func TestUncleanShutdownResyncsReplicas(t *testing.T) {
 	for _, r := range rs[1:] {
 		requireSame(t, want, r.contents(), r.addr)
 	}
-	require.NoError(t, v3.Close())
-	require.Equal(t, uint64(0), rs[0].generation()%2)
+	return v3
 }
 
 // TestSubmitConcurrent drives the asynchronous path with many concurrent

@@ -32,6 +32,7 @@ type Status struct {
 	Robustness  Robustness      `json:"robustness"`
 	Replicas    []ReplicaStatus `json:"replicas"`
 	LastRebuild *RebuildResult  `json:"lastRebuild,omitempty"`
+	LastResync  *ResyncResult   `json:"lastResync,omitempty"`
 }
 
 // Status reports the volume's replicas and robustness.
@@ -59,7 +60,7 @@ func (v *Volume) Status() Status {
 		st.Robustness = Healthy
 	}
 	v.rebuildMu.Lock()
-	st.LastRebuild = v.lastRebuild
+	st.LastRebuild, st.LastResync = v.lastRebuild, v.lastResync
 	v.rebuildMu.Unlock()
 	return st
 }

@@ -53,6 +53,9 @@ type member struct {
 	inflight atomic.Int64
 	copied   atomic.Int64 // rebuild progress in bytes
 	toCopy   atomic.Int64
+	// sessionStart is the replica's SessionStart when the volume opened
+	// (resync compares only regions changed since then); 0 if unknown.
+	sessionStart uint64
 }
 
 // view is the immutable set of replicas I/O uses; replaced under Volume.mu.
@@ -87,6 +90,7 @@ type Volume struct {
 	rebuildCancel context.CancelFunc
 	rebuildTarget string
 	lastRebuild   *RebuildResult
+	lastResync    *ResyncResult
 }
 
 // Open connects to the replicas, refuses the ones that do not fit (wrong

@@ -13,6 +13,12 @@ import (
 // healthy one instead of a rebuild snapshot's whole layers. The bitmaps
 // live in memory only: after a restart, a revert or a rebuild reset,
 // ChangedSince reports ErrNotFound and the engine falls back to a rebuild.
+//
+// The tracker started when the generation goes from even (closed
+// cleanly) to odd (an engine opened the volume) is the session tracker,
+// reported as Info().SessionStart: it holds every region written since
+// the last clean close, so after an unclean shutdown the engine compares
+// replicas over those regions only instead of their whole heads.
 const (
 	// cbtRegionShift: one bit per 64 KiB region, 2 MiB per TiB per bitmap.
 	cbtRegionShift = 16
@@ -64,6 +70,25 @@ func (t *changeTracker) extents(off, end, size int64) []Extent {
 		r++
 	}
 	return out
+}
+
+// dropOldTrackers keeps the newest cbtMaxTrackers trackers, always
+// including the session tracker (started at generation session): however
+// many times the generation is bumped during a session, an unclean
+// shutdown still finds every change since it began.
+func dropOldTrackers(ts []*changeTracker, session uint64) []*changeTracker {
+	if len(ts) <= cbtMaxTrackers {
+		return ts
+	}
+	keep := ts[len(ts)-cbtMaxTrackers:]
+	if session != 0 && keep[0].gen > session {
+		for _, t := range ts {
+			if t.gen == session {
+				return append([]*changeTracker{t}, ts[len(ts)-cbtMaxTrackers+1:]...)
+			}
+		}
+	}
+	return append([]*changeTracker(nil), keep...)
 }
 
 // markChanged records a change of the head in [off, end) in every

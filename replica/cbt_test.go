@@ -77,3 +77,48 @@ func TestChangedSince(t *testing.T) {
 	_, err = src.ChangedSince(3, 0, size)
 	require.ErrorIs(t, err, ErrNotFound)
 }
+
+// TestSessionStart: the tracker started when the generation goes from even
+// to odd covers the session through odd bumps and unclean reopens;
+// restart, revert or a dropped tracker report no session (0).
+func TestSessionStart(t *testing.T) {
+	const size = 8 << 20
+	r := newTestReplica(t, size)
+	require.Zero(t, r.Info().SessionStart)
+	require.NoError(t, r.SetGeneration(2)) // even: a clean close
+	require.Zero(t, r.Info().SessionStart)
+	require.NoError(t, r.SetGeneration(3)) // opened
+	require.EqualValues(t, 3, r.Info().SessionStart)
+	_, err := r.WriteAt(make([]byte, BlockSize), 1<<20)
+	require.NoError(t, err)
+	require.NoError(t, r.SetGeneration(5)) // bump (a member dropped)
+	require.NoError(t, r.SetGeneration(7)) // unclean reopen
+	_, err = r.WriteAt(make([]byte, BlockSize), 5<<20)
+	require.NoError(t, err)
+	require.EqualValues(t, 3, r.Info().SessionStart)
+	ext, err := r.ChangedSince(r.Info().SessionStart, 0, size)
+	require.NoError(t, err)
+	require.Equal(t, []Extent{{Offset: 1 << 20, Length: 1 << cbtRegionShift}, {Offset: 5 << 20, Length: 1 << cbtRegionShift}}, ext)
+	// more bumps than trackers kept: the session tracker stays
+	for g := uint64(9); g <= 21; g += 2 {
+		require.NoError(t, r.SetGeneration(g))
+	}
+	require.EqualValues(t, 3, r.Info().SessionStart)
+	require.Len(t, r.trackers, cbtMaxTrackers)
+	ext2, err := r.ChangedSince(3, 0, size)
+	require.NoError(t, err)
+	require.Equal(t, ext, ext2)
+	require.NoError(t, r.SetGeneration(22))
+	require.NoError(t, r.SetGeneration(23))
+	require.EqualValues(t, 23, r.Info().SessionStart)
+	r = reopen(t, r)
+	require.Zero(t, r.Info().SessionStart, "trackers do not survive a restart")
+	require.NoError(t, r.SetGeneration(25)) // odd to odd: still unknown
+	require.Zero(t, r.Info().SessionStart)
+	require.NoError(t, r.SetGeneration(26))
+	require.NoError(t, r.SetGeneration(27))
+	require.NoError(t, r.Snapshot("s", nil))
+	require.EqualValues(t, 27, r.Info().SessionStart)
+	require.NoError(t, r.Revert("s"))
+	require.Zero(t, r.Info().SessionStart, "a revert replaces the head")
+}

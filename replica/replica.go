@@ -41,6 +41,9 @@ type Replica struct {
 	ms         *metaStore
 	// trackers are the changed-block bitmaps (cbt.go), replaced under mu
 	trackers []*changeTracker
+	// sessionGen is Info().SessionStart: the generation whose tracker
+	// covers the engine session (0: none). Under mu.
+	sessionGen uint64
 	// mergeTrk notes head changes during a merge's online copy
 	// (mergeHeadDown), set under mu
 	mergeTrk *changeTracker
@@ -565,9 +568,12 @@ func (r *Replica) SetGeneration(g uint64) error {
 	r.meta = m
 	// track the head's changes from generation g on
 	r.trackers = append(r.trackers, newChangeTracker(g, r.size))
-	if n := len(r.trackers); n > cbtMaxTrackers {
-		r.trackers = append([]*changeTracker(nil), r.trackers[n-cbtMaxTrackers:]...)
+	if cur%2 == 0 && g%2 == 1 {
+		// an engine opened the volume after a clean close: this tracker
+		// covers its whole session, through any unclean reopen
+		r.sessionGen = g
 	}
+	r.trackers = dropOldTrackers(r.trackers, r.sessionGen)
 	r.mu.Unlock()
 	return nil
 }
@@ -580,7 +586,7 @@ func (r *Replica) Info() Info {
 }
 
 func (r *Replica) infoLocked() Info {
-	in := Info{Size: r.size, BlockSize: BlockSize, Generation: r.meta.Generation, Rebuilding: r.rebuilding}
+	in := Info{Size: r.size, BlockSize: BlockSize, Generation: r.meta.Generation, Rebuilding: r.rebuilding, SessionStart: r.sessionGen}
 	in.Snapshots = make([]SnapshotInfo, 0, len(r.meta.Layers)-1)
 	for _, l := range r.meta.Layers[:len(r.meta.Layers)-1] {
 		in.Snapshots = append(in.Snapshots, cloneInfo(l.SnapshotInfo))

@@ -156,7 +156,7 @@ func (r *Replica) replaceTop(keep int, receive []SnapshotInfo) error {
 	}
 	dropped := r.layers[keep:]
 	r.idx = idx
-	r.trackers = nil // the head's content was replaced wholesale
+	r.trackers, r.sessionGen = nil, 0 // the head's content was replaced wholesale
 	r.setChain(m, layers)
 	for _, l := range dropped {
 		l.f.Close()

@@ -55,6 +55,12 @@ type Info struct {
 	// Rebuilding is true when some snapshot is Incomplete; such a replica
 	// must not serve reads until the engine finished the rebuild.
 	Rebuilding bool `json:"rebuilding,omitempty"`
+	// SessionStart is the odd generation this replica process saw the
+	// volume opened at after a clean close (an even generation), when it
+	// has tracked every head change since (ChangedSince(SessionStart));
+	// 0 when it has not (restarted since, reverted, rebuilt). The engine
+	// resyncs only those regions after an unclean shutdown.
+	SessionStart uint64 `json:"sessionStart,omitempty"`
 }
 
 // SnapshotReader reads the volume as it was when a snapshot was taken. It

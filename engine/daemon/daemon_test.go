@@ -179,6 +179,10 @@ func TestEngineKillLoopReplicasAgree(t *testing.T) {
 
 		e.restart()
 		st := e.waitStatus("replicas resynced", time.Minute, func(s engine.Status) bool { return s.Robustness == engine.Healthy })
+		// the replica processes kept running: their change tracking (since
+		// the first open; there was no clean close since) bounds the resync
+		require.NotNil(t, st.LastResync, "kill %d", i)
+		require.True(t, st.LastResync.Tracked, "kill %d: %+v", i, st.LastResync)
 		var first []byte
 		for j, r := range rs {
 			buf := make([]byte, size)
