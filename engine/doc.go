@@ -73,7 +73,10 @@
 // # Snapshots
 //
 // Snapshot flushes and snapshots every healthy replica under the barrier with
-// the same name and a random uid label (SnapshotUIDLabel). Revert needs the
+// the same name and a random uid label (SnapshotUIDLabel). While a rebuild
+// copies layers the rebuilding replica takes the snapshot too (above the
+// layers it receives), so snapshot schedules keep running during long
+// rebuilds; other control operations wait for the rebuild. Revert needs the
 // volume detached (no NBD client, FUSE file not open); Remove coalesces the
 // layer on every replica while I/O continues.
 //

@@ -120,9 +120,15 @@ func (v *Volume) Rebuild(ctx context.Context, addr string) (res RebuildResult, e
 		return res, err
 	}
 	res.Layers = layers
+	// Snapshots may be taken while the layers are copied (they land on
+	// every replica, the target included, above the received layers).
+	defer v.endRebuildCopy()
 	// The rebuild snapshot stays (only older ones are pruned): it lets a
 	// replica that drops out later come back by copying only newer layers.
 	for _, layer := range layers {
+		if rebuildCopyHook != nil {
+			rebuildCopyHook()
+		}
 		n, relayed, err := v.copyLayer(ctx, src, m, layer)
 		res.Bytes += n
 		res.Relayed = res.Relayed || relayed
@@ -229,7 +235,7 @@ func (v *Volume) startRebuild(ctx context.Context, m *member, r Replica, tinfo R
 	if v.closed {
 		return fail(ErrClosed)
 	}
-	if err := v.snapshotLocked(snap, map[string]string{"cairn.dev/purpose": "rebuild"}); err != nil {
+	if err := v.snapshotLocked(snap, map[string]string{"cairn.dev/purpose": "rebuild"}, nil); err != nil {
 		return fail(err)
 	}
 	src := pickReader(v.view.healthy)
@@ -261,6 +267,7 @@ func (v *Volume) startRebuild(ctx context.Context, m *member, r Replica, tinfo R
 	m.copied.Store(0)
 	m.toCopy.Store(0)
 	v.rebuildViewLocked()
+	v.rebuildCopying = true
 	v.log.Info("Rebuild started", "replica", m.addr, "source", src.addr, "layers", layers)
 	return src, layers, nil
 }
@@ -287,6 +294,16 @@ func (v *Volume) abortRebuild(m *member, err error) error {
 	v.fail(m, err)
 	v.settle()
 	return err
+}
+
+// rebuildCopyHook, when set (tests), runs before each layer copy.
+var rebuildCopyHook func()
+
+// endRebuildCopy closes the window in which snapshots run during a rebuild.
+func (v *Volume) endRebuildCopy() {
+	v.mu.Lock()
+	v.rebuildCopying = false
+	v.mu.Unlock()
 }
 
 // layerPuller is a rebuild target that can fetch a layer from the source
@@ -471,6 +488,7 @@ const copyChunk = 1 << 20
 func (v *Volume) promote(m *member) error {
 	v.mu.Lock()
 	defer v.mu.Unlock()
+	v.rebuildCopying = false
 	v.settleLocked()
 	if m.mode != ModeRebuilding {
 		return fmt.Errorf("replica %s was dropped during the rebuild: %s", m.addr, m.reason)

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"maps"
 	"regexp"
+	"slices"
 	"time"
 )
 
@@ -30,29 +31,38 @@ func (v *Volume) SetAttachedCheck(fn func() bool) {
 }
 
 // Snapshot flushes and snapshots every healthy replica under the I/O
-// barrier, so all of them capture the same point in the write stream.
-// A replica that fails is dropped; the snapshot succeeds while one succeeds.
+// barrier, so all of them capture the same point in the write stream
+// (during a rebuild's copy, the rebuilding replica too). A replica that
+// fails is dropped; the snapshot succeeds while one succeeds.
 func (v *Volume) Snapshot(ctx context.Context, name string, labels map[string]string) error {
 	if err := ValidSnapshotName(name); err != nil {
 		return err
 	}
-	if !v.ctl.TryLock() {
-		return fmt.Errorf("%w: another control operation is running", ErrBusy)
+	if v.ctl.TryLock() {
+		defer v.ctl.Unlock()
+		v.mu.Lock()
+		defer v.mu.Unlock()
+		return v.snapshotLocked(name, labels, nil)
 	}
-	defer v.ctl.Unlock()
+	// Another control operation runs. A rebuild copying layers lets
+	// snapshots through: the barrier (mu) keeps them apart from its start
+	// and promotion, and the target takes the snapshot too, above the
+	// layers it receives, so every chain stays the same.
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if len(v.view.rebuilding) > 0 {
-		return fmt.Errorf("%w: a rebuild is running", ErrBusy)
+	if !v.rebuildCopying {
+		return fmt.Errorf("%w: another control operation is running", ErrBusy)
 	}
-	return v.snapshotLocked(name, labels)
+	return v.snapshotLocked(name, labels, v.view.rebuilding)
 }
 
 // SnapshotUIDLabel is the label the engine puts on every snapshot: the same
 // random id on every replica, so rebuild can match layers across replicas.
 const SnapshotUIDLabel = "cairn.dev/snapshot-uid"
 
-func (v *Volume) snapshotLocked(name string, userLabels map[string]string) error {
+// snapshotLocked snapshots the healthy replicas and also (same name and
+// uid) the rebuilding ones in also; it succeeds when a healthy one did.
+func (v *Volume) snapshotLocked(name string, userLabels map[string]string, also []*member) error {
 	if v.closed {
 		return ErrClosed
 	}
@@ -64,7 +74,8 @@ func (v *Volume) snapshotLocked(name string, userLabels map[string]string) error
 	_, _ = rand.Read(uid[:])
 	labels[SnapshotUIDLabel] = hex.EncodeToString(uid[:])
 	healthy := v.view.healthy
-	errs := v.parallel(healthy, func(m *member) error {
+	all := append(slices.Clone(healthy), also...)
+	errs := v.parallel(all, func(m *member) error {
 		ctx, cancel := context.WithTimeout(context.Background(), v.cfg.ControlTimeout)
 		defer cancel()
 		if err := m.r.Flush(ctx); err != nil {
@@ -84,6 +95,14 @@ func (v *Volume) snapshotLocked(name string, userLabels map[string]string) error
 			reqErr = err
 		default:
 			v.fail(m, fmt.Errorf("snapshot %s: %w", name, err))
+		}
+	}
+	// A rebuild target whose chain did not change like the healthy ones'
+	// cannot finish the rebuild: it is dropped (and rebuilt again).
+	took := reqErr == nil && ok > 0
+	for i, m := range also {
+		if err := errs[len(healthy)+i]; (err == nil) != took {
+			v.fail(m, fmt.Errorf("snapshot %s during rebuild: target %v, healthy replicas %v", name, err, took))
 		}
 	}
 	v.settleLocked()

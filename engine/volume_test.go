@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -373,6 +374,69 @@ func TestRebuildRelaysWhenTargetCannotPull(t *testing.T) {
 	require.Positive(t, res.Bytes)
 	require.Equal(t, Healthy, v.Status().Robustness)
 	for _, r := range rs {
+		requireSame(t, m.data, r.contents(), r.addr)
+	}
+}
+
+// TestSnapshotDuringRebuild: a snapshot requested while a rebuild copies
+// layers is taken on every replica, the target included; after the
+// rebuild every replica has the same chain and the snapshot reads the same
+// everywhere. Other control operations stay busy meanwhile.
+func TestSnapshotDuringRebuild(t *testing.T) {
+	const size = 8 << 20
+	rs := newTestReplicas(t, 3, size)
+	v := openTestVolume(t, size, rs)
+	m := &model{data: make([]byte, size)}
+	rnd := rand.New(rand.NewPCG(13, 14))
+	write := func(n int) {
+		for i := 0; i < n; i++ {
+			p := randBytes(rnd, 4096*(1+rnd.IntN(4)))
+			off := rnd.Int64N(size/4096-4) * 4096
+			require.NoError(t, v.WriteAt(bg, p, off))
+			m.write(p, off)
+		}
+	}
+	write(300)
+	rs[2].stop()
+	write(50)
+	rs[2].start()
+
+	started, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	rebuildCopyHook = func() {
+		once.Do(func() { close(started); <-release })
+	}
+	t.Cleanup(func() { rebuildCopyHook = nil })
+	done := make(chan error, 1)
+	go func() { _, err := v.Rebuild(bg, rs[2].addr); done <- err }()
+	<-started
+	write(20) // the target takes live writes meanwhile
+	want := bytes.Clone(m.data)
+	require.NoError(t, v.Snapshot(bg, "during", map[string]string{"k": "v"}))
+	require.ErrorIs(t, v.RemoveSnapshot(bg, "during"), ErrBusy)
+	write(20)
+	close(release)
+	require.NoError(t, <-done)
+	require.Equal(t, Healthy, v.Status().Robustness)
+
+	var chain []string
+	for i, r := range rs {
+		var names []string
+		for _, s := range r.r.Snapshots() {
+			names = append(names, s.Name)
+		}
+		if i == 0 {
+			chain = names
+			require.Contains(t, chain, "during")
+		}
+		require.Equal(t, chain, names, r.addr)
+		sr, err := r.r.OpenSnapshot("during")
+		require.NoError(t, err)
+		got := make([]byte, size)
+		_, err = sr.ReadAt(got, 0)
+		require.NoError(t, err)
+		require.NoError(t, sr.Close())
+		requireSame(t, want, got, r.addr+" snapshot")
 		requireSame(t, m.data, r.contents(), r.addr)
 	}
 }
