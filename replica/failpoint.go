@@ -3,9 +3,12 @@ package replica
 import (
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"sync"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cairnstore/cairn/internal/durable"
 )
 
 // Failure points for tests. testHook (replica.go) makes named operations
@@ -22,6 +25,9 @@ var crashSim *unsyncedLog
 type unsyncedLog struct {
 	mu    sync.Mutex
 	files map[string]map[int64]preimage // path -> block -> content at last sync
+	// created are files whose directory entry is not durable yet (no
+	// directory fsync since they were created): a power cut may lose them.
+	created map[string]bool
 }
 
 type preimage struct {
@@ -30,7 +36,39 @@ type preimage struct {
 }
 
 func newUnsyncedLog() *unsyncedLog {
-	return &unsyncedLog{files: map[string]map[int64]preimage{}}
+	return &unsyncedLog{files: map[string]map[int64]preimage{}, created: map[string]bool{}}
+}
+
+// simCreated records a new file whose directory entry is not yet durable.
+func simCreated(path string) {
+	if s := crashSim; s != nil {
+		s.mu.Lock()
+		s.created[path] = true
+		s.mu.Unlock()
+	}
+}
+
+// simDirSynced records a directory fsync: the entries of the files created
+// in dir so far are durable.
+func simDirSynced(dir string) {
+	if s := crashSim; s != nil {
+		s.mu.Lock()
+		for p := range s.created {
+			if filepath.Dir(p) == filepath.Clean(dir) {
+				delete(s.created, p)
+			}
+		}
+		s.mu.Unlock()
+	}
+}
+
+// syncDir fsyncs a replica directory (durable.SyncDir) and tells crashSim.
+func syncDir(dir string) error {
+	if err := durable.SyncDir(dir); err != nil {
+		return err
+	}
+	simDirSynced(dir)
+	return nil
 }
 
 // simWrite records the pre-images of the blocks of [off, off+n) of the
@@ -102,6 +140,15 @@ func (s *unsyncedLog) drop(rng *rand.Rand, p float64) (dropped int) {
 		f.Close()
 	}
 	s.files = map[string]map[int64]preimage{}
+	// a file whose directory entry never became durable may vanish
+	for path := range s.created {
+		if rng.Float64() < p {
+			if os.Remove(path) == nil {
+				dropped++
+			}
+		}
+	}
+	s.created = map[string]bool{}
 	return dropped
 }
 

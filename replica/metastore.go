@@ -6,6 +6,7 @@ import (
 	"io"
 	"math/bits"
 	"os"
+	"path/filepath"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -161,6 +162,7 @@ func (s *metaStore) rewrite(m *metaFile) error {
 	if err := durable.WriteRaw(s.path, buf); err != nil {
 		return err
 	}
+	simDirSynced(filepath.Dir(s.path)) // WriteRaw fsyncs the directory
 	f, err := os.OpenFile(s.path, os.O_RDWR, 0)
 	if err != nil {
 		return err

@@ -217,10 +217,27 @@ func newLayerFile(dir string, size int64) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	simCreated(path)
 	defer f.Close()
 	if err := f.Truncate(size); err != nil {
 		os.Remove(path)
 		return "", ioErr("truncate layer", err)
+	}
+	return id, nil
+}
+
+// newDurableLayerFile is newLayerFile with the directory entry made
+// durable: metadata slot commits do not fsync the directory, so a file a
+// commit will list must be durable in it first (the spare head files are
+// made so in the background, off the snapshot's path).
+func newDurableLayerFile(dir string, size int64) (string, error) {
+	id, err := newLayerFile(dir, size)
+	if err != nil {
+		return "", err
+	}
+	if err := syncDir(dir); err != nil {
+		os.Remove(filepath.Join(dir, layerRecord{ID: id}.fileName()))
+		return "", err
 	}
 	return id, nil
 }
@@ -323,7 +340,7 @@ func (r *Replica) refillSpare() {
 	go func() {
 		defer r.spareRun.Done()
 		defer r.spareBsy.Store(false)
-		id, err := newLayerFile(r.dir, r.size)
+		id, err := newDurableLayerFile(r.dir, r.size)
 		if err != nil {
 			return // the snapshot creates its file itself
 		}
@@ -344,7 +361,7 @@ func (r *Replica) takeSpare() (*layer, error) {
 		return l, nil
 	default:
 	}
-	id, err := newLayerFile(r.dir, r.size)
+	id, err := newDurableLayerFile(r.dir, r.size)
 	if err != nil {
 		return nil, ioErr("create layer", err)
 	}

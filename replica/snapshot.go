@@ -142,6 +142,12 @@ func (r *Replica) replaceTop(keep int, receive []SnapshotInfo) error {
 		cleanup()
 		return fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
+	// the new files' directory entries must be durable before the
+	// metadata that lists them (slot commits do not fsync the directory)
+	if err := syncDir(r.dir); err != nil {
+		cleanup()
+		return ioErr("sync directory", err)
+	}
 	layers := append(slices.Clone(r.layers[:keep]), created...)
 	idx, err := buildIndex(layers[:keep], r.size)
 	if err != nil {
