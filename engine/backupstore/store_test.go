@@ -751,3 +751,47 @@ func TestFileSinkDirectAndBuffered(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, bytes.Equal(want, got))
 }
+
+// TestLockLostAbortsBackup: a backup whose lock cannot be refreshed before
+// it expires (the target went away for longer than the TTL) aborts with
+// ErrLockLost instead of going on under a lock others may consider stale,
+// and leaves nothing listed; a retry then completes.
+func TestLockLostAbortsBackup(t *testing.T) {
+	tt := newS3Target(t)
+	ctx := ctxT(t)
+	const ttl = 1500 * time.Millisecond
+	s := tt.open(t, func(o *Options) { o.LockTTL = ttl; o.RequestTimeout = time.Second; o.MaxAttempts = 1 })
+	img := newMemImage(testSize)
+	fillMixed(img, 81)
+	// The backup stops at its first read of the volume: everything it
+	// did on S3 before (lock, catalogue) is finished, so while S3 is away
+	// only the lock's refresh can fail.
+	slow := img.clone()
+	reached, release := make(chan struct{}), make(chan struct{})
+	var reads atomic.Int32
+	slow.hold = func() {
+		if reads.Add(1) == 1 {
+			close(reached)
+		}
+		<-release
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.CreateBackup(ctx, BackupOptions{Volume: "v", Source: slow, BlockSize: testBlockSize})
+		done <- err
+	}()
+	<-reached
+	tt.s3.Stop()
+	time.Sleep(ttl + ttl/3 + time.Second) // past the expiry and the refresher's next tick
+	tt.s3.Restart()
+	close(release)
+	err := <-done
+	require.ErrorIs(t, err, ErrLockLost, "got %v", err)
+
+	list, err := s.List(ctx, "v")
+	require.NoError(t, err)
+	require.Empty(t, list, "a backup that lost its lock is not listed")
+	b, err := s.CreateBackup(ctx, BackupOptions{Volume: "v", Source: img, BlockSize: testBlockSize})
+	require.NoError(t, err)
+	checkNoOrphansAndRestore(t, s, "v", b.ID, img)
+}
