@@ -83,7 +83,17 @@
 // # Rebuild
 //
 // A new or returning replica is rebuilt while I/O continues (Volume.Rebuild,
-// or RunAutoRebuild for replicas that come back):
+// or RunAutoRebuild for replicas that come back).
+//
+// A replica that returns with the volume's snapshot chain (no snapshot was
+// taken without it) is caught up instead: under the barrier a healthy
+// source reports the regions changed since the generation the replica
+// stored (its change tracking covers every write issued since, including
+// those in flight when the replica left), the replica joins as a resyncing
+// member that takes every write, and only those regions are compared and
+// repaired under the range locks, as after an unclean shutdown
+// (RebuildResult.CaughtUp). Otherwise, or when the source does not track
+// that far back (it restarted since), the layers are rebuilt:
 //
 //  1. Barrier: flush and snapshot the healthy replicas (a "cairn-rebuild-"
 //     snapshot freezes the head); the target keeps the snapshot layers it

@@ -22,6 +22,10 @@ type RebuildResult struct {
 	// Relayed is true when the data passed through the engine because the
 	// target could not pull it from the source itself.
 	Relayed bool `json:"relayed,omitempty"`
+	// CaughtUp is true when the replica returned with the volume's chain
+	// and only the regions written since it left were compared and
+	// repaired (Bytes is then the amount rewritten); no layer was copied.
+	CaughtUp bool `json:"caughtUp,omitempty"`
 	// Error is empty when the rebuild succeeded.
 	Error string `json:"error,omitempty"`
 }
@@ -112,6 +116,14 @@ func (v *Volume) Rebuild(ctx context.Context, addr string) (res RebuildResult, e
 		r.Close()
 		v.setReason(m, "rebuild: "+err.Error())
 		return res, err
+	}
+
+	if ok, n, err := v.catchUp(m, r, info); ok {
+		res.CaughtUp, res.Bytes = true, n
+		if err != nil {
+			return res, err
+		}
+		return res, v.promote(m)
 	}
 
 	snap := fmt.Sprintf("%s%d", rebuildSnapshotPrefix, time.Now().UnixNano())
@@ -294,6 +306,63 @@ func (v *Volume) abortRebuild(m *member, err error) error {
 	v.fail(m, err)
 	v.settle()
 	return err
+}
+
+// catchUp brings back a replica that holds the volume's snapshot chain and
+// missed only writes made since the generation it stored: under the
+// barrier it asks a healthy source which regions changed since then (the
+// source's change tracking covers every write issued after that
+// generation, including those in flight when the replica left) and joins
+// the replica as a resyncing member, which takes every write from then
+// on; those regions are then compared and repaired under the range locks
+// like a resync after a crash. ok is false (and r untouched) when it does
+// not apply: different chain, no tracking that far back; the caller then
+// rebuilds from layers.
+func (v *Volume) catchUp(m *member, r Replica, info ReplicaInfo) (ok bool, repaired int64, err error) {
+	if info.Rebuilding || info.Generation == 0 {
+		return false, 0, nil
+	}
+	v.mu.Lock()
+	src := pickReader(v.view.healthy)
+	if src == nil || v.closed || info.Generation >= v.gen {
+		v.mu.Unlock()
+		return false, 0, nil
+	}
+	ct, tracks := src.r.(changeTracking)
+	if !tracks {
+		v.mu.Unlock()
+		return false, 0, nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), v.cfg.ControlTimeout)
+	defer cancel()
+	sinfo, err := src.r.Info(ctx)
+	if err != nil || !sameChain(sinfo.Snapshots, info.Snapshots) {
+		v.mu.Unlock()
+		return false, 0, nil
+	}
+	ext, err := ct.ChangedSince(ctx, info.Generation, v.cfg.Size)
+	if err != nil {
+		v.mu.Unlock()
+		return false, 0, nil // not tracked that far back (source restarted)
+	}
+	if m.r != nil && m.r != r && m.mode != ModeFailed {
+		m.r.Close()
+	}
+	m.r, m.reason, m.mode = r, "returning: repairing what changed from "+src.addr, ModeResyncing
+	m.failed.Store(false)
+	m.failErr.Store(nil)
+	v.rebuildViewLocked()
+	v.mu.Unlock()
+	v.log.Info("Replica returning: repairing the regions written since it left", "replica", m.addr,
+		"source", src.addr, "sinceGeneration", info.Generation)
+	n, err := v.repairRegions(src, []*member{m}, mergeExtents(ext), true)
+	v.settle()
+	if err != nil {
+		v.fail(m, fmt.Errorf("catch-up: %w", err))
+		v.settle()
+		return true, n, err
+	}
+	return true, n, nil
 }
 
 // rebuildCopyHook, when set (tests), runs before each layer copy.
@@ -490,7 +559,7 @@ func (v *Volume) promote(m *member) error {
 	defer v.mu.Unlock()
 	v.rebuildCopying = false
 	v.settleLocked()
-	if m.mode != ModeRebuilding {
+	if m.mode != ModeRebuilding && m.mode != ModeResyncing {
 		return fmt.Errorf("replica %s was dropped during the rebuild: %s", m.addr, m.reason)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), v.cfg.ControlTimeout)

@@ -223,6 +223,13 @@ func (v *Volume) resyncPass(src *member, targets []*member) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
+	return v.repairRegions(src, targets, all, tracked)
+}
+
+// repairRegions compares every target with src over the extents all and
+// rewrites the blocks that differ, a chunk at a time under the chunk's
+// range lock; it returns the bytes rewritten and records LastResync.
+func (v *Volume) repairRegions(src *member, targets []*member, all []Extent, tracked bool) (int64, error) {
 	var total int64
 	for _, e := range all {
 		total += e.Length

@@ -275,7 +275,12 @@ func TestRebuildUnderConcurrentUnalignedWrites(t *testing.T) {
 	}
 }
 
-func TestReturningReplicaCopiesOnlyNewLayers(t *testing.T) {
+// TestReturningReplicas: a replica that returns after snapshots were taken
+// without it copies only the layers newer than the last snapshot it
+// shares; one that returns with the volume's chain is caught up by
+// repairing only the regions written while it was away; older rebuild
+// snapshots are pruned once every member is healthy.
+func TestReturningReplicas(t *testing.T) {
 	const size = 8 << 20
 	rs := newTestReplicas(t, 3, size)
 	v := openTestVolume(t, size, rs)
@@ -289,49 +294,69 @@ func TestReturningReplicaCopiesOnlyNewLayers(t *testing.T) {
 			m.write(p, off)
 		}
 	}
+	chains := func() []string {
+		var first []string
+		for i, r := range rs {
+			var names []string
+			for _, s := range r.r.Snapshots() {
+				names = append(names, s.Name)
+			}
+			if i == 0 {
+				first = names
+			}
+			require.Equal(t, first, names, r.addr)
+			requireSame(t, m.data, r.contents(), r.addr)
+		}
+		return first
+	}
 	write(500)
 	require.NoError(t, v.Snapshot(bg, "old", nil))
+
+	// 1. Away while a snapshot is taken: layers since "old" move.
 	rs[2].stop()
 	write(20)
 	require.Equal(t, Degraded, v.Status().Robustness)
+	require.NoError(t, v.Snapshot(bg, "while-away", nil))
 	rs[2].start()
 	res, err := v.Rebuild(bg, rs[2].addr)
 	require.NoError(t, err)
-	require.Len(t, res.Layers, 1, "only the layer written since the common snapshot moves: %v", res.Layers)
+	require.False(t, res.CaughtUp)
+	require.Len(t, res.Layers, 2, "the layers since the common snapshot move: %v", res.Layers)
+	require.Equal(t, "while-away", res.Layers[0])
 	require.LessOrEqual(t, res.Bytes, int64(20*4096))
 	require.False(t, res.Relayed, "the target pulls from the source itself")
 	require.Equal(t, Healthy, v.Status().Robustness)
-	for _, r := range rs {
-		requireSame(t, m.data, r.contents(), r.addr)
-	}
+	c := chains()
+	require.Equal(t, []string{"old", "while-away", res.Layers[1]}, c)
+	firstRebuild := res.Layers[1]
 
-	// A second outage: the replica comes back to copy only what was written
-	// since the first rebuild snapshot; afterwards every replica keeps only
-	// the newest rebuild snapshot (older ones are merged away).
+	// 2. Away (restarted, so it lost its own tracking) with the chain
+	// unchanged: only what the source tracked as written is repaired.
 	rs[1].stop()
 	write(30)
 	rs[1].start()
 	res, err = v.Rebuild(bg, rs[1].addr)
 	require.NoError(t, err)
-	require.Len(t, res.Layers, 1, "layers since the last rebuild snapshot: %v", res.Layers)
+	require.True(t, res.CaughtUp, "%+v", res)
+	require.Empty(t, res.Layers)
+	require.Positive(t, res.Bytes)
 	require.LessOrEqual(t, res.Bytes, int64(30*4096))
-	snaps, err := v.Snapshots(bg)
+	require.Equal(t, Healthy, v.Status().Robustness)
+	require.Equal(t, c, chains())
+
+	// 3. A layer rebuild with every member healthy afterwards prunes the
+	// older rebuild snapshot.
+	rs[0].stop()
+	write(10)
+	require.NoError(t, v.Snapshot(bg, "away2", nil))
+	rs[0].start()
+	res, err = v.Rebuild(bg, rs[0].addr)
 	require.NoError(t, err)
-	var names []string
-	for _, s := range snaps {
-		names = append(names, s.Name)
-	}
-	require.Len(t, names, 2, "the user snapshot and the newest rebuild snapshot: %v", names)
-	require.Equal(t, "old", names[0])
-	require.Equal(t, res.Layers[0], names[1], "the newest rebuild snapshot stays")
-	for _, r := range rs {
-		var got []string
-		for _, s := range r.r.Snapshots() {
-			got = append(got, s.Name)
-		}
-		require.Equal(t, names, got, r.addr)
-		requireSame(t, m.data, r.contents(), r.addr)
-	}
+	require.False(t, res.CaughtUp)
+	require.Equal(t, Healthy, v.Status().Robustness)
+	c = chains()
+	require.NotContains(t, c, firstRebuild)
+	require.Equal(t, []string{"old", "while-away", "away2", res.Layers[len(res.Layers)-1]}, c)
 	_ = replica.BlockSize
 }
 
@@ -367,6 +392,7 @@ func TestRebuildRelaysWhenTargetCannotPull(t *testing.T) {
 	write(200)
 	rs[1].stop()
 	write(50)
+	require.NoError(t, v.Snapshot(bg, "while-away", nil)) // a layer rebuild, not a catch-up
 	rs[1].start()
 	res, err := v.Rebuild(bg, aliases[1])
 	require.NoError(t, err)
@@ -399,6 +425,7 @@ func TestSnapshotDuringRebuild(t *testing.T) {
 	write(300)
 	rs[2].stop()
 	write(50)
+	require.NoError(t, v.Snapshot(bg, "while-away", nil)) // a layer rebuild, not a catch-up
 	rs[2].start()
 
 	started, release := make(chan struct{}), make(chan struct{})

@@ -75,7 +75,10 @@ func TestFioVerifySurvivesReplicaKillAndRebuild(t *testing.T) {
 	require.NoError(t, fio2.Wait(), "%s", out.String())
 	require.NotNil(t, st.LastRebuild)
 	require.Empty(t, st.LastRebuild.Error)
-	t.Logf("rebuild: %d bytes, layers %v, %v", st.LastRebuild.Bytes, st.LastRebuild.Layers,
+	// the replica returned with the volume's chain: only what was written
+	// while it was away is repaired, no layer moves
+	require.True(t, st.LastRebuild.CaughtUp, "%+v", st.LastRebuild)
+	t.Logf("rebuild: caught up %v, %d bytes, layers %v, %v", st.LastRebuild.CaughtUp, st.LastRebuild.Bytes, st.LastRebuild.Layers,
 		st.LastRebuild.Finished.Sub(st.LastRebuild.Started))
 
 	// Every replica holds the same bytes: read each straight from its server.
