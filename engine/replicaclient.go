@@ -118,14 +118,19 @@ func (r *replicaClient) RemoveSnapshot(ctx context.Context, name string) error {
 
 func (r *replicaClient) LayerExtents(ctx context.Context, layer string) ([]Extent, error) {
 	ext, err := r.c.LayerExtents(ctx, layer, 0, r.size)
-	if err != nil {
-		return nil, mapErr(err)
+	return fromReplicaExtents(ext), mapErr(err)
+}
+
+// fromReplicaExtents converts the replica package's extents.
+func fromReplicaExtents(ext []replica.Extent) []Extent {
+	if ext == nil {
+		return nil
 	}
 	out := make([]Extent, len(ext))
 	for i, e := range ext {
 		out[i] = Extent{Offset: e.Offset, Length: e.Length}
 	}
-	return out, nil
+	return out
 }
 
 func (r *replicaClient) ReadLayer(ctx context.Context, layer string, p []byte, off int64) error {
@@ -156,14 +161,7 @@ func (r *replicaClient) WriteLayerExtents(ctx context.Context, layer string, ext
 // gen (replica changed-block tracking).
 func (r *replicaClient) ChangedSince(ctx context.Context, gen uint64, size int64) ([]Extent, error) {
 	ext, err := r.c.ChangedSince(ctx, gen, size)
-	if err != nil {
-		return nil, mapErr(err)
-	}
-	out := make([]Extent, len(ext))
-	for i, e := range ext {
-		out[i] = Extent{Offset: e.Offset, Length: e.Length}
-	}
-	return out, nil
+	return fromReplicaExtents(ext), mapErr(err)
 }
 
 // PullLayer has the replica copy a range of layer straight from the

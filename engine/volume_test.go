@@ -285,15 +285,7 @@ func TestReturningReplicas(t *testing.T) {
 	rs := newTestReplicas(t, 3, size)
 	v := openTestVolume(t, size, rs)
 	m := &model{data: make([]byte, size)}
-	rnd := rand.New(rand.NewPCG(5, 6))
-	write := func(n int) {
-		for i := 0; i < n; i++ {
-			p := randBytes(rnd, 4096)
-			off := rnd.Int64N(size/4096) * 4096
-			require.NoError(t, v.WriteAt(bg, p, off))
-			m.write(p, off)
-		}
-	}
+	write := randomWriter(t, v, m, 5, 1)
 	chains := func() []string {
 		var first []string
 		for i, r := range rs {
@@ -380,15 +372,7 @@ func TestRebuildRelaysWhenTargetCannotPull(t *testing.T) {
 		c.Dial = func(ctx context.Context, addr string) (Replica, error) { return dial(ctx, alias[addr]) }
 	})
 	m := &model{data: make([]byte, size)}
-	rnd := rand.New(rand.NewPCG(9, 10))
-	write := func(n int) {
-		for i := 0; i < n; i++ {
-			p := randBytes(rnd, 8192)
-			off := rnd.Int64N(size/4096-1) * 4096
-			require.NoError(t, v.WriteAt(bg, p, off))
-			m.write(p, off)
-		}
-	}
+	write := randomWriter(t, v, m, 9, 2)
 	write(200)
 	rs[1].stop()
 	write(50)
@@ -413,15 +397,7 @@ func TestSnapshotDuringRebuild(t *testing.T) {
 	rs := newTestReplicas(t, 3, size)
 	v := openTestVolume(t, size, rs)
 	m := &model{data: make([]byte, size)}
-	rnd := rand.New(rand.NewPCG(13, 14))
-	write := func(n int) {
-		for i := 0; i < n; i++ {
-			p := randBytes(rnd, 4096*(1+rnd.IntN(4)))
-			off := rnd.Int64N(size/4096-4) * 4096
-			require.NoError(t, v.WriteAt(bg, p, off))
-			m.write(p, off)
-		}
-	}
+	write := randomWriter(t, v, m, 13, 4)
 	write(300)
 	rs[2].stop()
 	write(50)
@@ -465,5 +441,22 @@ func TestSnapshotDuringRebuild(t *testing.T) {
 		require.NoError(t, sr.Close())
 		requireSame(t, want, got, r.addr+" snapshot")
 		requireSame(t, m.data, r.contents(), r.addr)
+	}
+}
+
+// randomWriter returns a function that makes n writes of 1 to maxBlocks
+// 4 KiB blocks at random block offsets of v, recording them in m.
+func randomWriter(t *testing.T, v *Volume, m *model, seed uint64, maxBlocks int) func(n int) {
+	rnd := rand.New(rand.NewPCG(seed, seed+1))
+	blocks := int64(len(m.data) / 4096)
+	return func(n int) {
+		t.Helper()
+		for i := 0; i < n; i++ {
+			k := 1 + rnd.IntN(maxBlocks)
+			p := randBytes(rnd, 4096*k)
+			off := rnd.Int64N(blocks-int64(k)+1) * 4096
+			require.NoError(t, v.WriteAt(bg, p, off))
+			m.write(p, off)
+		}
 	}
 }
