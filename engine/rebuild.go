@@ -132,9 +132,9 @@ func (v *Volume) Rebuild(ctx context.Context, addr string) (res RebuildResult, e
 		return res, err
 	}
 	res.Layers = layers
-	// Snapshots may be taken while the layers are copied (they land on
-	// every replica, the target included, above the received layers).
-	defer v.endRebuildCopy()
+	// Snapshots may be taken while the layers are copied, as long as the
+	// target is a rebuilding member (they land on every replica, the
+	// target included, above the received layers).
 	// The rebuild snapshot stays (only older ones are pruned): it lets a
 	// replica that drops out later come back by copying only newer layers.
 	for _, layer := range layers {
@@ -270,16 +270,7 @@ func (v *Volume) startRebuild(ctx context.Context, m *member, r Replica, tinfo R
 	for _, s := range receive {
 		layers = append(layers, s.Name)
 	}
-	if m.r != nil && m.r != r && m.mode != ModeFailed {
-		m.r.Close()
-	}
-	m.r, m.reason, m.mode = r, "", ModeRebuilding
-	m.failed.Store(false)
-	m.failErr.Store(nil)
-	m.copied.Store(0)
-	m.toCopy.Store(0)
-	v.rebuildViewLocked()
-	v.rebuildCopying = true
+	v.joinLocked(m, r, ModeRebuilding, "")
 	v.log.Info("Rebuild started", "replica", m.addr, "source", src.addr, "layers", layers)
 	return src, layers, nil
 }
@@ -319,43 +310,13 @@ func (v *Volume) abortRebuild(m *member, err error) error {
 // not apply: different chain, no tracking that far back; the caller then
 // rebuilds from layers.
 func (v *Volume) catchUp(m *member, r Replica, info ReplicaInfo) (ok bool, repaired int64, err error) {
-	if info.Rebuilding || info.Generation == 0 {
+	src, ext := v.startCatchUp(m, r, info)
+	if src == nil {
 		return false, 0, nil
 	}
-	v.mu.Lock()
-	src := pickReader(v.view.healthy)
-	if src == nil || v.closed || info.Generation >= v.gen {
-		v.mu.Unlock()
-		return false, 0, nil
-	}
-	ct, tracks := src.r.(changeTracking)
-	if !tracks {
-		v.mu.Unlock()
-		return false, 0, nil
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), v.cfg.ControlTimeout)
-	defer cancel()
-	sinfo, err := src.r.Info(ctx)
-	if err != nil || !sameChain(sinfo.Snapshots, info.Snapshots) {
-		v.mu.Unlock()
-		return false, 0, nil
-	}
-	ext, err := ct.ChangedSince(ctx, info.Generation, v.cfg.Size)
-	if err != nil {
-		v.mu.Unlock()
-		return false, 0, nil // not tracked that far back (source restarted)
-	}
-	if m.r != nil && m.r != r && m.mode != ModeFailed {
-		m.r.Close()
-	}
-	m.r, m.reason, m.mode = r, "returning: repairing what changed from "+src.addr, ModeResyncing
-	m.failed.Store(false)
-	m.failErr.Store(nil)
-	v.rebuildViewLocked()
-	v.mu.Unlock()
 	v.log.Info("Replica returning: repairing the regions written since it left", "replica", m.addr,
 		"source", src.addr, "sinceGeneration", info.Generation)
-	n, err := v.repairRegions(src, []*member{m}, mergeExtents(ext), true)
+	n, err := v.repairRegions(src, []*member{m}, ext, true)
 	v.settle()
 	if err != nil {
 		v.fail(m, fmt.Errorf("catch-up: %w", err))
@@ -365,15 +326,53 @@ func (v *Volume) catchUp(m *member, r Replica, info ReplicaInfo) (ok bool, repai
 	return true, n, nil
 }
 
+// startCatchUp checks under the barrier that catchUp applies and, if so,
+// joins m as a resyncing member; it returns the source and the regions to
+// repair, or a nil source.
+func (v *Volume) startCatchUp(m *member, r Replica, info ReplicaInfo) (*member, []Extent) {
+	if info.Rebuilding || info.Generation == 0 {
+		return nil, nil
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	src := pickReader(v.view.healthy)
+	if src == nil || v.closed || info.Generation >= v.gen {
+		return nil, nil
+	}
+	ct, tracks := src.r.(changeTracking)
+	if !tracks {
+		return nil, nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), v.cfg.ControlTimeout)
+	defer cancel()
+	sinfo, err := src.r.Info(ctx)
+	if err != nil || !sameChain(sinfo.Snapshots, info.Snapshots) {
+		return nil, nil
+	}
+	ext, err := ct.ChangedSince(ctx, info.Generation, v.cfg.Size)
+	if err != nil {
+		return nil, nil // not tracked that far back (source restarted)
+	}
+	v.joinLocked(m, r, ModeResyncing, "returning: repairing what changed from "+src.addr)
+	return src, mergeExtents(ext)
+}
+
+// joinLocked makes r the connection of m, which takes every write from now
+// on in mode (rebuilding or resyncing). Callers hold mu for writing.
+func (v *Volume) joinLocked(m *member, r Replica, mode ReplicaMode, reason string) {
+	if m.r != nil && m.r != r && m.mode != ModeFailed {
+		m.r.Close()
+	}
+	m.r, m.reason, m.mode = r, reason, mode
+	m.failed.Store(false)
+	m.failErr.Store(nil)
+	m.copied.Store(0)
+	m.toCopy.Store(0)
+	v.rebuildViewLocked()
+}
+
 // rebuildCopyHook, when set (tests), runs before each layer copy.
 var rebuildCopyHook func()
-
-// endRebuildCopy closes the window in which snapshots run during a rebuild.
-func (v *Volume) endRebuildCopy() {
-	v.mu.Lock()
-	v.rebuildCopying = false
-	v.mu.Unlock()
-}
 
 // layerPuller is a rebuild target that can fetch a layer from the source
 // replica itself (replicaClient).
@@ -557,7 +556,6 @@ const copyChunk = 1 << 20
 func (v *Volume) promote(m *member) error {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	v.rebuildCopying = false
 	v.settleLocked()
 	if m.mode != ModeRebuilding && m.mode != ModeResyncing {
 		return fmt.Errorf("replica %s was dropped during the rebuild: %s", m.addr, m.reason)

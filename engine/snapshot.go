@@ -44,13 +44,14 @@ func (v *Volume) Snapshot(ctx context.Context, name string, labels map[string]st
 		defer v.mu.Unlock()
 		return v.snapshotLocked(name, labels, nil)
 	}
-	// Another control operation runs. A rebuild copying layers lets
+	// Another control operation runs. A rebuild copying layers (only a
+	// rebuild, which holds ctl throughout, has rebuilding members) lets
 	// snapshots through: the barrier (mu) keeps them apart from its start
 	// and promotion, and the target takes the snapshot too, above the
 	// layers it receives, so every chain stays the same.
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if !v.rebuildCopying {
+	if len(v.view.rebuilding) == 0 {
 		return fmt.Errorf("%w: another control operation is running", ErrBusy)
 	}
 	return v.snapshotLocked(name, labels, v.view.rebuilding)

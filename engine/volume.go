@@ -91,9 +91,6 @@ type Volume struct {
 	rebuildTarget string
 	lastRebuild   *RebuildResult
 	lastResync    *ResyncResult
-	// rebuildCopying is true while a rebuild copies layers (it holds ctl
-	// then): snapshots may still be taken. Guarded by mu.
-	rebuildCopying bool
 }
 
 // Open connects to the replicas, refuses the ones that do not fit (wrong

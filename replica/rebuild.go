@@ -239,22 +239,23 @@ func directAligned(p []byte, off int64) bool {
 
 // writeDirect writes p at off to path with O_DIRECT.
 func writeDirect(path string, p []byte, off int64) error {
-	fd, err := unix.Open(path, unix.O_WRONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(fd)
-	return pwriteFull(fd, p, off)
+	return withDirect(path, unix.O_WRONLY, func(fd int) error { return pwriteFull(fd, p, off) })
 }
 
 // readDirect reads p at off from path with O_DIRECT. The kernel writes
 // back dirty page-cache data in the range first, so the read sees every
 // write made through the buffered descriptor.
 func readDirect(path string, p []byte, off int64) error {
-	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
+	return withDirect(path, unix.O_RDONLY, func(fd int) error { return preadFull(fd, p, off) })
+}
+
+// withDirect runs fn on a descriptor of path opened with O_DIRECT and
+// mode (O_RDONLY or O_WRONLY), closed afterwards.
+func withDirect(path string, mode int, fn func(fd int) error) error {
+	fd, err := unix.Open(path, mode|unix.O_DIRECT|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return err
 	}
 	defer unix.Close(fd)
-	return preadFull(fd, p, off)
+	return fn(fd)
 }
