@@ -14,26 +14,27 @@ import (
 	"log/slog"
 	"math"
 	"net"
-	"os"
-	"strings"
 	"sync"
 	"time"
+
+	"github.com/cairnstore/cairn/internal/netx"
 )
 
 // handshakeTimeout bounds the authentication exchange.
 const handshakeTimeout = 10 * time.Second
 
-// Listen opens a listener for addr: "unix:/path" for a unix socket (a
-// stale socket file is replaced), anything else is a TCP host:port.
-func Listen(addr string) (net.Listener, error) {
-	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
-		if st, err := os.Lstat(path); err == nil && st.Mode()&os.ModeSocket != 0 {
-			os.Remove(path)
-		}
-		return net.Listen("unix", path)
-	}
-	return net.Listen("tcp", addr)
-}
+// In-flight byte budgets: a connection stops reading requests while the
+// requests and replies it holds exceed maxConnBytes, and all connections
+// together hold at most maxServerBytes.
+const (
+	maxConnBytes   = 64 << 20
+	maxServerBytes = 512 << 20
+)
+
+// Listen opens a listener for addr: "unix:/path" for a unix socket (mode
+// 0600; a stale socket file is replaced), anything else is a TCP
+// host:port.
+func Listen(addr string) (net.Listener, error) { return netx.Listen(addr) }
 
 // Server serves one Replica over the binary protocol. Every connection
 // must pass the token challenge first.
@@ -41,10 +42,12 @@ type Server struct {
 	r      *Replica
 	token  []byte
 	logger *slog.Logger
+	// authLog and closeLog rate-limit per-connection log lines.
+	authLog, closeLog *netx.LogLimiter
 
-	mu    sync.Mutex
-	conns map[net.Conn]struct{}
-	wg    sync.WaitGroup
+	maxUnauthenticated int
+	connBytes          int64
+	bytes              *netx.Budget
 }
 
 // NewServer returns a server for r. token must not be empty. logger may
@@ -56,7 +59,12 @@ func NewServer(r *Replica, token string, logger *slog.Logger) (*Server, error) {
 	if logger == nil {
 		logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	return &Server{r: r, token: []byte(token), logger: logger, conns: map[net.Conn]struct{}{}}, nil
+	return &Server{
+		r: r, token: []byte(token), logger: logger,
+		authLog:   netx.NewLogLimiter(time.Second, logger.Warn),
+		closeLog:  netx.NewLogLimiter(time.Second, logger.Info),
+		connBytes: maxConnBytes, bytes: netx.NewBudget(maxServerBytes),
+	}, nil
 }
 
 // Serve serves r on ln with token until ctx is done; then it closes ln
@@ -69,52 +77,20 @@ func Serve(ctx context.Context, ln net.Listener, r *Replica, token string) error
 	return s.Serve(ctx, ln)
 }
 
-// Serve accepts connections on ln until ctx is done or ln fails.
+// Serve accepts connections on ln until ctx is done or ln fails; running
+// out of file descriptors only delays accepting.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
-	stop := context.AfterFunc(ctx, func() {
-		ln.Close()
-		s.mu.Lock()
-		for c := range s.conns {
-			c.Close()
+	cfg := netx.Config{MaxUnauthenticated: s.maxUnauthenticated, Log: s.logger.Warn}
+	return netx.Serve(ctx, ln, cfg, func(c net.Conn, authed func()) {
+		err := s.serveConn(c, authed)
+		if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && !errors.Is(err, ErrAuth) {
+			s.closeLog.Log("Replica connection closed", "remote", c.RemoteAddr().String(), "error", err)
 		}
-		s.mu.Unlock()
 	})
-	defer stop()
-	defer s.wg.Wait()
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
-			}
-			return err
-		}
-		s.mu.Lock()
-		if ctx.Err() != nil {
-			s.mu.Unlock()
-			c.Close()
-			return nil
-		}
-		s.conns[c] = struct{}{}
-		s.mu.Unlock()
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			err := s.serveConn(c)
-			if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && !errors.Is(err, ErrAuth) {
-				s.logger.Info("Replica connection closed", "remote", c.RemoteAddr().String(), "error", err)
-			}
-			s.mu.Lock()
-			delete(s.conns, c)
-			s.mu.Unlock()
-			c.Close()
-		}()
-	}
 }
+
+// inFlightBytes is the number of bytes all connections hold.
+func (s *Server) inFlightBytes() int64 { return s.bytes.InUse() }
 
 func authMAC(token []byte, side string, sNonce, cNonce []byte) []byte {
 	m := hmac.New(sha256.New, token)
@@ -165,18 +141,26 @@ type response struct {
 	h       respHeader
 	payload []byte
 	release func()
+	// held is the number of budget bytes the request holds.
+	held int64
 }
 
-func (s *Server) serveConn(c net.Conn) error {
+func (s *Server) serveConn(c net.Conn, authed func()) error {
 	if err := s.serverHandshake(c); err != nil {
 		if errors.Is(err, ErrAuth) {
-			s.logger.Info("Replica connection refused: bad token", "remote", c.RemoteAddr().String())
+			s.authLog.Log("Replica connection refused: bad token", "remote", c.RemoteAddr().String())
 		}
 		return err
 	}
+	authed()
+	budget := netx.NewBudget(s.connBytes)
+	unhold := func(n int64) {
+		budget.Release(n)
+		s.bytes.Release(n)
+	}
 	out := make(chan response, maxInflight)
 	writerDone := make(chan error, 1)
-	go func() { writerDone <- writeResponses(c, out) }()
+	go func() { writerDone <- writeResponses(c, out, unhold) }()
 
 	// Long requests (PullLayer) stop when their connection goes away.
 	connCtx, connGone := context.WithCancel(context.Background())
@@ -189,8 +173,17 @@ func (s *Server) serveConn(c net.Conn) error {
 	for {
 		var h reqHeader
 		var payload, pooled []byte
-		if h, payload, pooled, rerr = readRequest(br, hdr); rerr != nil {
+		if h, rerr = readHeader(br, hdr); rerr != nil {
 			break // EOF, or a malformed frame: drop this connection only
+		}
+		// Hold the request's bytes until its reply is written.
+		held := requestBytes(h)
+		if rerr = s.hold(connCtx, budget, held); rerr != nil {
+			break
+		}
+		if payload, pooled, rerr = readPayload(br, h); rerr != nil {
+			unhold(held)
+			break
 		}
 		sem <- struct{}{}
 		handlers.Add(1)
@@ -198,6 +191,7 @@ func (s *Server) serveConn(c net.Conn) error {
 			defer handlers.Done()
 			resp := s.handle(connCtx, h, payload)
 			putBuf(pooled)
+			resp.held = held
 			out <- resp
 			<-sem
 		}()
@@ -211,32 +205,66 @@ func (s *Server) serveConn(c net.Conn) error {
 	return rerr
 }
 
-// readRequest reads one request frame; hdr is a reqHeaderSize scratch
-// buffer. The payload lives in pooled, a buffer from the pool to hand back
-// with putBuf once the request is done. A WriteLayerExtents payload is
-// placed so that its data starts page-aligned: the replica can then write
-// a rebuild's data with O_DIRECT straight from the frame.
-func readRequest(r io.Reader, hdr []byte) (h reqHeader, payload, pooled []byte, err error) {
-	if err := readFull(r, hdr); err != nil {
-		return reqHeader{}, nil, nil, err
+// requestBytes is what a request holds in memory until its reply is
+// written: its payload, the data a read returns and the reply header.
+func requestBytes(h reqHeader) int64 {
+	n := int64(h.Payload) + respHeaderSize
+	if h.Op == opRead || h.Op == opReadLayer {
+		n += int64(min(h.Length, MaxIO))
 	}
-	h, err = decodeReqHeader(hdr)
-	if err != nil {
+	return n
+}
+
+// hold takes n bytes from the connection's budget, then from the
+// server's.
+func (s *Server) hold(ctx context.Context, conn *netx.Budget, n int64) error {
+	if err := conn.Acquire(ctx, n); err != nil {
+		return err
+	}
+	if err := s.bytes.Acquire(ctx, n); err != nil {
+		conn.Release(n)
+		return err
+	}
+	return nil
+}
+
+// readRequest reads one request frame; hdr is a reqHeaderSize scratch
+// buffer. See readPayload for payload and pooled.
+func readRequest(r io.Reader, hdr []byte) (h reqHeader, payload, pooled []byte, err error) {
+	if h, err = readHeader(r, hdr); err != nil {
 		return h, nil, nil, err
 	}
+	payload, pooled, err = readPayload(r, h)
+	return h, payload, pooled, err
+}
+
+// readHeader reads and decodes a request header into the scratch hdr.
+func readHeader(r io.Reader, hdr []byte) (reqHeader, error) {
+	if err := readFull(r, hdr); err != nil {
+		return reqHeader{}, err
+	}
+	return decodeReqHeader(hdr)
+}
+
+// readPayload reads the payload of the request h. It lives in pooled, a
+// buffer from the pool to hand back with putBuf once the request is done.
+// A WriteLayerExtents payload is placed so that its data starts
+// page-aligned: the replica can then write a rebuild's data with O_DIRECT
+// straight from the frame.
+func readPayload(r io.Reader, h reqHeader) (payload, pooled []byte, err error) {
 	n := int(h.Payload)
 	if h.Op != opWriteLayerExtents || n < 1 || h.Length > uint64(n)/16 {
 		pooled = getBuf(n)
 		if err := readFull(r, pooled); err != nil {
 			putBuf(pooled)
-			return h, nil, nil, err
+			return nil, nil, err
 		}
-		return h, pooled, pooled, nil
+		return pooled, pooled, nil
 	}
 	// name length byte | name | extents x 16 | data
 	var nameLen [1]byte
 	if err := readFull(r, nameLen[:]); err != nil {
-		return h, nil, nil, err
+		return nil, nil, err
 	}
 	prefix := 1 + int(nameLen[0]) + 16*int(h.Length)
 	pad := (BlockSize - prefix%BlockSize) % BlockSize
@@ -245,14 +273,14 @@ func readRequest(r io.Reader, hdr []byte) (h reqHeader, payload, pooled []byte, 
 	payload[0] = nameLen[0]
 	if err := readFull(r, payload[1:]); err != nil {
 		putBuf(pooled)
-		return h, nil, nil, err
+		return nil, nil, err
 	}
-	return h, payload, pooled, nil
+	return payload, pooled, nil
 }
 
 // writeResponses writes responses in completion order, flushing when no
-// more are queued.
-func writeResponses(c net.Conn, out <-chan response) error {
+// more are queued, and gives back each response's held bytes with unhold.
+func writeResponses(c net.Conn, out <-chan response, unhold func(int64)) error {
 	bw := bufio.NewWriterSize(c, 256<<10)
 	hdr := make([]byte, respHeaderSize)
 	var err error
@@ -273,6 +301,7 @@ func writeResponses(c net.Conn, out <-chan response) error {
 		if r.release != nil {
 			r.release()
 		}
+		unhold(r.held)
 	}
 	return err
 }

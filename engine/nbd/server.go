@@ -2,25 +2,31 @@ package nbd
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"net"
-	"os"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/go-logr/logr"
 
 	"github.com/cairnstore/cairn/engine"
+	"github.com/cairnstore/cairn/internal/netx"
 )
 
 // MaxPayload is the largest READ or WRITE the server accepts (and announces
 // as the maximum block size).
 const MaxPayload = 32 << 20
+
+// Default in-flight byte budgets (see Server).
+const (
+	DefaultMaxConnBytes = 64 << 20
+	DefaultMaxBytes     = 256 << 20
+)
 
 // Server serves one Backend as one export over any number of connections.
 type Server struct {
@@ -33,58 +39,52 @@ type Server struct {
 	MaxInFlight int
 	// HandshakeTimeout bounds the negotiation phase (default 30s).
 	HandshakeTimeout time.Duration
+	// MaxUnauthenticated caps connections still negotiating (default
+	// netx.DefaultMaxUnauthenticated); more are closed on accept.
+	MaxUnauthenticated int
+	// MaxConnBytes bounds the READ and WRITE bytes one connection holds
+	// until their replies are written (default DefaultMaxConnBytes): the
+	// server stops reading that connection's requests beyond it.
+	MaxConnBytes int64
+	// MaxBytes bounds the bytes all connections hold together (default
+	// DefaultMaxBytes).
+	MaxBytes int64
 	// Log receives connection-level events.
 	Log logr.Logger
 
+	initOnce sync.Once
+	bytes    *netx.Budget
+	closeLog *netx.LogLimiter
+
 	mu    sync.Mutex
 	conns map[net.Conn]struct{}
-	wg    sync.WaitGroup
 }
 
-// Listen opens "unix:PATH" (removing a stale socket) or "host:port".
-func Listen(addr string) (net.Listener, error) {
-	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
-		if st, err := os.Lstat(path); err == nil && st.Mode()&os.ModeSocket != 0 {
-			_ = os.Remove(path)
-		}
-		return net.Listen("unix", path)
-	}
-	return net.Listen("tcp", addr)
+// Listen opens "unix:PATH" (mode 0600, replacing a stale socket) or
+// "host:port".
+func Listen(addr string) (net.Listener, error) { return netx.Listen(addr) }
+
+func (s *Server) init() {
+	s.initOnce.Do(func() {
+		s.bytes = netx.NewBudget(cmp.Or(s.MaxBytes, DefaultMaxBytes))
+		s.closeLog = netx.NewLogLimiter(time.Second, s.Log.Info)
+	})
+}
+
+// inFlightBytes is the number of bytes all connections hold.
+func (s *Server) inFlightBytes() int64 {
+	s.init()
+	return s.bytes.InUse()
 }
 
 // Serve accepts connections until ctx is done or the listener fails, then
-// closes the listener and every connection and waits for them.
+// closes the listener and every connection and waits for them. Running
+// out of file descriptors only delays accepting.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
-	stop := context.AfterFunc(ctx, func() { ln.Close() })
-	defer stop()
-	defer s.closeAll()
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
-			}
-			return err
-		}
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			s.ServeConn(ctx, c)
-		}()
-	}
-}
-
-func (s *Server) closeAll() {
-	s.mu.Lock()
-	for c := range s.conns {
-		c.Close()
-	}
-	s.mu.Unlock()
-	s.wg.Wait()
+	cfg := netx.Config{MaxUnauthenticated: s.MaxUnauthenticated, Log: s.Log.Info}
+	return netx.Serve(ctx, ln, cfg, func(c net.Conn, negotiated func()) {
+		s.serveConn(ctx, c, negotiated)
+	})
 }
 
 func (s *Server) track(c net.Conn, add bool) {
@@ -110,6 +110,12 @@ func (s *Server) Connections() int {
 // ServeConn runs the handshake and transmission phases on one connection
 // and closes it when done.
 func (s *Server) ServeConn(ctx context.Context, nc net.Conn) {
+	s.serveConn(ctx, nc, func() {})
+}
+
+// serveConn is ServeConn; it calls negotiated when the handshake is done.
+func (s *Server) serveConn(ctx context.Context, nc net.Conn, negotiated func()) {
+	s.init()
 	s.track(nc, true)
 	defer s.track(nc, false)
 	defer nc.Close()
@@ -137,9 +143,10 @@ func (s *Server) ServeConn(ctx context.Context, nc net.Conn) {
 		return
 	}
 	_ = nc.SetDeadline(time.Time{})
+	negotiated()
 	log.V(1).Info("NBD client connected", "structuredReplies", c.structured)
 	if err := c.transmit(ctx); err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
-		log.Info("NBD connection closed", "err", err.Error())
+		s.closeLog.Log("NBD connection closed", "remote", nc.RemoteAddr().String(), "err", err.Error())
 	}
 }
 
@@ -153,13 +160,16 @@ type conn struct {
 
 	// Replies: completions queue them, one writer goroutine sends every
 	// queued reply with one flush (see replyLoop).
-	qmu     sync.Mutex
-	queue   []*request
-	idle    bool
-	stop    bool
-	qwake   chan struct{}
-	werr    error // only the writer touches it
-	release func()
+	qmu   sync.Mutex
+	queue []*request
+	idle  bool
+	stop  bool
+	qwake chan struct{}
+	werr  error // only the writer touches it
+	// bytes bounds the READ and WRITE bytes this connection holds.
+	bytes *netx.Budget
+	// release ends a request that holds n bytes.
+	release func(n int64)
 }
 
 // --- handshake -------------------------------------------------------------
@@ -332,6 +342,7 @@ type request struct {
 	off    uint64
 	length uint32
 	buf    []byte // write data, then read data for the reply
+	held   int64  // budget bytes held until the reply is written
 
 	// reply
 	errno uint32
@@ -356,7 +367,15 @@ func (c *conn) transmit(ctx context.Context) error {
 	sem := make(chan struct{}, max)
 	var inflight sync.WaitGroup
 	c.qwake = make(chan struct{}, 1)
-	c.release = func() { <-sem; inflight.Done() }
+	c.bytes = netx.NewBudget(cmp.Or(c.s.MaxConnBytes, DefaultMaxConnBytes))
+	c.release = func(n int64) {
+		if n > 0 {
+			c.bytes.Release(n)
+			c.s.bytes.Release(n)
+		}
+		<-sem
+		inflight.Done()
+	}
 	writerDone := make(chan struct{})
 	go func() {
 		defer close(writerDone)
@@ -387,7 +406,7 @@ func (c *conn) transmit(ctx context.Context) error {
 		rq.handle = binary.BigEndian.Uint64(hdr[8:])
 		rq.off = binary.BigEndian.Uint64(hdr[16:])
 		rq.length = binary.BigEndian.Uint32(hdr[24:])
-		rq.buf, rq.errno, rq.msg = nil, 0, ""
+		rq.buf, rq.errno, rq.msg, rq.held = nil, 0, "", 0
 		// Every request holds a slot until its reply is written.
 		select {
 		case sem <- struct{}{}:
@@ -398,14 +417,14 @@ func (c *conn) transmit(ctx context.Context) error {
 		inRange := rq.off <= size && uint64(rq.length) <= size-rq.off
 		switch rq.typ {
 		case cmdDisc:
-			c.release()
+			c.release(0)
 			requestPool.Put(rq)
 			return io.EOF
 		case cmdWrite:
 			if rq.length > MaxPayload || !inRange {
 				// Consume the payload so the stream stays in sync.
 				if _, err := io.CopyN(io.Discard, c.r, int64(rq.length)); err != nil {
-					c.release()
+					c.release(0)
 					return err
 				}
 				e := uint32(errNoSpc)
@@ -415,10 +434,14 @@ func (c *conn) transmit(ctx context.Context) error {
 				c.replyErr(rq, e, "write out of range or too large")
 				continue
 			}
+			if err := c.hold(ctx, rq); err != nil {
+				c.release(0)
+				return err
+			}
 			rq.buf = getBuf(int(rq.length))
 			if _, err := io.ReadFull(c.r, rq.buf); err != nil {
 				putBuf(rq.buf)
-				c.release()
+				c.release(rq.held)
 				return err
 			}
 		case cmdRead:
@@ -430,11 +453,15 @@ func (c *conn) transmit(ctx context.Context) error {
 				if rq.length > MaxPayload && !c.structured {
 					// Cannot send that much filler: a hard disconnect is
 					// the protocol's only other option.
-					c.release()
+					c.release(0)
 					return fmt.Errorf("oversized read of %d bytes with simple replies", rq.length)
 				}
 				c.replyErr(rq, e, "read out of range or too large")
 				continue
+			}
+			if err := c.hold(ctx, rq); err != nil {
+				c.release(0)
+				return err
 			}
 		case cmdTrim, cmdWriteZeroes, cmdCache:
 			if !inRange {
@@ -456,6 +483,21 @@ func (c *conn) transmit(ctx context.Context) error {
 		}
 		go c.execute(ctx, rq)
 	}
+}
+
+// hold takes the request's data bytes from the connection's budget, then
+// from the server's, waiting while either is spent.
+func (c *conn) hold(ctx context.Context, rq *request) error {
+	n := int64(rq.length)
+	if err := c.bytes.Acquire(ctx, n); err != nil {
+		return err
+	}
+	if err := c.s.bytes.Acquire(ctx, n); err != nil {
+		c.bytes.Release(n)
+		return err
+	}
+	rq.held = n
+	return nil
 }
 
 // submit hands a request to an asynchronous backend; fuaFlush is the
@@ -607,9 +649,10 @@ func (c *conn) replyLoop() {
 			if rq.typ == cmdRead {
 				putBuf(rq.buf)
 			}
+			held := rq.held
 			rq.buf, rq.c, rq.msg = nil, nil, ""
 			requestPool.Put(rq)
-			c.release()
+			c.release(held)
 		}
 		clear(batch)
 		if c.werr == nil {

@@ -1,0 +1,75 @@
+// Package netx holds the network plumbing shared by Cairn's data-plane
+// servers (the replica server, the engine's NBD server and its control
+// endpoint): opening listeners with private unix sockets, an accept loop
+// that survives descriptor exhaustion and caps connections that have not
+// authenticated, a byte budget for in-flight requests and a rate limiter
+// for connection logs.
+package netx
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// Listen opens addr: "unix:/path" for a unix socket, anything else is a
+// TCP host:port. A unix socket is created with mode 0600 whatever the
+// umask, and a stale socket file at path is replaced.
+func Listen(addr string) (net.Listener, error) {
+	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
+		return listenUnix(path)
+	}
+	return net.Listen("tcp", addr)
+}
+
+// listenUnix binds the socket inside a fresh 0700 directory next to path,
+// makes it 0600 and renames it into place: no other user can connect
+// before the socket has its final mode.
+func listenUnix(path string) (net.Listener, error) {
+	dir, err := os.MkdirTemp(filepath.Dir(path), ".sock-")
+	if err != nil {
+		return nil, fmt.Errorf("listen %s: %w", path, err)
+	}
+	defer os.RemoveAll(dir)
+	tmp := filepath.Join(dir, "s")
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("listen %s: %w", path, err)
+	}
+	ln.SetUnlinkOnClose(false)
+	if err := placeSocket(tmp, path); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("listen %s: %w", path, err)
+	}
+	return &unixListener{UnixListener: ln, addr: &net.UnixAddr{Name: path, Net: "unix"}}, nil
+}
+
+// placeSocket makes the socket at tmp 0600 and moves it to path,
+// replacing a stale socket but no other kind of file.
+func placeSocket(tmp, path string) error {
+	if err := os.Chmod(tmp, 0o600); err != nil {
+		return err
+	}
+	if st, err := os.Lstat(path); err == nil && st.Mode()&os.ModeSocket == 0 {
+		return fmt.Errorf("%s exists and is not a socket", path)
+	}
+	return os.Rename(tmp, path)
+}
+
+// unixListener reports the final socket path and removes it on Close.
+type unixListener struct {
+	*net.UnixListener
+	addr *net.UnixAddr
+}
+
+func (l *unixListener) Addr() net.Addr { return l.addr }
+
+func (l *unixListener) Close() error {
+	err := l.UnixListener.Close()
+	if err == nil {
+		os.Remove(l.addr.Name)
+	}
+	return err
+}
