@@ -13,6 +13,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/cairnstore/cairn/internal/secretfile"
 	"github.com/cairnstore/cairn/replica"
 )
 
@@ -40,13 +41,9 @@ unix:/path/to/socket.`,
 			if err != nil {
 				return err
 			}
-			tok, err := os.ReadFile(tokenFile)
+			token, err := secretfile.ReadToken(tokenFile)
 			if err != nil {
-				return fmt.Errorf("read token: %w", err)
-			}
-			token := strings.TrimSpace(string(tok))
-			if token == "" {
-				return fmt.Errorf("token file %s is empty", tokenFile)
+				return err
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()

@@ -21,6 +21,9 @@ import (
 // process-level tests run the real command without building it.
 const runMainEnv = "CAIRN_TEST_RUN_MAIN"
 
+// testVolumeToken is a token as the node agent makes them: 32 random bytes, hex.
+const testVolumeToken = "5f1c0b8e6a4d3f2e1b0c9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a"
+
 func TestMain(m *testing.M) {
 	if os.Getenv(runMainEnv) == "1" {
 		main()
@@ -93,13 +96,13 @@ func TestReplicaCommand(t *testing.T) {
 	tmp := t.TempDir()
 	dir := filepath.Join(tmp, "data")
 	tokenFile := filepath.Join(tmp, "token")
-	require.NoError(t, os.WriteFile(tokenFile, []byte("volume-token\n"), 0o600))
+	require.NoError(t, os.WriteFile(tokenFile, []byte(testVolumeToken+"\n"), 0o600))
 	addr := "unix:" + filepath.Join(tmp, "r.sock")
 	args := []string{"--dir", dir, "--size", "4Mi", "--listen", addr, "--token-file", tokenFile}
 	ctx := context.Background()
 
 	p := startReplica(t, args...)
-	c := dialWhenUp(t, p, addr, "volume-token")
+	c := dialWhenUp(t, p, addr, testVolumeToken)
 	in, err := c.Info(ctx)
 	require.NoError(t, err)
 	require.EqualValues(t, 4<<20, in.Size)
@@ -137,20 +140,34 @@ func TestReplicaCommand(t *testing.T) {
 	require.Contains(t, msg, "4194304")
 	require.Contains(t, msg, "8388608")
 
-	// missing flags and an empty token file are refused too
-	for _, a := range [][]string{
-		{"--dir", dir, "--size", "4Mi", "--listen", addr},
-		{"--dir", dir, "--size", "4Mi", "--listen", addr, "--token-file", os.DevNull},
-		{"--dir", dir, "--size", "4Xi", "--listen", addr, "--token-file", tokenFile},
+	// missing flags, an empty, weak or world-readable token file are refused too
+	weak := filepath.Join(tmp, "weak")
+	require.NoError(t, os.WriteFile(weak, []byte("s3cret\n"), 0o600))
+	open := filepath.Join(tmp, "open")
+	require.NoError(t, os.WriteFile(open, []byte(testVolumeToken), 0o600))
+	require.NoError(t, os.Chmod(open, 0o644))
+	for _, tc := range []struct {
+		args []string
+		msg  string
+	}{
+		{[]string{"--dir", dir, "--size", "4Mi", "--listen", addr}, "required"},
+		{[]string{"--dir", dir, "--size", "4Mi", "--listen", addr, "--token-file", os.DevNull}, "not a regular file"},
+		{[]string{"--dir", dir, "--size", "4Xi", "--listen", addr, "--token-file", tokenFile}, "4Xi"},
+		{[]string{"--dir", dir, "--size", "4Mi", "--listen", addr, "--token-file", weak}, "token too short"},
+		{[]string{"--dir", dir, "--size", "4Mi", "--listen", addr, "--token-file", open}, "chmod 600"},
 	} {
-		bp := startReplica(t, a...)
-		require.Error(t, bp.wait(t, 30*time.Second), "args %v", a)
-		require.True(t, strings.HasPrefix(bp.stderr.String(), "cairn: "), "stderr: %s", bp.stderr)
+		bp := startReplica(t, tc.args...)
+		require.Error(t, bp.wait(t, 30*time.Second), "args %v", tc.args)
+		stderr := bp.stderr.String()
+		require.True(t, strings.HasPrefix(stderr, "cairn: "), "stderr: %s", stderr)
+		require.Contains(t, stderr, tc.msg)
+		require.NotContains(t, stderr, "s3cret")
+		require.NotContains(t, stderr, testVolumeToken)
 	}
 
 	// restart with the same size: the flushed data is there
 	p = startReplica(t, args...)
-	c = dialWhenUp(t, p, addr, "volume-token")
+	c = dialWhenUp(t, p, addr, testVolumeToken)
 	clear(got)
 	_, err = c.ReadAt(ctx, got, 12345)
 	require.NoError(t, err)

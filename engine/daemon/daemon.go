@@ -21,6 +21,7 @@ import (
 	"github.com/cairnstore/cairn/engine"
 	"github.com/cairnstore/cairn/engine/fuse"
 	"github.com/cairnstore/cairn/engine/nbd"
+	"github.com/cairnstore/cairn/internal/secretfile"
 )
 
 // Options configure an engine process.
@@ -78,26 +79,13 @@ func (o *Options) Validate() error {
 	return errors.Join(errs...)
 }
 
-// ReadToken reads a token file (surrounding whitespace is ignored).
-func ReadToken(path string) (string, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "", fmt.Errorf("read token file: %w", err)
-	}
-	tok := strings.TrimSpace(string(b))
-	if tok == "" {
-		return "", fmt.Errorf("token file %s is empty", path)
-	}
-	return tok, nil
-}
-
 // Run serves the volume until ctx is done, then stops the frontend,
 // flushes the replicas and closes them.
 func Run(ctx context.Context, o Options) error {
 	if err := o.Validate(); err != nil {
 		return err
 	}
-	token, err := ReadToken(o.TokenFile)
+	token, err := secretfile.ReadToken(o.TokenFile)
 	if err != nil {
 		return err
 	}

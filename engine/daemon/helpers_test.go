@@ -22,7 +22,7 @@ import (
 	"github.com/cairnstore/cairn/replica"
 )
 
-const testToken = "daemon-test-token"
+const testToken = "daemon-test-token-0123456789abcdef0123456789abcdef"
 
 // TestMain lets the test binary act as a replica or engine process, so that
 // tests can SIGKILL exactly one of them.
