@@ -16,6 +16,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/cairnstore/cairn/internal/netx"
 )
 
 // The control endpoint is HTTP/JSON on a unix socket or TCP address:
@@ -153,8 +155,7 @@ func (s *ControlServer) Handler() http.Handler {
 			return
 		}
 		if s.Token != "" {
-			got, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-			if subtle.ConstantTimeCompare([]byte(got), []byte(s.Token)) != 1 {
+			if !bearerOK(r.Header.Get("Authorization"), s.Token) {
 				writeJSON(w, http.StatusUnauthorized, errorBody{Error: "missing or wrong bearer token", Code: "Unauthorized"})
 				return
 			}
@@ -163,9 +164,34 @@ func (s *ControlServer) Handler() http.Handler {
 	})
 }
 
-// Serve serves the control endpoint on ln until ctx is done.
+// bearerOK reports whether the Authorization header value is the Bearer
+// scheme (case-insensitive) with token.
+func bearerOK(header, token string) bool {
+	scheme, got, ok := strings.Cut(header, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return false
+	}
+	return subtle.ConstantTimeCompare([]byte(got), []byte(token)) == 1
+}
+
+// maxControlConns caps the control endpoint's open connections; idle
+// ones close after controlIdleTimeout.
+const (
+	maxControlConns    = 64
+	controlIdleTimeout = time.Minute
+)
+
+// Serve serves the control endpoint on ln until ctx is done. Connections
+// beyond maxControlConns are closed at once, and slow or idle ones time
+// out, so that clients cannot exhaust the process's file descriptors.
 func (s *ControlServer) Serve(ctx context.Context, ln net.Listener) error {
-	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	ln = netx.LimitListener(ln, maxControlConns)
+	srv := &http.Server{
+		Handler:           s.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       time.Minute,
+		IdleTimeout:       controlIdleTimeout,
+	}
 	stop := context.AfterFunc(ctx, func() {
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
