@@ -9,8 +9,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
-	"os"
 	"strings"
 	"time"
 
@@ -21,6 +19,7 @@ import (
 	"github.com/cairnstore/cairn/engine"
 	"github.com/cairnstore/cairn/engine/fuse"
 	"github.com/cairnstore/cairn/engine/nbd"
+	"github.com/cairnstore/cairn/internal/netx"
 	"github.com/cairnstore/cairn/internal/secretfile"
 )
 
@@ -117,7 +116,7 @@ func Run(ctx context.Context, o Options) error {
 	var stopFrontend func()
 	switch o.Frontend {
 	case "nbd":
-		ln, err := nbd.Listen(o.Listen)
+		ln, err := netx.Listen(o.Listen)
 		if err != nil {
 			return fmt.Errorf("nbd listen %s: %w", o.Listen, err)
 		}
@@ -146,7 +145,7 @@ func Run(ctx context.Context, o Options) error {
 	defer stopFrontend()
 
 	if o.Control != "" {
-		ln, err := listen(o.Control)
+		ln, err := netx.Listen(o.Control)
 		if err != nil {
 			return fmt.Errorf("control listen %s: %w", o.Control, err)
 		}
@@ -170,14 +169,4 @@ func Run(ctx context.Context, o Options) error {
 		<-ctx.Done()
 		return nil
 	}
-}
-
-func listen(addr string) (net.Listener, error) {
-	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
-		if st, err := os.Lstat(path); err == nil && st.Mode()&os.ModeSocket != 0 {
-			_ = os.Remove(path)
-		}
-		return net.Listen("unix", path)
-	}
-	return net.Listen("tcp", addr)
 }
