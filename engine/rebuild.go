@@ -99,23 +99,23 @@ func (v *Volume) Rebuild(ctx context.Context, addr string) (res RebuildResult, e
 		v.rebuildMu.Unlock()
 	}()
 
-	m, err := v.memberFor(addr)
+	m, err := v.knownMember(addr)
 	if err != nil {
 		return res, err
 	}
-	r, err := v.dial(ctx, addr)
+	r, info, err := v.dialTarget(ctx, addr)
 	if err != nil {
-		v.setReason(m, "rebuild: unreachable: "+err.Error())
-		return res, fmt.Errorf("%w: %s: %v", ErrReplicaRefused, addr, err)
-	}
-	info, err := r.Info(ctx)
-	if err == nil && info.Size != v.cfg.Size {
-		err = fmt.Errorf("%w: replica size %d differs from volume size %d", ErrReplicaRefused, info.Size, v.cfg.Size)
-	}
-	if err != nil {
-		r.Close()
-		v.setReason(m, "rebuild: "+err.Error())
+		// A refused add changes nothing; a known member records why.
+		if m != nil {
+			v.setReason(m, "rebuild: "+err.Error())
+		}
 		return res, err
+	}
+	if m == nil {
+		if m, err = v.addMember(addr); err != nil {
+			r.Close()
+			return res, err
+		}
 	}
 
 	if ok, n, err := v.catchUp(m, r, info); ok {
@@ -206,9 +206,9 @@ func rebuildSnapshotsToPrune(chain []SnapshotInfo) []string {
 	return names[:len(names)-1]
 }
 
-// memberFor returns the member for addr, adding a new one; a healthy or
-// rebuilding member cannot be rebuilt.
-func (v *Volume) memberFor(addr string) (*member, error) {
+// knownMember returns the member for addr, or nil for a replica not yet in
+// the volume; a healthy, rebuilding or resyncing member cannot be rebuilt.
+func (v *Volume) knownMember(addr string) (*member, error) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if v.closed {
@@ -222,10 +222,41 @@ func (v *Volume) memberFor(addr string) (*member, error) {
 			return m, nil
 		}
 	}
+	return nil, nil
+}
+
+// addMember lists a new replica as stale, to be rebuilt.
+func (v *Volume) addMember(addr string) (*member, error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.closed {
+		return nil, ErrClosed
+	}
 	m := &member{addr: addr, local: v.cfg.Local(addr), mode: ModeStale, reason: "added, waiting for rebuild"}
 	v.members = append(v.members, m)
 	v.rebuildViewLocked()
 	return m, nil
+}
+
+// dialTarget connects to a rebuild target and checks it has the volume's
+// size; any failure is ErrReplicaRefused.
+func (v *Volume) dialTarget(ctx context.Context, addr string) (Replica, ReplicaInfo, error) {
+	r, err := v.dial(ctx, addr)
+	if err != nil {
+		return nil, ReplicaInfo{}, fmt.Errorf("%w: %s: unreachable: %v", ErrReplicaRefused, addr, err)
+	}
+	info, err := r.Info(ctx)
+	switch {
+	case err != nil:
+		err = fmt.Errorf("%w: %s: %v", ErrReplicaRefused, addr, err)
+	case info.Size != v.cfg.Size:
+		err = fmt.Errorf("%w: replica size %d differs from volume size %d", ErrReplicaRefused, info.Size, v.cfg.Size)
+	}
+	if err != nil {
+		r.Close()
+		return nil, ReplicaInfo{}, err
+	}
+	return r, info, nil
 }
 
 func (v *Volume) setReason(m *member, reason string) {

@@ -6,6 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -95,6 +98,36 @@ func TestOddSizedReplicaIsRefused(t *testing.T) {
 	// Wrong token: refused too.
 	_, err = Open(bg, Config{Name: "v", Size: 4 << 20, Replicas: addrs(rs), Dial: ReplicaDialer("wrong")})
 	require.ErrorIs(t, err, ErrNoHealthyReplica)
+}
+
+// TestRefusedAddChangesNothing: adding a replica that cannot join (nobody
+// listening, or the wrong size) fails with ErrReplicaRefused, also through
+// the control API as 422, and leaves the members and robustness as they were.
+func TestRefusedAddChangesNothing(t *testing.T) {
+	const size = 4 << 20
+	rs := newTestReplicas(t, 2, size)
+	odd := newTestReplicas(t, 1, 2*size)
+	v := openTestVolume(t, size, rs)
+	before := v.Status()
+	require.Equal(t, Healthy, before.Robustness)
+	unreachable := "unix:" + t.TempDir() + "/nobody.sock"
+	for _, addr := range []string{unreachable, odd[0].addr} {
+		_, err := v.Rebuild(bg, addr)
+		require.ErrorIs(t, err, ErrReplicaRefused, addr)
+		st := v.Status()
+		require.Contains(t, st.LastRebuild.Error, "replica refused", "the attempt is reported")
+		st.LastRebuild = nil
+		require.Equal(t, before, st, "a refused add of %s changed the volume", addr)
+
+		body := strings.NewReader(`{"address":"` + addr + `","wait":true}`)
+		r := httptest.NewRequest(http.MethodPost, "/v1/replicas", body)
+		w := httptest.NewRecorder()
+		(&ControlServer{Volume: v}).Handler().ServeHTTP(w, r)
+		require.Equal(t, http.StatusUnprocessableEntity, w.Code, w.Body.String())
+		st = v.Status()
+		st.LastRebuild = nil
+		require.Equal(t, before, st, "a refused POST /v1/replicas of %s changed the volume", addr)
+	}
 }
 
 func TestSnapshotRevertRemove(t *testing.T) {
