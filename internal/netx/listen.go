@@ -24,17 +24,20 @@ func Listen(addr string) (net.Listener, error) {
 	return net.Listen("tcp", addr)
 }
 
+// maxSocketPath is the longest socket path bind accepts (sun_path).
+const maxSocketPath = 107
+
 // listenUnix binds the socket inside a fresh 0700 directory next to path,
 // makes it 0600 and renames it into place: no other user can connect
 // before the socket has its final mode.
 func listenUnix(path string) (net.Listener, error) {
-	dir, err := os.MkdirTemp(filepath.Dir(path), ".sock-")
+	dir, err := os.MkdirTemp(filepath.Dir(path), ".s")
 	if err != nil {
 		return nil, fmt.Errorf("listen %s: %w", path, err)
 	}
 	defer os.RemoveAll(dir)
 	tmp := filepath.Join(dir, "s")
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
+	ln, err := bindIn(dir, tmp)
 	if err != nil {
 		return nil, fmt.Errorf("listen %s: %w", path, err)
 	}
@@ -44,6 +47,22 @@ func listenUnix(path string) (net.Listener, error) {
 		return nil, fmt.Errorf("listen %s: %w", path, err)
 	}
 	return &unixListener{UnixListener: ln, addr: &net.UnixAddr{Name: path, Net: "unix"}}, nil
+}
+
+// bindIn binds a unix socket at tmp, a path in dir. When tmp is too long
+// for bind (the temporary directory lengthens the path) it binds through
+// the /proc/self/fd link of dir.
+func bindIn(dir, tmp string) (*net.UnixListener, error) {
+	if len(tmp) <= maxSocketPath {
+		return net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	name := fmt.Sprintf("/proc/self/fd/%d/s", d.Fd())
+	return net.ListenUnix("unix", &net.UnixAddr{Name: name, Net: "unix"})
 }
 
 // placeSocket makes the socket at tmp 0600 and moves it to path,

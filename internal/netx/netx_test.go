@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -206,4 +207,23 @@ func TestLogLimiter(t *testing.T) {
 	l.next = time.Time{}
 	l.Log("m")
 	require.Equal(t, []any{"suppressed", 4}, got[1])
+}
+
+// TestListenUnixLongPath: a path that fits bind still works although the
+// temporary directory makes it longer.
+func TestListenUnixLongPath(t *testing.T) {
+	dir, err := os.MkdirTemp("", "netx")
+	require.NoError(t, err)
+	defer os.RemoveAll(dir)
+	path := filepath.Join(dir, strings.Repeat("x", maxSocketPath-len(dir)-1))
+	require.Len(t, path, maxSocketPath)
+	ln, err := Listen("unix:" + path)
+	require.NoError(t, err)
+	defer ln.Close()
+	st, err := os.Stat(path)
+	require.NoError(t, err)
+	require.Equal(t, os.FileMode(0o600), st.Mode().Perm())
+	c, err := net.Dial("unix", path)
+	require.NoError(t, err)
+	c.Close()
 }
