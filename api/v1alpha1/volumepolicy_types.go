@@ -59,6 +59,14 @@ type VolumePolicySpec struct {
 	// +kubebuilder:validation:Minimum=-1000
 	// +kubebuilder:validation:Maximum=1000
 	Priority int32 `json:"priority,omitempty"`
+
+	// replenishWait is how long a replica may stay lost (its process down
+	// or its node gone) before a replacement is built on another node; a
+	// replica that returns sooner is caught up instead of rebuilt.
+	// +optional
+	// +kubebuilder:default="10m"
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1s') && duration(self) <= duration('168h')",message="replenishWait must be between 1s and 168h"
+	ReplenishWait *metav1.Duration `json:"replenishWait,omitempty"`
 }
 
 // Placement constrains where replicas go.
