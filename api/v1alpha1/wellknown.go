@@ -1,0 +1,37 @@
+package v1alpha1
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+)
+
+// Names the manager and the node agents agree on. Objects Cairn creates
+// carry LabelVolume; users' objects never get labels or annotations.
+const (
+	// SystemNamespace holds Cairn's Secrets and node heartbeat Leases.
+	SystemNamespace = "cairn-system"
+	// LabelVolume names the Volume a Replica, Engine or token Secret serves.
+	LabelVolume = "storage.cairn.dev/volume"
+	// FinalizerVolume keeps a Volume until its replicas and engine are gone.
+	FinalizerVolume = "storage.cairn.dev/volume"
+	// FinalizerReplicaData keeps a Replica until its node agent removed its data.
+	FinalizerReplicaData = "storage.cairn.dev/replica-data"
+	// FinalizerEngine keeps an Engine until its node agent stopped it.
+	FinalizerEngine = "storage.cairn.dev/engine"
+	// TokenKey is the key of the volume token in its Secret.
+	TokenKey = "token"
+	// NodeLeasePrefix prefixes a node agent's heartbeat Lease name.
+	NodeLeasePrefix = "cairn-node-"
+)
+
+// TokenSecretName is the Secret in SystemNamespace holding a volume's
+// token: cairn-token-VOLUME, or for names too long for that, the first 200
+// characters and a hash of the whole name.
+func TokenSecretName(volume string) string {
+	const prefix = "cairn-token-"
+	if len(prefix)+len(volume) <= 253 {
+		return prefix + volume
+	}
+	sum := sha256.Sum256([]byte(volume))
+	return prefix + volume[:200] + "-" + hex.EncodeToString(sum[:8])
+}
