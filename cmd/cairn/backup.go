@@ -78,7 +78,7 @@ base64).`,
 // command's context (SIGINT/SIGTERM and --timeout cancel it).
 func (f *backupFlags) withStore(fn func(ctx context.Context, cmd *cobra.Command, s *backupstore.Store) error) func(*cobra.Command, []string) error {
 	return func(cmd *cobra.Command, _ []string) error {
-		ctx, cancel := f.context()
+		ctx, cancel := f.context(cmd.Context())
 		defer cancel()
 		s, err := f.open(ctx)
 		if err != nil {
@@ -88,9 +88,13 @@ func (f *backupFlags) withStore(fn func(ctx context.Context, cmd *cobra.Command,
 	}
 }
 
-// context returns a context cancelled by SIGINT/SIGTERM and --timeout.
-func (f *backupFlags) context() (context.Context, context.CancelFunc) {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+// context returns a context derived from parent (the command's) and
+// cancelled by SIGINT/SIGTERM and --timeout.
+func (f *backupFlags) context(parent context.Context) (context.Context, context.CancelFunc) {
+	if parent == nil {
+		parent = context.Background()
+	}
+	ctx, stop := signal.NotifyContext(parent, os.Interrupt, syscall.SIGTERM)
 	if f.timeout <= 0 {
 		return ctx, stop
 	}
@@ -287,7 +291,7 @@ func newBackupCreateCmd(f *backupFlags) *cobra.Command {
 				}
 				lbl[k] = v
 			}
-			ctx, cancel := f.context()
+			ctx, cancel := f.context(cmd.Context())
 			defer cancel()
 			s, err := f.open(ctx)
 			if err != nil {
@@ -385,12 +389,21 @@ func newBackupRestoreCmd(f *backupFlags) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "restore --volume NAME [--backup ID] (--replica-dir NEWDIR | --file IMAGE) [--since ID]",
 		Short: "Restore a backup into a new replica or an image; with --since apply only what changed",
-		Args:  cobra.NoArgs,
+		Long: `Restore a backup into a new replica directory or a raw image.
+
+An image file is written under a temporary name in its directory, synced and
+renamed over IMAGE only when the restore succeeded, so a failed or
+interrupted restore leaves IMAGE as it was (or absent). With --since, IMAGE
+must exist and hold that backup: it is copied to the temporary file, which
+then receives only the blocks that differ. A block device cannot be renamed:
+it is written in place, and a failed restore leaves it partly overwritten
+(the error says so).`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if (file == "") == (replicaDir == "") {
 				return errors.New("give exactly one of --file and --replica-dir")
 			}
-			ctx, cancel := f.context()
+			ctx, cancel := f.context(cmd.Context())
 			defer cancel()
 			s, err := f.open(ctx)
 			if err != nil {
@@ -400,25 +413,8 @@ func newBackupRestoreCmd(f *backupFlags) *cobra.Command {
 			if replicaDir != "" {
 				res, err = s.RestoreReplica(ctx, replicaDir, volume, backup, since, f.progressFunc())
 			} else {
-				var info backupstore.BackupInfo
-				if backup == "" {
-					info, err = s.Latest(ctx, volume)
-				} else {
-					info, err = s.Get(ctx, volume, backup)
-				}
-				if err != nil {
-					return err
-				}
-				sink, fresh, err := backupstore.CreateFileSink(file, info.Size)
-				if err != nil {
-					return err
-				}
-				defer sink.Close()
-				res, err = s.Restore(ctx, backupstore.RestoreOptions{Volume: volume, Backup: info.ID, Sink: sink,
-					SinkZeroed: fresh && since == "", Since: since, Progress: f.progressFunc()})
-				if err == nil {
-					err = sink.Sync()
-				}
+				res, err = restoreImage(ctx, s, imageRestore{volume: volume, backup: backup, since: since,
+					path: file, progress: f.progressFunc()})
 			}
 			if err != nil {
 				return err

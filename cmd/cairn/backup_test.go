@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"encoding/json"
 	"os"
@@ -14,13 +15,21 @@ import (
 // runBackup runs `cairn backup args...` in-process and returns stdout.
 func runBackup(t *testing.T, args ...string) (string, error) {
 	t.Helper()
+	out, _, err := runBackupCtx(t, context.Background(), args...)
+	return out, err
+}
+
+// runBackupCtx runs `cairn backup args...` in-process under ctx (whose
+// cancellation is what SIGINT does) and returns stdout and stderr.
+func runBackupCtx(t *testing.T, ctx context.Context, args ...string) (stdout, stderr string, err error) {
+	t.Helper()
 	cmd := newBackupCmd()
 	var out, errOut bytes.Buffer
 	cmd.SetOut(&out)
 	cmd.SetErr(&errOut)
 	cmd.SetArgs(args)
-	err := cmd.Execute()
-	return out.String(), err
+	err = cmd.ExecuteContext(ctx)
+	return out.String(), errOut.String(), err
 }
 
 // TestBackupCLI drives the operator commands end to end on a file target

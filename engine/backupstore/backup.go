@@ -84,8 +84,8 @@ func (s *Store) CreateBackup(ctx context.Context, opts BackupOptions) (BackupInf
 	if bs == 0 {
 		bs = DefaultBlockSize
 	}
-	if bs < MinBlockSize || bs > MaxBlockSize || bs%MinBlockSize != 0 {
-		return BackupInfo{}, fmt.Errorf("backupstore: block size %d: want a multiple of %d between %d and %d", bs, MinBlockSize, MinBlockSize, MaxBlockSize)
+	if err := checkBlockSize(int64(bs)); err != nil {
+		return BackupInfo{}, fmt.Errorf("backupstore: %w", err)
 	}
 	comp := CompressionZstd
 	if opts.Compression != nil {
@@ -94,6 +94,9 @@ func (s *Store) CreateBackup(ctx context.Context, opts BackupOptions) (BackupInf
 	size := opts.Source.Size()
 	if size <= 0 {
 		return BackupInfo{}, fmt.Errorf("backupstore: source of %s has size %d", opts.Volume, size)
+	}
+	if n := (size + int64(bs) - 1) / int64(bs); n > MaxManifestBlocks {
+		return BackupInfo{}, fmt.Errorf("backupstore: %s: %d blocks of %d bytes, more than a backup may hold (%d): use a larger block size", opts.Volume, n, bs, MaxManifestBlocks)
 	}
 	started := time.Now().UTC()
 	id := newBackupID(started)
@@ -117,7 +120,7 @@ func (s *Store) CreateBackup(ctx context.Context, opts BackupOptions) (BackupInf
 		}
 		switch {
 		case err == nil:
-			if base, err = s.readManifest(ctx, opts.Volume, info.ID); err != nil {
+			if base, err = s.checkedManifest(ctx, info); err != nil {
 				return BackupInfo{}, fmt.Errorf("backupstore: base backup %s/%s: %w", opts.Volume, info.ID, err)
 			}
 		case errors.Is(err, ErrBackupNotFound) && opts.Base == "":
@@ -185,15 +188,6 @@ func (s *Store) CreateBackup(ctx context.Context, opts BackupOptions) (BackupInf
 	}
 	st.progress.finish()
 
-	// Commit: manifest first, then the catalogue entry that makes it
-	// visible. Both only while our lock certainly still protects the
-	// blocks we skipped.
-	if err := l.valid(); err != nil {
-		return BackupInfo{}, fmt.Errorf("backup %s/%s: %w", opts.Volume, id, err)
-	}
-	if err := s.putManifest(ctx, m); err != nil {
-		return BackupInfo{}, fmt.Errorf("backup %s/%s: write manifest: %w", opts.Volume, id, err)
-	}
 	info := BackupInfo{ID: id, Volume: opts.Volume, Snapshot: opts.Snapshot, Parent: m.Parent, Created: started,
 		Size: size, BlockSize: bs, Compression: comp.String(), Labels: opts.Labels, Blocks: m.BlockCount,
 		ReadBytes: st.readBytes.Load(), NewBlocks: int(st.newBlocks.Load()), NewBytes: st.newBytes.Load()}
@@ -202,18 +196,32 @@ func (s *Store) CreateBackup(ctx context.Context, opts BackupOptions) (BackupInf
 			info.ZeroBlocks++
 		}
 	}
-	err = s.updateCatalogue(ctx, opts.Volume, "backup "+opts.Volume+"/"+id, func(c *catalogue) error {
+	if err := s.commit(ctx, l, m, &info); err != nil {
+		return BackupInfo{}, fmt.Errorf("backup %s/%s: %w", opts.Volume, id, err)
+	}
+	return info, nil
+}
+
+// commit makes a backup visible: under the volume lock, the manifest
+// (recording the generation of the catalogue that will list it), then the
+// catalogue entry. Both only while the block-set lock l certainly still
+// protects the blocks the backup skipped.
+func (s *Store) commit(ctx context.Context, l *lock, m *Manifest, info *BackupInfo) error {
+	if err := l.valid(); err != nil {
+		return err
+	}
+	return s.updateCatalogue(ctx, m.Volume, "backup "+m.Volume+"/"+m.Backup, func(ctx context.Context, c *catalogue) error {
 		if err := l.valid(); err != nil {
 			return err
 		}
+		m.Generation = c.Generation + 1
+		if err := s.putManifest(ctx, m); err != nil {
+			return fmt.Errorf("write manifest: %w", err)
+		}
 		info.Completed = time.Now().UTC()
-		c.Backups = append(c.Backups, info)
+		c.Backups = append(c.Backups, *info)
 		return nil
 	})
-	if err != nil {
-		return BackupInfo{}, fmt.Errorf("backup %s/%s: update catalogue: %w", opts.Volume, id, err)
-	}
-	return info, nil
 }
 
 // dirtyBlocks marks the blocks that overlap any extent.

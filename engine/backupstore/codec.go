@@ -103,9 +103,10 @@ type codec struct {
 	idKey []byte      // nil when unencrypted: ids are unkeyed BLAKE3
 	level zstd.EncoderLevel
 
-	encPool sync.Pool // *zstd.Encoder
-	decPool sync.Pool // *zstd.Decoder
-	macPool sync.Pool // *blake3.Hasher (keyed)
+	encPool     sync.Pool // *zstd.Encoder
+	decPool     sync.Pool // *zstd.Decoder producing at most MaxBlockSize
+	metaDecPool sync.Pool // *zstd.Decoder producing at most maxManifestPayload
+	macPool     sync.Pool // *blake3.Hasher (keyed)
 }
 
 // deriveKeys derives the block-id key, the encryption key and the key-check
@@ -206,9 +207,16 @@ func (c *codec) encode(dst []byte, kind byte, comp Compression, payload, aad []b
 }
 
 // decode checks an object's envelope, decrypts and decompresses it into
-// dst (reused when large enough) and returns the payload. It decrypts in
-// place, so obj is clobbered.
+// dst (reused when large enough) and returns the payload, which may be at
+// most what its kind allows. It decrypts in place, so obj is clobbered.
 func (c *codec) decode(dst []byte, kind byte, obj, aad []byte) ([]byte, error) {
+	return c.decodeAtMost(dst, kind, obj, aad, maxPayload(kind))
+}
+
+// decodeAtMost is decode with a payload no longer than limit (and than
+// its kind allows): a larger recorded length is ErrCorrupt before
+// anything is allocated.
+func (c *codec) decodeAtMost(dst []byte, kind byte, obj, aad []byte, limit int64) ([]byte, error) {
 	if len(obj) < envelopeHeader || string(obj[:4]) != envelopeMagic {
 		return nil, fmt.Errorf("%w: bad magic", ErrFormat)
 	}
@@ -221,8 +229,8 @@ func (c *codec) decode(dst []byte, kind byte, obj, aad []byte) ([]byte, error) {
 	comp := Compression(obj[6])
 	flags := obj[7]
 	plainLen := binary.BigEndian.Uint64(obj[8:16])
-	if plainLen > maxPlainPayload || (kind == kindBlock && plainLen > MaxBlockSize) {
-		return nil, fmt.Errorf("%w: payload length %d", ErrCorrupt, plainLen)
+	if plainLen > uint64(min(limit, maxPayload(kind))) {
+		return nil, fmt.Errorf("%w: payload length %d, at most %d allowed", ErrCorrupt, plainLen, min(limit, maxPayload(kind)))
 	}
 	body := obj[envelopeHeader:]
 	encrypted := flags&flagEncrypted != 0
@@ -261,7 +269,7 @@ func (c *codec) decode(dst []byte, kind byte, obj, aad []byte) ([]byte, error) {
 		dst = make([]byte, plainLen)
 	}
 	dst = dst[:plainLen]
-	if err := c.decompress(dst, comp, body); err != nil {
+	if err := c.decompress(dst, comp, body, kind == kindBlock); err != nil {
 		return nil, err
 	}
 	return dst, nil
@@ -301,7 +309,10 @@ func (c *codec) compress(dst []byte, comp Compression, p []byte) []byte {
 	return append(dst, p...)
 }
 
-func (c *codec) decompress(dst []byte, comp Compression, body []byte) error {
+// decompress fills dst from body. zstd decoders are bounded to what a
+// block (or a manifest or catalogue) may hold, so a forged frame cannot
+// make one grow past it.
+func (c *codec) decompress(dst []byte, comp Compression, body []byte, block bool) error {
 	switch comp {
 	case CompressionNone:
 		if len(body) != len(dst) {
@@ -309,12 +320,16 @@ func (c *codec) decompress(dst []byte, comp Compression, body []byte) error {
 		}
 		copy(dst, body)
 	case CompressionZstd:
-		dec, _ := c.decPool.Get().(*zstd.Decoder)
+		pool, limit := &c.metaDecPool, uint64(maxManifestPayload)
+		if block {
+			pool, limit = &c.decPool, MaxBlockSize
+		}
+		dec, _ := pool.Get().(*zstd.Decoder)
 		if dec == nil {
-			dec, _ = zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(1<<30))
+			dec, _ = zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(limit))
 		}
 		out, err := dec.DecodeAll(body, dst[:0])
-		c.decPool.Put(dec)
+		pool.Put(dec)
 		if err != nil {
 			return fmt.Errorf("%w: zstd: %v", ErrCorrupt, err)
 		}

@@ -66,4 +66,21 @@ var (
 	// ErrLockLost is returned when a lock could not be refreshed before it
 	// expired; the operation is aborted because its protection lapsed.
 	ErrLockLost = errors.New("backupstore: lock lost")
+
+	// ErrObjectTooLarge is returned when an object in the target is larger
+	// than its kind may be (see doc.go, Limits); it is refused before it is
+	// read whole.
+	ErrObjectTooLarge = errors.New("backupstore: object too large")
+	// ErrInconsistent is returned when a catalogue entry and its manifest,
+	// or the fields of one of them, disagree (size, block size, block
+	// count): the backup is refused rather than restored or verified.
+	ErrInconsistent = errors.New("backupstore: inconsistent backup metadata")
+	// ErrCatalogueRollback is returned when a volume's catalogue is older
+	// than a manifest committed after it: the catalogue was replaced by an
+	// earlier copy (hiding newer backups), or a backup was interrupted
+	// between writing its manifest and its catalogue entry.
+	ErrCatalogueRollback = errors.New("backupstore: catalogue rolled back")
+	// ErrStalled is returned when a target request made no progress (no
+	// byte received) for longer than the stall timeout.
+	ErrStalled = errors.New("backupstore: target stalled")
 )

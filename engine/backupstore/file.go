@@ -43,8 +43,9 @@ func OpenFileSource(path string) (*File, error) {
 }
 
 // CreateFileSink opens (creating if needed) a raw image of the given size
-// for a restore. fresh reports whether the file was new (so it reads as
-// zeros and zero blocks can be skipped).
+// for a restore. fresh reports whether it is an empty regular file (so it
+// reads as zeros once sized and zero blocks can be skipped); a device
+// never is.
 func CreateFileSink(path string, size int64) (sink *File, fresh bool, err error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
@@ -55,7 +56,7 @@ func CreateFileSink(path string, size int64) (sink *File, fresh bool, err error)
 		f.Close()
 		return nil, false, err
 	}
-	fresh = st.Size() == 0
+	fresh = st.Mode().IsRegular() && st.Size() == 0
 	if st.Mode().IsRegular() && st.Size() != size {
 		if err := f.Truncate(size); err != nil {
 			f.Close()

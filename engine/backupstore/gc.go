@@ -34,7 +34,7 @@ func (s *Store) Delete(ctx context.Context, volume, backup string) (DeleteResult
 	if err := validName("backup", backup); err != nil {
 		return res, err
 	}
-	err := s.updateCatalogue(ctx, volume, "delete "+volume+"/"+backup, func(c *catalogue) error {
+	err := s.updateCatalogue(ctx, volume, "delete "+volume+"/"+backup, func(_ context.Context, c *catalogue) error {
 		for i, b := range c.Backups {
 			if b.ID == backup {
 				c.Backups = append(c.Backups[:i], c.Backups[i+1:]...)
@@ -103,7 +103,7 @@ func (s *Store) referencedBlocks(ctx context.Context) (map[BlockID]struct{}, err
 			return nil, err
 		}
 		for _, b := range list {
-			m, err := s.readManifest(ctx, v, b.ID)
+			m, err := s.checkedManifest(ctx, b)
 			if err != nil {
 				// Refuse to collect anything if a listed backup cannot be read:
 				// its blocks would be unaccounted for.
@@ -123,6 +123,11 @@ func (s *Store) referencedBlocks(ctx context.Context) (map[BlockID]struct{}, err
 type GCOptions struct {
 	// DryRun reports what would be removed without removing it.
 	DryRun bool
+	// DiscardUncommitted removes the manifests that are ahead of their
+	// catalogue (backups interrupted between their manifest and catalogue
+	// writes), which otherwise fail reads with ErrCatalogueRollback. Only
+	// for an operator who knows no catalogue was rolled back.
+	DiscardUncommitted bool
 }
 
 // GCResult summarises a garbage collection.
@@ -131,8 +136,11 @@ type GCResult struct {
 	UnreferencedBlocks int // removed unless DryRun
 	UnreferencedBytes  int64
 	OrphanManifests    int // manifests of unlisted (failed or deleted) backups
-	StaleTemps         int
-	ExpiredLocks       int
+	// UncommittedManifests were ahead of their catalogue and discarded
+	// (GCOptions.DiscardUncommitted).
+	UncommittedManifests int
+	StaleTemps           int
+	ExpiredLocks         int
 }
 
 // GC removes every block no listed backup references and the manifests of
@@ -149,6 +157,11 @@ func (s *Store) GC(ctx context.Context, opts GCOptions) (GCResult, error) {
 		return res, err
 	}
 	defer l.release()
+	if opts.DiscardUncommitted {
+		if res.UncommittedManifests, err = s.discardUncommitted(ctx, opts.DryRun); err != nil {
+			return res, fmt.Errorf("gc: %w", err)
+		}
+	}
 	refs, err := s.referencedBlocks(ctx)
 	if err != nil {
 		return res, fmt.Errorf("gc: %w", err)

@@ -113,9 +113,9 @@ func (s *Store) Locks(ctx context.Context) ([]LockInfo, error) {
 		if !strings.HasSuffix(o.Key, ".json") {
 			return nil
 		}
-		b, err := s.t.Get(ctx, o.Key)
-		if errors.Is(err, ErrNotFound) {
-			return nil // released meanwhile
+		b, err := getInto(ctx, s.t, o.Key, nil, maxSmallObject)
+		if errors.Is(err, ErrNotFound) || errors.Is(err, ErrObjectTooLarge) {
+			return nil // released meanwhile, or not a lock of ours
 		}
 		if err != nil {
 			return err

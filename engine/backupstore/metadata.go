@@ -37,10 +37,13 @@ type BackupInfo struct {
 
 // catalogue is the payload of volumes/<volume>/catalogue.
 type catalogue struct {
-	FormatVersion int          `json:"formatVersion"`
-	Volume        string       `json:"volume"`
-	Updated       time.Time    `json:"updated"`
-	Backups       []BackupInfo `json:"backups"`
+	FormatVersion int       `json:"formatVersion"`
+	Volume        string    `json:"volume"`
+	Updated       time.Time `json:"updated"`
+	// Generation counts the catalogue's writes (0 in catalogues written
+	// before it existed); see checkRollback.
+	Generation uint64       `json:"generation,omitempty"`
+	Backups    []BackupInfo `json:"backups"`
 }
 
 // Manifest lists every block of a volume at one backup.
@@ -56,6 +59,9 @@ type Manifest struct {
 	BlockCount    int               `json:"blockCount"`
 	BlockIDHash   string            `json:"blockIdHash"`
 	Labels        map[string]string `json:"labels,omitempty"`
+	// Generation is the catalogue generation that lists this backup (0 in
+	// manifests written before it existed).
+	Generation uint64 `json:"catalogueGeneration,omitempty"`
 	// Blocks holds BlockCount ids; the zero id means an all-zero block.
 	Blocks []BlockID `json:"-"`
 }
@@ -89,17 +95,56 @@ func (s *Store) putManifest(ctx context.Context, m *Manifest) error {
 	return s.t.Put(ctx, key, obj)
 }
 
-// ReadManifest reads the manifest of a backup listed in the catalogue.
+// ReadManifest reads the manifest of a backup listed in the catalogue and
+// checks that the two agree.
 func (s *Store) ReadManifest(ctx context.Context, volume, backup string) (*Manifest, error) {
-	if _, err := s.Get(ctx, volume, backup); err != nil {
-		return nil, err
-	}
-	return s.readManifest(ctx, volume, backup)
+	_, m, err := s.load(ctx, volume, backup)
+	return m, err
 }
 
+// Resolve returns the catalogue entry of a backup ("" means the latest)
+// after checking it against its manifest, so callers may size a restore
+// destination from it.
+func (s *Store) Resolve(ctx context.Context, volume, backup string) (BackupInfo, error) {
+	info, err := s.resolve(ctx, volume, backup)
+	if err != nil {
+		return info, err
+	}
+	if _, err := s.checkedManifest(ctx, info); err != nil {
+		return BackupInfo{}, err
+	}
+	return info, nil
+}
+
+// load returns a listed backup's catalogue entry and its manifest, checked
+// against each other.
+func (s *Store) load(ctx context.Context, volume, backup string) (BackupInfo, *Manifest, error) {
+	info, err := s.resolve(ctx, volume, backup)
+	if err != nil {
+		return info, nil, err
+	}
+	m, err := s.checkedManifest(ctx, info)
+	return info, m, err
+}
+
+// checkedManifest reads the manifest of a catalogue entry and checks that
+// the two agree.
+func (s *Store) checkedManifest(ctx context.Context, info BackupInfo) (*Manifest, error) {
+	m, err := s.readManifest(ctx, info.Volume, info.ID)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkAgrees(info, m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// readManifest reads, bounds-checks and decodes a manifest. Nothing is
+// allocated from its fields before they are validated.
 func (s *Store) readManifest(ctx context.Context, volume, backup string) (*Manifest, error) {
 	key := manifestKey(volume, backup)
-	obj, err := s.t.Get(ctx, key)
+	obj, err := getInto(ctx, s.t, key, nil, maxObject(maxManifestPayload))
 	if err != nil {
 		if errors.Is(err, ErrNotFound) {
 			return nil, fmt.Errorf("%w: manifest of %s/%s is missing", ErrBackupNotFound, volume, backup)
@@ -110,23 +155,12 @@ func (s *Store) readManifest(ctx context.Context, volume, backup string) (*Manif
 	if err != nil {
 		return nil, fmt.Errorf("manifest %s: %w", key, err)
 	}
-	n, k := binary.Uvarint(payload)
-	if k <= 0 || uint64(len(payload)-k) < n {
-		return nil, fmt.Errorf("%w: manifest %s: bad header length", ErrCorrupt, key)
+	m, ids, err := parseManifest(key, payload)
+	if err != nil {
+		return nil, err
 	}
-	m := &Manifest{}
-	if err := json.Unmarshal(payload[k:k+int(n)], m); err != nil {
-		return nil, fmt.Errorf("%w: manifest %s: %v", ErrCorrupt, key, err)
-	}
-	if m.FormatVersion != FormatVersion {
-		return nil, fmt.Errorf("%w: manifest %s: format version %d", ErrFormat, key, m.FormatVersion)
-	}
-	ids := payload[k+int(n):]
-	if m.BlockSize <= 0 || m.BlockCount != blockCount(m.Size, m.BlockSize) || len(ids) != 32*m.BlockCount {
-		return nil, fmt.Errorf("%w: manifest %s: %d block ids for %d blocks", ErrCorrupt, key, len(ids)/32, m.BlockCount)
-	}
-	if m.Volume != volume || m.Backup != backup {
-		return nil, fmt.Errorf("%w: manifest %s names %s/%s", ErrCorrupt, key, m.Volume, m.Backup)
+	if err := m.validate(key, volume, backup, s.cfg.BlockIDHash, len(ids)); err != nil {
+		return nil, err
 	}
 	m.Blocks = make([]BlockID, m.BlockCount)
 	for i := range m.Blocks {
@@ -135,9 +169,41 @@ func (s *Store) readManifest(ctx context.Context, volume, backup string) (*Manif
 	return m, nil
 }
 
+// parseManifest splits a manifest payload into its JSON header and the
+// block ids that follow it.
+func parseManifest(key string, payload []byte) (*Manifest, []byte, error) {
+	n, k := binary.Uvarint(payload)
+	if k <= 0 || n > maxManifestHeader || uint64(len(payload)-k) < n {
+		return nil, nil, fmt.Errorf("%w: manifest %s: bad header length", ErrCorrupt, key)
+	}
+	m := &Manifest{}
+	if err := json.Unmarshal(payload[k:k+int(n)], m); err != nil {
+		return nil, nil, fmt.Errorf("%w: manifest %s: %v", ErrCorrupt, key, err)
+	}
+	if m.FormatVersion != FormatVersion {
+		return nil, nil, fmt.Errorf("%w: manifest %s: format version %d", ErrFormat, key, m.FormatVersion)
+	}
+	return m, payload[k+int(n):], nil
+}
+
+// readCatalogue reads a volume's catalogue and checks it was not rolled
+// back (see checkRollback).
 func (s *Store) readCatalogue(ctx context.Context, volume string) (*catalogue, error) {
+	c, err := s.readCatalogueObject(ctx, volume)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.checkRollback(ctx, c, false); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// readCatalogueObject reads, bounds-checks and decodes a volume's
+// catalogue; a volume without one has an empty catalogue.
+func (s *Store) readCatalogueObject(ctx context.Context, volume string) (*catalogue, error) {
 	key := catalogueKey(volume)
-	obj, err := s.t.Get(ctx, key)
+	obj, err := getInto(ctx, s.t, key, nil, maxObject(maxCataloguePayload))
 	if errors.Is(err, ErrNotFound) {
 		return &catalogue{FormatVersion: FormatVersion, Volume: volume}, nil
 	}
@@ -155,12 +221,16 @@ func (s *Store) readCatalogue(ctx context.Context, volume string) (*catalogue, e
 	if c.FormatVersion != FormatVersion {
 		return nil, fmt.Errorf("%w: catalogue %s: format version %d", ErrFormat, key, c.FormatVersion)
 	}
+	if err := c.validate(key, volume); err != nil {
+		return nil, err
+	}
 	return c, nil
 }
 
 func (s *Store) writeCatalogue(ctx context.Context, c *catalogue) error {
 	c.FormatVersion = FormatVersion
 	c.Updated = time.Now().UTC()
+	c.Generation++
 	sort.SliceStable(c.Backups, func(i, j int) bool {
 		a, b := c.Backups[i], c.Backups[j]
 		if !a.Created.Equal(b.Created) {
@@ -183,23 +253,36 @@ func (s *Store) writeCatalogue(ctx context.Context, c *catalogue) error {
 // updateCatalogue runs fn on the volume's catalogue under the volume's
 // exclusive lock and writes the result, so concurrent writers never lose
 // each other's entries.
-func (s *Store) updateCatalogue(ctx context.Context, volume, purpose string, fn func(*catalogue) error) error {
+func (s *Store) updateCatalogue(ctx context.Context, volume, purpose string, fn func(context.Context, *catalogue) error) error {
+	return s.withVolumeLock(ctx, volume, purpose, func(lctx context.Context, l *lock) error {
+		c, err := s.readCatalogueObject(lctx, volume)
+		if err != nil {
+			return err
+		}
+		// Holding the volume lock, no commit is in flight: a manifest
+		// ahead of the catalogue is a rollback or an interrupted commit.
+		if err := s.checkRollback(lctx, c, true); err != nil {
+			return err
+		}
+		if err := fn(lctx, c); err != nil {
+			return err
+		}
+		if err := l.valid(); err != nil {
+			return err
+		}
+		return s.writeCatalogue(lctx, c)
+	})
+}
+
+// withVolumeLock runs fn holding the volume's exclusive lock; fn's context
+// is cancelled if the lock is lost.
+func (s *Store) withVolumeLock(ctx context.Context, volume, purpose string, fn func(context.Context, *lock) error) error {
 	l, lctx, err := s.acquire(ctx, scopeVolumePrefix+volume, true, purpose, s.opts.LockWait)
 	if err != nil {
 		return err
 	}
 	defer l.release()
-	c, err := s.readCatalogue(lctx, volume)
-	if err != nil {
-		return err
-	}
-	if err := fn(c); err != nil {
-		return err
-	}
-	if err := l.valid(); err != nil {
-		return err
-	}
-	return s.writeCatalogue(lctx, c)
+	return fn(lctx, l)
 }
 
 // List returns a volume's complete backups, oldest first. It reads one

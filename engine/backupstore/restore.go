@@ -56,9 +56,11 @@ type RestoreResult struct {
 	ObjectsFetched int
 }
 
-// Restore writes a backup into a sink. Every block is verified against its
-// content address; a missing or corrupt block fails the restore with an
-// error naming the block and the backup.
+// Restore writes a backup into a sink. The catalogue entry and manifest are
+// validated and checked against each other before anything is written;
+// every block is verified against its content address; a missing or
+// corrupt block fails the restore with an error naming the block and the
+// backup.
 func (s *Store) Restore(ctx context.Context, opts RestoreOptions) (RestoreResult, error) {
 	var res RestoreResult
 	if opts.Sink == nil {
@@ -73,166 +75,202 @@ func (s *Store) Restore(ctx context.Context, opts RestoreOptions) (RestoreResult
 	}
 	defer l.release()
 
-	var info BackupInfo
-	if opts.Backup == "" {
-		info, err = s.Latest(ctx, opts.Volume)
-	} else {
-		info, err = s.Get(ctx, opts.Volume, opts.Backup)
-	}
+	info, m, err := s.load(ctx, opts.Volume, opts.Backup)
 	if err != nil {
 		return res, err
 	}
 	res.Backup = info
-	m, err := s.readManifest(ctx, opts.Volume, info.ID)
-	if err != nil {
-		return res, err
-	}
-	var prev *Manifest
-	if opts.Since != "" && opts.Since != info.ID {
-		if _, err := s.Get(ctx, opts.Volume, opts.Since); err == nil {
-			if prev, err = s.readManifest(ctx, opts.Volume, opts.Since); err != nil {
-				return res, fmt.Errorf("restore %s/%s: previous backup %s: %w", opts.Volume, info.ID, opts.Since, err)
-			}
-			if prev.BlockSize != m.BlockSize {
-				prev = nil
-			}
-		} else if !errors.Is(err, ErrBackupNotFound) {
-			return res, err
-		}
-	}
 	if opts.Since == info.ID {
 		res.Incremental = true
 		return res, nil // the sink already holds it
 	}
-	res.Incremental = prev != nil
-
-	// Group the blocks to write by id: each distinct block is fetched once.
-	want := map[BlockID][]int{}
-	var zeros []int
-	for i, id := range m.Blocks {
-		if prev != nil && i < prev.BlockCount && prev.Blocks[i] == id &&
-			blockLen(prev.Size, prev.BlockSize, i) == blockLen(m.Size, m.BlockSize, i) {
-			continue
-		}
-		if id.IsZero() {
-			if prev != nil || !opts.SinkZeroed {
-				zeros = append(zeros, i)
-			}
-			continue
-		}
-		want[id] = append(want[id], i)
-	}
-	total := int64(0)
-	for _, idx := range want {
-		for _, i := range idx {
-			total += int64(blockLen(m.Size, m.BlockSize, i))
-		}
-	}
-	for _, i := range zeros {
-		total += int64(blockLen(m.Size, m.BlockSize, i))
-	}
-	nblocks := len(zeros)
-	for _, idx := range want {
-		nblocks += len(idx)
-	}
-	pr := newProgressReporter("restore", total, nblocks, opts.Progress)
-
-	// Zero blocks: trim where the sink can, else write zeros.
-	if len(zeros) > 0 {
-		trim, _ := opts.Sink.(Trimmer)
-		var zbuf []byte
-		for _, i := range zeros {
-			n := blockLen(m.Size, m.BlockSize, i)
-			off := int64(i) * int64(m.BlockSize)
-			if trim != nil {
-				err = trim.Trim(off, int64(n))
-			} else {
-				if zbuf == nil {
-					zbuf = make([]byte, m.BlockSize)
-				}
-				_, err = opts.Sink.WriteAt(zbuf[:n], off)
-			}
-			if err != nil {
-				return res, fmt.Errorf("restore %s/%s: zero block %d: %w", opts.Volume, info.ID, i, err)
-			}
-			pr.add(int64(n), 1, 0)
-		}
-		res.BlocksZeroed = len(zeros)
-	}
-
-	ids := make([]BlockID, 0, len(want))
-	for id := range want {
-		ids = append(ids, id)
-	}
-	// Preallocate the blocks about to be written, one call per contiguous
-	// range: fallocate makes the writes far cheaper than filling holes. On
-	// a fresh (zeroed) sink only the non-zero pages of each block are then
-	// written; other sinks get whole blocks, since they must overwrite what
-	// was there.
-	fresh := opts.SinkZeroed && prev == nil
-	if pa, ok := opts.Sink.(Preallocator); ok {
-		var writes []int
-		for _, idx := range want {
-			writes = append(writes, idx...)
-		}
-		for _, e := range blockExtents(writes, m.Size, m.BlockSize) {
-			if pa.Preallocate(e.Offset, e.Length) != nil {
-				break // best effort: no fallocate here, just write
-			}
-		}
-	}
-	writeAt := func(data []byte, off int64) error {
-		if !fresh {
-			_, err := opts.Sink.WriteAt(data, off)
-			return err
-		}
-		for _, r := range nonZeroRuns(data, 4096) {
-			if _, err := opts.Sink.WriteAt(data[r.Offset:r.Offset+r.Length], off+r.Offset); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
-	// Fetch in volume order: sequential writes, and readahead-friendly.
-	first := make(map[BlockID]int, len(want))
-	for id, idx := range want {
-		first[id] = slices.Min(idx)
-	}
-	sort.Slice(ids, func(i, j int) bool { return first[ids[i]] < first[ids[j]] })
-	var mu, wmu sync.Mutex
-	err = s.forEachBlock(ctx, ids, m.BlockSize, func(id BlockID, data []byte, stored int) error {
-		for _, i := range want[id] {
-			n := blockLen(m.Size, m.BlockSize, i)
-			if len(data) != n {
-				return fmt.Errorf("%w: block %s is %d bytes, backup %s/%s needs %d at block %d",
-					ErrCorrupt, id, len(data), opts.Volume, info.ID, n, i)
-			}
-			// One writer at a time: the kernel serialises writes to one
-			// file anyway, and waiting here sleeps instead of spinning.
-			wmu.Lock()
-			err := writeAt(data, int64(i)*int64(m.BlockSize))
-			wmu.Unlock()
-			if err != nil {
-				return fmt.Errorf("write block %d: %w", i, err)
-			}
-			pr.add(int64(n), 1, 0)
-		}
-		mu.Lock()
-		res.BlocksWritten += len(want[id])
-		res.ObjectsFetched++
-		res.BytesFetched += int64(stored)
-		mu.Unlock()
-		pr.add(0, 0, int64(stored))
-		return nil
-	})
+	prev, err := s.sinceManifest(ctx, opts.Volume, opts.Since, m)
 	if err != nil {
+		return res, fmt.Errorf("restore %s/%s: previous backup %s: %w", opts.Volume, info.ID, opts.Since, err)
+	}
+	res.Incremental = prev != nil
+	r := &restoreRun{s: s, opts: opts, m: m, res: &res}
+	r.plan(prev)
+	if err := r.run(ctx); err != nil {
 		if cause := context.Cause(ctx); cause != nil && errors.Is(cause, ErrLockLost) {
 			err = cause
 		}
 		return res, fmt.Errorf("restore %s/%s: %w", opts.Volume, info.ID, err)
 	}
-	pr.finish()
 	return res, nil
+}
+
+// sinceManifest returns the manifest of the backup an incremental restore
+// starts from, or nil when there is none, it is gone, or its block size
+// differs from m's (then the restore is full).
+func (s *Store) sinceManifest(ctx context.Context, volume, since string, m *Manifest) (*Manifest, error) {
+	if since == "" {
+		return nil, nil
+	}
+	_, prev, err := s.load(ctx, volume, since)
+	switch {
+	case errors.Is(err, ErrBackupNotFound):
+		return nil, nil
+	case err != nil:
+		return nil, err
+	case prev.BlockSize != m.BlockSize:
+		return nil, nil
+	}
+	return prev, nil
+}
+
+// restoreRun is one restore's plan and state.
+type restoreRun struct {
+	s     *Store
+	opts  RestoreOptions
+	m     *Manifest
+	res   *RestoreResult
+	fresh bool              // the sink reads as zeros: write only non-zero pages
+	want  map[BlockID][]int // distinct blocks to fetch and where they go
+	zeros []int             // zero blocks to trim or write
+	pr    *progressReporter
+
+	mu, wmu sync.Mutex
+}
+
+// plan decides which blocks to write (those differing from prev, if any)
+// and which to zero, and sets up progress.
+func (r *restoreRun) plan(prev *Manifest) {
+	m := r.m
+	r.fresh = r.opts.SinkZeroed && prev == nil
+	r.want = map[BlockID][]int{}
+	var total int64
+	nblocks := 0
+	for i, id := range m.Blocks {
+		if prev != nil && i < prev.BlockCount && prev.Blocks[i] == id &&
+			blockLen(prev.Size, prev.BlockSize, i) == blockLen(m.Size, m.BlockSize, i) {
+			continue
+		}
+		switch {
+		case id.IsZero() && r.fresh:
+			continue
+		case id.IsZero():
+			r.zeros = append(r.zeros, i)
+		default:
+			r.want[id] = append(r.want[id], i)
+		}
+		total += int64(blockLen(m.Size, m.BlockSize, i))
+		nblocks++
+	}
+	r.pr = newProgressReporter("restore", total, nblocks, r.opts.Progress)
+}
+
+// run zeroes, preallocates, then fetches and writes.
+func (r *restoreRun) run(ctx context.Context) error {
+	if err := r.writeZeros(); err != nil {
+		return err
+	}
+	r.preallocate()
+	if err := r.writeBlocks(ctx); err != nil {
+		return err
+	}
+	r.pr.finish()
+	return nil
+}
+
+// writeZeros trims the zero blocks where the sink can, else writes zeros.
+func (r *restoreRun) writeZeros() error {
+	trim, _ := r.opts.Sink.(Trimmer)
+	var zbuf []byte
+	for _, i := range r.zeros {
+		n := blockLen(r.m.Size, r.m.BlockSize, i)
+		off := int64(i) * int64(r.m.BlockSize)
+		var err error
+		if trim != nil {
+			err = trim.Trim(off, int64(n))
+		} else {
+			if zbuf == nil {
+				zbuf = make([]byte, r.m.BlockSize)
+			}
+			_, err = r.opts.Sink.WriteAt(zbuf[:n], off)
+		}
+		if err != nil {
+			return fmt.Errorf("zero block %d: %w", i, err)
+		}
+		r.pr.add(int64(n), 1, 0)
+	}
+	r.res.BlocksZeroed = len(r.zeros)
+	return nil
+}
+
+// preallocate reserves the ranges about to be written, one call per
+// contiguous range: fallocate makes the writes far cheaper than filling
+// holes. Best effort: a sink without fallocate is just written.
+func (r *restoreRun) preallocate() {
+	pa, ok := r.opts.Sink.(Preallocator)
+	if !ok {
+		return
+	}
+	var writes []int
+	for _, idx := range r.want {
+		writes = append(writes, idx...)
+	}
+	for _, e := range blockExtents(writes, r.m.Size, r.m.BlockSize) {
+		if pa.Preallocate(e.Offset, e.Length) != nil {
+			return
+		}
+	}
+}
+
+// writeAt writes one block's data: on a fresh sink only its non-zero
+// pages, on others the whole block, since it must overwrite what was there.
+func (r *restoreRun) writeAt(data []byte, off int64) error {
+	if !r.fresh {
+		_, err := r.opts.Sink.WriteAt(data, off)
+		return err
+	}
+	for _, e := range nonZeroRuns(data, 4096) {
+		if _, err := r.opts.Sink.WriteAt(data[e.Offset:e.Offset+e.Length], off+e.Offset); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// writeBlocks fetches each distinct block once, in volume order (sequential
+// writes, readahead-friendly), and writes it everywhere it is used.
+func (r *restoreRun) writeBlocks(ctx context.Context) error {
+	ids := make([]BlockID, 0, len(r.want))
+	first := make(map[BlockID]int, len(r.want))
+	for id, idx := range r.want {
+		ids = append(ids, id)
+		first[id] = slices.Min(idx)
+	}
+	sort.Slice(ids, func(i, j int) bool { return first[ids[i]] < first[ids[j]] })
+	return r.s.forEachBlock(ctx, ids, r.m.BlockSize, r.place)
+}
+
+// place writes one fetched block at every index that uses it.
+func (r *restoreRun) place(id BlockID, data []byte, stored int) error {
+	m := r.m
+	for _, i := range r.want[id] {
+		n := blockLen(m.Size, m.BlockSize, i)
+		if len(data) != n {
+			return fmt.Errorf("%w: block %s is %d bytes, backup %s/%s needs %d at block %d",
+				ErrCorrupt, id, len(data), m.Volume, m.Backup, n, i)
+		}
+		// One writer at a time: the kernel serialises writes to one file
+		// anyway, and waiting here sleeps instead of spinning.
+		r.wmu.Lock()
+		err := r.writeAt(data, int64(i)*int64(m.BlockSize))
+		r.wmu.Unlock()
+		if err != nil {
+			return fmt.Errorf("write block %d: %w", i, err)
+		}
+		r.pr.add(int64(n), 1, 0)
+	}
+	r.mu.Lock()
+	r.res.BlocksWritten += len(r.want[id])
+	r.res.ObjectsFetched++
+	r.res.BytesFetched += int64(stored)
+	r.mu.Unlock()
+	r.pr.add(0, 0, int64(stored))
+	return nil
 }
 
 // blockExtents merges block indexes into byte extents.
@@ -292,15 +330,18 @@ func (s *Store) forEachBlock(ctx context.Context, ids []BlockID, blockSize int, 
 // fetchBlock reads one block into obj (reused, returned for the next call),
 // decodes it into buf and checks it against its content address.
 func (s *Store) fetchBlock(ctx context.Context, id BlockID, buf, obj []byte) (data, objBuf []byte, stored int, err error) {
-	obj, err = getInto(ctx, s.t, blockKey(id), obj[:0])
+	obj, err = getInto(ctx, s.t, blockKey(id), obj[:0], maxObject(int64(len(buf))))
 	if errors.Is(err, ErrNotFound) {
 		return nil, obj, 0, fmt.Errorf("%w: block %s", ErrMissingBlock, id)
+	}
+	if errors.Is(err, ErrObjectTooLarge) {
+		return nil, obj, 0, fmt.Errorf("%w: block %s: %w", ErrCorrupt, id, err)
 	}
 	if err != nil {
 		return nil, obj, 0, fmt.Errorf("block %s: %w", id, err)
 	}
 	stored = len(obj)
-	data, err = s.codec.decode(buf, kindBlock, obj, id[:])
+	data, err = s.codec.decodeAtMost(buf, kindBlock, obj, id[:], int64(len(buf)))
 	if err != nil {
 		if errors.Is(err, ErrKeyRequired) {
 			return nil, obj, 0, err

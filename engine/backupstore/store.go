@@ -160,7 +160,7 @@ func keyCheck(checkKey []byte, targetID string) []byte {
 
 func (s *Store) loadOrInitConfig(ctx context.Context) (targetConfig, error) {
 	var cfg targetConfig
-	b, err := s.t.Get(ctx, targetConfigKey)
+	b, err := getInto(ctx, s.t, targetConfigKey, nil, maxSmallObject)
 	switch {
 	case err == nil:
 		if err := json.Unmarshal(b, &cfg); err != nil {
@@ -204,7 +204,7 @@ func (s *Store) loadOrInitConfig(ctx context.Context) (targetConfig, error) {
 		return cfg, err
 	}
 	// Re-read: if two processes initialised at once, both use the winner.
-	b, err = s.t.Get(ctx, targetConfigKey)
+	b, err = getInto(ctx, s.t, targetConfigKey, nil, maxSmallObject)
 	if err != nil {
 		return cfg, err
 	}

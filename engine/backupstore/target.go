@@ -28,18 +28,29 @@ type Target interface {
 	String() string
 }
 
-// bufferedGetter is implemented by targets that can read an object into a
-// caller's buffer, so hot paths (restore, verify) do not allocate per block.
-type bufferedGetter interface {
-	GetInto(ctx context.Context, key string, buf []byte) ([]byte, error)
+// limitedGetter is implemented by targets that can read an object into a
+// caller's buffer (so hot paths such as restore and verify do not allocate
+// per block) and refuse an object larger than limit before reading it.
+type limitedGetter interface {
+	GetInto(ctx context.Context, key string, buf []byte, limit int64) ([]byte, error)
 }
 
-// getInto reads key into buf when the target supports it.
-func getInto(ctx context.Context, t Target, key string, buf []byte) ([]byte, error) {
-	if g, ok := t.(bufferedGetter); ok {
-		return g.GetInto(ctx, key, buf)
+// getInto reads key into buf, refusing an object larger than limit with
+// ErrObjectTooLarge. A target without GetInto is read whole first.
+func getInto(ctx context.Context, t Target, key string, buf []byte, limit int64) ([]byte, error) {
+	if g, ok := t.(limitedGetter); ok {
+		return g.GetInto(ctx, key, buf, limit)
 	}
-	return t.Get(ctx, key)
+	b, err := t.Get(ctx, key)
+	if err == nil && int64(len(b)) > limit {
+		return nil, tooLarge(key, int64(len(b)), limit)
+	}
+	return b, err
+}
+
+// tooLarge is the error for an object of size bytes where limit may be.
+func tooLarge(key string, size, limit int64) error {
+	return fmt.Errorf("%w: %s is %d bytes, at most %d allowed", ErrObjectTooLarge, key, size, limit)
 }
 
 // ObjectInfo describes one listed object.
@@ -69,6 +80,10 @@ type TargetOptions struct {
 	// probe is bounded by ProbeTimeout (default 15s).
 	RequestTimeout time.Duration
 	ProbeTimeout   time.Duration
+	// StallTimeout fails a request that receives no byte (headers or
+	// body) and sends none for this long (default 60s), so a server that
+	// trickles data cannot hold a backup or restore for ever.
+	StallTimeout time.Duration
 	// MaxAttempts is the number of attempts per request (default 3).
 	MaxAttempts int
 }

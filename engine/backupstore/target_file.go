@@ -67,7 +67,7 @@ func (t *fileTarget) Get(ctx context.Context, key string) ([]byte, error) {
 	return b, err
 }
 
-func (t *fileTarget) GetInto(ctx context.Context, key string, buf []byte) ([]byte, error) {
+func (t *fileTarget) GetInto(ctx context.Context, key string, buf []byte, limit int64) ([]byte, error) {
 	p, err := t.path(key)
 	if err != nil {
 		return nil, err
@@ -83,6 +83,9 @@ func (t *fileTarget) GetInto(ctx context.Context, key string, buf []byte) ([]byt
 	st, err := f.Stat()
 	if err != nil {
 		return nil, err
+	}
+	if st.Size() > limit {
+		return nil, tooLarge(key, st.Size(), limit)
 	}
 	n := int(st.Size())
 	if cap(buf) < n {

@@ -33,6 +33,7 @@ type s3Target struct {
 	prefix  string // "" or "dir/" (with trailing slash)
 	url     string
 	timeout time.Duration
+	stall   time.Duration // see TargetOptions.StallTimeout
 }
 
 func openS3Target(ctx context.Context, bucket, prefix string, opts TargetOptions) (Target, error) {
@@ -44,6 +45,9 @@ func openS3Target(ctx context.Context, bucket, prefix string, opts TargetOptions
 	}
 	if opts.MaxAttempts <= 0 {
 		opts.MaxAttempts = 3
+	}
+	if opts.StallTimeout <= 0 {
+		opts.StallTimeout = DefaultStallTimeout
 	}
 	var caPool *x509.CertPool
 	if len(opts.CABundle) > 0 {
@@ -62,7 +66,7 @@ func openS3Target(ctx context.Context, bucket, prefix string, opts TargetOptions
 		WithDialerOptions(func(d *net.Dialer) { d.Timeout = 5 * time.Second; d.KeepAlive = 30 * time.Second }).
 		WithTransportOptions(func(tr *http.Transport) {
 			tr.TLSHandshakeTimeout = 10 * time.Second
-			tr.ResponseHeaderTimeout = opts.RequestTimeout
+			tr.ResponseHeaderTimeout = min(opts.RequestTimeout, opts.StallTimeout)
 			tr.MaxIdleConns = 256
 			tr.MaxIdleConnsPerHost = 64
 			tr.IdleConnTimeout = 90 * time.Second
@@ -108,7 +112,7 @@ func openS3Target(ctx context.Context, bucket, prefix string, opts TargetOptions
 	if prefix != "" {
 		prefix += "/"
 	}
-	t := &s3Target{client: client, bucket: bucket, prefix: prefix, timeout: opts.RequestTimeout,
+	t := &s3Target{client: client, bucket: bucket, prefix: prefix, timeout: opts.RequestTimeout, stall: opts.StallTimeout,
 		url: "s3://" + bucket + "/" + strings.TrimSuffix(prefix, "/")}
 	if opts.Endpoint != "" {
 		t.url += " (endpoint " + opts.Endpoint + ")"
@@ -136,6 +140,9 @@ func (t *s3Target) mapErr(op, key string, err error) error {
 	where := fmt.Sprintf("s3 %s %s", op, t.url)
 	if key != "" {
 		where += " " + key
+	}
+	if errors.Is(err, ErrStalled) {
+		return fmt.Errorf("%s: %w", where, err)
 	}
 	// Credentials that could not be resolved never reached the server:
 	// say so instead of reporting whatever the credential source returned.
@@ -196,30 +203,45 @@ func (t *s3Target) opCtx(ctx context.Context) (context.Context, context.CancelFu
 }
 
 func (t *s3Target) Get(ctx context.Context, key string) ([]byte, error) {
-	return t.GetInto(ctx, key, nil)
+	return t.GetInto(ctx, key, nil, maxPlainPayload)
 }
 
-func (t *s3Target) GetInto(ctx context.Context, key string, buf []byte) ([]byte, error) {
+// GetInto reads an object into buf. A Content-Length above limit is
+// refused before anything is allocated, and the body is read through a
+// LimitReader, so a missing or lying length cannot make it read more. A
+// request that makes no progress for the stall timeout fails with
+// ErrStalled.
+func (t *s3Target) GetInto(ctx context.Context, key string, buf []byte, limit int64) ([]byte, error) {
 	ctx, cancel := t.opCtx(ctx)
 	defer cancel()
+	ctx, watch, stop := watchStalls(ctx, t.stall)
+	defer stop()
 	out, err := t.client.GetObject(ctx, &s3.GetObjectInput{Bucket: &t.bucket, Key: aws.String(t.prefix + key)})
 	if err != nil {
-		return nil, t.mapErr("get", key, err)
+		return nil, t.mapErr("get", key, stallCause(ctx, err))
 	}
 	defer out.Body.Close()
-	if n := aws.ToInt64(out.ContentLength); n > 0 && n <= maxPlainPayload {
+	n := aws.ToInt64(out.ContentLength)
+	if n > limit {
+		return nil, tooLarge(key, n, limit)
+	}
+	body := watch.reader(io.LimitReader(out.Body, limit+1))
+	if n > 0 {
 		if int64(cap(buf)) < n {
 			buf = make([]byte, n)
 		}
 		buf = buf[:n]
-		if _, err := io.ReadFull(out.Body, buf); err != nil {
-			return nil, t.mapErr("get", key, err)
+		if _, err := io.ReadFull(body, buf); err != nil {
+			return nil, t.mapErr("get", key, stallCause(ctx, err))
 		}
 		return buf, nil
 	}
 	b := bytes.NewBuffer(buf[:0])
-	if _, err := b.ReadFrom(out.Body); err != nil {
-		return nil, t.mapErr("get", key, err)
+	if _, err := b.ReadFrom(body); err != nil {
+		return nil, t.mapErr("get", key, stallCause(ctx, err))
+	}
+	if int64(b.Len()) > limit {
+		return nil, tooLarge(key, int64(b.Len()), limit)
 	}
 	return b.Bytes(), nil
 }
@@ -227,14 +249,16 @@ func (t *s3Target) GetInto(ctx context.Context, key string, buf []byte) ([]byte,
 func (t *s3Target) Put(ctx context.Context, key string, data []byte) error {
 	ctx, cancel := t.opCtx(ctx)
 	defer cancel()
+	ctx, watch, stop := watchStalls(ctx, t.stall)
+	defer stop()
 	_, err := t.client.PutObject(ctx, &s3.PutObjectInput{
 		Bucket:        &t.bucket,
 		Key:           aws.String(t.prefix + key),
-		Body:          bytes.NewReader(data),
+		Body:          watch.readSeeker(bytes.NewReader(data)),
 		ContentLength: aws.Int64(int64(len(data))),
 		ContentType:   aws.String("application/octet-stream"),
 	})
-	return t.mapErr("put", key, err)
+	return t.mapErr("put", key, stallCause(ctx, err))
 }
 
 func (t *s3Target) Exists(ctx context.Context, key string) (bool, error) {

@@ -76,7 +76,7 @@ func (s *Store) Verify(ctx context.Context, opts VerifyOptions) (VerifyReport, e
 				continue
 			}
 			found = true
-			m, err := s.readManifest(ctx, v, b.ID)
+			m, err := s.checkedManifest(ctx, b)
 			if err != nil {
 				return rep, fmt.Errorf("verify %s/%s: %w", v, b.ID, err)
 			}
