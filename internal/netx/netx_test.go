@@ -227,3 +227,17 @@ func TestListenUnixLongPath(t *testing.T) {
 	require.NoError(t, err)
 	c.Close()
 }
+
+// BenchmarkBudget is the cost a request pays: acquire and release.
+func BenchmarkBudget(b *testing.B) {
+	bu := NewBudget(64 << 20)
+	ctx := context.Background()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if err := bu.Acquire(ctx, 4096); err != nil {
+				b.Fatal(err)
+			}
+			bu.Release(4096)
+		}
+	})
+}
