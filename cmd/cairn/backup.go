@@ -22,6 +22,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/cairnstore/cairn/engine/backupstore"
+	"github.com/cairnstore/cairn/internal/secretfile"
 	"github.com/cairnstore/cairn/replica"
 )
 
@@ -41,6 +42,7 @@ type backupFlags struct {
 	output           string
 	progress         bool
 	timeout          time.Duration
+	stallTimeout     time.Duration
 }
 
 func newBackupCmd() *cobra.Command {
@@ -69,6 +71,7 @@ base64).`,
 	pf.StringVarP(&f.output, "output", "o", "text", "output format: text or json")
 	pf.BoolVar(&f.progress, "progress", false, "print progress to stderr (default when stderr is a terminal)")
 	pf.DurationVar(&f.timeout, "timeout", 0, "give up after this long (0: no limit)")
+	pf.DurationVar(&f.stallTimeout, "stall-timeout", backupstore.DefaultStallTimeout, "fail an S3 request that receives or sends no byte for this long")
 	cmd.AddCommand(newBackupCreateCmd(f), newBackupListCmd(f), newBackupRestoreCmd(f),
 		newBackupVerifyCmd(f), newBackupDeleteCmd(f), newBackupGCCmd(f))
 	return cmd
@@ -110,6 +113,7 @@ func (f *backupFlags) open(ctx context.Context) (*backupstore.Store, error) {
 		return nil, errors.New("--target is required (s3://bucket/prefix or file:///path)")
 	}
 	o := backupstore.Options{ReadOnly: f.readOnly, Concurrency: f.concurrency}
+	o.StallTimeout = f.stallTimeout
 	o.Endpoint, o.Region, o.VirtualHostStyle = f.endpoint, f.region, f.virtualHostStyle
 	if f.credentialsFile != "" {
 		vals, err := readKeyValues(f.credentialsFile)
@@ -142,37 +146,40 @@ func (f *backupFlags) open(ctx context.Context) (*backupstore.Store, error) {
 	return backupstore.Open(ctx, f.target, o)
 }
 
-// readKeyValues reads KEY=VALUE lines (blank lines and # comments skipped).
+// readKeyValues reads KEY=VALUE lines (blank lines and # comments
+// skipped) from a file only its owner may access. Errors name the line
+// number, never its content.
 func readKeyValues(path string) (map[string]string, error) {
-	b, err := os.ReadFile(path)
+	b, err := secretfile.Read(path)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("--credentials-file: %w", err)
 	}
 	out := map[string]string{}
 	sc := bufio.NewScanner(bytes.NewReader(b))
-	for sc.Scan() {
+	for n := 1; sc.Scan(); n++ {
 		line := strings.TrimSpace(sc.Text())
 		if line == "" || strings.HasPrefix(line, "#") {
 			continue
 		}
 		k, v, ok := strings.Cut(line, "=")
 		if !ok {
-			return nil, fmt.Errorf("%s: line %q is not KEY=VALUE", path, line)
+			return nil, fmt.Errorf("--credentials-file %s: line %d is not KEY=VALUE", path, n)
 		}
 		out[strings.TrimSpace(k)] = strings.Trim(strings.TrimSpace(v), `"'`)
 	}
 	return out, sc.Err()
 }
 
-// loadKey reads the encryption key from a file or CAIRN_BACKUP_KEY; hex and
-// base64 encodings of 32 bytes are decoded, anything else is used as is.
+// loadKey reads the encryption key from a file only its owner may access
+// (surrounding whitespace removed) or from CAIRN_BACKUP_KEY; hex and base64
+// encodings of 32 bytes are decoded, anything else is used as is.
 func loadKey(path string) ([]byte, error) {
 	var raw []byte
 	switch {
 	case path != "":
-		b, err := os.ReadFile(path)
+		b, err := secretfile.Read(path)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("--key-file: %w", err)
 		}
 		raw = b
 	case os.Getenv("CAIRN_BACKUP_KEY") != "":
@@ -506,12 +513,14 @@ func newBackupGCCmd(f *backupFlags) *cobra.Command {
 				return err
 			}
 			return f.print(cmd.OutOrStdout(), res, func(w io.Writer) {
-				fmt.Fprintf(w, "referenced blocks\t%d\nunreferenced blocks\t%d (%s)\norphan manifests\t%d\nexpired locks\t%d\ndry run\t%v\n",
+				fmt.Fprintf(w, "referenced blocks\t%d\nunreferenced blocks\t%d (%s)\norphan manifests\t%d\nuncommitted manifests\t%d\nexpired locks\t%d\ndry run\t%v\n",
 					res.ReferencedBlocks, res.UnreferencedBlocks, humanBytes(res.UnreferencedBytes), res.OrphanManifests,
-					res.ExpiredLocks, o.DryRun)
+					res.UncommittedManifests, res.ExpiredLocks, o.DryRun)
 			})
 		}),
 	}
 	cmd.Flags().BoolVar(&o.DryRun, "dry-run", false, "report without removing")
+	cmd.Flags().BoolVar(&o.DiscardUncommitted, "discard-uncommitted", false,
+		"also remove manifests ahead of their catalogue (backups interrupted while committing); only when no catalogue was rolled back")
 	return cmd
 }

@@ -57,7 +57,8 @@
 //
 //	uvarint  n
 //	n bytes  JSON header: formatVersion, volume, backup, snapshot, parent,
-//	         created, size, blockSize, blockCount, blockIdHash, labels
+//	         created, size, blockSize, blockCount, blockIdHash, labels,
+//	         catalogueGeneration
 //	32*blockCount  block ids in volume order (zero id = all-zero block)
 //
 // A manifest lists every block, so any backup restores alone without
@@ -66,11 +67,53 @@
 //
 // # Catalogue payload
 //
-// JSON: formatVersion, volume, updated, backups[] (id, snapshot, parent,
+// JSON: formatVersion, volume, updated, generation, backups[] (id, snapshot, parent,
 // created, completed, size, blockSize, compression, labels, block
 // counts, bytes read and uploaded), oldest first by creation time (ids
 // are b<yyyymmdd-hhmmss.mmm>-<random>, UTC). A backup exists for readers only once it
 // is in the catalogue.
+//
+// # Generations and rollback
+//
+// A catalogue's generation counts its writes. A backup commits under the
+// volume lock: it reads the catalogue (generation g), writes its manifest
+// with catalogueGeneration g+1, then the catalogue at g+1 listing it.
+// Readers list volumes/<volume>/backups/ and read the manifests the
+// catalogue does not list: one newer than the catalogue proves that an
+// older catalogue was put back (hiding newer backups), and list, restore,
+// verify, backup and gc fail with ErrCatalogueRollback naming the volume
+// and the backup, unless the volume lock is live (a commit in flight) or a
+// re-read catalogue has caught up. A backup interrupted between its two
+// writes leaves the same trace; `cairn backup gc --discard-uncommitted`
+// removes such manifests once the operator knows that is the cause. Both
+// fields are new in format version 1 and optional: objects without them
+// read as generation 0, which proves nothing, so older targets stay
+// readable and need no version bump.
+//
+// # Limits
+//
+// Nothing read from a target is trusted before it is checked, and nothing
+// is allocated or preallocated from a field before it is validated:
+//
+//   - block size: a multiple of 4 KiB from 4 KiB to 64 MiB; size and
+//     blockCount agree (blockCount = ceil(size / blockSize)); at most
+//     MaxManifestBlocks (2^23) blocks; 32 bytes of ids per block; the block
+//     id hash is the target's;
+//   - a catalogue entry and its manifest agree on size, block size, block
+//     and zero-block counts, snapshot, parent and creation time, else
+//     ErrInconsistent; entries are well formed and listed once;
+//   - objects: a block object at most the worst compression bound of its
+//     backup's block size plus 44 bytes of envelope; a manifest at most a
+//     1 MiB header plus its ids; a catalogue 64 MiB; cairn-target.json and
+//     locks 1 MiB. A larger object (a file's size, an S3 Content-Length) is
+//     ErrObjectTooLarge before it is read, and S3 bodies are read through a
+//     limit, so a missing or lying length cannot make them read more;
+//   - the recorded plaintext length of an envelope is bounded the same
+//     way, and zstd decoders cannot grow past it.
+//
+// An S3 request that receives (or sends) no byte for the stall timeout
+// (TargetOptions.StallTimeout, default 60s) fails with ErrStalled, so a
+// server that trickles data cannot hold a backup or restore for ever.
 //
 // # Store descriptor (cairn-target.json)
 //
@@ -107,11 +150,13 @@
 // unknown), hash them, upload those neither the base nor the target has
 // (existence check per new id), with Concurrency workers each owning one
 // block buffer and one object buffer (memory ≈ 2 × Concurrency × block
-// size). Then write the manifest, then add the catalogue entry. A crash
+// size). Then, under the volume lock, write the manifest, then add the
+// catalogue entry. A crash
 // at any point leaves at most unreferenced blocks and an unlisted
 // manifest: a retry reuses the blocks, GC removes what stays unreferenced.
 //
-// Restore (holding "blocks" shared) fetches each distinct block once, in
+// Restore (holding "blocks" shared) validates the catalogue entry and the
+// manifest against each other, then fetches each distinct block once, in
 // volume order, verifies it and writes it at every offset that uses it;
 // the ranges to write are preallocated first; zero blocks are trimmed (or
 // skipped on a fresh sink, where only the non-zero pages of each block are

@@ -92,32 +92,54 @@ type TargetOptions struct {
 // probes the target (bucket exists, credentials accepted, endpoint
 // reachable) and returns a clear error within ProbeTimeout.
 func OpenTarget(ctx context.Context, rawURL string, opts TargetOptions) (Target, error) {
+	shown := redactURL(rawURL)
+	if strings.HasPrefix(rawURL, "s3://") && strings.Contains(rawURL, "@") {
+		// Bucket names never hold '@'; a secret may hold '/', so do not
+		// rely on the parser to find where userinfo ends.
+		return nil, fmt.Errorf("%w: %q: credentials do not belong in the URL (pass them from a Secret or a credentials file)", ErrBadURL, shown)
+	}
 	u, err := url.Parse(rawURL)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %q: %v", ErrBadURL, rawURL, err)
+		return nil, fmt.Errorf("%w: %q: cannot be parsed", ErrBadURL, shown)
 	}
 	if opts.ProbeTimeout <= 0 {
 		opts.ProbeTimeout = 15 * time.Second
 	}
+	if u.User != nil {
+		return nil, fmt.Errorf("%w: %q: credentials do not belong in the URL (pass them from a Secret or a credentials file)", ErrBadURL, shown)
+	}
 	switch u.Scheme {
 	case "file":
 		if u.Host != "" && u.Host != "localhost" {
-			return nil, fmt.Errorf("%w: %q: file URLs take an absolute path (file:///path)", ErrBadURL, rawURL)
+			return nil, fmt.Errorf("%w: %q: file URLs take an absolute path (file:///path)", ErrBadURL, shown)
 		}
 		if u.Path == "" || !strings.HasPrefix(u.Path, "/") {
-			return nil, fmt.Errorf("%w: %q: missing absolute path", ErrBadURL, rawURL)
+			return nil, fmt.Errorf("%w: %q: missing absolute path", ErrBadURL, shown)
 		}
 		return openFileTarget(u.Path)
 	case "s3":
 		if u.Host == "" {
-			return nil, fmt.Errorf("%w: %q: missing bucket (s3://bucket/prefix)", ErrBadURL, rawURL)
-		}
-		if u.User != nil {
-			return nil, fmt.Errorf("%w: %q: credentials do not belong in the URL", ErrBadURL, rawURL)
+			return nil, fmt.Errorf("%w: %q: missing bucket (s3://bucket/prefix)", ErrBadURL, shown)
 		}
 		return openS3Target(ctx, u.Host, strings.Trim(u.Path, "/"), opts)
 	case "":
-		return nil, fmt.Errorf("%w: %q: missing scheme (want s3:// or file://)", ErrBadURL, rawURL)
+		return nil, fmt.Errorf("%w: %q: missing scheme (want s3:// or file://)", ErrBadURL, shown)
 	}
 	return nil, fmt.Errorf("%w: %q (want s3:// or file://)", ErrUnsupportedScheme, u.Scheme)
+}
+
+// redactURL returns rawURL with everything between the scheme and the
+// last '@' (userinfo such as KEY:SECRET@, whose secret may itself hold
+// '/') replaced by "REDACTED", found textually so that even a URL that
+// does not parse never has its credentials repeated.
+func redactURL(rawURL string) string {
+	rest, scheme := rawURL, ""
+	if i := strings.Index(rawURL, "://"); i >= 0 {
+		scheme, rest = rawURL[:i+3], rawURL[i+3:]
+	}
+	at := strings.LastIndex(rest, "@")
+	if at < 0 {
+		return rawURL
+	}
+	return scheme + "REDACTED" + rest[at:]
 }
