@@ -1,10 +1,14 @@
 package controllers
 
 import (
+	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	cairnv1 "github.com/cairnstore/cairn/api/v1alpha1"
 )
@@ -23,10 +27,27 @@ func NewScheme() *runtime.Scheme {
 	return s
 }
 
-// Setup registers every reconciler with the manager. Reconcilers arrive with
-// the issues that build them; the manager already serves webhooks, metrics
-// and probes.
+// CacheOptions limits the manager's cache of Secrets and Leases to
+// cairn-system, the only namespace its RBAC lets it read them in.
+func CacheOptions() cache.Options {
+	sys := map[string]cache.Config{cairnv1.SystemNamespace: {}}
+	return cache.Options{ByObject: map[client.Object]cache.ByObject{
+		&corev1.Secret{}:         {Namespaces: sys},
+		&coordinationv1.Lease{}: {Namespaces: sys},
+	}}
+}
+
+// Setup registers every reconciler with the manager.
 func Setup(mgr ctrl.Manager) error {
-	_ = mgr
+	c := mgr.GetClient()
+	for _, r := range []interface{ SetupWithManager(ctrl.Manager) error }{
+		&CairnNodeReconciler{Client: c},
+		&VolumeReconciler{Client: c, Recorder: mgr.GetEventRecorder("cairn-volume")},
+		&VolumePolicyReconciler{Client: c},
+	} {
+		if err := r.SetupWithManager(mgr); err != nil {
+			return err
+		}
+	}
 	return nil
 }

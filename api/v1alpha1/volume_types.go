@@ -87,9 +87,11 @@ type VolumeReplicaStatus struct {
 	// node the replica lives on.
 	// +optional
 	Node string `json:"node,omitempty"`
-	// mode is RW (healthy), WO (rebuilding) or ERR.
+	// mode is RW (healthy), WO (rebuilding or catching up), ERR (failed
+	// or stale), or Unknown (detached and its node not ready, or its
+	// process not yet started).
 	// +optional
-	// +kubebuilder:validation:Enum=RW;WO;ERR
+	// +kubebuilder:validation:Enum=RW;WO;ERR;Unknown
 	Mode string `json:"mode,omitempty"`
 }
 

@@ -1,0 +1,105 @@
+package controllers
+
+import (
+	"context"
+	"slices"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+
+	v1 "github.com/cairnstore/cairn/api/v1alpha1"
+)
+
+// ensureEngine keeps one Engine, named after the volume, on spec.nodeID
+// while the volume is attached (never for a standby). Moving to another
+// node deletes the old Engine first and creates the new one only once the
+// old agent has flushed and stopped it, so a volume never has two writers.
+func (r *VolumeReconciler) ensureEngine(ctx context.Context, s *volumeScope) (ctrl.Result, error) {
+	node := s.vol.Spec.NodeID
+	if s.vol.Spec.Standby {
+		node = ""
+	}
+	if e := s.engine; e != nil && (node == "" || e.Spec.NodeID != node) {
+		if e.DeletionTimestamp.IsZero() {
+			if err := r.Delete(ctx, e); client.IgnoreNotFound(err) != nil {
+				return ctrl.Result{}, err
+			}
+			r.Recorder.Eventf(s.vol, e, corev1.EventTypeNormal, "Detaching", "Detach", "detaching from node %s", e.Spec.NodeID)
+		}
+		return ctrl.Result{}, nil
+	}
+	names := s.engineReplicas()
+	if node == "" || len(names) == 0 {
+		return ctrl.Result{}, nil
+	}
+	if s.engine == nil {
+		return ctrl.Result{}, r.createEngine(ctx, s, node, names)
+	}
+	if !slices.Equal(s.engine.Spec.Replicas, names) {
+		patch := client.MergeFrom(s.engine.DeepCopy())
+		s.engine.Spec.Replicas = names
+		return ctrl.Result{}, r.Patch(ctx, s.engine, patch)
+	}
+	return ctrl.Result{}, nil
+}
+
+// engineReplicas names the replicas the engine should write to: every
+// replica not being deleted, sorted.
+func (s *volumeScope) engineReplicas() []string {
+	var names []string
+	for _, rep := range s.replicas {
+		if rep.DeletionTimestamp.IsZero() {
+			names = append(names, rep.Name)
+		}
+	}
+	slices.Sort(names)
+	return names
+}
+
+func (r *VolumeReconciler) createEngine(ctx context.Context, s *volumeScope, node string, names []string) error {
+	e := &v1.Engine{
+		ObjectMeta: metav1.ObjectMeta{Name: s.vol.Name, Labels: map[string]string{v1.LabelVolume: s.vol.Name}},
+		Spec:       v1.EngineSpec{VolumeName: s.vol.Name, NodeID: node, Replicas: names},
+	}
+	if err := controllerutil.SetControllerReference(s.vol, e, r.Scheme()); err != nil {
+		return err
+	}
+	if err := r.Create(ctx, e); err != nil {
+		return client.IgnoreAlreadyExists(err)
+	}
+	s.engine = e
+	r.Recorder.Eventf(s.vol, e, corev1.EventTypeNormal, "Attaching", "Attach", "attaching on node %s", node)
+	log.FromContext(ctx).Info("Attaching", "node", node)
+	return nil
+}
+
+// reconcileDelete stops the engine, deletes every replica (their agents
+// remove the data) and the token, then releases the Volume.
+func (r *VolumeReconciler) reconcileDelete(ctx context.Context, s *volumeScope) (ctrl.Result, error) {
+	s.vol.Status.State = v1.VolumeDeleting
+	if _, err := r.loadState(ctx, s); err != nil {
+		return ctrl.Result{}, err
+	}
+	if s.engine != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(r.Delete(ctx, s.engine))
+	}
+	for i := range s.replicas {
+		if err := r.retireReplica(ctx, s, &s.replicas[i], "the volume is deleted"); err != nil {
+			return ctrl.Result{}, err
+		}
+	}
+	if len(s.replicas) > 0 {
+		return ctrl.Result{}, nil // each replica's deletion requeues
+	}
+	tok := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: v1.SystemNamespace, Name: v1.TokenSecretName(s.vol.Name)}}
+	if err := r.Delete(ctx, tok); client.IgnoreNotFound(err) != nil {
+		return ctrl.Result{}, err
+	}
+	patch := client.MergeFrom(s.vol.DeepCopy())
+	controllerutil.RemoveFinalizer(s.vol, v1.FinalizerVolume)
+	return ctrl.Result{}, client.IgnoreNotFound(r.Patch(ctx, s.vol, patch))
+}

@@ -1,0 +1,239 @@
+package controllers
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"slices"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	utilrand "k8s.io/apimachinery/pkg/util/rand"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+
+	v1 "github.com/cairnstore/cairn/api/v1alpha1"
+	"github.com/cairnstore/cairn/policies"
+)
+
+// ensureToken creates the volume's token Secret once: 32 random bytes, hex,
+// owned by the Volume so it goes with it.
+func (r *VolumeReconciler) ensureToken(ctx context.Context, s *volumeScope) (ctrl.Result, error) {
+	sec := &corev1.Secret{}
+	key := client.ObjectKey{Namespace: v1.SystemNamespace, Name: v1.TokenSecretName(s.vol.Name)}
+	err := r.Get(ctx, key, sec)
+	if !apierrors.IsNotFound(err) {
+		return ctrl.Result{}, err
+	}
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		return ctrl.Result{}, err
+	}
+	sec = &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Namespace: key.Namespace, Name: key.Name, Labels: map[string]string{v1.LabelVolume: s.vol.Name}},
+		Type:       corev1.SecretTypeOpaque,
+		Data:       map[string][]byte{v1.TokenKey: []byte(hex.EncodeToString(b))},
+	}
+	if err := controllerutil.SetControllerReference(s.vol, sec, r.Scheme()); err != nil {
+		return ctrl.Result{}, err
+	}
+	return ctrl.Result{}, client.IgnoreAlreadyExists(r.Create(ctx, sec))
+}
+
+// ensureReplicas keeps eff.Replicas usable replicas: it places new ones
+// for the missing, retires replicas lost past the replenish wait once the
+// replacements exist, and removes the least healthy beyond the count.
+func (r *VolumeReconciler) ensureReplicas(ctx context.Context, s *volumeScope) (ctrl.Result, error) {
+	usable, lost := s.classifyReplicas(r.Now())
+	want := int(s.eff.Replicas)
+	if len(usable) < want {
+		if err := r.placeReplicas(ctx, s, usable, want); err != nil {
+			return ctrl.Result{}, err
+		}
+	}
+	if len(usable) >= want {
+		for _, rep := range lost {
+			if err := r.retireReplica(ctx, s, rep, "lost past the replenish wait"); err != nil {
+				return ctrl.Result{}, err
+			}
+		}
+	}
+	if extra := len(usable) - want; extra > 0 {
+		for _, rep := range s.leastHealthy(usable)[:extra] {
+			if err := r.retireReplica(ctx, s, rep, "the policy asks for fewer replicas"); err != nil {
+				return ctrl.Result{}, err
+			}
+		}
+	}
+	var res ctrl.Result
+	if !s.lostUntil.IsZero() {
+		res.RequeueAfter = s.lostUntil.Sub(r.Now()) + time.Second
+	}
+	return res, nil
+}
+
+// classifyReplicas splits the live replicas into usable ones and those lost
+// past the replenish wait (their node not ready that long, or gone). It
+// records in s.lostUntil when the next not-ready one will count as lost.
+func (s *volumeScope) classifyReplicas(now time.Time) (usable, lost []*v1.Replica) {
+	for i := range s.replicas {
+		rep := &s.replicas[i]
+		if !rep.DeletionTimestamp.IsZero() {
+			continue
+		}
+		node := s.nodes[rep.Spec.NodeID]
+		if node == nil {
+			lost = append(lost, rep)
+			continue
+		}
+		ready, since := nodeReady(node)
+		deadline := since.Add(s.eff.ReplenishWait)
+		switch {
+		case ready:
+			usable = append(usable, rep)
+		case !now.Before(deadline):
+			lost = append(lost, rep)
+		default:
+			usable = append(usable, rep)
+			if s.lostUntil.IsZero() || deadline.Before(s.lostUntil) {
+				s.lostUntil = deadline
+			}
+		}
+	}
+	return usable, lost
+}
+
+// placeReplicas creates Replica objects on nodes chosen by policies.Place.
+// Too few eligible nodes stall a volume that has no replica at all, and
+// degrade one that has some (a new node becoming ready requeues it).
+func (r *VolumeReconciler) placeReplicas(ctx context.Context, s *volumeScope, usable []*v1.Replica, want int) error {
+	var current []string
+	for _, rep := range s.replicas {
+		current = append(current, rep.Spec.NodeID)
+	}
+	nodes, err := r.placementNodes(ctx, s)
+	if err != nil {
+		return err
+	}
+	target := want + len(current) - len(usable)
+	picked, perr := policies.Place(s.eff, s.vol.Spec.Size.Value(), current, nodes, target)
+	for _, node := range picked {
+		if err := r.createReplica(ctx, s, node); err != nil {
+			return err
+		}
+	}
+	setFlag(&s.vol.Status.Conditions, "ReplicaScheduling", perr != nil, "NotEnoughNodes", errString(perr), s.vol.Generation)
+	if perr != nil && len(usable)+len(picked) == 0 {
+		s.out = outcome{stalled: true, reason: "NotEnoughNodes", message: perr.Error()}
+	}
+	return nil
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
+
+// placementNodes describes every CairnNode for policies.Place.
+func (r *VolumeReconciler) placementNodes(ctx context.Context, s *volumeScope) ([]policies.Node, error) {
+	var all v1.ReplicaList
+	if err := r.List(ctx, &all); err != nil {
+		return nil, err
+	}
+	count := map[string]int{}
+	for _, rep := range all.Items {
+		count[rep.Spec.NodeID]++
+	}
+	out := make([]policies.Node, 0, len(s.nodes))
+	for _, n := range s.nodes {
+		ready, _ := nodeReady(n)
+		pn := policies.Node{Name: n.Name, Zone: n.Status.Zone, Labels: n.Labels, Ready: ready,
+			Schedulable: n.Spec.AllowScheduling == nil || *n.Spec.AllowScheduling, Replicas: count[n.Name]}
+		for _, d := range n.Status.Disks {
+			if d.Available != nil {
+				pn.Available = max(pn.Available, d.Available.Value())
+			}
+		}
+		out = append(out, pn)
+	}
+	return out, nil
+}
+
+func (r *VolumeReconciler) createReplica(ctx context.Context, s *volumeScope, node string) error {
+	rep := &v1.Replica{
+		ObjectMeta: metav1.ObjectMeta{
+			Name:   fmt.Sprintf("%s-r-%s", s.vol.Name, utilrand.String(5)),
+			Labels: map[string]string{v1.LabelVolume: s.vol.Name},
+		},
+		Spec: v1.ReplicaSpec{VolumeName: s.vol.Name, NodeID: node, Size: s.vol.Spec.Size},
+	}
+	if err := controllerutil.SetControllerReference(s.vol, rep, r.Scheme()); err != nil {
+		return err
+	}
+	if err := r.Create(ctx, rep); err != nil {
+		return err
+	}
+	s.replicas = append(s.replicas, *rep)
+	r.Recorder.Eventf(s.vol, rep, corev1.EventTypeNormal, "ReplicaScheduled", "Schedule", "replica %s placed on node %s", rep.Name, node)
+	log.FromContext(ctx).Info("Replica scheduled", "replica", rep.Name, "node", node)
+	return nil
+}
+
+// retireReplica deletes a Replica object. One on a node that is gone or
+// not ready cannot be cleaned by its agent, so its data finalizer is
+// dropped: the agent removes data of replicas without an object when it
+// returns.
+func (r *VolumeReconciler) retireReplica(ctx context.Context, s *volumeScope, rep *v1.Replica, why string) error {
+	if node := s.nodes[rep.Spec.NodeID]; node == nil || !isReady(node) {
+		patch := client.MergeFrom(rep.DeepCopy())
+		if controllerutil.RemoveFinalizer(rep, v1.FinalizerReplicaData) {
+			if err := r.Patch(ctx, rep, patch); client.IgnoreNotFound(err) != nil {
+				return err
+			}
+		}
+	}
+	if err := r.Delete(ctx, rep); client.IgnoreNotFound(err) != nil {
+		return err
+	}
+	r.Recorder.Eventf(s.vol, rep, corev1.EventTypeNormal, "ReplicaRemoved", "Remove", "replica %s on node %s removed: %s", rep.Name, rep.Spec.NodeID, why)
+	log.FromContext(ctx).Info("Replica removed", "replica", rep.Name, "node", rep.Spec.NodeID, "reason", why)
+	rep.DeletionTimestamp = &metav1.Time{Time: time.Now()}
+	return nil
+}
+
+func isReady(n *v1.CairnNode) bool {
+	ok, _ := nodeReady(n)
+	return ok
+}
+
+// leastHealthy orders replicas worst first: by their mode in the engine
+// (failed, stale, rebuilding, healthy), then newest first.
+func (s *volumeScope) leastHealthy(reps []*v1.Replica) []*v1.Replica {
+	rank := map[string]int{"failed": 0, "": 1, "stale": 1, "rebuilding": 2, "resyncing": 2, "healthy": 3}
+	out := slices.Clone(reps)
+	slices.SortStableFunc(out, func(a, b *v1.Replica) int {
+		if d := rank[s.replicaMode(a)] - rank[s.replicaMode(b)]; d != 0 {
+			return d
+		}
+		return b.CreationTimestamp.Compare(a.CreationTimestamp.Time)
+	})
+	return out
+}
+
+// replicaMode is the engine's view of a replica, or "" when detached.
+func (s *volumeScope) replicaMode(rep *v1.Replica) string {
+	if s.engine == nil {
+		return ""
+	}
+	if m, ok := s.engine.Status.ReplicaModes[rep.Name]; ok {
+		return m
+	}
+	return s.engine.Status.ReplicaModes[rep.Status.Address]
+}
