@@ -32,7 +32,7 @@ func NewScheme() *runtime.Scheme {
 func CacheOptions() cache.Options {
 	sys := map[string]cache.Config{cairnv1.SystemNamespace: {}}
 	return cache.Options{ByObject: map[client.Object]cache.ByObject{
-		&corev1.Secret{}:         {Namespaces: sys},
+		&corev1.Secret{}:        {Namespaces: sys},
 		&coordinationv1.Lease{}: {Namespaces: sys},
 	}}
 }
