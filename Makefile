@@ -5,7 +5,9 @@ SHELL := /usr/bin/env bash -o pipefail
 BIN := $(CURDIR)/bin
 CONTROLLER_GEN := $(BIN)/controller-gen
 GO_TEST_FLAGS ?= -timeout 40m
-CRD_PATHS := paths="./api/..." paths="./controllers/..." paths="./internal/webhook/..."
+# The manager's role comes from the top-level controllers package only; the node
+# agent (controllers/node) gets its own least-privilege role in config/rbac/node.
+CRD_PATHS := paths="./api/..." paths="./controllers" paths="./internal/webhook/..."
 
 .DEFAULT_GOAL := help
 
@@ -34,6 +36,8 @@ manifests: tools ## Generate CRDs, RBAC and webhook configuration into config/.
 	$(CONTROLLER_GEN) crd rbac:roleName=cairn-manager webhook $(CRD_PATHS) \
 		output:crd:artifacts:config=config/crd/bases output:rbac:artifacts:config=config/rbac \
 		output:webhook:artifacts:config=config/webhook
+	$(CONTROLLER_GEN) rbac:roleName=cairn-node paths="./controllers/node/..." \
+		output:rbac:artifacts:config=config/rbac/node
 
 .PHONY: fmt
 fmt: ## Run gofmt.
@@ -64,9 +68,13 @@ deploy: ## Apply config/default to the cluster in $$KUBECONFIG (needs kubectl an
 
 ##@ Test
 
+# The data plane's packages run under the race detector; the rest without.
+DATA_PLANE := ./replica/... ./engine/... ./internal/netx/... ./internal/durable/...
+
 .PHONY: test
-test: deps tools build ## Install/build what is missing, then run every test.
-	go test $(GO_TEST_FLAGS) ./...
+test: deps tools build ## Install/build what is missing, then run every test (the data plane with -race).
+	go test $(GO_TEST_FLAGS) $$(go list ./... | grep -v -e '/replica' -e '/engine' -e '/internal/netx' -e '/internal/durable')
+	go test -race $(GO_TEST_FLAGS) $(DATA_PLANE)
 
 .PHONY: bench
 bench: deps tools build ## Run the benchmarks (ratios against peers, printed as tables).
