@@ -1,6 +1,7 @@
 package v1alpha1
 
 import (
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
@@ -19,17 +20,26 @@ type EngineSpec struct {
 	// +kubebuilder:validation:MaxLength=253
 	NodeID string `json:"nodeID"`
 
-	// frontend is how the volume is exposed on the node.
+	// frontend is how the volume is exposed on the node: nbd (kernel NBD
+	// client), fuse (a FUSE file on a loop device), or empty to let the node
+	// agent choose (nbd where the nbd module and nbd-client are available,
+	// else fuse).
 	// +optional
-	// +kubebuilder:default=nbd
 	// +kubebuilder:validation:Enum=nbd;fuse
 	Frontend string `json:"frontend,omitempty"`
 
-	// replicas names the Replica objects the engine writes to.
+	// replicas are the addresses (host:port, as in Replica status.address)
+	// of the replicas the engine writes to. The node agent adds and removes
+	// members of the running engine when this list changes.
 	// +optional
 	// +listType=set
 	// +kubebuilder:validation:MaxItems=16
+	// +kubebuilder:validation:items:MaxLength=263
 	Replicas []string `json:"replicas,omitempty"`
+
+	// size is the volume size in bytes; a positive multiple of 4096.
+	// +required
+	Size resource.Quantity `json:"size"`
 }
 
 // EngineStatus is the observed state of an engine.
@@ -50,9 +60,24 @@ type EngineStatus struct {
 	// endpoint is the device or socket the frontend serves.
 	// +optional
 	Endpoint string `json:"endpoint,omitempty"`
-	// replicaModes maps each replica name to RW, WO or ERR.
+	// replicaModes maps each replica address to its mode in the engine:
+	// healthy, rebuilding, resyncing, stale or failed.
 	// +optional
 	ReplicaModes map[string]string `json:"replicaModes,omitempty"`
+	// robustness is the engine's view of the volume's redundancy: healthy,
+	// degraded or faulted.
+	// +optional
+	// +kubebuilder:validation:Enum=healthy;degraded;faulted
+	Robustness string `json:"robustness,omitempty"`
+	// pid of the engine process on its node (0 when none runs).
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	PID int32 `json:"pid,omitempty"`
+	// restarts counts how often the node agent restarted a crashed engine
+	// process since the agent started.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	Restarts int32 `json:"restarts,omitempty"`
 	// rebuildProgress is the percentage of an ongoing rebuild.
 	// +optional
 	// +kubebuilder:validation:Minimum=0

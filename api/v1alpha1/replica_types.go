@@ -45,9 +45,20 @@ type ReplicaStatus struct {
 	// +optional
 	// +kubebuilder:validation:Enum=Stopped;Starting;Running;Error
 	State string `json:"state,omitempty"`
-	// address the replica server listens on.
+	// address the replica server listens on (host:port). The node agent
+	// picks the port once and keeps it, so the address is reported before
+	// the process first runs and survives restarts.
 	// +optional
 	Address string `json:"address,omitempty"`
+	// pid of the replica process on its node (0 when none runs).
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	PID int32 `json:"pid,omitempty"`
+	// restarts counts how often the node agent restarted a crashed replica
+	// process since the agent started.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	Restarts int32 `json:"restarts,omitempty"`
 	// dataGeneration is the replica's durable membership generation.
 	// +optional
 	DataGeneration int64 `json:"dataGeneration,omitempty"`

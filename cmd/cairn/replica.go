@@ -22,7 +22,7 @@ func init() { addCommand(newReplicaCmd) }
 // newReplicaCmd runs one replica: it opens (or creates) the replica in
 // --dir and serves it on --listen until SIGINT/SIGTERM.
 func newReplicaCmd() *cobra.Command {
-	var dir, size, listen, tokenFile string
+	var dir, size, listen, tokenFile, volume, name string
 	cmd := &cobra.Command{
 		Use:   "replica",
 		Short: "Serve one replica of a volume over Cairn's authenticated replica protocol",
@@ -31,7 +31,8 @@ func newReplicaCmd() *cobra.Command {
 The replica lives in --dir. An empty directory gets a new replica of --size
 bytes; an existing one is opened and must have that size. Clients must
 present the token stored in --token-file. --listen is host:port or
-unix:/path/to/socket.`,
+unix:/path/to/socket. --volume and --replica only label the process (logs,
+ps) with the volume and replica it serves.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if dir == "" || size == "" || listen == "" || tokenFile == "" {
@@ -47,7 +48,14 @@ unix:/path/to/socket.`,
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			return runReplica(ctx, dir, n, listen, token)
+			log := slog.New(slog.NewJSONHandler(os.Stderr, nil)).With("dir", dir)
+			if volume != "" {
+				log = log.With("volume", volume)
+			}
+			if name != "" {
+				log = log.With("replica", name)
+			}
+			return runReplica(ctx, log, dir, n, listen, token)
 		},
 	}
 	f := cmd.Flags()
@@ -55,11 +63,12 @@ unix:/path/to/socket.`,
 	f.StringVar(&size, "size", "", "volume size in bytes (suffixes Ki, Mi, Gi, Ti allowed)")
 	f.StringVar(&listen, "listen", "", "listen address: host:port or unix:/path")
 	f.StringVar(&tokenFile, "token-file", "", "file holding the per-volume access token")
+	f.StringVar(&volume, "volume", "", "name of the volume the replica belongs to (a label for logs and ps)")
+	f.StringVar(&name, "replica", "", "name of the replica (a label for logs and ps)")
 	return cmd
 }
 
-func runReplica(ctx context.Context, dir string, size int64, listen, token string) error {
-	log := slog.New(slog.NewJSONHandler(os.Stderr, nil)).With("dir", dir)
+func runReplica(ctx context.Context, log *slog.Logger, dir string, size int64, listen, token string) error {
 	r, err := replica.OpenOrCreate(dir, size)
 	if err != nil {
 		return err
