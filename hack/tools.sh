@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the local control plane and test servers into bin/ from Go modules:
-# kube-apiserver and etcd (hack/tools), controller-gen and versitygw. Each
+# kube-apiserver, kube-controller-manager and etcd (hack/tools), controller-gen and versitygw. Each
 # tool is rebuilt only when missing or when its pinned version (or Go) changed,
 # tracked by a stamp file. A cold build takes about 5-10 minutes on 2 cores.
 set -euo pipefail
@@ -31,6 +31,8 @@ etcd_key="$(sha256sum hack/tools/etcd/go.mod hack/tools/etcd/go.sum | sha256sum 
 
 build kube-apiserver "$k8s_key" \
   bash -c "cd hack/tools && go build -o '$BIN/kube-apiserver' ./kube-apiserver"
+build kube-controller-manager "$k8s_key" \
+  bash -c "cd hack/tools && go build -o '$BIN/kube-controller-manager' ./kube-controller-manager"
 build etcd "$etcd_key" \
   bash -c "cd hack/tools/etcd && go build -o '$BIN/etcd' ."
 build controller-gen "$CONTROLLER_GEN_VERSION $GOVER" \

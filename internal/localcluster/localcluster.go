@@ -30,6 +30,12 @@ type Options struct {
 	EtcdDataDir string
 	// Out receives the control plane's own output; nil discards it.
 	Out io.Writer
+	// ControllerManager also runs kube-controller-manager (garbage
+	// collection, PV binding), its kubeconfig kept in StateDir.
+	ControllerManager bool
+	// StateDir holds files the control plane needs besides etcd's data;
+	// empty means a temporary directory.
+	StateDir string
 }
 
 // Cluster is a running local control plane.
@@ -37,6 +43,8 @@ type Cluster struct {
 	env *envtest.Environment
 	// Config is an admin client configuration.
 	Config *rest.Config
+	// stopKCM stops kube-controller-manager when it runs.
+	stopKCM func()
 }
 
 // ErrMissingBinary means etcd or kube-apiserver has not been built.
@@ -79,7 +87,30 @@ func Start(opts Options) (*Cluster, error) {
 		_ = env.Stop()
 		return nil, fmt.Errorf("start local control plane: %w", err)
 	}
-	return &Cluster{env: env, Config: cfg}, nil
+	c := &Cluster{env: env, Config: cfg}
+	if opts.ControllerManager {
+		if err := c.startKCM(opts); err != nil {
+			_ = env.Stop()
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+func (c *Cluster) startKCM(opts Options) error {
+	dir := opts.StateDir
+	if dir == "" {
+		d, err := os.MkdirTemp("", "cairn-kcm-")
+		if err != nil {
+			return err
+		}
+		dir = d
+	}
+	out := opts.Out
+	if out == nil {
+		out = io.Discard
+	}
+	return c.startControllerManager(opts.BinDir, dir, out)
 }
 
 // WebhookOptions are the webhook server settings the API server was told to
@@ -98,8 +129,14 @@ func (c *Cluster) Kubeconfig(user string) ([]byte, error) {
 	return u.KubeConfig()
 }
 
-// Stop stops kube-apiserver and etcd and waits for them to exit.
-func (c *Cluster) Stop() error { return c.env.Stop() }
+// Stop stops kube-controller-manager (when it runs), kube-apiserver and
+// etcd and waits for them to exit.
+func (c *Cluster) Stop() error {
+	if c.stopKCM != nil {
+		c.stopKCM()
+	}
+	return c.env.Stop()
+}
 
 // CRDs decodes Cairn's embedded CustomResourceDefinitions.
 func CRDs() ([]*apiextensionsv1.CustomResourceDefinition, error) {
