@@ -49,6 +49,7 @@ func (r *CairnNodeReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 	}
 	cond, expires := heartbeatCondition(lease, r.Now())
 	cond.ObservedGeneration = node.Generation
+	recordNode(node.Name, cond.Status == metav1.ConditionTrue)
 	orig := node.DeepCopy()
 	if meta.SetStatusCondition(&node.Status.Conditions, cond) || node.Status.ObservedGeneration != node.Generation {
 		node.Status.ObservedGeneration = node.Generation

@@ -22,6 +22,7 @@ import (
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/cli-utils/pkg/kstatus/status"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	v1 "github.com/cairnstore/cairn/api/v1alpha1"
 )
@@ -159,6 +160,8 @@ func TestVolumeLifecycle(t *testing.T) {
 		assert.True(c, ready(v.Status.Conditions))
 		assert.True(c, current(c, v))
 	}, wait, tick)
+	require.Equal(t, 1.0, gauge(t, "cairn_volume_robustness", "volume", vol.Name), "healthy")
+	require.Equal(t, 3.0, gauge(t, "cairn_volume_replicas", "volume", vol.Name, "state", "RW"))
 	sc := &storagev1.StorageClass{}
 	require.NoError(t, k8s.Get(bg, client.ObjectKey{Name: "lc-gold"}, sc))
 	require.Equal(t, "csi.cairn.dev", sc.Provisioner)
@@ -205,6 +208,33 @@ func TestVolumeLifecycle(t *testing.T) {
 		assert.Empty(c, replicasOf(c, vol.Name))
 		assert.True(c, apierrors.IsNotFound(k8s.Get(bg, client.ObjectKey{Namespace: v1.SystemNamespace, Name: v1.TokenSecretName(vol.Name)}, &corev1.Secret{})))
 	}, wait, tick)
+}
+
+// gauge reads a gauge with the given label values from the manager's registry.
+func gauge(t *testing.T, name string, labels ...string) float64 {
+	t.Helper()
+	families, err := metrics.Registry.Gather()
+	require.NoError(t, err)
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+	next:
+		for _, m := range f.GetMetric() {
+			have := map[string]string{}
+			for _, l := range m.GetLabel() {
+				have[l.GetName()] = l.GetValue()
+			}
+			for i := 0; i < len(labels); i += 2 {
+				if have[labels[i]] != labels[i+1] {
+					continue next
+				}
+			}
+			return m.GetGauge().GetValue()
+		}
+	}
+	t.Fatalf("no %s%v", name, labels)
+	return 0
 }
 
 func attach(t *testing.T, vol, node string) {

@@ -101,5 +101,6 @@ func (r *VolumeReconciler) reconcileDelete(ctx context.Context, s *volumeScope) 
 	}
 	patch := client.MergeFrom(s.vol.DeepCopy())
 	controllerutil.RemoveFinalizer(s.vol, v1.FinalizerVolume)
+	forgetVolume(s.vol.Name)
 	return ctrl.Result{}, client.IgnoreNotFound(r.Patch(ctx, s.vol, patch))
 }

@@ -34,6 +34,7 @@ func (r *VolumeReconciler) observe(_ context.Context, s *volumeScope) (ctrl.Resu
 		q := s.vol.Spec.Size
 		st.ActualSize = &q
 	}
+	recordVolume(s.vol)
 	return ctrl.Result{}, nil
 }
 

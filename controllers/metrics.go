@@ -1,0 +1,59 @@
+package controllers
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
+
+	v1 "github.com/cairnstore/cairn/api/v1alpha1"
+)
+
+// Metrics the manager exports besides controller-runtime's own (reconcile
+// counts and durations per controller).
+var (
+	volumeRobustness = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "cairn_volume_robustness",
+		Help: "Volume robustness: 0 unknown, 1 healthy, 2 degraded, 3 faulted.",
+	}, []string{"volume"})
+	volumeReplicas = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "cairn_volume_replicas",
+		Help: "Replicas of a volume by mode (RW, WO, ERR, Unknown).",
+	}, []string{"volume", "state"})
+	nodeReadyGauge = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "cairn_node_ready",
+		Help: "1 while the node agent's heartbeat is current, else 0.",
+	}, []string{"node"})
+)
+
+func init() {
+	metrics.Registry.MustRegister(volumeRobustness, volumeReplicas, nodeReadyGauge)
+}
+
+var robustnessValue = map[v1.Robustness]float64{
+	v1.RobustnessUnknown: 0, v1.RobustnessHealthy: 1, v1.RobustnessDegraded: 2, v1.RobustnessFaulted: 3,
+}
+
+// recordVolume exports a volume's robustness and replica modes.
+func recordVolume(vol *v1.Volume) {
+	volumeRobustness.WithLabelValues(vol.Name).Set(robustnessValue[vol.Status.Robustness])
+	count := map[string]float64{modeRW: 0, modeWO: 0, modeERR: 0, modeUnknown: 0}
+	for _, r := range vol.Status.Replicas {
+		count[r.Mode]++
+	}
+	for mode, n := range count {
+		volumeReplicas.WithLabelValues(vol.Name, mode).Set(n)
+	}
+}
+
+// forgetVolume drops a deleted volume's series.
+func forgetVolume(name string) {
+	volumeRobustness.DeleteLabelValues(name)
+	volumeReplicas.DeletePartialMatch(prometheus.Labels{"volume": name})
+}
+
+func recordNode(name string, ready bool) {
+	v := 0.0
+	if ready {
+		v = 1
+	}
+	nodeReadyGauge.WithLabelValues(name).Set(v)
+}
