@@ -3,15 +3,14 @@ package controllers
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
-	"fmt"
 	"slices"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	utilrand "k8s.io/apimachinery/pkg/util/rand"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
@@ -169,7 +168,7 @@ func (r *VolumeReconciler) placementNodes(ctx context.Context, s *volumeScope) (
 func (r *VolumeReconciler) createReplica(ctx context.Context, s *volumeScope, node string) error {
 	rep := &v1.Replica{
 		ObjectMeta: metav1.ObjectMeta{
-			Name:   fmt.Sprintf("%s-r-%s", s.vol.Name, utilrand.String(5)),
+			Name:   replicaName(s.vol.Name, node),
 			Labels: map[string]string{v1.LabelVolume: s.vol.Name},
 		},
 		Spec: v1.ReplicaSpec{VolumeName: s.vol.Name, NodeID: node, Size: s.vol.Spec.Size},
@@ -177,8 +176,11 @@ func (r *VolumeReconciler) createReplica(ctx context.Context, s *volumeScope, no
 	if err := controllerutil.SetControllerReference(s.vol, rep, r.Scheme()); err != nil {
 		return err
 	}
+	// The name depends only on volume and node, so a reconcile that runs on
+	// a cache not yet showing this replica makes the same choice and gets
+	// AlreadyExists instead of a second replica.
 	if err := r.Create(ctx, rep); err != nil {
-		return err
+		return client.IgnoreAlreadyExists(err)
 	}
 	s.replicas = append(s.replicas, *rep)
 	r.Recorder.Eventf(s.vol, rep, corev1.EventTypeNormal, "ReplicaScheduled", "Schedule", "replica %s placed on node %s", rep.Name, node)
@@ -206,6 +208,14 @@ func (r *VolumeReconciler) retireReplica(ctx context.Context, s *volumeScope, re
 	log.FromContext(ctx).Info("Replica removed", "replica", rep.Name, "node", rep.Spec.NodeID, "reason", why)
 	rep.DeletionTimestamp = &metav1.Time{Time: time.Now()}
 	return nil
+}
+
+// replicaName is VOLUME-r-HASH, HASH the first 10 hex digits of the
+// node name's SHA-256 (the volume name cut to fit 253 characters).
+func replicaName(vol, node string) string {
+	sum := sha256.Sum256([]byte(node))
+	suffix := "-r-" + hex.EncodeToString(sum[:5])
+	return vol[:min(len(vol), 253-len(suffix))] + suffix
 }
 
 func isReady(n *v1.CairnNode) bool {
