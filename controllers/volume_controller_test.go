@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -92,6 +93,8 @@ func nodesOf(reps []v1.Replica) map[string]bool {
 	return out
 }
 
+var nextPort atomic.Int32
+
 // playAgents reports every replica of vol as running with an address, as
 // the node agents would.
 func playAgents(t *testing.T, vol string) {
@@ -100,7 +103,7 @@ func playAgents(t *testing.T, vol string) {
 		if r.Status.Address != "" {
 			continue
 		}
-		r.Status.State, r.Status.Address = "Running", "127.0.0.1:"+fmt.Sprint(10000+len(r.Name))
+		r.Status.State, r.Status.Address = "Running", fmt.Sprintf("127.0.0.1:%d", 10000+nextPort.Add(1))
 		require.NoError(t, client.IgnoreNotFound(k8s.Status().Update(bg, &r)))
 	}
 }

@@ -32,38 +32,38 @@ func (r *VolumeReconciler) ensureEngine(ctx context.Context, s *volumeScope) (ct
 		}
 		return ctrl.Result{}, nil
 	}
-	names := s.engineReplicas()
-	if node == "" || len(names) == 0 {
+	addrs := s.engineReplicas()
+	if node == "" || len(addrs) == 0 {
 		return ctrl.Result{}, nil
 	}
 	if s.engine == nil {
-		return ctrl.Result{}, r.createEngine(ctx, s, node, names)
+		return ctrl.Result{}, r.createEngine(ctx, s, node, addrs)
 	}
-	if !slices.Equal(s.engine.Spec.Replicas, names) {
+	if !slices.Equal(s.engine.Spec.Replicas, addrs) || !s.engine.Spec.Size.Equal(s.vol.Spec.Size) {
 		patch := client.MergeFrom(s.engine.DeepCopy())
-		s.engine.Spec.Replicas = names
+		s.engine.Spec.Replicas, s.engine.Spec.Size = addrs, s.vol.Spec.Size
 		return ctrl.Result{}, r.Patch(ctx, s.engine, patch)
 	}
 	return ctrl.Result{}, nil
 }
 
-// engineReplicas names the replicas the engine should write to: every
-// replica not being deleted, sorted.
+// engineReplicas lists the addresses the engine should write to: every
+// replica not being deleted whose agent reported where it listens, sorted.
 func (s *volumeScope) engineReplicas() []string {
-	var names []string
+	var addrs []string
 	for _, rep := range s.replicas {
-		if rep.DeletionTimestamp.IsZero() {
-			names = append(names, rep.Name)
+		if rep.DeletionTimestamp.IsZero() && rep.Status.Address != "" {
+			addrs = append(addrs, rep.Status.Address)
 		}
 	}
-	slices.Sort(names)
-	return names
+	slices.Sort(addrs)
+	return addrs
 }
 
-func (r *VolumeReconciler) createEngine(ctx context.Context, s *volumeScope, node string, names []string) error {
+func (r *VolumeReconciler) createEngine(ctx context.Context, s *volumeScope, node string, addrs []string) error {
 	e := &v1.Engine{
 		ObjectMeta: metav1.ObjectMeta{Name: s.vol.Name, Labels: map[string]string{v1.LabelVolume: s.vol.Name}},
-		Spec:       v1.EngineSpec{VolumeName: s.vol.Name, NodeID: node, Replicas: names},
+		Spec:       v1.EngineSpec{VolumeName: s.vol.Name, NodeID: node, Replicas: addrs, Size: s.vol.Spec.Size},
 	}
 	if err := controllerutil.SetControllerReference(s.vol, e, r.Scheme()); err != nil {
 		return err

@@ -237,13 +237,11 @@ func (s *volumeScope) leastHealthy(reps []*v1.Replica) []*v1.Replica {
 	return out
 }
 
-// replicaMode is the engine's view of a replica, or "" when detached.
+// replicaMode is the engine's view of a replica (its modes are keyed by
+// address), or "" when detached or not yet a member.
 func (s *volumeScope) replicaMode(rep *v1.Replica) string {
-	if s.engine == nil {
+	if s.engine == nil || rep.Status.Address == "" {
 		return ""
-	}
-	if m, ok := s.engine.Status.ReplicaModes[rep.Name]; ok {
-		return m
 	}
 	return s.engine.Status.ReplicaModes[rep.Status.Address]
 }
