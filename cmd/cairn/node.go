@@ -1,0 +1,54 @@
+package main
+
+import (
+	"github.com/spf13/cobra"
+	"k8s.io/client-go/tools/clientcmd"
+	ctrl "sigs.k8s.io/controller-runtime"
+
+	"github.com/cairnstore/cairn/controllers/node"
+)
+
+func init() { addCommand(newNodeCmd) }
+
+// newNodeCmd runs the node agent: it registers the node, heartbeats, and
+// runs the node's Replica and Engine objects as child processes.
+func newNodeCmd() *cobra.Command {
+	var (
+		o          node.Options
+		kubeconfig string
+		verbosity  int
+	)
+	cmd := &cobra.Command{
+		Use:   "node",
+		Short: "Run the node agent: register the node and run its replicas and engines as child processes",
+		Long: `node registers a CairnNode, renews its Lease in cairn-system and turns the
+Replica and Engine objects assigned to --name into supervised "cairn replica"
+and "cairn engine" children, keeping their data, sockets, tokens and logs under
+--data-dir. SIGTERM stops the children (engines first, so they flush).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log := newLogger(verbosity).WithValues("node", o.Name)
+			ctrl.SetLogger(log)
+			o.Log = log
+			cfg, err := ctrl.GetConfig()
+			if kubeconfig != "" {
+				cfg, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
+			}
+			if err != nil {
+				return err
+			}
+			return node.Run(ctrl.SetupSignalHandler(), cfg, o)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.Name, "name", "", "node name (CairnNode name, Replica/Engine spec.nodeID)")
+	f.StringVar(&o.DataDir, "data-dir", "", "directory holding replicas, mounts, sockets, tokens and logs")
+	f.StringVar(&o.Zone, "zone", "", "zone reported in CairnNode status")
+	f.StringVar(&o.Address, "address", "127.0.0.1", "address replicas listen on and report")
+	f.StringVar(&o.Binary, "cairn-binary", "", "cairn executable the children run (default: this one)")
+	f.StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig file (default: in-cluster or $KUBECONFIG)")
+	f.IntVarP(&verbosity, "v", "v", 0, "log verbosity (0 info, 1+ debug)")
+	_ = cmd.MarkFlagRequired("name")
+	_ = cmd.MarkFlagRequired("data-dir")
+	return cmd
+}

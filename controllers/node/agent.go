@@ -1,0 +1,299 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/go-logr/logr"
+	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	cairnv1 "github.com/cairnstore/cairn/api/v1alpha1"
+)
+
+// Contract names shared with the manager (see doc.go).
+const (
+	// SystemNamespace holds token Secrets and node Leases.
+	SystemNamespace = "cairn-system"
+	// VolumeLabel names the volume of a Replica, Engine or token Secret.
+	VolumeLabel = "storage.cairn.dev/volume"
+	// TokenSecretPrefix + volume name is the token Secret's name.
+	TokenSecretPrefix = "cairn-token-"
+	// TokenKey is the Secret data key holding the token.
+	TokenKey = "token"
+	// ReplicaFinalizer guards a replica's data directory.
+	ReplicaFinalizer = "storage.cairn.dev/replica-data"
+	// EngineFinalizer guards an engine's process, mount and loop device.
+	EngineFinalizer = "storage.cairn.dev/engine"
+	// LeasePrefix + node name is the node's heartbeat Lease.
+	LeasePrefix = "cairn-node-"
+	// LeaseDurationSeconds is how long a Lease stays valid without renewal.
+	LeaseDurationSeconds = 20
+)
+
+// Options configure a node agent.
+type Options struct {
+	// Name of the node (the CairnNode's name, Replica/Engine spec.nodeID).
+	Name string
+	// DataDir holds replicas, mounts, sockets, tokens, pid files and logs.
+	DataDir string
+	// Zone is reported in CairnNode status.zone.
+	Zone string
+	// Address is the host replicas listen on and report (default 127.0.0.1).
+	Address string
+	// Binary is the cairn executable children run (default os.Executable()).
+	Binary string
+	// HeartbeatInterval is how often the Lease and CairnNode status are
+	// renewed (default 5s).
+	HeartbeatInterval time.Duration
+	// PollInterval is how often a running engine's status is read (default 5s).
+	PollInterval time.Duration
+	// Log is the agent's logger.
+	Log logr.Logger
+}
+
+func (o *Options) defaults() error {
+	if o.Name == "" || o.DataDir == "" {
+		return errors.New("node agent: name and data directory are required")
+	}
+	if o.Address == "" {
+		o.Address = "127.0.0.1"
+	}
+	if o.Binary == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return fmt.Errorf("node agent: find own executable: %w", err)
+		}
+		o.Binary = exe
+	}
+	if o.HeartbeatInterval == 0 {
+		o.HeartbeatInterval = 5 * time.Second
+	}
+	if o.PollInterval == 0 {
+		o.PollInterval = 5 * time.Second
+	}
+	dir, err := filepath.Abs(o.DataDir)
+	if err != nil {
+		return err
+	}
+	o.DataDir = dir
+	return nil
+}
+
+// Agent is one node agent: its reconcilers, heartbeat and child processes.
+type Agent struct {
+	opts     Options
+	sup      *Supervisor
+	loops    *loopTable
+	replicaC chan event.GenericEvent
+	engineC  chan event.GenericEvent
+	done     chan struct{}
+}
+
+// New prepares the agent's directories and supervisor.
+func New(opts Options) (*Agent, error) {
+	if err := opts.defaults(); err != nil {
+		return nil, err
+	}
+	a := &Agent{
+		opts:     opts,
+		loops:    &loopTable{m: map[string]loopAttachment{}},
+		replicaC: make(chan event.GenericEvent, 256),
+		engineC:  make(chan event.GenericEvent, 256),
+		done:     make(chan struct{}),
+	}
+	for _, d := range []string{a.runDir(), a.stateDir(), a.logDir(), filepath.Join(opts.DataDir, "replicas"), filepath.Join(opts.DataDir, "mnt")} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, err
+		}
+		if err := os.Chmod(d, 0o700); err != nil {
+			return nil, err
+		}
+	}
+	a.sup = &Supervisor{
+		Binary: opts.Binary, RunDir: a.runDir(), LogDir: a.logDir(), Marker: opts.DataDir,
+		Log: opts.Log.WithName("supervisor"), Notify: a.notify,
+	}
+	return a, nil
+}
+
+// Run starts a manager for the agent on cfg and serves until ctx is done,
+// then stops every child (engines first, so they flush to their replicas).
+func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
+	a, err := New(opts)
+	if err != nil {
+		return err
+	}
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+		Scheme:  NewScheme(),
+		Metrics: metricsserver.Options{BindAddress: "0"},
+		Client: client.Options{Cache: &client.CacheOptions{
+			// Tokens, the node's Lease and CairnNode are read directly: the
+			// agent never caches Secrets and watches nothing it does not need.
+			DisableFor: []client.Object{&corev1.Secret{}, &coordinationv1.Lease{}, &cairnv1.CairnNode{}},
+		}},
+		Logger: opts.Log,
+	})
+	if err != nil {
+		return fmt.Errorf("node agent: create manager: %w", err)
+	}
+	if err := a.Setup(mgr); err != nil {
+		return err
+	}
+	return a.Start(ctx, mgr)
+}
+
+// NewScheme returns a scheme with the Kubernetes built-in kinds and Cairn's.
+func NewScheme() *runtime.Scheme {
+	s := runtime.NewScheme()
+	utilruntime.Must(clientgoscheme.AddToScheme(s))
+	utilruntime.Must(cairnv1.AddToScheme(s))
+	return s
+}
+
+// Setup registers the agent's reconcilers and heartbeat with mgr.
+func (a *Agent) Setup(mgr ctrl.Manager) error {
+	opts := controller.Options{SkipNameValidation: ptr.To(true)}
+	rr := &ReplicaReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Agent: a}
+	if err := rr.SetupWithManager(mgr, opts); err != nil {
+		return err
+	}
+	er := &EngineReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Agent: a}
+	if err := er.SetupWithManager(mgr, opts); err != nil {
+		return err
+	}
+	hb := &Heartbeat{Client: mgr.GetClient(), Agent: a}
+	return mgr.Add(hb)
+}
+
+// Start cleans up what an earlier agent left behind, runs mgr until ctx is
+// done and then stops every child.
+func (a *Agent) Start(ctx context.Context, mgr ctrl.Manager) error {
+	defer close(a.done)
+	log := a.opts.Log
+	if err := a.cleanupLeftovers(ctx); err != nil {
+		return fmt.Errorf("node agent: clean up after an earlier agent: %w", err)
+	}
+	err := mgr.Start(ctx)
+	log.Info("Stopping children")
+	sctx, cancel := context.WithTimeout(context.Background(), 2*stopTimeout)
+	defer cancel()
+	a.shutdown(sctx)
+	return err
+}
+
+// shutdown detaches loop devices, stops engines, then replicas.
+func (a *Agent) shutdown(ctx context.Context) {
+	for _, vol := range a.loops.volumes() {
+		if err := a.detachFrontend(ctx, vol); err != nil {
+			a.opts.Log.Error(err, "Detaching loop device failed", "volume", vol)
+		}
+	}
+	a.sup.StopAll(ctx, enginePrefix)
+	a.sup.StopAll(ctx, replicaPrefix)
+	a.unmountAll()
+}
+
+// cleanupLeftovers detaches loop devices on files under DIR/mnt, stops
+// children recorded in pid files and unmounts leftover FUSE mounts.
+func (a *Agent) cleanupLeftovers(ctx context.Context) error {
+	for _, l := range loopsUnder(a.mntDir() + "/") {
+		a.opts.Log.Info("Detaching leftover loop device", "device", l.dev, "file", l.file)
+		if err := clearLoop(l.dev, l.file); err != nil {
+			return err
+		}
+	}
+	if err := a.sup.KillLeftovers(ctx, markOfKey); err != nil {
+		return err
+	}
+	a.unmountAll()
+	return nil
+}
+
+// unmountAll lazily unmounts every mount under DIR/mnt.
+func (a *Agent) unmountAll() {
+	for _, m := range mountsUnder(a.mntDir() + "/") {
+		if err := unmount(m); err != nil {
+			a.opts.Log.Error(err, "Unmount failed", "mountpoint", m)
+		}
+	}
+}
+
+// notify turns a supervisor event into a reconcile request.
+func (a *Agent) notify(key string) {
+	var ch chan event.GenericEvent
+	var obj client.Object
+	switch {
+	case strings.HasPrefix(key, replicaPrefix):
+		ch, obj = a.replicaC, &cairnv1.Replica{}
+		obj.SetName(strings.TrimPrefix(key, replicaPrefix))
+	case strings.HasPrefix(key, enginePrefix):
+		ch, obj = a.engineC, &cairnv1.Engine{}
+		obj.SetName(strings.TrimPrefix(key, enginePrefix))
+	default:
+		return
+	}
+	select {
+	case ch <- event.GenericEvent{Object: obj}:
+	case <-a.done:
+	default:
+		// The channel is full: a reconcile of this object is queued anyway.
+		go func() {
+			select {
+			case ch <- event.GenericEvent{Object: obj}:
+			case <-a.done:
+			}
+		}()
+	}
+}
+
+// Children keys: a prefix and the Replica or Engine name.
+const (
+	replicaPrefix = "replica-"
+	enginePrefix  = "engine-"
+)
+
+// markOfKey is the argv sequence identifying the child recorded under key.
+func markOfKey(key string) string {
+	if name, ok := strings.CutPrefix(key, replicaPrefix); ok {
+		return replicaMark(name)
+	}
+	if vol, ok := strings.CutPrefix(key, enginePrefix); ok {
+		return engineMark(vol)
+	}
+	return "\x00cairn-unknown-child\x00"
+}
+
+func replicaMark(name string) string { return "\x00--replica\x00" + name + "\x00" }
+func engineMark(vol string) string   { return "\x00engine\x00--volume\x00" + vol + "\x00" }
+
+func (a *Agent) runDir() string   { return filepath.Join(a.opts.DataDir, "run") }
+func (a *Agent) stateDir() string { return filepath.Join(a.opts.DataDir, "state") }
+func (a *Agent) logDir() string   { return filepath.Join(a.opts.DataDir, "log") }
+func (a *Agent) mntDir() string   { return filepath.Join(a.opts.DataDir, "mnt") }
+func (a *Agent) replicaDir(name string) string {
+	return filepath.Join(a.opts.DataDir, "replicas", name)
+}
+func (a *Agent) portFile(name string) string { return filepath.Join(a.stateDir(), name+".port") }
+func (a *Agent) tokenFile(vol string) string { return filepath.Join(a.runDir(), vol+".token") }
+func (a *Agent) controlAddr(vol string) string {
+	return "unix:" + filepath.Join(a.runDir(), vol+".ctl")
+}
+func (a *Agent) nbdAddr(vol string) string    { return "unix:" + filepath.Join(a.runDir(), vol+".nbd") }
+func (a *Agent) mountpoint(vol string) string { return filepath.Join(a.mntDir(), vol) }
+func (a *Agent) volumeFile(vol string) string { return filepath.Join(a.mntDir(), vol, vol) }

@@ -1,0 +1,82 @@
+// Package node is Cairn's node agent (`cairn node --name NAME --data-dir DIR`):
+// it registers the node as a CairnNode, heartbeats through a Lease, and turns
+// the Replica and Engine objects assigned to the node into supervised child
+// processes (`cairn replica`, `cairn engine`), one per instance.
+//
+// # Contract with the manager
+//
+// The manager (controllers/) creates the objects below; the agent of the node
+// named in spec.nodeID runs them and writes only status and its finalizers.
+//
+// Token. Secret cairn-system/cairn-token-<volume>, key "token" (64 hex
+// characters), label storage.cairn.dev/volume=<volume>, created by the
+// manager. The agent reads it uncached and writes it to DIR/run/<volume>.token
+// (file 0600, directory 0700); children get --token-file, never the token in
+// argv or env, and it is never logged. The file goes when the node's last
+// replica of the volume is deleted.
+//
+// Replica (cluster-scoped; spec.volumeName, spec.nodeID, spec.size,
+// spec.diskPath empty or equal to the agent's DIR). The agent adds finalizer
+// storage.cairn.dev/replica-data, picks a free TCP port once (kept in
+// DIR/state/<replica>.port) and reports status.address <address>:<port> at
+// once, even while no process runs, so the manager can list it in the Engine.
+// It runs
+//
+//	cairn replica --volume V --replica R --dir DIR/replicas/R --size N \
+//	    --listen ADDR:PORT --token-file DIR/run/V.token
+//
+// only while an Engine object named V exists (on any node, also while it is
+// being deleted, so the engine can flush): a detached volume keeps no
+// processes running. status.state is Stopped (detached; Ready=True reason
+// Detached), Starting, Running (the port accepts connections; Ready=True) or
+// Error (exited, restarting with backoff 1s doubling to 30s, reset after a
+// minute of stable running); status.pid and status.restarts describe the
+// child. Deleting the Replica stops the child, deletes DIR/replicas/R and its
+// port, then removes the finalizer.
+//
+// Engine (cluster-scoped, named after the volume; spec.volumeName,
+// spec.nodeID, spec.size, spec.replicas as replica addresses, spec.frontend
+// "" = nbd where the nbd module and nbd-client exist, else fuse). The agent
+// adds finalizer storage.cairn.dev/engine, waits up to 30s for every replica
+// address to listen, then runs
+//
+//	cairn engine --volume V --size N --token-file DIR/run/V.token \
+//	    --frontend fuse --control unix:DIR/run/V.ctl --replica A --replica B \
+//	    --mountpoint DIR/mnt/V            (nbd: --listen unix:DIR/run/V.nbd)
+//
+// puts the FUSE file DIR/mnt/V/V on a loop device (nbd: nbd-client connects a
+// /dev/nbdN) and reports status.endpoint, state Running, Ready. It polls the
+// control endpoint every few seconds for status.replicaModes
+// {address: healthy|rebuilding|resyncing|stale|failed}, robustness and
+// rebuildProgress. When spec.replicas changes it adds new addresses
+// (AddReplica, no wait; the engine rebuilds them) and removes dropped ones;
+// the engine itself rebuilds members that come back. A crashed engine is
+// restarted like a replica and gets a fresh loop device (the old one lost its
+// FUSE file). Deleting the Engine detaches the device, stops the engine
+// (SIGTERM: it flushes and unmounts), removes any mount left, then the
+// finalizer. An Engine whose nodeID moves away is torn down locally.
+//
+// CairnNode (named --name). Created by the agent if missing; its spec belongs
+// to users and is never written. Every 5s the agent renews Lease
+// cairn-system/cairn-node-<name> (leaseDurationSeconds 20: the manager treats
+// the node as lost when it expires) and patches status: disks (the data
+// directory's filesystem capacity/available, replicaCount), zone,
+// lastHeartbeatTime, Ready.
+//
+// # Processes
+//
+// Children run in their own process groups with output in DIR/log/<key>.log
+// and pids in DIR/run/<key>.pid. SIGTERM of the agent detaches its loop
+// devices and stops engines, then replicas. A starting agent detaches loop
+// devices backed by files under DIR/mnt, stops processes named in pid files
+// whose /proc/PID/cmdline still names DIR and the instance, unmounts what is
+// left under DIR/mnt, and then starts fresh children.
+//
+// Layout of DIR:
+//
+//	replicas/<replica>/   replica data (deleted with the Replica object)
+//	state/<replica>.port  the replica's port
+//	run/                  <volume>.token, <volume>.ctl, <volume>.nbd, <key>.pid
+//	mnt/<volume>/<volume> the FUSE volume file behind the loop device
+//	log/<key>.log         children's output
+package node

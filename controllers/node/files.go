@@ -1,0 +1,121 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/cairnstore/cairn/internal/durable"
+	"github.com/cairnstore/cairn/internal/secretfile"
+)
+
+// errNoToken: the volume's token Secret is missing or holds no usable token.
+var errNoToken = errors.New("node: volume token not available")
+
+// ensureTokenFile writes the volume's token from its Secret to a 0600 file
+// in the 0700 run directory (rewritten only when it changed) and returns the
+// path. The token never leaves the Secret, the file and the children.
+func (a *Agent) ensureTokenFile(ctx context.Context, r client.Reader, vol string) (string, error) {
+	var s corev1.Secret
+	key := client.ObjectKey{Namespace: SystemNamespace, Name: TokenSecretPrefix + vol}
+	if err := r.Get(ctx, key, &s); err != nil {
+		if apierrors.IsNotFound(err) {
+			return "", fmt.Errorf("%w: Secret %s/%s not found", errNoToken, key.Namespace, key.Name)
+		}
+		return "", fmt.Errorf("read token Secret %s/%s: %w", key.Namespace, key.Name, err)
+	}
+	tok := bytes.TrimSpace(s.Data[TokenKey])
+	if err := secretfile.CheckToken(string(tok)); err != nil {
+		return "", fmt.Errorf("%w: Secret %s/%s key %q: %v", errNoToken, key.Namespace, key.Name, TokenKey, err)
+	}
+	path := a.tokenFile(vol)
+	if cur, err := os.ReadFile(path); err == nil && bytes.Equal(bytes.TrimSpace(cur), tok) {
+		return path, nil
+	}
+	if err := writePrivate(path, append(tok, '\n')); err != nil {
+		return "", fmt.Errorf("write token file for volume %s: %w", vol, err)
+	}
+	return path, nil
+}
+
+// writePrivate writes a 0600 file durably (temp file, fsync, rename).
+func writePrivate(path string, data []byte) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if err := tmp.Chmod(0o600); err != nil {
+		tmp.Close()
+		return err
+	}
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return err
+	}
+	return durable.SyncDir(filepath.Dir(path))
+}
+
+// replicaPort returns the replica's TCP port, choosing a free one the first
+// time and keeping it in DIR/state/<replica>.port so the address survives
+// process and agent restarts.
+func (a *Agent) replicaPort(name string) (int, error) {
+	path := a.portFile(name)
+	if b, err := os.ReadFile(path); err == nil {
+		if p, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && p > 0 && p < 65536 {
+			return p, nil
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return 0, err
+	}
+	p, err := freePort(a.opts.Address)
+	if err != nil {
+		return 0, err
+	}
+	if err := writePrivate(path, []byte(strconv.Itoa(p)+"\n")); err != nil {
+		return 0, err
+	}
+	return p, nil
+}
+
+// freePort asks the kernel for a free TCP port on host.
+func freePort(host string) (int, error) {
+	ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	if err != nil {
+		return 0, fmt.Errorf("choose a port on %s: %w", host, err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+// reachable reports whether a TCP connection to addr succeeds quickly.
+func reachable(ctx context.Context, addr string) bool {
+	d := net.Dialer{Timeout: 500 * time.Millisecond}
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return false
+	}
+	_ = c.Close()
+	return true
+}

@@ -1,0 +1,284 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/klog/v2"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
+
+	cairnv1 "github.com/cairnstore/cairn/api/v1alpha1"
+)
+
+// +kubebuilder:rbac:groups=storage.cairn.dev,resources=replicas,verbs=get;list;watch;update;patch
+// +kubebuilder:rbac:groups=storage.cairn.dev,resources=replicas/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=storage.cairn.dev,resources=replicas/finalizers,verbs=update
+// +kubebuilder:rbac:groups=core,resources=secrets,verbs=get,namespace=cairn-system
+
+// startingPoll is how often a starting child is checked for readiness.
+const startingPoll = 500 * time.Millisecond
+
+// ReplicaReconciler runs the replicas assigned to its node as `cairn
+// replica` children while their volume has an Engine, and deletes a
+// replica's data when its Replica object is deleted.
+type ReplicaReconciler struct {
+	client.Client
+	// APIReader reads token Secrets without caching them.
+	APIReader client.Reader
+	Agent     *Agent
+}
+
+// replicaScope is what one reconcile of a Replica observes.
+type replicaScope struct {
+	obj     *cairnv1.Replica
+	address string
+	attach  bool // an Engine of the volume exists
+	proc    ProcState
+	running bool // supervised
+	serving bool // the address accepts connections
+	err     error
+}
+
+// SetupWithManager watches the node's Replicas, Engines of any node (a
+// replica runs while its volume has one) and the supervisor's child events.
+func (r *ReplicaReconciler) SetupWithManager(mgr ctrl.Manager, opts controller.Options) error {
+	mine := predicate.NewPredicateFuncs(func(o client.Object) bool {
+		rep, ok := o.(*cairnv1.Replica)
+		return ok && rep.Spec.NodeID == r.Agent.opts.Name
+	})
+	return ctrl.NewControllerManagedBy(mgr).
+		Named("node-replica").
+		For(&cairnv1.Replica{}, builder.WithPredicates(mine)).
+		Watches(&cairnv1.Engine{}, handler.EnqueueRequestsFromMapFunc(r.replicasOfEngine)).
+		WatchesRawSource(source.Channel(r.Agent.replicaC, &handler.EnqueueRequestForObject{})).
+		WithOptions(opts).
+		Complete(r)
+}
+
+// replicasOfEngine maps an Engine to this node's replicas of its volume.
+func (r *ReplicaReconciler) replicasOfEngine(ctx context.Context, o client.Object) []reconcile.Request {
+	eng, ok := o.(*cairnv1.Engine)
+	if !ok {
+		return nil
+	}
+	var list cairnv1.ReplicaList
+	if err := r.List(ctx, &list); err != nil {
+		return nil
+	}
+	var out []reconcile.Request
+	for _, rep := range list.Items {
+		if rep.Spec.VolumeName == eng.Spec.VolumeName && rep.Spec.NodeID == r.Agent.opts.Name {
+			out = append(out, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&rep)})
+		}
+	}
+	return out
+}
+
+// Reconcile follows the controller skeleton: get, deletion, finalizer,
+// deferred status patch, phases.
+func (r *ReplicaReconciler) Reconcile(ctx context.Context, req ctrl.Request) (res ctrl.Result, retErr error) {
+	obj := &cairnv1.Replica{}
+	if err := r.Get(ctx, req.NamespacedName, obj); err != nil {
+		if apierrors.IsNotFound(err) {
+			// Gone without our finalizer (never ours, or already cleaned).
+			return ctrl.Result{}, r.Agent.sup.Stop(ctx, replicaPrefix+req.Name)
+		}
+		return ctrl.Result{}, err
+	}
+	if obj.Spec.NodeID != r.Agent.opts.Name {
+		return ctrl.Result{}, nil
+	}
+	ctx = log.IntoContext(ctx, log.FromContext(ctx).WithValues("replica", klog.KObj(obj), "volume", obj.Spec.VolumeName))
+	if !obj.DeletionTimestamp.IsZero() {
+		return ctrl.Result{}, r.reconcileDelete(ctx, obj)
+	}
+	if !controllerutil.ContainsFinalizer(obj, ReplicaFinalizer) {
+		patch := client.MergeFrom(obj.DeepCopy())
+		controllerutil.AddFinalizer(obj, ReplicaFinalizer)
+		return ctrl.Result{}, r.Patch(ctx, obj, patch)
+	}
+	p := newStatusPatcher(r.Client, obj)
+	defer func() {
+		if err := p.patch(ctx, obj); err != nil {
+			retErr = errors.Join(retErr, err)
+		}
+	}()
+	return r.reconcile(ctx, &replicaScope{obj: obj})
+}
+
+// reconcile runs the phases, then derives the status from what they saw.
+func (r *ReplicaReconciler) reconcile(ctx context.Context, s *replicaScope) (ctrl.Result, error) {
+	phases := []func(context.Context, *replicaScope) (ctrl.Result, error){
+		r.reconcileAddress,
+		r.reconcileAttachment,
+		r.reconcileProcess,
+	}
+	var res ctrl.Result
+	var err error
+	for _, phase := range phases {
+		res, err = phase(ctx, s)
+		if err != nil || !res.IsZero() {
+			break
+		}
+	}
+	s.err = err
+	res = mergeResult(res, setReplicaStatus(s))
+	return outcome(res, err)
+}
+
+// reconcileAddress checks the disk and picks the replica's port once.
+func (r *ReplicaReconciler) reconcileAddress(_ context.Context, s *replicaScope) (ctrl.Result, error) {
+	if d := s.obj.Spec.DiskPath; d != "" && d != r.Agent.opts.DataDir {
+		return ctrl.Result{}, reconcile.TerminalError(fmt.Errorf("diskPath %q is not a disk of node %s (its data directory is %s)", d, r.Agent.opts.Name, r.Agent.opts.DataDir))
+	}
+	if s.obj.Spec.Size.Value() <= 0 {
+		return ctrl.Result{}, reconcile.TerminalError(fmt.Errorf("size %s is not positive", s.obj.Spec.Size.String()))
+	}
+	port, err := r.Agent.replicaPort(s.obj.Name)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	s.address = net.JoinHostPort(r.Agent.opts.Address, strconv.Itoa(port))
+	return ctrl.Result{}, nil
+}
+
+// reconcileAttachment decides whether the replica should run: only while
+// an Engine object of its volume exists (a detached volume keeps no
+// processes running).
+func (r *ReplicaReconciler) reconcileAttachment(ctx context.Context, s *replicaScope) (ctrl.Result, error) {
+	var eng cairnv1.Engine
+	err := r.Get(ctx, client.ObjectKey{Name: s.obj.Spec.VolumeName}, &eng)
+	switch {
+	case apierrors.IsNotFound(err):
+		s.attach = false
+	case err != nil:
+		return ctrl.Result{}, err
+	default:
+		s.attach = eng.Spec.VolumeName == s.obj.Spec.VolumeName
+	}
+	return ctrl.Result{}, nil
+}
+
+// reconcileProcess starts or stops the child to match the attachment.
+func (r *ReplicaReconciler) reconcileProcess(ctx context.Context, s *replicaScope) (ctrl.Result, error) {
+	key := replicaPrefix + s.obj.Name
+	if !s.attach {
+		if _, ok := r.Agent.sup.State(key); ok {
+			log.FromContext(ctx).Info("Stopping replica: its volume is detached")
+		}
+		return ctrl.Result{}, r.Agent.sup.Stop(ctx, key)
+	}
+	tokenFile, err := r.Agent.ensureTokenFile(ctx, r.APIReader, s.obj.Spec.VolumeName)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	if err := os.MkdirAll(r.Agent.replicaDir(s.obj.Name), 0o700); err != nil {
+		return ctrl.Result{}, err
+	}
+	args := []string{"replica",
+		"--volume", s.obj.Spec.VolumeName,
+		"--replica", s.obj.Name,
+		"--dir", r.Agent.replicaDir(s.obj.Name),
+		"--size", strconv.FormatInt(s.obj.Spec.Size.Value(), 10),
+		"--listen", s.address,
+		"--token-file", tokenFile,
+	}
+	s.proc = r.Agent.sup.Ensure(key, args, replicaMark(s.obj.Name))
+	s.running = true
+	s.serving = s.proc.Running && reachable(ctx, s.address)
+	return ctrl.Result{}, nil
+}
+
+// reconcileDelete stops the child, deletes the replica's data and port,
+// then releases the finalizer.
+func (r *ReplicaReconciler) reconcileDelete(ctx context.Context, obj *cairnv1.Replica) error {
+	if !controllerutil.ContainsFinalizer(obj, ReplicaFinalizer) {
+		return nil
+	}
+	if err := r.Agent.sup.Stop(ctx, replicaPrefix+obj.Name); err != nil {
+		return err
+	}
+	if err := os.RemoveAll(r.Agent.replicaDir(obj.Name)); err != nil {
+		return fmt.Errorf("delete replica data: %w", err)
+	}
+	if err := os.Remove(r.Agent.portFile(obj.Name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	if err := r.removeTokenIfUnused(ctx, obj); err != nil {
+		return err
+	}
+	log.FromContext(ctx).Info("Replica data deleted")
+	patch := client.MergeFrom(obj.DeepCopy())
+	controllerutil.RemoveFinalizer(obj, ReplicaFinalizer)
+	return client.IgnoreNotFound(r.Patch(ctx, obj, patch))
+}
+
+// removeTokenIfUnused deletes the volume's token file when no other
+// replica or engine of the volume remains on this node.
+func (r *ReplicaReconciler) removeTokenIfUnused(ctx context.Context, obj *cairnv1.Replica) error {
+	var list cairnv1.ReplicaList
+	if err := r.List(ctx, &list); err != nil {
+		return err
+	}
+	for _, o := range list.Items {
+		if o.Name != obj.Name && o.Spec.VolumeName == obj.Spec.VolumeName && o.Spec.NodeID == obj.Spec.NodeID {
+			return nil
+		}
+	}
+	var eng cairnv1.Engine
+	err := r.Get(ctx, client.ObjectKey{Name: obj.Spec.VolumeName}, &eng)
+	if err == nil && eng.Spec.NodeID == r.Agent.opts.Name {
+		return nil
+	}
+	if err != nil && !apierrors.IsNotFound(err) {
+		return err
+	}
+	if err := os.Remove(r.Agent.tokenFile(obj.Spec.VolumeName)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// outcome turns a phase error into the reconcile result: a terminal
+// (user-fixable) error is returned once, without retry, and shows as
+// Stalled; a missing token is waited for gently; anything else is retried
+// with backoff.
+func outcome(res ctrl.Result, err error) (ctrl.Result, error) {
+	switch {
+	case err == nil:
+		return res, nil
+	case errors.Is(err, reconcile.TerminalError(nil)):
+		return ctrl.Result{}, err
+	case errors.Is(err, errNoToken):
+		return mergeResult(res, ctrl.Result{RequeueAfter: 5 * time.Second}), nil
+	}
+	return ctrl.Result{}, err
+}
+
+// mergeResult keeps the sooner of two requeues.
+func mergeResult(a, b ctrl.Result) ctrl.Result {
+	switch {
+	case a.RequeueAfter == 0:
+		return b
+	case b.RequeueAfter == 0:
+		return a
+	case b.RequeueAfter < a.RequeueAfter:
+		return b
+	}
+	return a
+}

@@ -1,0 +1,49 @@
+package node
+
+import (
+	"errors"
+
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+)
+
+// Replica and Engine status.state values.
+const (
+	stateStopped  = "Stopped"
+	stateStarting = "Starting"
+	stateRunning  = "Running"
+	stateError    = "Error"
+)
+
+// setReplicaStatus derives the Replica's status from one reconcile's
+// observations and says when to look again.
+func setReplicaStatus(s *replicaScope) ctrl.Result {
+	st := &s.obj.Status
+	if s.address != "" {
+		st.Address = s.address
+	}
+	st.PID, st.Restarts = int32(s.proc.PID), int32(s.proc.Restarts)
+	h, state, res := replicaHealth(s)
+	st.State = state
+	applyHealth(&st.Conditions, &st.ObservedGeneration, s.obj.Generation, h)
+	return res
+}
+
+// replicaHealth is the pure part of setReplicaStatus.
+func replicaHealth(s *replicaScope) (health, string, ctrl.Result) {
+	switch {
+	case errors.Is(s.err, reconcile.TerminalError(nil)):
+		return health{stalled: true, reason: "InvalidSpec", message: errors.Unwrap(s.err).Error()}, stateError, ctrl.Result{}
+	case errors.Is(s.err, errNoToken):
+		return health{reconciling: true, reason: "WaitingForToken", message: s.err.Error()}, stateStarting, ctrl.Result{}
+	case s.err != nil:
+		return health{reconciling: true, reason: "ReconcileFailed", message: s.err.Error()}, stateError, ctrl.Result{}
+	case !s.running:
+		return health{ready: true, reason: "Detached", message: "the volume has no engine; the replica process is stopped and its data kept"}, stateStopped, ctrl.Result{}
+	case s.serving:
+		return health{ready: true, reason: "Running", message: "the replica serves on " + s.address}, stateRunning, ctrl.Result{}
+	case !s.proc.Running && s.proc.LastExit != "":
+		return health{reconciling: true, reason: "ProcessExited", message: "the replica process exited (" + s.proc.LastExit + "); restarting with backoff"}, stateError, ctrl.Result{}
+	}
+	return health{reconciling: true, reason: "Starting", message: "waiting for the replica process to listen on " + s.address}, stateStarting, ctrl.Result{RequeueAfter: startingPoll}
+}
