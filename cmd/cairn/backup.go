@@ -177,7 +177,7 @@ func loadKey(path string) ([]byte, error) {
 	var raw []byte
 	switch {
 	case path != "":
-		b, err := secretfile.Read(path)
+		b, err := secretfile.ReadRaw(path) // a raw binary key may begin or end in a whitespace byte
 		if err != nil {
 			return nil, fmt.Errorf("--key-file: %w", err)
 		}

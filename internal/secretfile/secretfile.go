@@ -28,11 +28,25 @@ const MinTokenBits = 256
 // maxSize bounds what is read: secrets are small.
 const maxSize = 64 << 10
 
-// Read returns the content of path with surrounding whitespace removed. The
-// file must be a regular file with no group or other permission bits (0600
-// or 0400), checked on the opened descriptor, so a swapped path cannot slip
-// through between the check and the read.
+// Read returns the content of path with surrounding whitespace removed
+// (see ReadRaw for the checks).
 func Read(path string) ([]byte, error) {
+	b, err := ReadRaw(path)
+	if err != nil {
+		return nil, err
+	}
+	s := strings.TrimSpace(string(b))
+	if s == "" {
+		return nil, fmt.Errorf("%w: %s", ErrEmpty, path)
+	}
+	return []byte(s), nil
+}
+
+// ReadRaw returns the bytes of path as they are, for binary keys. The file
+// must be a regular, non-empty file with no group or other permission bits
+// (0600 or 0400), checked on the opened descriptor, so a swapped path
+// cannot slip through between the check and the read.
+func ReadRaw(path string) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("read secret: %w", err)
@@ -55,11 +69,10 @@ func Read(path string) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read secret %s: %w", path, err)
 	}
-	s := strings.TrimSpace(string(b))
-	if s == "" {
+	if len(b) == 0 {
 		return nil, fmt.Errorf("%w: %s", ErrEmpty, path)
 	}
-	return []byte(s), nil
+	return b, nil
 }
 
 // ReadToken reads an access token from path (see Read) and checks its

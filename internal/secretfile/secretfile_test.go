@@ -44,7 +44,13 @@ func TestReadToken(t *testing.T) {
 			require.NotContains(t, err.Error(), secret, "%s: the error repeats the secret", tc.name)
 		}
 	}
-	_, err := ReadToken(dir)
+	raw := []byte("\n\x00key with edges \t")
+	p := filepath.Join(dir, "raw")
+	require.NoError(t, os.WriteFile(p, raw, 0o600))
+	got, err := ReadRaw(p)
+	require.NoError(t, err)
+	require.Equal(t, raw, got, "ReadRaw keeps every byte")
+	_, err = ReadToken(dir)
 	require.ErrorContains(t, err, "not a regular file")
 	_, err = ReadToken(filepath.Join(dir, "missing"))
 	require.ErrorIs(t, err, os.ErrNotExist)
