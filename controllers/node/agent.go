@@ -26,22 +26,21 @@ import (
 	cairnv1 "github.com/cairnstore/cairn/api/v1alpha1"
 )
 
-// Contract names shared with the manager (see doc.go).
+// Contract names shared with the manager (see doc.go and api/v1alpha1
+// wellknown.go).
 const (
 	// SystemNamespace holds token Secrets and node Leases.
-	SystemNamespace = "cairn-system"
+	SystemNamespace = cairnv1.SystemNamespace
 	// VolumeLabel names the volume of a Replica, Engine or token Secret.
-	VolumeLabel = "storage.cairn.dev/volume"
-	// TokenSecretPrefix + volume name is the token Secret's name.
-	TokenSecretPrefix = "cairn-token-"
+	VolumeLabel = cairnv1.LabelVolume
 	// TokenKey is the Secret data key holding the token.
-	TokenKey = "token"
+	TokenKey = cairnv1.TokenKey
 	// ReplicaFinalizer guards a replica's data directory.
-	ReplicaFinalizer = "storage.cairn.dev/replica-data"
+	ReplicaFinalizer = cairnv1.FinalizerReplicaData
 	// EngineFinalizer guards an engine's process, mount and loop device.
-	EngineFinalizer = "storage.cairn.dev/engine"
+	EngineFinalizer = cairnv1.FinalizerEngine
 	// LeasePrefix + node name is the node's heartbeat Lease.
-	LeasePrefix = "cairn-node-"
+	LeasePrefix = cairnv1.NodeLeasePrefix
 	// LeaseDurationSeconds is how long a Lease stays valid without renewal.
 	LeaseDurationSeconds = 20
 )

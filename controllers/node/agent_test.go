@@ -148,6 +148,19 @@ func TestReplicaAndEngineLifecycle(t *testing.T) {
 	})
 	require.Equal(t, data, directRead(t, e.Status.Endpoint, len(data), 4<<20))
 
+	// SIGKILL the engine: restarted, exposed again, data intact, and the
+	// dead FUSE mount's loop device is gone.
+	require.NoError(t, syscall.Kill(int(e.Status.PID), syscall.SIGKILL))
+	e = waitEngine(t, vol, func(c *assert.CollectT, ne *cairnv1.Engine) {
+		assert.Equal(c, "Running", ne.Status.State)
+		assert.NotEqual(c, e.Status.PID, ne.Status.PID)
+		assert.Positive(c, ne.Status.Restarts)
+		assert.True(c, strings.HasPrefix(ne.Status.Endpoint, "/dev/loop"), "endpoint %q", ne.Status.Endpoint)
+		assertReady(c, ne.Status.Conditions, ne.Generation, ne.Status.ObservedGeneration)
+	})
+	require.Equal(t, 1, strings.Count(losetupAll(t), filepath.Join(dataDir, "mnt", vol)+"/"), "one loop device for the volume")
+	require.Equal(t, data, directRead(t, e.Status.Endpoint, len(data), 4<<20))
+
 	// Detach: no loop device, no mount, no engine; replicas stop, data stays.
 	require.NoError(t, k8s.Delete(ctx, eng))
 	require.EventuallyWithT(t, func(c *assert.CollectT) {
@@ -178,13 +191,93 @@ func TestReplicaAndEngineLifecycle(t *testing.T) {
 	require.NoDirExists(t, filepath.Join(dataDir, "replicas", reps[1]))
 }
 
+// TestEngineFollowsSpecReplicas: adding an address to spec.replicas adds
+// (and rebuilds) that replica in the running engine; removing one removes it.
+func TestEngineFollowsSpecReplicas(t *testing.T) {
+	testutil.RequireRoot(t)
+	testutil.RequireTool(t, "losetup")
+	t.Parallel()
+	ctx := context.Background()
+	const vol = "vol-members"
+	createToken(t, vol)
+	reps := []string{vol + "-r1", vol + "-r2", vol + "-r3"}
+	var addrs []string
+	for _, r := range reps {
+		createReplica(t, vol, r)
+		addrs = append(addrs, waitReplica(t, r, func(c *assert.CollectT, rep *cairnv1.Replica) {
+			assert.NotEmpty(c, rep.Status.Address)
+		}).Status.Address)
+	}
+	eng := &cairnv1.Engine{
+		ObjectMeta: metav1.ObjectMeta{Name: vol},
+		Spec: cairnv1.EngineSpec{VolumeName: vol, NodeID: nodeName, Replicas: addrs[:2],
+			Size: resource.MustParse("64Mi")},
+	}
+	require.NoError(t, k8s.Create(ctx, eng))
+	e := waitEngine(t, vol, func(c *assert.CollectT, e *cairnv1.Engine) {
+		assert.Equal(c, "Running", e.Status.State)
+		assert.Len(c, e.Status.ReplicaModes, 2)
+	})
+	data := pattern(1 << 20)
+	directWrite(t, e.Status.Endpoint, data, 0)
+
+	patch := client.MergeFrom(e.DeepCopy())
+	e.Spec.Replicas = []string{addrs[1], addrs[2]}
+	require.NoError(t, k8s.Patch(ctx, e, patch))
+	waitEngine(t, vol, func(c *assert.CollectT, e *cairnv1.Engine) {
+		assert.Equal(c, map[string]string{addrs[1]: "healthy", addrs[2]: "healthy"}, e.Status.ReplicaModes)
+		assertReady(c, e.Status.Conditions, e.Generation, e.Status.ObservedGeneration)
+	})
+	require.Equal(t, data, directRead(t, e.Status.Endpoint, len(data), 0))
+	require.NoError(t, k8s.Delete(ctx, e))
+	for _, r := range reps {
+		require.NoError(t, k8s.Delete(ctx, &cairnv1.Replica{ObjectMeta: metav1.ObjectMeta{Name: r}}))
+	}
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		for _, r := range reps {
+			assert.True(c, apierrors.IsNotFound(k8s.Get(ctx, client.ObjectKey{Name: r}, &cairnv1.Replica{})))
+		}
+	}, wait, tick)
+}
+
+// TestInvalidSpecStalls: what the schema lets through but the node cannot
+// do is reported as Stalled, not retried hot.
+func TestInvalidSpecStalls(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rep := &cairnv1.Replica{
+		ObjectMeta: metav1.ObjectMeta{Name: "vol-bad-r1"},
+		Spec: cairnv1.ReplicaSpec{VolumeName: "vol-bad", NodeID: nodeName, DiskPath: "/elsewhere",
+			Size: resource.MustParse("64Mi")},
+	}
+	require.NoError(t, k8s.Create(ctx, rep))
+	waitReplica(t, rep.Name, func(c *assert.CollectT, r *cairnv1.Replica) {
+		if st := apimeta.FindStatusCondition(r.Status.Conditions, "Stalled"); assert.NotNil(c, st) {
+			assert.Contains(c, st.Message, "/elsewhere")
+		}
+		assert.Equal(c, r.Generation, r.Status.ObservedGeneration)
+	})
+	eng := &cairnv1.Engine{
+		ObjectMeta: metav1.ObjectMeta{Name: "vol-bad"},
+		Spec: cairnv1.EngineSpec{VolumeName: "vol-bad", NodeID: nodeName, Replicas: []string{"127.0.0.1:1"},
+			Size: resource.MustParse("1000")},
+	}
+	require.NoError(t, k8s.Create(ctx, eng))
+	waitEngine(t, eng.Name, func(c *assert.CollectT, e *cairnv1.Engine) {
+		assert.True(c, apimeta.IsStatusConditionTrue(e.Status.Conditions, "Stalled"))
+		assert.False(c, apimeta.IsStatusConditionTrue(e.Status.Conditions, "Ready"))
+	})
+	require.NoError(t, k8s.Delete(ctx, eng))
+	require.NoError(t, k8s.Delete(ctx, rep))
+}
+
 func createToken(t *testing.T, vol string) string {
 	t.Helper()
 	b := make([]byte, 32)
 	_, _ = rand.Read(b)
 	tok := hex.EncodeToString(b)
 	s := &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Namespace: node.SystemNamespace, Name: node.TokenSecretPrefix + vol,
+		ObjectMeta: metav1.ObjectMeta{Namespace: node.SystemNamespace, Name: cairnv1.TokenSecretName(vol),
 			Labels: map[string]string{node.VolumeLabel: vol}},
 		Data: map[string][]byte{node.TokenKey: []byte(tok)},
 	}

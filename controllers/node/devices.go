@@ -146,7 +146,8 @@ func clearLoop(dev, file string) error {
 	return nil
 }
 
-// mountsUnder lists mount points equal to or below prefix (longest first).
+// mountsUnder lists mount points equal to or below the directory prefix
+// (longest first).
 func mountsUnder(prefix string) []string {
 	f, err := os.Open("/proc/self/mounts")
 	if err != nil {
@@ -161,7 +162,7 @@ func mountsUnder(prefix string) []string {
 			continue
 		}
 		mp := unescapeMount(fields[1])
-		if mp == strings.TrimSuffix(prefix, "/") || strings.HasPrefix(mp, prefix) {
+		if p := strings.TrimSuffix(prefix, "/"); mp == p || strings.HasPrefix(mp, p+"/") {
 			out = append(out, mp)
 		}
 	}

@@ -205,7 +205,11 @@ func (r *EngineReconciler) reconcileProcess(_ context.Context, s *engineScope) (
 	} else {
 		args = append(args, "--mountpoint", r.Agent.mountpoint(vol))
 	}
-	s.proc = r.Agent.sup.Ensure(enginePrefix+vol, args, engineMark(vol))
+	s.proc = r.Agent.sup.Ensure(enginePrefix+vol, Child{Args: args, Mark: engineMark(vol), PreStart: func() error {
+		// A crashed engine leaves its block device on a dead FUSE file and
+		// the dead mount in the way of the next one.
+		return r.Agent.clearVolume(context.Background(), vol)
+	}})
 	s.running = true
 	if !s.proc.Running {
 		return ctrl.Result{RequeueAfter: startingPoll}, nil
@@ -325,6 +329,9 @@ func (r *EngineReconciler) reconcileDelete(ctx context.Context, obj *cairnv1.Eng
 	if err := r.teardown(ctx, obj.Name); err != nil {
 		return err
 	}
+	if err := r.Agent.removeTokenIfUnused(ctx, r.Client, obj.Name); err != nil {
+		return err
+	}
 	log.FromContext(ctx).Info("Engine stopped and volume detached")
 	patch := client.MergeFrom(obj.DeepCopy())
 	controllerutil.RemoveFinalizer(obj, EngineFinalizer)
@@ -341,10 +348,8 @@ func (r *EngineReconciler) teardown(ctx context.Context, vol string) error {
 	if err := r.Agent.sup.Stop(ctx, enginePrefix+vol); err != nil {
 		return err
 	}
-	for _, m := range mountsUnder(r.Agent.mountpoint(vol)) {
-		if err := unmount(m); err != nil {
-			return err
-		}
+	if err := r.Agent.clearVolume(ctx, vol); err != nil {
+		return err
 	}
 	r.mu.Lock()
 	delete(r.clients, vol)

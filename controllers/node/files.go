@@ -16,6 +16,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	cairnv1 "github.com/cairnstore/cairn/api/v1alpha1"
 	"github.com/cairnstore/cairn/internal/durable"
 	"github.com/cairnstore/cairn/internal/secretfile"
 )
@@ -28,7 +29,7 @@ var errNoToken = errors.New("node: volume token not available")
 // path. The token never leaves the Secret, the file and the children.
 func (a *Agent) ensureTokenFile(ctx context.Context, r client.Reader, vol string) (string, error) {
 	var s corev1.Secret
-	key := client.ObjectKey{Namespace: SystemNamespace, Name: TokenSecretPrefix + vol}
+	key := client.ObjectKey{Namespace: SystemNamespace, Name: cairnv1.TokenSecretName(vol)}
 	if err := r.Get(ctx, key, &s); err != nil {
 		if apierrors.IsNotFound(err) {
 			return "", fmt.Errorf("%w: Secret %s/%s not found", errNoToken, key.Namespace, key.Name)
@@ -118,4 +119,31 @@ func reachable(ctx context.Context, addr string) bool {
 	}
 	_ = c.Close()
 	return true
+}
+
+// removeTokenIfUnused deletes the volume's token file once no Replica or
+// Engine of the volume on this node remains that is not being deleted
+// (whichever of them is deleted last removes it).
+func (a *Agent) removeTokenIfUnused(ctx context.Context, c client.Reader, vol string) error {
+	var reps cairnv1.ReplicaList
+	if err := c.List(ctx, &reps); err != nil {
+		return err
+	}
+	for _, o := range reps.Items {
+		if o.Spec.VolumeName == vol && o.Spec.NodeID == a.opts.Name && o.DeletionTimestamp.IsZero() {
+			return nil
+		}
+	}
+	var eng cairnv1.Engine
+	err := c.Get(ctx, client.ObjectKey{Name: vol}, &eng)
+	if err == nil && eng.Spec.NodeID == a.opts.Name && eng.DeletionTimestamp.IsZero() {
+		return nil
+	}
+	if err != nil && !apierrors.IsNotFound(err) {
+		return err
+	}
+	if err := os.Remove(a.tokenFile(vol)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
 }

@@ -102,3 +102,17 @@ func (a *Agent) detachFrontend(ctx context.Context, vol string) error {
 	}
 	return a.detachVolumeLoop(ctx, vol)
 }
+
+// clearVolume releases vol's block device and unmounts whatever is mounted
+// at its mountpoint (a FUSE mount whose engine is gone).
+func (a *Agent) clearVolume(ctx context.Context, vol string) error {
+	if err := a.detachFrontend(ctx, vol); err != nil {
+		return err
+	}
+	for _, m := range mountsUnder(a.mountpoint(vol)) {
+		if err := unmount(m); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -198,7 +198,7 @@ func (r *ReplicaReconciler) reconcileProcess(ctx context.Context, s *replicaScop
 		"--listen", s.address,
 		"--token-file", tokenFile,
 	}
-	s.proc = r.Agent.sup.Ensure(key, args, replicaMark(s.obj.Name))
+	s.proc = r.Agent.sup.Ensure(key, Child{Args: args, Mark: replicaMark(s.obj.Name)})
 	s.running = true
 	s.serving = s.proc.Running && reachable(ctx, s.address)
 	return ctrl.Result{}, nil
@@ -219,39 +219,13 @@ func (r *ReplicaReconciler) reconcileDelete(ctx context.Context, obj *cairnv1.Re
 	if err := os.Remove(r.Agent.portFile(obj.Name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
-	if err := r.removeTokenIfUnused(ctx, obj); err != nil {
+	if err := r.Agent.removeTokenIfUnused(ctx, r.Client, obj.Spec.VolumeName); err != nil {
 		return err
 	}
 	log.FromContext(ctx).Info("Replica data deleted")
 	patch := client.MergeFrom(obj.DeepCopy())
 	controllerutil.RemoveFinalizer(obj, ReplicaFinalizer)
 	return client.IgnoreNotFound(r.Patch(ctx, obj, patch))
-}
-
-// removeTokenIfUnused deletes the volume's token file when no other
-// replica or engine of the volume remains on this node.
-func (r *ReplicaReconciler) removeTokenIfUnused(ctx context.Context, obj *cairnv1.Replica) error {
-	var list cairnv1.ReplicaList
-	if err := r.List(ctx, &list); err != nil {
-		return err
-	}
-	for _, o := range list.Items {
-		if o.Name != obj.Name && o.Spec.VolumeName == obj.Spec.VolumeName && o.Spec.NodeID == obj.Spec.NodeID {
-			return nil
-		}
-	}
-	var eng cairnv1.Engine
-	err := r.Get(ctx, client.ObjectKey{Name: obj.Spec.VolumeName}, &eng)
-	if err == nil && eng.Spec.NodeID == r.Agent.opts.Name {
-		return nil
-	}
-	if err != nil && !apierrors.IsNotFound(err) {
-		return err
-	}
-	if err := os.Remove(r.Agent.tokenFile(obj.Spec.VolumeName)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
-	}
-	return nil
 }
 
 // outcome turns a phase error into the reconcile result: a terminal

@@ -31,6 +31,8 @@ var (
 	k8s     client.Client
 	dataDir string
 	binary  string
+	// kubeconfig is an admin kubeconfig file for agents run as processes.
+	kubeconfig string
 )
 
 func TestMain(m *testing.M) {
@@ -71,6 +73,16 @@ func runSuite(m *testing.M) int {
 	k8s, err = client.New(cluster.Config, client.Options{Scheme: node.NewScheme()})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "client:", err)
+		return 1
+	}
+	kc, err := cluster.Kubeconfig("node-agent")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "kubeconfig:", err)
+		return 1
+	}
+	kubeconfig = filepath.Join(tmp, "kubeconfig")
+	if err := os.WriteFile(kubeconfig, kc, 0o600); err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: node.SystemNamespace}}

@@ -40,11 +40,22 @@ type ProcState struct {
 	Since time.Time
 }
 
+// Child describes a process to supervise.
+type Child struct {
+	// Args follow the binary (the subcommand first).
+	Args []string
+	// Mark is an argv sequence ("\x00--flag\x00value\x00") that identifies
+	// the child in /proc/PID/cmdline.
+	Mark string
+	// PreStart, if set, runs before every start (for example to clear what
+	// a crashed predecessor left behind); an error counts as a failed start.
+	PreStart func() error
+}
+
 // proc is one supervised child.
 type proc struct {
 	key   string
-	args  []string
-	mark  string // argv element sequence that identifies the child in /proc
+	child Child
 	state ProcState
 	stop  chan struct{}
 	done  chan struct{}
@@ -70,20 +81,19 @@ type Supervisor struct {
 	procs map[string]*proc
 }
 
-// Ensure starts the child key with args unless it is already supervised; a
-// supervised child keeps running and uses args from its next restart on.
-// mark is an argv substring ("--flag\x00value") that identifies it.
-func (s *Supervisor) Ensure(key string, args []string, mark string) ProcState {
+// Ensure starts the child key unless it is already supervised; a supervised
+// child keeps running and uses c from its next restart on.
+func (s *Supervisor) Ensure(key string, c Child) ProcState {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.procs == nil {
 		s.procs = map[string]*proc{}
 	}
 	if p, ok := s.procs[key]; ok {
-		p.args = args
+		p.child = c
 		return p.state
 	}
-	p := &proc{key: key, args: args, mark: mark, stop: make(chan struct{}), done: make(chan struct{})}
+	p := &proc{key: key, child: c, stop: make(chan struct{}), done: make(chan struct{})}
 	s.procs[key] = p
 	p.state.Since = time.Now()
 	go s.run(p)
@@ -178,14 +188,19 @@ func (s *Supervisor) run(p *proc) {
 // runOnce runs one process of p until it exits or p.stop closes.
 func (s *Supervisor) runOnce(p *proc) error {
 	s.mu.Lock()
-	args := p.args
+	c := p.child
 	s.mu.Unlock()
+	if c.PreStart != nil {
+		if err := c.PreStart(); err != nil {
+			return fmt.Errorf("prepare start: %w", err)
+		}
+	}
 	out, err := os.OpenFile(filepath.Join(s.LogDir, p.key+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return err
 	}
 	defer out.Close()
-	cmd := exec.Command(s.Binary, args...)
+	cmd := exec.Command(s.Binary, c.Args...)
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
