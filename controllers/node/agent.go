@@ -22,6 +22,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	"sigs.k8s.io/controller-runtime/pkg/recorder"
 
 	cairnv1 "github.com/cairnstore/cairn/api/v1alpha1"
 )
@@ -97,6 +98,7 @@ func (o *Options) defaults() error {
 // Agent is one node agent: its reconcilers, heartbeat and child processes.
 type Agent struct {
 	opts     Options
+	recorder recorder.EventRecorder
 	sup      *Supervisor
 	loops    *loopTable
 	replicaC chan event.GenericEvent
@@ -167,6 +169,7 @@ func NewScheme() *runtime.Scheme {
 
 // Setup registers the agent's reconcilers and heartbeat with mgr.
 func (a *Agent) Setup(mgr ctrl.Manager) error {
+	a.recorder = mgr.GetEventRecorder("cairn-node")
 	opts := controller.Options{SkipNameValidation: ptr.To(true)}
 	rr := &ReplicaReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Agent: a}
 	if err := rr.SetupWithManager(mgr, opts); err != nil {

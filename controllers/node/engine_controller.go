@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/klog/v2"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -106,7 +107,9 @@ func (r *EngineReconciler) Reconcile(ctx context.Context, req ctrl.Request) (res
 		return ctrl.Result{}, r.Patch(ctx, obj, patch)
 	}
 	p := newStatusPatcher(r.Client, obj)
+	before := obj.Status
 	defer func() {
+		engineEvents(r.Agent.recorder, obj, before)
 		if err := p.patch(ctx, obj); err != nil {
 			retErr = errors.Join(retErr, err)
 		}
@@ -333,6 +336,7 @@ func (r *EngineReconciler) reconcileDelete(ctx context.Context, obj *cairnv1.Eng
 		return err
 	}
 	log.FromContext(ctx).Info("Engine stopped and volume detached")
+	r.Agent.recorder.Eventf(obj, nil, corev1.EventTypeNormal, "Detached", "Detach", "engine flushed and stopped; block device and mount removed")
 	patch := client.MergeFrom(obj.DeepCopy())
 	controllerutil.RemoveFinalizer(obj, EngineFinalizer)
 	return client.IgnoreNotFound(r.Patch(ctx, obj, patch))

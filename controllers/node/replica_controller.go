@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/klog/v2"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -113,7 +114,9 @@ func (r *ReplicaReconciler) Reconcile(ctx context.Context, req ctrl.Request) (re
 		return ctrl.Result{}, r.Patch(ctx, obj, patch)
 	}
 	p := newStatusPatcher(r.Client, obj)
+	before := obj.Status
 	defer func() {
+		replicaEvents(r.Agent.recorder, obj, before)
 		if err := p.patch(ctx, obj); err != nil {
 			retErr = errors.Join(retErr, err)
 		}
@@ -223,6 +226,7 @@ func (r *ReplicaReconciler) reconcileDelete(ctx context.Context, obj *cairnv1.Re
 		return err
 	}
 	log.FromContext(ctx).Info("Replica data deleted")
+	r.Agent.recorder.Eventf(obj, nil, corev1.EventTypeNormal, "DataDeleted", "Delete", "replica data deleted from node %s", r.Agent.opts.Name)
 	patch := client.MergeFrom(obj.DeepCopy())
 	controllerutil.RemoveFinalizer(obj, ReplicaFinalizer)
 	return client.IgnoreNotFound(r.Patch(ctx, obj, patch))

@@ -116,6 +116,14 @@ func TestAgentRestart(t *testing.T) {
 	}, wait, tick)
 	require.NoDirExists(t, filepath.Join(dir, "replicas", rep.Name))
 	require.NoFileExists(t, filepath.Join(dir, "run", vol+".token"))
+
+	// The token is in no log: the agent's and its children's.
+	logs, _ := filepath.Glob(filepath.Join(dir, "log", "*.log"))
+	logs = append(logs, filepath.Join(filepath.Dir(dir), name+"-agent.log"))
+	require.GreaterOrEqual(t, len(logs), 3)
+	for _, l := range logs {
+		require.NotContains(t, readFile(t, l), token, l)
+	}
 }
 
 func engineServing(c *assert.CollectT, e *cairnv1.Engine) {
