@@ -291,7 +291,7 @@ func (a *Agent) mntDir() string   { return filepath.Join(a.opts.DataDir, "mnt") 
 func (a *Agent) replicaDir(name string) string {
 	return filepath.Join(a.opts.DataDir, "replicas", name)
 }
-func (a *Agent) portFile(name string) string { return filepath.Join(a.stateDir(), name+".port") }
+func (a *Agent) stateFile(name string) string { return filepath.Join(a.stateDir(), name+".json") }
 func (a *Agent) tokenFile(vol string) string { return filepath.Join(a.runDir(), vol+".token") }
 func (a *Agent) controlAddr(vol string) string {
 	return "unix:" + filepath.Join(a.runDir(), vol+".ctl")

@@ -17,8 +17,8 @@
 //
 // Replica (cluster-scoped; spec.volumeName, spec.nodeID, spec.size,
 // spec.diskPath empty or equal to the agent's DIR). The agent adds finalizer
-// storage.cairn.dev/replica-data, picks a free TCP port once (kept in
-// DIR/state/<replica>.port) and reports status.address <address>:<port> at
+// storage.cairn.dev/replica-data, picks a free TCP port once (kept with the size the replica was
+// created with in DIR/state/<replica>.json) and reports status.address <address>:<port> at
 // once, even while no process runs, so the manager can list it in the Engine.
 // It runs
 //
@@ -31,8 +31,11 @@
 // Detached), Starting, Running (the port accepts connections; Ready=True) or
 // Error (exited, restarting with backoff 1s doubling to 30s, reset after a
 // minute of stable running); status.pid and status.restarts describe the
-// child. Deleting the Replica stops the child, deletes DIR/replicas/R and its
-// port, then removes the finalizer.
+// child. A changed spec.size is not applied (the replica cannot resize yet):
+// the replica keeps its creation size and reports Reconciling reason
+// ResizePending; the same holds for a running Engine. Deleting the Replica
+// stops the child, deletes DIR/replicas/R and its state, then removes the
+// finalizer.
 //
 // Engine (cluster-scoped, named after the volume; spec.volumeName,
 // spec.nodeID, spec.size, spec.replicas as replica addresses, spec.frontend
@@ -75,7 +78,7 @@
 // Layout of DIR:
 //
 //	replicas/<replica>/   replica data (deleted with the Replica object)
-//	state/<replica>.port  the replica's port
+//	state/<replica>.json  the replica's port and creation size
 //	run/                  <volume>.token, <volume>.ctl, <volume>.nbd, <key>.pid
 //	mnt/<volume>/<volume> the FUSE volume file behind the loop device
 //	log/<key>.log         children's output

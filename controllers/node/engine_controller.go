@@ -47,6 +47,9 @@ type EngineReconciler struct {
 
 	mu      sync.Mutex
 	clients map[string]*engine.ControlClient
+	// sizes are the sizes supervised engines were started with: a restart
+	// keeps it (its replicas have it) until the engine is torn down.
+	sizes map[string]int64
 }
 
 // engineScope is what one reconcile of an Engine observes.
@@ -66,6 +69,7 @@ type engineScope struct {
 // SetupWithManager watches the node's Engines and the supervisor's events.
 func (r *EngineReconciler) SetupWithManager(mgr ctrl.Manager, opts controller.Options) error {
 	r.clients = map[string]*engine.ControlClient{}
+	r.sizes = map[string]int64{}
 	mine := predicate.NewPredicateFuncs(func(o client.Object) bool {
 		e, ok := o.(*cairnv1.Engine)
 		return ok && e.Spec.NodeID == r.Agent.opts.Name || r.supervised(o.GetName())
@@ -193,9 +197,16 @@ func (r *EngineReconciler) reconcileReplicaWait(ctx context.Context, s *engineSc
 // membership changes go through the control API).
 func (r *EngineReconciler) reconcileProcess(_ context.Context, s *engineScope) (ctrl.Result, error) {
 	vol := s.obj.Name
+	r.mu.Lock()
+	size, ok := r.sizes[vol]
+	if !ok {
+		size = s.obj.Spec.Size.Value()
+		r.sizes[vol] = size
+	}
+	r.mu.Unlock()
 	args := []string{"engine",
 		"--volume", vol,
-		"--size", strconv.FormatInt(s.obj.Spec.Size.Value(), 10),
+		"--size", strconv.FormatInt(size, 10),
 		"--token-file", s.tokenFile,
 		"--frontend", s.frontend,
 		"--control", r.Agent.controlAddr(vol),
@@ -357,6 +368,7 @@ func (r *EngineReconciler) teardown(ctx context.Context, vol string) error {
 	}
 	r.mu.Lock()
 	delete(r.clients, vol)
+	delete(r.sizes, vol)
 	r.mu.Unlock()
 	for _, p := range []string{r.Agent.mountpoint(vol), trimUnix(r.Agent.controlAddr(vol)), trimUnix(r.Agent.nbdAddr(vol))} {
 		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {

@@ -3,13 +3,12 @@ package node
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -78,26 +77,39 @@ func writePrivate(path string, data []byte) error {
 	return durable.SyncDir(filepath.Dir(path))
 }
 
-// replicaPort returns the replica's TCP port, choosing a free one the first
-// time and keeping it in DIR/state/<replica>.port so the address survives
-// process and agent restarts.
-func (a *Agent) replicaPort(name string) (int, error) {
-	path := a.portFile(name)
-	if b, err := os.ReadFile(path); err == nil {
-		if p, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && p > 0 && p < 65536 {
-			return p, nil
+// replicaState is what the agent keeps about a replica across restarts.
+type replicaState struct {
+	// Port the replica listens on, chosen once.
+	Port int `json:"port"`
+	// Size the replica was created with: a restarted replica opens its data
+	// with it even if spec.size changed (growing needs a data-plane resize).
+	Size int64 `json:"size"`
+}
+
+// loadReplicaState returns the replica's port and creation size, choosing
+// a free port and recording size the first time, in DIR/state/<replica>.json,
+// so the address survives process and agent restarts.
+func (a *Agent) loadReplicaState(name string, size int64) (replicaState, error) {
+	path := a.stateFile(name)
+	var st replicaState
+	b, err := os.ReadFile(path)
+	if err == nil {
+		if err := json.Unmarshal(b, &st); err == nil && st.Port > 0 && st.Port < 65536 && st.Size > 0 {
+			return st, nil
 		}
 	} else if !errors.Is(err, os.ErrNotExist) {
-		return 0, err
+		return st, err
 	}
 	p, err := freePort(a.opts.Address)
 	if err != nil {
-		return 0, err
+		return st, err
 	}
-	if err := writePrivate(path, []byte(strconv.Itoa(p)+"\n")); err != nil {
-		return 0, err
+	st = replicaState{Port: p, Size: size}
+	b, err = json.Marshal(st)
+	if err != nil {
+		return st, err
 	}
-	return p, nil
+	return st, writePrivate(path, append(b, '\n'))
 }
 
 // freePort asks the kernel for a free TCP port on host.

@@ -48,6 +48,7 @@ type ReplicaReconciler struct {
 type replicaScope struct {
 	obj     *cairnv1.Replica
 	address string
+	size    int64 // bytes the replica was created with
 	attach  bool // an Engine of the volume exists
 	proc    ProcState
 	running bool // supervised
@@ -152,11 +153,12 @@ func (r *ReplicaReconciler) reconcileAddress(_ context.Context, s *replicaScope)
 	if s.obj.Spec.Size.Value() <= 0 {
 		return ctrl.Result{}, reconcile.TerminalError(fmt.Errorf("size %s is not positive", s.obj.Spec.Size.String()))
 	}
-	port, err := r.Agent.replicaPort(s.obj.Name)
+	st, err := r.Agent.loadReplicaState(s.obj.Name, s.obj.Spec.Size.Value())
 	if err != nil {
 		return ctrl.Result{}, err
 	}
-	s.address = net.JoinHostPort(r.Agent.opts.Address, strconv.Itoa(port))
+	s.address = net.JoinHostPort(r.Agent.opts.Address, strconv.Itoa(st.Port))
+	s.size = st.Size
 	return ctrl.Result{}, nil
 }
 
@@ -197,7 +199,7 @@ func (r *ReplicaReconciler) reconcileProcess(ctx context.Context, s *replicaScop
 		"--volume", s.obj.Spec.VolumeName,
 		"--replica", s.obj.Name,
 		"--dir", r.Agent.replicaDir(s.obj.Name),
-		"--size", strconv.FormatInt(s.obj.Spec.Size.Value(), 10),
+		"--size", strconv.FormatInt(s.size, 10),
 		"--listen", s.address,
 		"--token-file", tokenFile,
 	}
@@ -219,7 +221,7 @@ func (r *ReplicaReconciler) reconcileDelete(ctx context.Context, obj *cairnv1.Re
 	if err := os.RemoveAll(r.Agent.replicaDir(obj.Name)); err != nil {
 		return fmt.Errorf("delete replica data: %w", err)
 	}
-	if err := os.Remove(r.Agent.portFile(obj.Name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := os.Remove(r.Agent.stateFile(obj.Name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
 	if err := r.Agent.removeTokenIfUnused(ctx, r.Client, obj.Spec.VolumeName); err != nil {

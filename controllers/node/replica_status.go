@@ -2,6 +2,7 @@ package node
 
 import (
 	"errors"
+	"fmt"
 
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
@@ -40,6 +41,8 @@ func replicaHealth(s *replicaScope) (health, string, ctrl.Result) {
 		return health{reconciling: true, reason: "ReconcileFailed", message: s.err.Error()}, stateError, ctrl.Result{}
 	case !s.running:
 		return health{ready: true, reason: "Detached", message: "the volume has no engine; the replica process is stopped and its data kept"}, stateStopped, ctrl.Result{}
+	case s.serving && s.size != s.obj.Spec.Size.Value():
+		return health{ready: true, reconciling: true, reason: "ResizePending", message: fmt.Sprintf("the replica serves on %s with its original size %d bytes; resizing to %s is not supported by the replica yet", s.address, s.size, s.obj.Spec.Size.String())}, stateRunning, ctrl.Result{}
 	case s.serving:
 		return health{ready: true, reason: "Running", message: "the replica serves on " + s.address}, stateRunning, ctrl.Result{}
 	case !s.proc.Running && s.proc.LastExit != "":
