@@ -292,7 +292,7 @@ func (a *Agent) replicaDir(name string) string {
 	return filepath.Join(a.opts.DataDir, "replicas", name)
 }
 func (a *Agent) stateFile(name string) string { return filepath.Join(a.stateDir(), name+".json") }
-func (a *Agent) tokenFile(vol string) string { return filepath.Join(a.runDir(), vol+".token") }
+func (a *Agent) tokenFile(vol string) string  { return filepath.Join(a.runDir(), vol+".token") }
 func (a *Agent) controlAddr(vol string) string {
 	return "unix:" + filepath.Join(a.runDir(), vol+".ctl")
 }

@@ -49,7 +49,7 @@ type replicaScope struct {
 	obj     *cairnv1.Replica
 	address string
 	size    int64 // bytes the replica was created with
-	attach  bool // an Engine of the volume exists
+	attach  bool  // an Engine of the volume exists
 	proc    ProcState
 	running bool // supervised
 	serving bool // the address accepts connections
