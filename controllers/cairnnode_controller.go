@@ -22,10 +22,11 @@ import (
 // +kubebuilder:rbac:groups=storage.cairn.dev,resources=cairnnodes/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;list;watch,namespace=cairn-system
 
-// CairnNodeReconciler owns a CairnNode's Ready condition: True while its
-// node agent renews the heartbeat Lease cairn-node-NAME in cairn-system,
-// False once the Lease expires. The agent reports disks and zone; nobody
-// else decides whether a node is alive, and volumes react to this condition.
+// CairnNodeReconciler marks a node whose agent stopped renewing its
+// heartbeat Lease (cairn-node-NAME in cairn-system) not Ready. The agent
+// itself sets Ready (with its disks and zone) on every heartbeat; a dead
+// agent cannot say it is gone, so this reconciler does, at the Lease's
+// expiry. Volumes react to the condition.
 type CairnNodeReconciler struct {
 	client.Client
 	// Now is the clock; tests may set it.
@@ -48,20 +49,21 @@ func (r *CairnNodeReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 		lease = nil
 	}
 	cond, expires := heartbeatCondition(lease, r.Now())
+	alive := cond.Status == metav1.ConditionTrue
+	recordNode(node.Name, alive)
+	if alive {
+		return ctrl.Result{RequeueAfter: expires.Sub(r.Now()) + time.Second}, nil
+	}
 	cond.ObservedGeneration = node.Generation
-	recordNode(node.Name, cond.Status == metav1.ConditionTrue)
 	orig := node.DeepCopy()
-	if meta.SetStatusCondition(&node.Status.Conditions, cond) || node.Status.ObservedGeneration != node.Generation {
-		node.Status.ObservedGeneration = node.Generation
+	if meta.SetStatusCondition(&node.Status.Conditions, cond) {
+		meta.RemoveStatusCondition(&node.Status.Conditions, v1.ConditionReconciling)
 		if err := r.Status().Patch(ctx, node, client.MergeFrom(orig)); err != nil {
 			return ctrl.Result{}, err
 		}
-		log.FromContext(ctx).Info("Node readiness changed", "ready", cond.Status, "reason", cond.Reason)
+		log.FromContext(ctx).Info("Node lost its heartbeat", "reason", cond.Reason, "message", cond.Message)
 	}
-	if expires.IsZero() {
-		return ctrl.Result{}, nil
-	}
-	return ctrl.Result{RequeueAfter: expires.Sub(r.Now()) + time.Second}, nil
+	return ctrl.Result{}, nil
 }
 
 // heartbeatCondition is the Ready condition a Lease implies at now, and when

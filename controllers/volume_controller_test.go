@@ -32,22 +32,23 @@ var bg = context.Background()
 
 const wait, tick = 30 * time.Second, 100 * time.Millisecond
 
-// addNode registers a CairnNode in suite (its label) with a live heartbeat,
-// as a node agent would.
+// addNode plays a node agent: a live heartbeat Lease, then a CairnNode in
+// suite (its label) reporting Ready with a disk.
 func addNode(t *testing.T, suite, name, zone string) {
 	t.Helper()
+	lease := &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Namespace: v1.SystemNamespace, Name: v1.NodeLeasePrefix + name}}
+	lease.Spec.HolderIdentity = ptr.To(name)
+	lease.Spec.LeaseDurationSeconds = ptr.To[int32](3600)
+	lease.Spec.RenewTime = &metav1.MicroTime{Time: time.Now()}
+	require.NoError(t, k8s.Create(bg, lease))
 	n := &v1.CairnNode{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"suite": suite}}}
 	require.NoError(t, k8s.Create(bg, n))
 	avail := resource.MustParse("100Gi")
 	patch := client.MergeFrom(n.DeepCopy())
 	n.Status.Zone = zone
 	n.Status.Disks = []v1.NodeDiskStatus{{Path: "/data", Capacity: &avail, Available: &avail}}
+	n.Status.Conditions = []metav1.Condition{{Type: v1.ConditionReady, Status: metav1.ConditionTrue, Reason: "Heartbeat", Message: "test agent", LastTransitionTime: metav1.Now()}}
 	require.NoError(t, k8s.Status().Patch(bg, n, patch))
-	lease := &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Namespace: v1.SystemNamespace, Name: v1.NodeLeasePrefix + name}}
-	lease.Spec.HolderIdentity = ptr.To(name)
-	lease.Spec.LeaseDurationSeconds = ptr.To[int32](3600)
-	lease.Spec.RenewTime = &metav1.MicroTime{Time: time.Now()}
-	require.NoError(t, k8s.Create(bg, lease))
 }
 
 // stopHeartbeat makes the node's Lease expired.
