@@ -27,6 +27,7 @@ type devOptions struct {
 	dataDir   string
 	binDir    string
 	samples   bool
+	nodes     int
 	verbosity int
 }
 
@@ -49,6 +50,7 @@ everything; a second run reuses the data directory.`,
 	f.StringVar(&o.dataDir, "data-dir", ".cairn/dev", "directory for etcd data, the kubeconfig and logs")
 	f.StringVar(&o.binDir, "bin-dir", "", "directory holding etcd and kube-apiserver (default: next to this binary, else ./bin)")
 	f.BoolVar(&o.samples, "samples", true, "apply config/samples once the control plane is up")
+	f.IntVar(&o.nodes, "nodes", 3, "simulated nodes: node agents dev-node-1..N in zones a, b, c, each with its own data directory under --data-dir/nodes")
 	f.IntVarP(&o.verbosity, "v", "v", 0, "log verbosity (0 info, 1+ debug)")
 	return cmd
 }
@@ -80,8 +82,9 @@ func runDev(ctx context.Context, o devOptions) error {
 	defer logFile.Close()
 	ctrl.SetLogger(newLogger(o.verbosity))
 
-	fmt.Printf("Starting etcd and kube-apiserver (state in %s, output in %s)...\n", etcdDir, logPath)
-	cluster, err := localcluster.Start(localcluster.Options{BinDir: devBinDir(o.binDir), EtcdDataDir: etcdDir, Out: logFile})
+	fmt.Printf("Starting etcd, kube-apiserver and kube-controller-manager (state in %s, output in %s)...\n", etcdDir, logPath)
+	cluster, err := localcluster.Start(localcluster.Options{BinDir: devBinDir(o.binDir), EtcdDataDir: etcdDir, Out: logFile,
+		ControllerManager: true, StateDir: dataDir})
 	if err != nil {
 		return err
 	}
@@ -114,13 +117,24 @@ func runDev(ctx context.Context, o devOptions) error {
 		return err
 	}
 
+	c, err := client.New(cluster.Config, client.Options{Scheme: mgr.GetScheme()})
+	if err != nil {
+		return err
+	}
+	if err := ensureSystemNamespace(ctx, c); err != nil {
+		return err
+	}
+	nodes, err := startDevNodes(dataDir, kubeconfig, o.nodes)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		fmt.Println("Stopping the node agents...")
+		stopDevNodes(nodes)
+	}()
 	applied := 0
 	if o.samples {
 		objs, err := localcluster.Build(config.Samples, "samples")
-		if err != nil {
-			return err
-		}
-		c, err := client.New(cluster.Config, client.Options{Scheme: mgr.GetScheme()})
 		if err != nil {
 			return err
 		}
@@ -135,6 +149,7 @@ Cairn dev is running.
   API server   %s
   kubeconfig   %s
   manager      in-process (validating webhook on %s:%d)
+  nodes        %d node agents (logs in %s/nodes/NAME/node.log)
   samples      %d objects applied from config/samples
 
 Look around with any Kubernetes client:
@@ -142,7 +157,7 @@ Look around with any Kubernetes client:
   kubectl get cairn
 
 Press Ctrl-C to stop.
-`, cluster.Config.Host, kubeconfig, cluster.WebhookOptions().Host, cluster.WebhookOptions().Port, applied, kubeconfig)
+`, cluster.Config.Host, kubeconfig, cluster.WebhookOptions().Host, cluster.WebhookOptions().Port, len(nodes), dataDir, applied, kubeconfig)
 
 	select {
 	case <-ctx.Done():
@@ -199,7 +214,7 @@ func leftoverControlPlane(pidFile, etcdDir string) []string {
 	seen := map[string]bool{}
 	data, _ := os.ReadFile(pidFile)
 	for _, pid := range strings.Fields(string(data)) {
-		if name, _ := processName(pid); name == "etcd" || name == "kube-apiserver" {
+		if name, _ := processName(pid); name == "etcd" || name == "kube-apiserver" || name == "kube-controller-manager" {
 			left = append(left, fmt.Sprintf("%s (pid %s)", name, pid))
 			seen[pid] = true
 		}

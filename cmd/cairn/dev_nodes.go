@@ -1,0 +1,93 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	v1 "github.com/cairnstore/cairn/api/v1alpha1"
+)
+
+// devZones are the zones simulated nodes get, round robin.
+var devZones = []string{"a", "b", "c"}
+
+// devNode is one simulated node: a `cairn node` child process with its own
+// data directory under DATA/nodes/NAME.
+type devNode struct {
+	name string
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// ensureSystemNamespace creates cairn-system, where tokens and node
+// heartbeats live.
+func ensureSystemNamespace(ctx context.Context, c client.Client) error {
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: v1.SystemNamespace}}
+	return client.IgnoreAlreadyExists(c.Create(ctx, ns))
+}
+
+// startDevNodes starts n node agents named dev-node-1..n in zones a, b, c
+// against the dev cluster's kubeconfig.
+func startDevNodes(dataDir, kubeconfig string, n int) ([]*devNode, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	var nodes []*devNode
+	for i := 1; i <= n; i++ {
+		name := fmt.Sprintf("dev-node-%d", i)
+		dir := filepath.Join(dataDir, "nodes", name)
+		node, err := startDevNode(exe, name, dir, devZones[(i-1)%len(devZones)], kubeconfig)
+		if err != nil {
+			stopDevNodes(nodes)
+			return nil, err
+		}
+		nodes = append(nodes, node)
+	}
+	return nodes, nil
+}
+
+func startDevNode(exe, name, dir, zone, kubeconfig string) (*devNode, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	logf, err := os.OpenFile(filepath.Join(dir, "node.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	defer logf.Close()
+	cmd := exec.Command(exe, "node", "--name", name, "--data-dir", dir, "--zone", zone, "--kubeconfig", kubeconfig)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start node agent %s: %w", name, err)
+	}
+	d := &devNode{name: name, cmd: cmd, done: make(chan struct{})}
+	go func() { _ = cmd.Wait(); close(d.done) }()
+	return d, nil
+}
+
+// stopDevNodes asks every agent to stop its children and exit (SIGTERM),
+// and kills those still running after 30 seconds.
+func stopDevNodes(nodes []*devNode) {
+	for _, n := range nodes {
+		_ = n.cmd.Process.Signal(syscall.SIGTERM)
+	}
+	deadline := time.After(30 * time.Second)
+	for _, n := range nodes {
+		select {
+		case <-n.done:
+		case <-deadline:
+			_ = syscall.Kill(-n.cmd.Process.Pid, syscall.SIGKILL)
+			<-n.done
+		}
+	}
+}
