@@ -170,7 +170,8 @@ func NewScheme() *runtime.Scheme {
 // Setup registers the agent's reconcilers and heartbeat with mgr.
 func (a *Agent) Setup(mgr ctrl.Manager) error {
 	a.recorder = mgr.GetEventRecorder("cairn-node")
-	opts := controller.Options{SkipNameValidation: ptr.To(true)}
+	// Several objects reconcile at once: stopping one child may take a while.
+	opts := controller.Options{SkipNameValidation: ptr.To(true), MaxConcurrentReconciles: 4}
 	rr := &ReplicaReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Agent: a}
 	if err := rr.SetupWithManager(mgr, opts); err != nil {
 		return err

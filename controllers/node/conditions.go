@@ -59,7 +59,15 @@ func newStatusPatcher(c client.Client, obj client.Object) *statusPatcher {
 	return &statusPatcher{c: c, before: obj.DeepCopyObject().(client.Object)}
 }
 
-// patch sends the status difference, if any.
+// patch sends the status difference, if any (nothing when unchanged).
 func (p *statusPatcher) patch(ctx context.Context, obj client.Object) error {
-	return client.IgnoreNotFound(p.c.Status().Patch(ctx, obj, client.MergeFrom(p.before)))
+	patch := client.MergeFrom(p.before)
+	data, err := patch.Data(obj)
+	if err != nil {
+		return err
+	}
+	if string(data) == "{}" {
+		return nil
+	}
+	return client.IgnoreNotFound(p.c.Status().Patch(ctx, obj, patch))
 }

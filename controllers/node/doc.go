@@ -62,9 +62,10 @@
 // CairnNode (named --name). Created by the agent if missing; its spec belongs
 // to users and is never written. Every 5s the agent renews Lease
 // cairn-system/cairn-node-<name> (leaseDurationSeconds 20: the manager treats
-// the node as lost when it expires) and patches status: disks (the data
-// directory's filesystem capacity/available, replicaCount), zone,
-// lastHeartbeatTime, Ready.
+// the node as lost when it expires); it patches status (disks: the data
+// directory's filesystem capacity/available and replicaCount; zone;
+// lastHeartbeatTime; Ready) when something other than free space changed,
+// and at least every 30s.
 //
 // # Processes
 //

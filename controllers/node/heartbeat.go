@@ -27,7 +27,13 @@ import (
 type Heartbeat struct {
 	Client client.Client
 	Agent  *Agent
+
+	lastReport time.Time
 }
+
+// reportEvery bounds how long the CairnNode status goes unpatched when
+// nothing but free space changed (the Lease carries liveness).
+const reportEvery = 30 * time.Second
 
 // NeedLeaderElection: every node agent heartbeats.
 func (h *Heartbeat) NeedLeaderElection() bool { return false }
@@ -94,9 +100,37 @@ func (h *Heartbeat) reportNode(ctx context.Context, now metav1.Time) error {
 		return err
 	}
 	p := newStatusPatcher(h.Client, node)
+	before := node.Status.DeepCopy()
 	disk, derr := h.Agent.diskStatus()
 	setNodeStatus(node, disk, derr, h.Agent.opts.Zone, now)
-	return errors.Join(derr, p.patch(ctx, node))
+	if !nodeStatusChanged(before, &node.Status) && now.Sub(h.lastReport) < reportEvery {
+		return derr
+	}
+	if err := p.patch(ctx, node); err != nil {
+		return errors.Join(derr, err)
+	}
+	h.lastReport = now.Time
+	return derr
+}
+
+// nodeStatusChanged reports a change other than heartbeat time and free
+// space.
+func nodeStatusChanged(a, b *cairnv1.CairnNodeStatus) bool {
+	if a.Zone != b.Zone || a.ObservedGeneration != b.ObservedGeneration || len(a.Disks) != len(b.Disks) || len(a.Conditions) != len(b.Conditions) {
+		return true
+	}
+	for i := range a.Disks {
+		if a.Disks[i].Path != b.Disks[i].Path || a.Disks[i].ReplicaCount != b.Disks[i].ReplicaCount {
+			return true
+		}
+	}
+	for i := range a.Conditions {
+		ac, bc := a.Conditions[i], b.Conditions[i]
+		if ac.Type != bc.Type || ac.Status != bc.Status || ac.Reason != bc.Reason || ac.Message != bc.Message {
+			return true
+		}
+	}
+	return false
 }
 
 // setNodeStatus fills the CairnNode status from one heartbeat.
