@@ -63,6 +63,7 @@ type engineScope struct {
 	status    *engine.Status
 	endpoint  string
 	pending   []string // membership changes still in flight
+	memberErr error    // a membership change the engine refused (retried)
 	err       error
 }
 
@@ -292,7 +293,10 @@ func (r *EngineReconciler) reconcileMembers(ctx context.Context, s *engineScope)
 		s.pending = append(s.pending, "remove "+addr)
 	}
 	if err := errors.Join(errs...); err != nil {
-		return ctrl.Result{}, err
+		// The engine serves on; the change is retried (e.g. it refuses to
+		// drop its last healthy replica until another one is rebuilt).
+		s.memberErr = err
+		return ctrl.Result{RequeueAfter: 5 * time.Second}, nil
 	}
 	log.FromContext(ctx).Info("Engine membership changed", "added", add, "removed", remove)
 	return ctrl.Result{RequeueAfter: time.Second}, nil

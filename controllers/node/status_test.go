@@ -74,6 +74,7 @@ func TestEngineStatus(t *testing.T) {
 		{"running", engineScope{running: true, proc: ProcState{Running: true, PID: 5}, status: healthy, endpoint: "/dev/loop3"}, "Running", metav1.ConditionTrue, "Running", false, 0},
 		{"rebuilding", engineScope{running: true, proc: ProcState{Running: true, PID: 5}, status: rebuilding, endpoint: "/dev/loop3"}, "Running", metav1.ConditionTrue, "Rebuilding", true, 25},
 		{"crashed", engineScope{running: true, proc: ProcState{LastExit: "exit status 1"}}, "Error", metav1.ConditionFalse, "ProcessExited", true, 0},
+		{"refused change", engineScope{running: true, proc: ProcState{Running: true, PID: 5}, status: healthy, endpoint: "/dev/loop3", memberErr: errors.New("last healthy")}, "Running", metav1.ConditionTrue, "ReplicaChangePending", true, 0},
 		{"invalid", engineScope{err: reconcile.TerminalError(errors.New("size"))}, "Error", metav1.ConditionFalse, "InvalidSpec", false, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
