@@ -29,6 +29,7 @@ import (
 //	POST   /v1/snapshots/{name}/revert     revert (volume detached)
 //	POST   /v1/replicas                    {"address","wait"} add or rebuild
 //	DELETE /v1/replicas?address=ADDR      remove
+//	POST   /v1/size                        {"size"} grow (I/O barrier); 400 to shrink
 //	GET    /metrics                        Prometheus metrics
 //
 // /v1 requests carry "Authorization: Bearer TOKEN" with the volume token.
@@ -53,6 +54,12 @@ type SnapshotRequest struct {
 	Labels map[string]string `json:"labels,omitempty"`
 }
 
+// SizeRequest grows the volume to Size bytes (a multiple of 4096, never
+// smaller than the volume).
+type SizeRequest struct {
+	Size int64 `json:"size"`
+}
+
 // ReplicaRequest adds (or rebuilds) a replica.
 type ReplicaRequest struct {
 	Address string `json:"address"`
@@ -66,6 +73,7 @@ var errorCodes = []struct {
 	status int
 }{
 	{ErrInvalid, "Invalid", http.StatusBadRequest},
+	{ErrShrink, "Shrink", http.StatusBadRequest},
 	{ErrNotFound, "NotFound", http.StatusNotFound},
 	{ErrSnapshotExists, "AlreadyExists", http.StatusConflict},
 	{ErrBusy, "Busy", http.StatusConflict},
@@ -115,6 +123,18 @@ func (s *ControlServer) Handler() http.Handler {
 			return
 		}
 		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("POST /v1/size", func(w http.ResponseWriter, r *http.Request) {
+		var req SizeRequest
+		if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&req); err != nil {
+			writeErr(w, fmt.Errorf("%w: body must be {\"size\": N}: %v", ErrInvalid, err))
+			return
+		}
+		if err := v.Grow(r.Context(), req.Size); err != nil {
+			writeErr(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, SizeRequest{Size: v.Size()})
 	})
 	mux.HandleFunc("POST /v1/replicas", func(w http.ResponseWriter, r *http.Request) {
 		var req ReplicaRequest
@@ -312,6 +332,12 @@ func (c *ControlClient) RemoveSnapshot(ctx context.Context, name string) error {
 // Revert reverts the (detached) volume to a snapshot.
 func (c *ControlClient) Revert(ctx context.Context, name string) error {
 	return c.do(ctx, http.MethodPost, "/v1/snapshots/"+url.PathEscape(name)+"/revert", nil, nil)
+}
+
+// Grow grows the volume to size bytes (Volume.Grow). A smaller size fails
+// with ErrShrink, a size not a multiple of 4096 with ErrInvalid.
+func (c *ControlClient) Grow(ctx context.Context, size int64) error {
+	return c.do(ctx, http.MethodPost, "/v1/size", SizeRequest{Size: size}, nil)
 }
 
 // AddReplica adds or rebuilds a replica; with wait it returns the result

@@ -126,6 +126,20 @@
 // those steps (Longhorn #4354, #13139 were this class of bug). A relayed
 // copy sends each 1 MiB span's extents in one vectored WriteLayerExtents.
 //
+// # Growing
+//
+// Volume.Grow (POST /v1/size) grows every replica that takes writes under
+// the barrier, dropping one that fails, and only then raises the size I/O
+// is checked against. A replica that was away grows when it rejoins
+// (rebuild or catch-up, under the barrier); Open grows replicas smaller
+// than the volume and takes a newest replica's larger size when the
+// configured size lags behind a grow. The FUSE file's size follows at once
+// (SetGrowHook invalidates the kernel's cached attributes); a loop device
+// on it needs fuse.RefreshLoopCapacity. NBD tells each new connection the
+// size at its handshake; the protocol has no way to resize a connected
+// export, so a connected client (the kernel's nbd device) keeps its size
+// until it reconnects.
+//
 // # Control and metrics
 //
 // ControlServer serves status, snapshots, revert, add/remove replica and

@@ -25,6 +25,8 @@ var (
 	ErrSnapshotExists = errors.New("engine: snapshot already exists")
 	// ErrInvalid is returned for a malformed argument (bad snapshot name).
 	ErrInvalid = errors.New("engine: invalid argument")
+	// ErrShrink is returned by Grow for a size smaller than the volume's.
+	ErrShrink = errors.New("engine: volume cannot shrink")
 	// ErrAttached is returned for operations that need the volume detached
 	// (revert) while a frontend client is connected.
 	ErrAttached = errors.New("engine: volume is attached")

@@ -238,8 +238,9 @@ func (v *Volume) addMember(addr string) (*member, error) {
 	return m, nil
 }
 
-// dialTarget connects to a rebuild target and checks it has the volume's
-// size; any failure is ErrReplicaRefused.
+// dialTarget connects to a rebuild target and checks it is not larger
+// than the volume (a smaller one is grown when it joins, under the
+// barrier); any failure is ErrReplicaRefused.
 func (v *Volume) dialTarget(ctx context.Context, addr string) (Replica, ReplicaInfo, error) {
 	r, err := v.dial(ctx, addr)
 	if err != nil {
@@ -249,8 +250,8 @@ func (v *Volume) dialTarget(ctx context.Context, addr string) (Replica, ReplicaI
 	switch {
 	case err != nil:
 		err = fmt.Errorf("%w: %s: %v", ErrReplicaRefused, addr, err)
-	case info.Size != v.cfg.Size:
-		err = fmt.Errorf("%w: replica size %d differs from volume size %d", ErrReplicaRefused, info.Size, v.cfg.Size)
+	case info.Size > v.Size():
+		err = fmt.Errorf("%w: replica size %d exceeds volume size %d", ErrReplicaRefused, info.Size, v.Size())
 	}
 	if err != nil {
 		r.Close()
@@ -292,6 +293,9 @@ func (v *Volume) startRebuild(ctx context.Context, m *member, r Replica, tinfo R
 		v.fail(src, fmt.Errorf("info: %w", err))
 		v.settleLocked()
 		return fail(fmt.Errorf("source %s: %w", src.addr, err))
+	}
+	if err := r.Grow(cctx, v.Size()); err != nil {
+		return fail(fmt.Errorf("grow to %d: %w", v.Size(), err))
 	}
 	keep, receive := commonPrefix(tinfo.Snapshots, sinfo.Snapshots)
 	if err := r.ResetForRebuild(cctx, keep, receive); err != nil {
@@ -380,9 +384,14 @@ func (v *Volume) startCatchUp(m *member, r Replica, info ReplicaInfo) (*member, 
 	if err != nil || !sameChain(sinfo.Snapshots, info.Snapshots) {
 		return nil, nil
 	}
-	ext, err := ct.ChangedSince(ctx, info.Generation, v.cfg.Size)
+	ext, err := ct.ChangedSince(ctx, info.Generation, v.Size())
 	if err != nil {
 		return nil, nil // not tracked that far back (source restarted)
+	}
+	// a replica that missed a Grow takes it before it joins (the new
+	// range is zeroes on it; what was written there since is in ext)
+	if err := r.Grow(ctx, v.Size()); err != nil {
+		return nil, nil
 	}
 	v.joinLocked(m, r, ModeResyncing, "returning: repairing what changed from "+src.addr)
 	return src, mergeExtents(ext)
@@ -452,10 +461,11 @@ func (v *Volume) copyLayer(ctx context.Context, src, m *member, layer string) (n
 // pull at all.
 func (v *Volume) pullLayer(ctx context.Context, p layerPuller, src, m *member, layer string) (int64, error) {
 	var copied int64
-	for w := int64(0); w < v.cfg.Size; w += pullWindow {
+	size := v.Size()
+	for w := int64(0); w < size; w += pullWindow {
 		// A window moves at most pullWindow bytes: allow it a slow disk's time.
 		wctx, cancel := context.WithTimeout(ctx, max(v.cfg.ControlTimeout, 10*time.Minute))
-		n, err := p.PullLayer(wctx, layer, src.addr, w, min(pullWindow, v.cfg.Size-w))
+		n, err := p.PullLayer(wctx, layer, src.addr, w, min(pullWindow, size-w))
 		cancel()
 		copied += n
 		m.copied.Add(n)

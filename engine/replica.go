@@ -17,6 +17,9 @@ type SnapshotInfo struct {
 	Labels     map[string]string
 	Created    time.Time
 	Incomplete bool
+	// Size is the volume size when the snapshot was taken (smaller than
+	// the volume's for a snapshot taken before a Grow).
+	Size int64
 	// checksum is the source layer's checksum, passed on to a rebuild
 	// target so that it verifies the layer it received.
 	checksum string
@@ -51,6 +54,9 @@ type Replica interface {
 	Info(ctx context.Context) (ReplicaInfo, error)
 	// SetGeneration durably stores the generation (never lower).
 	SetGeneration(ctx context.Context, gen uint64) error
+	// Grow raises the replica's volume size (never lower; the same size
+	// is a no-op).
+	Grow(ctx context.Context, size int64) error
 	Snapshot(ctx context.Context, name string, labels map[string]string) error
 	Revert(ctx context.Context, name string) error
 	RemoveSnapshot(ctx context.Context, name string) error

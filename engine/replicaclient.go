@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/cairnstore/cairn/replica"
@@ -27,7 +28,9 @@ func ReplicaDialer(token string) Dialer {
 			c.Close()
 			return nil, err
 		}
-		return &replicaClient{c: c, d: d, size: info.Size}, nil
+		rc := &replicaClient{c: c, d: d}
+		rc.size.Store(info.Size)
+		return rc, nil
 	}
 }
 
@@ -37,7 +40,7 @@ func ReplicaDialer(token string) Dialer {
 type replicaClient struct {
 	c    *replica.Client
 	d    *dataConn
-	size int64
+	size atomic.Int64 // the replica's volume size, raised by Grow
 }
 
 // submit implements asyncReplica.
@@ -56,6 +59,8 @@ func mapErr(err error) error {
 		return fmt.Errorf("%w: %w", ErrNotFound, err)
 	case errors.Is(err, replica.ErrInvalid):
 		return fmt.Errorf("%w: %w", ErrInvalid, err)
+	case errors.Is(err, replica.ErrShrink):
+		return fmt.Errorf("%w: %w", ErrShrink, err)
 	case errors.Is(err, replica.ErrOutOfRange):
 		return fmt.Errorf("%w: %w", ErrOutOfRange, err)
 	}
@@ -94,7 +99,7 @@ func (r *replicaClient) Info(ctx context.Context) (ReplicaInfo, error) {
 	out := ReplicaInfo{Size: in.Size, Generation: in.Generation, Rebuilding: in.Rebuilding, SessionStart: in.SessionStart}
 	for _, s := range in.Snapshots {
 		out.Snapshots = append(out.Snapshots, SnapshotInfo{
-			Name: s.Name, Labels: s.Labels, Created: s.Created, Incomplete: s.Incomplete, checksum: s.Checksum,
+			Name: s.Name, Labels: s.Labels, Created: s.Created, Incomplete: s.Incomplete, Size: s.Size, checksum: s.Checksum,
 		})
 	}
 	return out, nil
@@ -102,6 +107,14 @@ func (r *replicaClient) Info(ctx context.Context) (ReplicaInfo, error) {
 
 func (r *replicaClient) SetGeneration(ctx context.Context, gen uint64) error {
 	return mapErr(r.c.SetGeneration(ctx, gen))
+}
+
+func (r *replicaClient) Grow(ctx context.Context, size int64) error {
+	if err := r.c.Grow(ctx, size); err != nil {
+		return mapErr(err)
+	}
+	r.size.Store(size)
+	return nil
 }
 
 func (r *replicaClient) Snapshot(ctx context.Context, name string, labels map[string]string) error {
@@ -117,7 +130,7 @@ func (r *replicaClient) RemoveSnapshot(ctx context.Context, name string) error {
 }
 
 func (r *replicaClient) LayerExtents(ctx context.Context, layer string) ([]Extent, error) {
-	ext, err := r.c.LayerExtents(ctx, layer, 0, r.size)
+	ext, err := r.c.LayerExtents(ctx, layer, 0, r.size.Load())
 	return fromReplicaExtents(ext), mapErr(err)
 }
 
@@ -140,7 +153,7 @@ func (r *replicaClient) ReadLayer(ctx context.Context, layer string, p []byte, o
 func (r *replicaClient) ResetForRebuild(ctx context.Context, keep []string, receive []SnapshotInfo) error {
 	rs := make([]replica.SnapshotInfo, len(receive))
 	for i, s := range receive {
-		rs[i] = replica.SnapshotInfo{Name: s.Name, Labels: s.Labels, Created: s.Created, Checksum: s.checksum}
+		rs[i] = replica.SnapshotInfo{Name: s.Name, Labels: s.Labels, Created: s.Created, Size: s.Size, Checksum: s.checksum}
 	}
 	return mapErr(r.c.ResetForRebuild(ctx, keep, rs))
 }

@@ -191,7 +191,7 @@ func (v *Volume) resyncRegions(ctx context.Context, ms []*member) (ext []Extent,
 			tracked = false
 			break
 		}
-		e, err := ct.ChangedSince(ctx, m.sessionStart, v.cfg.Size)
+		e, err := ct.ChangedSince(ctx, m.sessionStart, v.Size())
 		if err != nil {
 			v.log.Info("Replica cannot bound the resync; comparing whole heads", "replica", m.addr, "err", err.Error())
 			tracked = false

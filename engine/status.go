@@ -38,7 +38,7 @@ type Status struct {
 // Status reports the volume's replicas and robustness.
 func (v *Volume) Status() Status {
 	v.mu.RLock()
-	st := Status{Volume: v.cfg.Name, Size: v.cfg.Size, Generation: v.gen}
+	st := Status{Volume: v.cfg.Name, Size: v.Size(), Generation: v.gen}
 	healthy := 0
 	for _, m := range v.members {
 		if m.mode == ModeHealthy {

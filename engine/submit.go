@@ -100,7 +100,7 @@ func (v *Volume) Submit(rq *Request) {
 		return
 	}
 	if o != opFlush {
-		if err := CheckRange(v.cfg.Size, rq.Off, n); err != nil {
+		if err := CheckRange(v.Size(), rq.Off, n); err != nil {
 			rq.Done(rq, err)
 			return
 		}

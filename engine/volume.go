@@ -17,7 +17,9 @@ import (
 type Config struct {
 	// Name is the volume name (the NBD export and FUSE file name).
 	Name string
-	// Size is the volume size in bytes; replicas of another size are refused.
+	// Size is the volume size in bytes. Open grows smaller replicas to it
+	// and takes a newest replica's larger size (a Grow the configuration
+	// has not caught up with); see Volume.Grow.
 	Size int64
 	// Replicas are the replicas' addresses.
 	Replicas []string
@@ -47,6 +49,7 @@ type member struct {
 	mode   ReplicaMode // guarded by Volume.mu
 	reason string      // why failed/stale, guarded by Volume.mu
 	gen    uint64      // last generation known to be stored on it
+	size   int64       // the replica's volume size when probed
 
 	failed   atomic.Bool
 	failErr  atomic.Pointer[error]
@@ -73,6 +76,9 @@ type view struct {
 type Volume struct {
 	cfg Config
 	log logr.Logger
+	// size is the volume size: cfg.Size or larger (Grow, adoptSizeLocked)
+	size   atomic.Int64
+	onGrow atomic.Pointer[func(size int64)]
 
 	mu       sync.RWMutex
 	members  []*member
@@ -114,6 +120,7 @@ func Open(ctx context.Context, cfg Config) (*Volume, error) {
 		cfg.Local = func(addr string) bool { return strings.HasPrefix(addr, "unix:") }
 	}
 	v := &Volume{cfg: cfg, log: cfg.Log.WithValues("volume", cfg.Name)}
+	v.size.Store(cfg.Size)
 	var wg sync.WaitGroup
 	for _, addr := range cfg.Replicas {
 		m := &member{addr: addr, local: cfg.Local(addr), mode: ModeFailed}
@@ -147,6 +154,7 @@ func Open(ctx context.Context, cfg Config) (*Volume, error) {
 	dirty := maxGen%2 == 1
 	v.gen = maxGen
 	v.mu.Lock()
+	v.adoptSizeLocked()
 	err := v.bumpGenerationLocked()
 	if err == nil && dirty {
 		v.startResyncLocked(ctx)
@@ -174,11 +182,12 @@ func (v *Volume) probe(ctx context.Context, m *member) {
 		return
 	}
 	info, err := r.Info(ctx)
+	m.size = info.Size
 	switch {
 	case err != nil:
 		m.mode, m.reason = ModeFailed, "info: "+err.Error()
-	case info.Size != v.cfg.Size:
-		m.mode, m.reason = ModeFailed, fmt.Sprintf("refused: replica size %d differs from volume size %d", info.Size, v.cfg.Size)
+	case info.Size%blockSize != 0:
+		m.mode, m.reason = ModeFailed, fmt.Sprintf("refused: replica size %d is not a multiple of %d", info.Size, blockSize)
 	case info.Rebuilding:
 		m.r, m.gen = r, info.Generation
 		m.mode, m.reason = ModeStale, "an earlier rebuild did not finish"
@@ -366,7 +375,7 @@ func (v *Volume) ioCtx() (context.Context, context.CancelFunc) {
 }
 
 // Size implements Backend.
-func (v *Volume) Size() int64 { return v.cfg.Size }
+func (v *Volume) Size() int64 { return v.size.Load() }
 
 // Name is the volume name.
 func (v *Volume) Name() string { return v.cfg.Name }
@@ -374,7 +383,7 @@ func (v *Volume) Name() string { return v.cfg.Name }
 // ReadAt implements Backend: it reads from the first healthy replica (local
 // ones first, then the least busy) and fails over to the others.
 func (v *Volume) ReadAt(ctx context.Context, p []byte, off int64) error {
-	if err := CheckRange(v.cfg.Size, off, int64(len(p))); err != nil {
+	if err := CheckRange(v.Size(), off, int64(len(p))); err != nil {
 		return err
 	}
 	start := time.Now()
@@ -450,7 +459,7 @@ func (mu *mutation) apply(ctx context.Context, r Replica) error {
 // WriteAt implements Backend: the write is acknowledged once every healthy
 // replica has it.
 func (v *Volume) WriteAt(ctx context.Context, p []byte, off int64) error {
-	if err := CheckRange(v.cfg.Size, off, int64(len(p))); err != nil {
+	if err := CheckRange(v.Size(), off, int64(len(p))); err != nil {
 		return err
 	}
 	return v.mutate(&mutation{op: opWrite, p: p, off: off, n: int64(len(p))})
@@ -458,7 +467,7 @@ func (v *Volume) WriteAt(ctx context.Context, p []byte, off int64) error {
 
 // Trim implements Backend.
 func (v *Volume) Trim(ctx context.Context, off, length int64) error {
-	if err := CheckRange(v.cfg.Size, off, length); err != nil {
+	if err := CheckRange(v.Size(), off, length); err != nil {
 		return err
 	}
 	return v.mutate(&mutation{op: opTrim, off: off, n: length})
@@ -466,7 +475,7 @@ func (v *Volume) Trim(ctx context.Context, off, length int64) error {
 
 // WriteZeroes implements Backend.
 func (v *Volume) WriteZeroes(ctx context.Context, off, length int64) error {
-	if err := CheckRange(v.cfg.Size, off, length); err != nil {
+	if err := CheckRange(v.Size(), off, length); err != nil {
 		return err
 	}
 	return v.mutate(&mutation{op: opZero, off: off, n: length})

@@ -84,19 +84,24 @@ func TestFailedReplicaIsDroppedAndGenerationBumped(t *testing.T) {
 	}
 }
 
-func TestOddSizedReplicaIsRefused(t *testing.T) {
+// TestOpenSettlesReplicaSizes: a replica smaller than the volume (one
+// that missed a Grow) is grown at Open; replicas larger than the
+// configured size (a Grow the configuration has not caught up with) set
+// the volume's size; a wrong token is refused.
+func TestOpenSettlesReplicaSizes(t *testing.T) {
 	rs := newTestReplicas(t, 2, 4<<20)
-	odd := newTestReplicas(t, 1, 8<<20)
-	v := openTestVolume(t, 4<<20, append(rs, odd...))
+	small := newTestReplicas(t, 1, 2<<20)
+	v := openTestVolume(t, 4<<20, append(rs, small...))
 	st := v.Status()
-	require.Equal(t, ModeFailed, st.Replicas[2].Mode)
-	require.Contains(t, st.Replicas[2].Reason, "replica size 8388608 differs from volume size 4194304")
-	// All replicas unusable: Open fails with the reasons.
-	_, err := Open(bg, Config{Name: "v", Size: 2 << 20, Replicas: addrs(rs), Dial: ReplicaDialer(testToken)})
-	require.ErrorIs(t, err, ErrNoHealthyReplica)
-	require.Contains(t, err.Error(), "differs from volume size")
-	// Wrong token: refused too.
-	_, err = Open(bg, Config{Name: "v", Size: 4 << 20, Replicas: addrs(rs), Dial: ReplicaDialer("wrong")})
+	require.Equal(t, ModeHealthy, st.Replicas[2].Mode)
+	require.Equal(t, int64(4<<20), small[0].r.Size(), "grown at Open")
+	require.NoError(t, v.Close())
+
+	v = openTestVolume(t, 2<<20, rs)
+	require.Equal(t, int64(4<<20), v.Size(), "the replicas' larger size wins")
+	require.NoError(t, v.Close())
+	// Wrong token: refused.
+	_, err := Open(bg, Config{Name: "v", Size: 4 << 20, Replicas: addrs(rs), Dial: ReplicaDialer("wrong")})
 	require.ErrorIs(t, err, ErrNoHealthyReplica)
 }
 

@@ -58,7 +58,7 @@ func (r *Replica) Checksum(layerName string) (string, error) {
 		r.opMu.Unlock()
 		return "", fmt.Errorf("%w: snapshot %q is still being received", ErrRebuilding, layerName)
 	}
-	id, gen := l.rec.ID, l.gen
+	id, gen, size := l.rec.ID, l.gen, r.size
 	f, err := os.Open(l.path)
 	if err == nil {
 		r.pin(id)
@@ -69,7 +69,7 @@ func (r *Replica) Checksum(layerName string) (string, error) {
 		return "", err
 	}
 	defer f.Close()
-	sum, err := layerChecksum(f, r.size)
+	sum, err := layerChecksum(f, size)
 	if err != nil || layerName == "" {
 		return sum, err
 	}
@@ -121,6 +121,7 @@ func (r *Replica) Scrub() (ScrubReport, error) {
 		gen                  uint64
 	}
 	var items []item
+	size := r.size
 	for _, l := range r.layers[:len(r.layers)-1] {
 		if !l.rec.Incomplete {
 			items = append(items, item{l.rec.Name, l.rec.ID, l.rec.Checksum, l.path, l.gen})
@@ -132,7 +133,7 @@ func (r *Replica) Scrub() (ScrubReport, error) {
 		if err != nil {
 			continue // removed meanwhile
 		}
-		sum, err := layerChecksum(f, r.size)
+		sum, err := layerChecksum(f, size)
 		f.Close()
 		if err != nil {
 			return rep, err

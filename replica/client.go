@@ -389,6 +389,14 @@ func (c *Client) SetGeneration(ctx context.Context, g uint64) error {
 	return c.ctl(ctx, opSetGeneration, g, 0, nil, nil)
 }
 
+// Grow raises the volume size to size (see Replica.Grow).
+func (c *Client) Grow(ctx context.Context, size int64) error {
+	if size <= 0 {
+		return fmt.Errorf("%w: size %d", ErrInvalid, size)
+	}
+	return c.ctl(ctx, opGrow, uint64(size), 0, nil, nil)
+}
+
 // Snapshot freezes the head as snapshot name (see Replica.Snapshot).
 func (c *Client) Snapshot(ctx context.Context, name string, labels map[string]string) error {
 	return c.ctl(ctx, opSnapshot, 0, 0, &ctlRequest{Name: name, Labels: labels}, nil)

@@ -24,6 +24,9 @@ const (
 
 func TestMain(m *testing.M) {
 	if v := os.Getenv(crashEnv); v != "" {
+		if arg, ok := strings.CutPrefix(v, growCrashPrefix); ok {
+			growCrashChild(arg)
+		}
 		crashChild(v)
 		return
 	}

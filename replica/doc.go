@@ -97,6 +97,21 @@
 // half of the blocks written since each file's last fdatasync
 // (failpoint.go).
 //
+// # Growing
+//
+// Grow raises the volume size online (never lowers it: ErrShrink). It
+// records each snapshot's own size in its layer record ("size"; absent
+// means the volume's size), commits the metadata with the new size (the
+// switch: a crash before it leaves the old size, after it the new one),
+// then extends every layer file with a hole and the index and
+// changed-block bitmaps to the new range, with I/O paused. Open extends
+// layer files shorter than the volume, which completes a grow cut short
+// after its commit. So every layer file still has the full volume size;
+// an older snapshot's layer holds no data past its own size, so the new
+// range reads as zeroes in every view until written, its checksum (over
+// allocated blocks) is unchanged, and OpenSnapshot reads it at its own
+// size. Revert keeps the current size.
+//
 // # Layer index
 //
 // At open, the allocated extents of every layer are read with
@@ -167,7 +182,7 @@
 // I/O ops: Read (1, reply payload = data), Write (2, payload = data),
 // Flush (3), Trim (4) and WriteZeroes (5) (offset/length), Ping (6).
 // Control ops take and return JSON: Info (16), SetGeneration (17, offset =
-// generation), Snapshot (18), Revert (19), RemoveSnapshot (20), Checksum
+// generation), Grow (25, offset = new size), Snapshot (18), Revert (19), RemoveSnapshot (20), Checksum
 // (22), Scrub (23); Diff (21), ChangedSince (24, JSON {"generation": g})
 // and LayerExtents (32) return binary extents (offset u64, length u64) for
 // a window [offset, offset+length) of at most 1 GiB, which the client

@@ -24,6 +24,8 @@ var (
 	ErrClosed = errors.New("replica: closed")
 	// ErrSizeMismatch: the directory holds a replica of a different size.
 	ErrSizeMismatch = errors.New("replica: size mismatch")
+	// ErrShrink: Grow with a size smaller than the volume's.
+	ErrShrink = errors.New("replica: volume cannot shrink")
 	// ErrRebuilding: the operation is not allowed while the chain holds
 	// layers that are still being received (see ResetForRebuild).
 	ErrRebuilding = errors.New("replica: rebuild in progress")

@@ -126,6 +126,9 @@ func (m *metaFile) validate() error {
 			return fmt.Errorf("layer %d: bad or duplicate id %q", i, l.ID)
 		}
 		ids[l.ID] = true
+		if l.Size < 0 || l.Size > m.Size || l.Size%BlockSize != 0 {
+			return fmt.Errorf("layer %d: bad size %d in a volume of %d", i, l.Size, m.Size)
+		}
 		if i == len(m.Layers)-1 {
 			if l.Name != "" || l.Incomplete {
 				return errors.New("head layer must be unnamed and complete")

@@ -43,6 +43,8 @@ const (
 	opChecksum       uint8 = 22
 	opScrub          uint8 = 23
 	opChangedSince   uint8 = 24
+	// opGrow: offset = new volume size.
+	opGrow uint8 = 25
 
 	opLayerExtents    uint8 = 32
 	opReadLayer       uint8 = 33
@@ -139,7 +141,7 @@ var statusErrors = []error{
 	1: ErrOutOfRange, 2: ErrTooLarge, 3: ErrInvalid, 4: ErrNotFound, 5: ErrExists,
 	6: ErrCorrupt, 7: ErrClosed, 8: ErrSizeMismatch, 9: ErrRebuilding, 10: ErrUnaligned,
 	11: ErrReadOnly, 12: ErrNoSpace, 13: ErrAuth, 14: ErrProtocol, 15: ErrUnknownOp,
-	16: ErrStaleGeneration, 17: ErrUnreachable,
+	16: ErrStaleGeneration, 17: ErrUnreachable, 18: ErrShrink,
 }
 
 const statusOther = 255

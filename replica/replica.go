@@ -157,8 +157,9 @@ func Open(dir string) (*Replica, error) {
 }
 
 // OpenOrCreate opens the replica in dir, or creates one of size bytes if
-// dir holds none. An existing replica of another size fails with
-// ErrSizeMismatch.
+// dir holds none. An existing replica larger than size is opened as it is
+// (an engine grew the volume since); a smaller one is grown to size (the
+// volume grew while it was away).
 func OpenOrCreate(dir string, size int64) (*Replica, error) {
 	if _, err := os.Stat(filepath.Join(dir, metaName)); errors.Is(err, fs.ErrNotExist) {
 		return Create(dir, size)
@@ -167,9 +168,11 @@ func OpenOrCreate(dir string, size int64) (*Replica, error) {
 	if err != nil {
 		return nil, err
 	}
-	if r.Size() != size {
-		r.Close()
-		return nil, fmt.Errorf("%w: %s holds a replica of %d bytes, requested %d", ErrSizeMismatch, dir, r.Size(), size)
+	if r.Size() < size {
+		if err := r.Grow(size); err != nil {
+			r.Close()
+			return nil, fmt.Errorf("grow %s from %d to %d bytes: %w", dir, r.Size(), size, err)
+		}
 	}
 	return r, nil
 }
@@ -549,7 +552,11 @@ func dataExtents(fd int, off, end int64) ([]Extent, error) {
 }
 
 // Size returns the volume size in bytes.
-func (r *Replica) Size() int64 { return r.size }
+func (r *Replica) Size() int64 {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.size
+}
 
 // Dir returns the replica's data directory.
 func (r *Replica) Dir() string { return r.dir }
@@ -606,7 +613,9 @@ func (r *Replica) infoLocked() Info {
 	in := Info{Size: r.size, BlockSize: BlockSize, Generation: r.meta.Generation, Rebuilding: r.rebuilding, SessionStart: r.sessionGen}
 	in.Snapshots = make([]SnapshotInfo, 0, len(r.meta.Layers)-1)
 	for _, l := range r.meta.Layers[:len(r.meta.Layers)-1] {
-		in.Snapshots = append(in.Snapshots, cloneInfo(l.SnapshotInfo))
+		s := cloneInfo(l.SnapshotInfo)
+		s.Size = r.snapshotSize(l)
+		in.Snapshots = append(in.Snapshots, s)
 	}
 	return in
 }
@@ -638,6 +647,15 @@ func (r *Replica) checkOpen() error {
 	return nil
 }
 
+// checkRangeOf is checkRange for callers holding no lock.
+func (r *Replica) checkRangeOf(off, n int64) error {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.checkRange(off, n)
+}
+
+// checkRange checks [off, off+n) against the volume size. Callers hold
+// mu or opMu.
 func (r *Replica) checkRange(off, n int64) error {
 	if off < 0 || n < 0 || off > r.size || n > r.size-off {
 		return fmt.Errorf("%w: [%d, +%d) outside volume of %d bytes", ErrOutOfRange, off, n, r.size)

@@ -269,15 +269,20 @@ func TestBadInputLocal(t *testing.T) {
 	require.ErrorIs(t, err, ErrNotFound)
 }
 
-func TestOpenOrCreateSizeMismatch(t *testing.T) {
+// TestOpenOrCreateSizes: an existing replica smaller than requested is
+// grown, a larger one (grown since) keeps its size.
+func TestOpenOrCreateSizes(t *testing.T) {
 	dir := t.TempDir()
 	r, err := OpenOrCreate(dir, 8*BlockSize)
 	require.NoError(t, err)
 	require.NoError(t, r.Close())
-	_, err = OpenOrCreate(dir, 16*BlockSize)
-	require.ErrorIs(t, err, ErrSizeMismatch)
+	r, err = OpenOrCreate(dir, 16*BlockSize)
+	require.NoError(t, err)
+	require.Equal(t, int64(16*BlockSize), r.Size())
+	require.NoError(t, r.Close())
 	r, err = OpenOrCreate(dir, 8*BlockSize)
 	require.NoError(t, err)
+	require.Equal(t, int64(16*BlockSize), r.Size())
 	require.NoError(t, r.Close())
 }
 

@@ -435,6 +435,8 @@ func (s *Server) handle(ctx context.Context, h reqHeader, payload []byte) respon
 		return jsonResponse(h, r.Info(), nil)
 	case opSetGeneration:
 		return jsonResponse(h, nil, r.SetGeneration(h.Offset))
+	case opGrow:
+		return jsonResponse(h, nil, r.Grow(off))
 	case opSnapshot:
 		return jsonResponse(h, nil, r.Snapshot(ctl.Name, ctl.Labels))
 	case opRevert:
@@ -524,7 +526,7 @@ func (s *Server) pullLayer(ctx context.Context, layer, source string, off, lengt
 	if source == "" {
 		return 0, fmt.Errorf("%w: pull needs a source address", ErrInvalid)
 	}
-	if err := s.r.checkRange(off, length); err != nil {
+	if err := s.r.checkRangeOf(off, length); err != nil {
 		return 0, err
 	}
 	if _, err := s.r.incompleteLayerOf(layer); err != nil {

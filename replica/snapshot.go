@@ -519,15 +519,19 @@ func (r *Replica) position(name string) (int, error) {
 // result is sorted, merged and block-aligned; it may over-report blocks
 // rewritten with identical data, never under-report.
 func (r *Replica) Diff(from, to string) ([]Extent, error) {
-	return r.DiffRange(from, to, 0, r.size)
+	return r.DiffRange(from, to, 0, -1)
 }
 
-// DiffRange is Diff restricted to [off, off+length).
+// DiffRange is Diff restricted to [off, off+length); a negative length
+// means up to the end of the volume.
 func (r *Replica) DiffRange(from, to string, off, length int64) ([]Extent, error) {
 	r.opMu.Lock()
 	defer r.opMu.Unlock()
 	if err := r.checkOpen(); err != nil {
 		return nil, err
+	}
+	if length < 0 {
+		length = r.size - off
 	}
 	pf := 0
 	if from != "" {
@@ -579,9 +583,9 @@ func (r *Replica) OpenSnapshot(name string) (SnapshotReader, error) {
 	if r.layers[pos-1].rec.Incomplete {
 		return nil, fmt.Errorf("%w: snapshot %q is still being received", ErrRebuilding, name)
 	}
-	id := r.layers[pos-1].rec.ID
+	id, size := r.layers[pos-1].rec.ID, r.snapshotSize(r.layers[pos-1].rec)
 	r.pin(id)
-	sr := &snapReader{name: name, size: r.size, unpin: func() { r.unpin(id) }}
+	sr := &snapReader{name: name, size: size, unpin: func() { r.unpin(id) }}
 	for _, l := range r.layers[:pos] {
 		f, err := os.Open(l.path)
 		if err != nil {
@@ -590,7 +594,7 @@ func (r *Replica) OpenSnapshot(name string) (SnapshotReader, error) {
 		}
 		sr.layers = append(sr.layers, &layer{f: f, fd: int(f.Fd()), path: l.path})
 	}
-	if sr.idx, err = buildIndex(sr.layers, r.size); err != nil {
+	if sr.idx, err = buildIndex(sr.layers, size); err != nil {
 		sr.Close()
 		return nil, err
 	}

@@ -39,6 +39,11 @@ type SnapshotInfo struct {
 	// Incomplete is true while the layer is being received by a rebuild
 	// (BeginLayer ... CommitLayer).
 	Incomplete bool `json:"incomplete,omitempty"`
+	// Size is the volume size when the snapshot was taken: a snapshot
+	// taken before a Grow keeps the smaller size, and reads of the volume
+	// past it find no data in this layer. Info always reports it; a
+	// rebuild passes it on to the target.
+	Size int64 `json:"size,omitempty"`
 }
 
 // Info is the replica's state as reported by Replica.Info and Client.Info.

@@ -33,7 +33,7 @@ replicas and is acknowledged when all of them have it; reads go to the healthies
       --token-file /run/cairn/pvc-1.token --frontend nbd --listen unix:/run/cairn/pvc-1.nbd \
       --control unix:/run/cairn/pvc-1.ctl
 
-The control endpoint serves /v1/status, /v1/snapshots, /v1/replicas and /metrics.`,
+The control endpoint serves /v1/status, /v1/snapshots, /v1/replicas, /v1/size (grow) and /metrics.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			n, err := parseVolumeSize(size)
 			if err != nil {

@@ -135,6 +135,11 @@ func Run(ctx context.Context, o Options) error {
 			return err
 		}
 		v.SetAttachedCheck(func() bool { return m.OpenCount() > 0 })
+		v.SetGrowHook(func(size int64) {
+			if err := m.NotifySize(); err != nil {
+				log.Info("Size change not signalled to the kernel", "size", size, "err", err.Error())
+			}
+		})
 		stopFrontend = func() {
 			if err := m.Unmount(); err != nil {
 				log.Info("Unmount failed", "err", err.Error())

@@ -13,4 +13,10 @@
 //	fsync, fdatasync    -> Flush
 //	fallocate PUNCH_HOLE -> Trim, ZERO_RANGE -> WriteZeroes, plain -> no-op
 //	truncate            -> refused unless to the current size
+//
+// The file's size is the backend's: after the engine grows the volume,
+// Mount.NotifySize drops the kernel's cached attributes so stat sees the
+// new size at once, and RefreshLoopCapacity makes a loop device on the file
+// take it (LOOP_SET_CAPACITY), after which the file system on it can be
+// grown online.
 package fuse

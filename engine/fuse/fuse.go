@@ -83,6 +83,17 @@ func MountVolume(dir, name string, b engine.Backend, opts Options) (*Mount, erro
 // Path is the volume file's path.
 func (m *Mount) Path() string { return filepath.Join(m.dir, m.name) }
 
+// NotifySize makes the kernel drop its cached attributes of the volume
+// file, so the next stat (and a loop device's capacity refresh after it,
+// RefreshLoopCapacity) sees the backend's current size: after a grow the
+// size is otherwise stale for up to the attribute timeout.
+func (m *Mount) NotifySize() error {
+	if errno := m.file.NotifyContent(-1, 0); errno != 0 {
+		return fmt.Errorf("fuse: invalidate attributes of %s: %w", m.Path(), errno)
+	}
+	return nil
+}
+
 // Wait blocks until the file system is unmounted.
 func (m *Mount) Wait() { m.server.Wait() }
 

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
 	"strings"
 	"time"
@@ -84,6 +85,36 @@ func backedBy(info *unix.LoopInfo64, file string) bool {
 	}
 	name := string(bytes.TrimRight(info.File_name[:], "\x00"))
 	return name != "" && strings.HasPrefix(file, name)
+}
+
+// RefreshLoopCapacity makes loop device dev, backed by the volume file
+// file, take the file's current size (LOOP_SET_CAPACITY, `losetup -c`):
+// the node agent calls it after growing a FUSE-served volume, after which
+// `blockdev --getsize64 dev` reports the new size and a file system on it
+// can be grown online (resize2fs). It stats file first, which makes the
+// kernel fetch the size from the engine (the engine invalidates its cached
+// attributes on a grow). Like DetachLoop it acts only on a device still
+// backed by file; otherwise it fails with ErrNotBacked.
+func RefreshLoopCapacity(dev, file string) error {
+	if _, err := os.Stat(file); err != nil {
+		return fmt.Errorf("fuse: refresh %s: %w", dev, err)
+	}
+	fd, err := unix.Open(dev, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("fuse: open %s: %w", dev, err)
+	}
+	defer unix.Close(fd)
+	info, err := unix.IoctlLoopGetStatus64(fd)
+	if err != nil {
+		return fmt.Errorf("fuse: status of %s: %w", dev, err)
+	}
+	if !backedBy(info, file) {
+		return fmt.Errorf("%w: %s is not backed by %s", ErrNotBacked, dev, file)
+	}
+	if err := unix.IoctlSetInt(fd, unix.LOOP_SET_CAPACITY, 0); err != nil {
+		return fmt.Errorf("fuse: set capacity of %s: %w", dev, err)
+	}
+	return nil
 }
 
 // LoopDevicesFor lists the loop devices backed by file.

@@ -28,6 +28,11 @@
 // READ then carry no payload); otherwise simple replies are used and a failed
 // READ is followed by length bytes of filler as the protocol requires.
 //
+// The export size is read from the Backend at each handshake, so a
+// connection made after the volume grew sees the new size. NBD cannot
+// resize a live connection: a connected client keeps the size it
+// negotiated until it reconnects.
+//
 // Invalid requests (out of range, oversized, unknown command) get an errno
 // reply and the connection stays up; a malformed handshake or request magic
 // closes only that connection.
