@@ -23,6 +23,9 @@ import (
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	kstatus "sigs.k8s.io/cli-utils/pkg/kstatus/status"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	cairnv1 "github.com/cairnstore/cairn/api/v1alpha1"
@@ -129,6 +132,15 @@ func TestReplicaAndEngineLifecycle(t *testing.T) {
 		}
 	})
 	require.NotContains(t, cmdline(t, int(e.Status.PID)), token)
+	assertCurrent(t, e)
+	for _, r := range reps {
+		var rep cairnv1.Replica
+		require.NoError(t, k8s.Get(ctx, client.ObjectKey{Name: r}, &rep))
+		assertCurrent(t, &rep)
+	}
+	var cn cairnv1.CairnNode
+	require.NoError(t, k8s.Get(ctx, client.ObjectKey{Name: nodeName}, &cn))
+	assertCurrent(t, &cn)
 	data := pattern(1 << 20)
 	directWrite(t, e.Status.Endpoint, data, 4<<20)
 	require.Equal(t, data, directRead(t, e.Status.Endpoint, len(data), 4<<20))
@@ -324,6 +336,17 @@ func waitEngine(t *testing.T, name string, check func(*assert.CollectT, *cairnv1
 		}
 	}, wait, tick)
 	return &e
+}
+
+// assertCurrent checks that kstatus, as Flux and Argo CD use it, computes
+// Current for obj.
+func assertCurrent(t *testing.T, obj client.Object) {
+	t.Helper()
+	u, err := runtime.DefaultUnstructuredConverter.ToUnstructured(obj)
+	require.NoError(t, err)
+	res, err := kstatus.Compute(&unstructured.Unstructured{Object: u})
+	require.NoError(t, err)
+	require.Equal(t, kstatus.CurrentStatus, res.Status, "%s: %s", obj.GetName(), res.Message)
 }
 
 // assertReady checks kstatus Current: Ready=True, no Reconciling/Stalled,
