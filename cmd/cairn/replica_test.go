@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -91,7 +90,8 @@ func dialWhenUp(t *testing.T, p *replicaProc, addr, token string) *replica.Clien
 
 // TestReplicaCommand runs `cairn replica` as the node does: it creates the
 // replica, serves I/O to the right token only, stops cleanly on SIGTERM,
-// keeps the data across restarts and refuses a size mismatch clearly.
+// keeps the data across restarts, and grows (never shrinks) to a larger
+// --size, as the node agent restarts it after a volume grew.
 func TestReplicaCommand(t *testing.T) {
 	tmp := t.TempDir()
 	dir := filepath.Join(tmp, "data")
@@ -130,15 +130,19 @@ func TestReplicaCommand(t *testing.T) {
 	}
 	c.Close()
 
-	// another size for the same directory: a clear error, non-zero exit
-	bad := startReplica(t, "--dir", dir, "--size", "8Mi", "--listen", addr, "--token-file", tokenFile)
-	err = bad.wait(t, 30*time.Second)
-	var ee *exec.ExitError
-	require.True(t, errors.As(err, &ee), "want a non-zero exit, got %v", err)
-	msg := bad.stderr.String()
-	require.Contains(t, msg, "size mismatch")
-	require.Contains(t, msg, "4194304")
-	require.Contains(t, msg, "8388608")
+	// a larger size grows the replica, keeping the data
+	grown := startReplica(t, "--dir", dir, "--size", "8Mi", "--listen", addr, "--token-file", tokenFile)
+	c = dialWhenUp(t, grown, addr, testVolumeToken)
+	in, err = c.Info(ctx)
+	require.NoError(t, err)
+	require.EqualValues(t, 8<<20, in.Size)
+	clear(got)
+	_, err = c.ReadAt(ctx, got, 12345)
+	require.NoError(t, err)
+	require.Equal(t, data, got)
+	c.Close()
+	require.NoError(t, grown.cmd.Process.Signal(syscall.SIGTERM))
+	require.NoError(t, grown.wait(t, 30*time.Second), "stderr:\n%s", grown.stderr)
 
 	// missing flags, an empty, weak or world-readable token file are refused too
 	weak := filepath.Join(tmp, "weak")
@@ -165,9 +169,12 @@ func TestReplicaCommand(t *testing.T) {
 		require.NotContains(t, stderr, testVolumeToken)
 	}
 
-	// restart with the same size: the flushed data is there
+	// restart with the old size: no shrink, the flushed data is there
 	p = startReplica(t, args...)
 	c = dialWhenUp(t, p, addr, testVolumeToken)
+	in, err = c.Info(ctx)
+	require.NoError(t, err)
+	require.EqualValues(t, 8<<20, in.Size)
 	clear(got)
 	_, err = c.ReadAt(ctx, got, 12345)
 	require.NoError(t, err)
