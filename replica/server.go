@@ -104,7 +104,7 @@ func authMAC(token []byte, side string, sNonce, cNonce []byte) []byte {
 // answers with its own nonce and an HMAC-SHA256 over both keyed by the
 // token, and the server proves knowledge of the token in return. The token
 // itself never crosses the wire.
-func (s *Server) serverHandshake(c net.Conn) error {
+func (s *Server) serverHandshake(c net.Conn, authed func()) error {
 	c.SetDeadline(time.Now().Add(handshakeTimeout))
 	defer c.SetDeadline(time.Time{})
 	hello := make([]byte, 12+nonceSize)
@@ -132,6 +132,9 @@ func (s *Server) serverHandshake(c net.Conn) error {
 		c.Write(reply)
 		return ErrAuth
 	}
+	// The connection stops counting as unauthenticated before the client
+	// learns it is in, so the client never sees its own slot still taken.
+	authed()
 	reply := append([]byte{0}, authMAC(s.token, "server", sNonce, cNonce)...)
 	_, err := c.Write(reply)
 	return err
@@ -146,13 +149,12 @@ type response struct {
 }
 
 func (s *Server) serveConn(c net.Conn, authed func()) error {
-	if err := s.serverHandshake(c); err != nil {
+	if err := s.serverHandshake(c, authed); err != nil {
 		if errors.Is(err, ErrAuth) {
 			s.authLog.Log("Replica connection refused: bad token", "remote", c.RemoteAddr().String())
 		}
 		return err
 	}
-	authed()
 	budget := netx.NewBudget(s.connBytes)
 	unhold := func(n int64) {
 		budget.Release(n)
