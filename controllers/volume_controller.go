@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -120,9 +121,9 @@ func (r *VolumeReconciler) resolvePolicy(ctx context.Context, s *volumeScope) (c
 	}
 	eff, err := policies.EffectivePolicy(s.vol, list.Items)
 	st := &s.vol.Status
-	missing := errors.Is(err, policies.ErrPolicyNotFound)
+	missing := lastPolicyDeleted(s.vol, eff, err, list.Items)
 	switch {
-	case missing && st.EffectivePolicy == string(s.vol.Spec.PolicyRef):
+	case missing:
 		eff = policies.Effective{Policy: st.EffectivePolicy, Source: policies.FromPolicyRef, Replicas: -1, Spread: v1.SpreadNode, ReplenishWait: policies.DefaultReplenishWait}
 	case err != nil:
 		s.out = outcome{stalled: true, reason: "PolicyNotFound", message: err.Error()}
@@ -135,6 +136,20 @@ func (r *VolumeReconciler) resolvePolicy(ctx context.Context, s *volumeScope) (c
 	s.eff = eff
 	st.EffectivePolicy = eff.Policy
 	return ctrl.Result{}, nil
+}
+
+// lastPolicyDeleted reports whether the policy the volume last ran under is
+// gone and nothing else took its place: its policyRef names it, or no
+// other policy's selector matches.
+func lastPolicyDeleted(vol *v1.Volume, eff policies.Effective, err error, all []v1.VolumePolicy) bool {
+	last := vol.Status.EffectivePolicy
+	if last == "" || slices.ContainsFunc(all, func(p v1.VolumePolicy) bool { return p.Name == last }) {
+		return false
+	}
+	if errors.Is(err, policies.ErrPolicyNotFound) {
+		return string(vol.Spec.PolicyRef) == last
+	}
+	return err == nil && eff.Source == policies.FromNone
 }
 
 // loadState reads the volume's replicas, engine and the nodes.

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	ctrl "sigs.k8s.io/controller-runtime"
 
 	v1 "github.com/cairnstore/cairn/api/v1alpha1"
@@ -114,10 +116,26 @@ func (s *volumeScope) finishStatus(err error) {
 		o = outcome{reason: "Replicating", message: fmt.Sprintf("%d of %d replicas healthy", countHealthy(st.Replicas), s.eff.Replicas)}
 	case st.State == v1.VolumeAttaching || st.State == v1.VolumeDetaching:
 		o = outcome{reason: string(st.State), message: fmt.Sprintf("volume is %s", st.State)}
+	case s.engineWorking() != nil:
+		c := s.engineWorking()
+		o = outcome{reason: c.Reason, message: "engine: " + c.Message}
 	default:
 		o = outcome{ready: true, reason: string(st.State), message: fmt.Sprintf("%d healthy replicas, %s", len(st.Replicas), st.State)}
 	}
 	setConditions(&st.Conditions, &st.ObservedGeneration, s.vol.Generation, o)
+}
+
+// engineWorking is the engine's Reconciling condition while it is true
+// (growing, rebuilding, changing members), else nil.
+func (s *volumeScope) engineWorking() *metav1.Condition {
+	if s.engine == nil {
+		return nil
+	}
+	c := meta.FindStatusCondition(s.engine.Status.Conditions, v1.ConditionReconciling)
+	if c == nil || c.Status != metav1.ConditionTrue {
+		return nil
+	}
+	return c
 }
 
 func countHealthy(reps []v1.VolumeReplicaStatus) int {

@@ -31,9 +31,13 @@
 // Detached), Starting, Running (the port accepts connections; Ready=True) or
 // Error (exited, restarting with backoff 1s doubling to 30s, reset after a
 // minute of stable running); status.pid and status.restarts describe the
-// child. A changed spec.size is not applied (the replica cannot resize yet):
-// the replica keeps its creation size and reports Reconciling reason
-// ResizePending; the same holds for a running Engine. Deleting the Replica
+// child. A replica keeps the size it was created with on the command line;
+// a volume grows through its engine, which grows every member (and a
+// smaller member when it opens), so a restarted replica opens at its grown
+// size (Reconciling reason ResizePending while a larger spec.size waits for
+// that). A running Engine whose spec.size grows is grown online
+// (ControlClient.Grow, then fuse.RefreshLoopCapacity on the loop device;
+// Reconciling reason Growing meanwhile). Deleting the Replica
 // stops the child, deletes DIR/replicas/R and its state, then removes the
 // finalizer.
 //

@@ -25,6 +25,7 @@ import (
 
 	cairnv1 "github.com/cairnstore/cairn/api/v1alpha1"
 	"github.com/cairnstore/cairn/engine"
+	"github.com/cairnstore/cairn/engine/fuse"
 	"github.com/cairnstore/cairn/internal/secretfile"
 )
 
@@ -131,6 +132,7 @@ func (r *EngineReconciler) reconcile(ctx context.Context, s *engineScope) (ctrl.
 		r.reconcileProcess,
 		r.reconcileControl,
 		r.reconcileFrontend,
+		r.reconcileSize,
 		r.reconcileMembers,
 	}
 	var res ctrl.Result
@@ -265,6 +267,37 @@ func (r *EngineReconciler) reconcileFrontend(ctx context.Context, s *engineScope
 		log.FromContext(ctx).Info("Volume exposed", "endpoint", dev, "frontend", s.frontend)
 	}
 	s.endpoint = dev
+	return ctrl.Result{}, nil
+}
+
+// reconcileSize grows a running engine to a larger spec.size online: the
+// engine grows its replicas under its I/O barrier, then the loop device
+// takes the new capacity (a connected NBD client keeps the size it
+// negotiated until it reconnects). Restarts use the grown size. A smaller
+// spec.size is never applied: volumes do not shrink.
+func (r *EngineReconciler) reconcileSize(ctx context.Context, s *engineScope) (ctrl.Result, error) {
+	want := s.obj.Spec.Size.Value()
+	if s.status.Size >= want {
+		return ctrl.Result{}, nil
+	}
+	cl, err := r.control(s.obj.Name, s.tokenFile)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	if err := cl.Grow(ctx, want); err != nil {
+		return ctrl.Result{}, fmt.Errorf("grow to %d bytes: %w", want, err)
+	}
+	r.mu.Lock()
+	r.sizes[s.obj.Name] = want
+	r.mu.Unlock()
+	if s.frontend != frontendNBD {
+		if err := fuse.RefreshLoopCapacity(s.endpoint, r.Agent.volumeFile(s.obj.Name)); err != nil {
+			return ctrl.Result{}, err
+		}
+	}
+	s.status.Size = want
+	log.FromContext(ctx).Info("Volume grown online", "size", want)
+	r.Agent.recorder.Eventf(s.obj, nil, corev1.EventTypeNormal, "Grown", "Grow", "volume grown to %s online", s.obj.Spec.Size.String())
 	return ctrl.Result{}, nil
 }
 

@@ -49,8 +49,8 @@ func engineHealth(s *engineScope, poll time.Duration) (health, string, ctrl.Resu
 		return health{reconciling: true, reason: "Starting", message: "waiting for the engine to open the volume"}, stateStarting, ctrl.Result{}
 	case s.memberErr != nil:
 		return health{ready: true, reconciling: true, reason: "ReplicaChangePending", message: s.memberErr.Error()}, stateRunning, ctrl.Result{}
-	case s.status.Size != s.obj.Spec.Size.Value():
-		return health{ready: true, reconciling: true, reason: "ResizePending", message: fmt.Sprintf("the engine serves %d bytes; resizing to %s online is not supported by the data plane yet", s.status.Size, s.obj.Spec.Size.String())}, stateRunning, ctrl.Result{RequeueAfter: poll}
+	case s.status.Size < s.obj.Spec.Size.Value():
+		return health{ready: true, reconciling: true, reason: "Growing", message: fmt.Sprintf("the engine serves %d bytes, growing to %s", s.status.Size, s.obj.Spec.Size.String())}, stateRunning, ctrl.Result{RequeueAfter: min(poll, time.Second)}
 	case len(s.pending) > 0 || s.obj.Status.RebuildProgress > 0 || rebuilding(s.status):
 		return health{ready: true, reconciling: true, reason: "Rebuilding", message: membersMessage(s)}, stateRunning, ctrl.Result{RequeueAfter: min(poll, time.Second)}
 	}

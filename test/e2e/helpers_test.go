@@ -1,0 +1,235 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"sigs.k8s.io/cli-utils/pkg/kstatus/status"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	v1 "github.com/cairnstore/cairn/api/v1alpha1"
+)
+
+var bg = context.Background()
+
+const wait, tick = 3 * time.Minute, 250 * time.Millisecond
+
+func createPolicy(t *testing.T, name, app string, replicas int32) *v1.VolumePolicy {
+	t.Helper()
+	p := &v1.VolumePolicy{ObjectMeta: metav1.ObjectMeta{Name: name}}
+	p.Spec.Replicas = replicas
+	p.Spec.ReplenishWait = &metav1.Duration{Duration: 5 * time.Second}
+	p.Spec.Selector = &metav1.LabelSelector{MatchLabels: map[string]string{"app": app}}
+	require.NoError(t, k8s.Create(bg, p))
+	return p
+}
+
+func createVolume(t *testing.T, name, app, size string) {
+	t.Helper()
+	v := &v1.Volume{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"app": app}}}
+	v.Spec.Size = resource.MustParse(size)
+	require.NoError(t, k8s.Create(bg, v))
+}
+
+func getVolume(t assert.TestingT, name string) *v1.Volume {
+	v := &v1.Volume{}
+	assert.NoError(t, k8s.Get(bg, client.ObjectKey{Name: name}, v))
+	return v
+}
+
+// waitVolume waits until the volume is Ready, kstatus-Current, healthy with
+// n replicas on n nodes, in state, and returns it.
+func waitVolume(t *testing.T, name string, state v1.VolumeState, n int) *v1.Volume {
+	t.Helper()
+	var v *v1.Volume
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		v = getVolume(c, name)
+		assert.Equal(c, state, v.Status.State)
+		assert.Equal(c, v1.RobustnessHealthy, v.Status.Robustness)
+		assert.Len(c, v.Status.Replicas, n)
+		assert.Len(c, replicaNodes(v), n, "two replicas share a node")
+		assert.True(c, meta.IsStatusConditionTrue(v.Status.Conditions, v1.ConditionReady))
+		assert.True(c, current(c, v), "kstatus not Current")
+	}, wait, tick)
+	return v
+}
+
+func replicaNodes(v *v1.Volume) map[string]bool {
+	out := map[string]bool{}
+	for _, r := range v.Status.Replicas {
+		out[r.Node] = true
+	}
+	return out
+}
+
+func current(t assert.TestingT, obj client.Object) bool {
+	u, err := runtime.DefaultUnstructuredConverter.ToUnstructured(obj)
+	if !assert.NoError(t, err) {
+		return false
+	}
+	res, err := status.Compute(&unstructured.Unstructured{Object: u})
+	return assert.NoError(t, err) && res.Status == status.CurrentStatus
+}
+
+func patchVolume(t *testing.T, name string, mutate func(*v1.Volume)) {
+	t.Helper()
+	v := getVolume(t, name)
+	p := client.MergeFrom(v.DeepCopy())
+	mutate(v)
+	require.NoError(t, k8s.Patch(bg, v, p))
+}
+
+func patchPolicy(t *testing.T, name string, mutate func(*v1.VolumePolicy)) {
+	t.Helper()
+	p := &v1.VolumePolicy{}
+	require.NoError(t, k8s.Get(bg, client.ObjectKey{Name: name}, p))
+	patch := client.MergeFrom(p.DeepCopy())
+	mutate(p)
+	require.NoError(t, k8s.Patch(bg, p, patch))
+}
+
+// attach sets spec.nodeID and waits for an attached, healthy volume whose
+// endpoint is a block device.
+func attach(t *testing.T, name, node string, replicas int) string {
+	t.Helper()
+	patchVolume(t, name, func(v *v1.Volume) { v.Spec.NodeID = node })
+	v := waitVolume(t, name, v1.VolumeAttached, replicas)
+	require.Equal(t, node, v.Status.AttachedNode)
+	st, err := os.Stat(v.Status.Endpoint)
+	require.NoError(t, err)
+	require.NotZero(t, st.Mode()&os.ModeDevice, "%s is not a device", v.Status.Endpoint)
+	return v.Status.Endpoint
+}
+
+func detach(t *testing.T, name string, replicas int) {
+	t.Helper()
+	patchVolume(t, name, func(v *v1.Volume) { v.Spec.NodeID = "" })
+	waitVolume(t, name, v1.VolumeDetached, replicas)
+}
+
+// fioJob is one region of a volume written and verified with crc32c.
+type fioJob struct{ offset, size string }
+
+func (j fioJob) args(dev string) []string {
+	return []string{"--name=e2e-" + j.offset, "--filename=" + dev, "--ioengine=psync", "--direct=1",
+		"--rw=randwrite", "--bs=4k", "--offset=" + j.offset, "--size=" + j.size,
+		"--randrepeat=1", "--verify=crc32c", "--verify_fatal=1", "--do_verify=1"}
+}
+
+// write writes the region and verifies it.
+func (j fioJob) write(t *testing.T, dev string) {
+	t.Helper()
+	runFio(t, j.args(dev))
+}
+
+// verify re-reads the region and checks what write left.
+func (j fioJob) verify(t *testing.T, dev string) {
+	t.Helper()
+	runFio(t, append(j.args(dev), "--verify_only"))
+}
+
+func runFio(t *testing.T, args []string) {
+	t.Helper()
+	out, err := exec.Command("fio", args...).CombinedOutput()
+	require.NoError(t, err, "fio %s:\n%s", strings.Join(args, " "), out)
+	require.NotContains(t, string(out), "verify: bad", "fio found corrupt data")
+}
+
+// procs lists the pids of live processes of this suite (their command line
+// names its data directory) whose command line contains every one of words.
+func procs(words ...string) []int {
+	words = append(words, dataDir)
+	var out []int
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil || len(b) == 0 || zombie(pid) {
+			continue
+		}
+		line := strings.ReplaceAll(string(b), "\x00", " ")
+		all := true
+		for _, w := range words {
+			all = all && strings.Contains(line, w)
+		}
+		if all {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+func zombie(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	return len(f) == 0 || f[0] == "Z"
+}
+
+// childrenOf lists the live direct children of pid.
+func childrenOf(pid int) []int {
+	var out []int
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		s := string(b)
+		f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+		if len(f) > 1 && f[0] != "Z" && f[1] == strconv.Itoa(pid) {
+			child, _ := strconv.Atoi(e.Name())
+			out = append(out, child)
+		}
+	}
+	return out
+}
+
+func replicaObjects(t assert.TestingT, volume string) []v1.Replica {
+	var list v1.ReplicaList
+	assert.NoError(t, k8s.List(bg, &list, client.MatchingLabels{v1.LabelVolume: volume}))
+	return list.Items
+}
+
+func metaName(name string) metav1.ObjectMeta { return metav1.ObjectMeta{Name: name} }
+
+func itoa(i int) string { return strconv.Itoa(i) }
+
+// allProcs lists every live process.
+func allProcs() []int {
+	var out []int
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		if pid, err := strconv.Atoi(e.Name()); err == nil {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// deviceSize is a block device's size in bytes, as blockdev reports it.
+func deviceSize(t assert.TestingT, dev string) string {
+	out, err := exec.Command("blockdev", "--getsize64", dev).Output()
+	assert.NoError(t, err)
+	return strings.TrimSpace(string(out))
+}

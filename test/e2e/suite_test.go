@@ -1,0 +1,197 @@
+// Package e2e runs Cairn end to end: `cairn dev` with real node agents,
+// `cairn replica` and `cairn engine` processes on temporary directories,
+// FUSE-backed loop devices and fio against them.
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/client-go/tools/clientcmd"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	v1 "github.com/cairnstore/cairn/api/v1alpha1"
+	"github.com/cairnstore/cairn/controllers"
+	"github.com/cairnstore/cairn/internal/testutil"
+)
+
+// The suite's cluster: `cairn dev` with suiteNodes node agents.
+var (
+	k8s     client.Client
+	dataDir string
+	devOut  *os.File
+)
+
+const suiteNodes = 4
+
+func TestMain(m *testing.M) {
+	os.Exit(runSuite(m))
+}
+
+func runSuite(m *testing.M) int {
+	ctrl.SetLogger(logr.Discard())
+	if why := missing(); why != "" {
+		fmt.Fprintln(os.Stderr, "e2e:", why)
+		if testutil.OnCI() {
+			return 1
+		}
+		fmt.Fprintln(os.Stderr, "skipping the end-to-end suite (not on CI)")
+		return 0
+	}
+	tmp, err := os.MkdirTemp("", "cairn-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(tmp)
+	dataDir = filepath.Join(tmp, "dev")
+	stop, err := startDev(tmp)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err)
+		return 1
+	}
+	code := m.Run()
+	if err := stop(); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e: stop cairn dev:", err)
+		code = 1
+	}
+	return code
+}
+
+// missing names what the suite cannot run without, or "".
+func missing() string {
+	if os.Geteuid() != 0 {
+		return "needs root (loop devices, FUSE)"
+	}
+	for _, tool := range []string{"etcd", "kube-apiserver", "kube-controller-manager"} {
+		if _, err := os.Stat(filepath.Join(testutil.BinDir(), tool)); err != nil {
+			return tool + " not built: run `make tools`"
+		}
+	}
+	for _, tool := range []string{"fio", "losetup"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return tool + " not installed: run hack/install-deps.sh"
+		}
+	}
+	return ""
+}
+
+// startDev builds cairn, starts `cairn dev` and waits until every node is
+// Ready; the returned func stops it with SIGINT as a user would.
+func startDev(tmp string) (func() error, error) {
+	bin := filepath.Join(tmp, "cairn")
+	build := exec.Command("go", "build", "-o", bin, "./cmd/cairn")
+	build.Dir = testutil.RepoRoot()
+	if out, err := build.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("go build: %v: %s", err, out)
+	}
+	var err error
+	if devOut, err = os.Create(filepath.Join(tmp, "dev.log")); err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(bin, "dev", "--data-dir", dataDir, "--bin-dir", testutil.BinDir(),
+		"--samples=false", "--nodes", fmt.Sprint(suiteNodes))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	cmd.Stderr = devOut
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	stop := func() error {
+		_ = cmd.Process.Signal(syscall.SIGINT)
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		select {
+		case err := <-done:
+			return err
+		case <-time.After(2 * time.Minute):
+			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			return fmt.Errorf("cairn dev did not stop within 2 minutes of SIGINT")
+		}
+	}
+	kubeconfig, err := waitReady(stdout)
+	if err == nil {
+		err = connect(kubeconfig)
+	}
+	if err != nil {
+		_ = stop()
+		return nil, fmt.Errorf("%w (log: %s)", err, devOut.Name())
+	}
+	return stop, nil
+}
+
+// waitReady reads dev's output until it says it runs, and returns the
+// kubeconfig it printed.
+func waitReady(stdout interface{ Read([]byte) (int, error) }) (string, error) {
+	ready := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		kubeconfig := ""
+		for sc.Scan() {
+			line := sc.Text()
+			fmt.Fprintln(devOut, line)
+			if f := strings.Fields(line); len(f) == 2 && f[0] == "kubeconfig" {
+				kubeconfig = f[1]
+			}
+			if strings.HasPrefix(line, "Press Ctrl-C to stop.") {
+				ready <- kubeconfig
+			}
+		}
+		close(ready)
+	}()
+	select {
+	case kc, ok := <-ready:
+		if !ok {
+			return "", fmt.Errorf("cairn dev exited before it was ready")
+		}
+		return kc, nil
+	case <-time.After(5 * time.Minute):
+		return "", fmt.Errorf("cairn dev not ready after 5 minutes")
+	}
+}
+
+// connect makes the suite's client and waits for every node to be Ready.
+func connect(kubeconfig string) error {
+	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		return err
+	}
+	if k8s, err = client.New(cfg, client.Options{Scheme: controllers.NewScheme()}); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	for {
+		var nodes v1.CairnNodeList
+		if err := k8s.List(ctx, &nodes); err == nil {
+			ready := 0
+			for _, n := range nodes.Items {
+				if meta.IsStatusConditionTrue(n.Status.Conditions, v1.ConditionReady) {
+					ready++
+				}
+			}
+			if ready == suiteNodes {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%d nodes not Ready within 2 minutes", suiteNodes)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
