@@ -161,7 +161,7 @@ func TestNodeLossReplenish(t *testing.T) {
 	dev := attach(t, vol, attachTo, 3)
 	region1.write(t, dev)
 
-	agents := procs("node --name "+lost+" ")
+	agents := procs("node --name " + lost + " ")
 	require.Len(t, agents, 1, "agent of %s", lost)
 	kill := append(childrenOf(agents[0]), agents[0])
 	for _, pid := range kill {
