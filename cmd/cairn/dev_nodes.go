@@ -76,12 +76,13 @@ func startDevNode(exe, name, dir, zone, kubeconfig string) (*devNode, error) {
 }
 
 // stopDevNodes asks every agent to stop its children and exit (SIGTERM),
-// and kills those still running after 30 seconds.
+// and kills those still running after 90 seconds (an agent takes up to a
+// minute to flush and stop its children).
 func stopDevNodes(nodes []*devNode) {
 	for _, n := range nodes {
 		_ = n.cmd.Process.Signal(syscall.SIGTERM)
 	}
-	deadline := time.After(30 * time.Second)
+	deadline := time.After(90 * time.Second)
 	for _, n := range nodes {
 		select {
 		case <-n.done:
