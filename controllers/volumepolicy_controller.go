@@ -9,6 +9,7 @@ import (
 	storagev1 "k8s.io/api/storage/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
@@ -178,12 +179,33 @@ func (r *VolumePolicyReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&v1.VolumePolicy{}).
 		Owns(&storagev1.StorageClass{}).
-		Watches(&v1.Volume{}, handler.EnqueueRequestsFromMapFunc(func(_ context.Context, o client.Object) []reconcile.Request {
-			name := o.(*v1.Volume).Status.EffectivePolicy
-			if name == "" {
-				return nil
-			}
-			return []reconcile.Request{{NamespacedName: client.ObjectKey{Name: name}}}
-		})).
+		Watches(&v1.Volume{}, handler.EnqueueRequestsFromMapFunc(r.policiesOfVolume)).
 		Complete(r)
+}
+
+// policiesOfVolume enqueues the volume's effective policy and every policy
+// whose selector matches it: their counts or ties may have changed.
+func (r *VolumePolicyReconciler) policiesOfVolume(ctx context.Context, o client.Object) []reconcile.Request {
+	vol := o.(*v1.Volume)
+	var pols v1.VolumePolicyList
+	if err := r.List(ctx, &pols); err != nil {
+		log.FromContext(ctx).Error(err, "List policies for a volume change")
+		return nil
+	}
+	var out []reconcile.Request
+	for _, p := range pols.Items {
+		if p.Name == vol.Status.EffectivePolicy || selects(&p, vol) {
+			out = append(out, reconcile.Request{NamespacedName: client.ObjectKey{Name: p.Name}})
+		}
+	}
+	return out
+}
+
+// selects reports whether p's selector matches vol's labels.
+func selects(p *v1.VolumePolicy, vol *v1.Volume) bool {
+	if p.Spec.Selector == nil {
+		return false
+	}
+	sel, err := metav1.LabelSelectorAsSelector(p.Spec.Selector)
+	return err == nil && !sel.Empty() && sel.Matches(labels.Set(vol.Labels))
 }
