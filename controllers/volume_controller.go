@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -79,6 +80,7 @@ func (r *VolumeReconciler) Reconcile(ctx context.Context, req ctrl.Request) (res
 	defer func() {
 		if s.vol.DeletionTimestamp.IsZero() {
 			s.finishStatus(err)
+			r.recordChanges(ctx, orig, vol)
 		}
 		if perr := r.Status().Patch(ctx, vol, client.MergeFrom(orig)); perr != nil && !apierrors.IsNotFound(perr) {
 			err = errors.Join(err, perr)
@@ -88,6 +90,32 @@ func (r *VolumeReconciler) Reconcile(ctx context.Context, req ctrl.Request) (res
 		return r.reconcileDelete(ctx, s)
 	}
 	return runPhases(ctx, s, r.resolvePolicy, r.loadState, r.ensureToken, r.ensureReplicas, r.ensureEngine, r.observe)
+}
+
+// recordChanges emits an event and a log line when the volume's robustness
+// or state changes: what an operator watching it cares about.
+func (r *VolumeReconciler) recordChanges(ctx context.Context, before, after *v1.Volume) {
+	b, a := before.Status, after.Status
+	if a.Robustness != b.Robustness && a.Robustness != "" {
+		kind := corev1.EventTypeNormal
+		if a.Robustness != v1.RobustnessHealthy {
+			kind = corev1.EventTypeWarning
+		}
+		r.Recorder.Eventf(after, nil, kind, "Robustness"+strings.ToUpper(string(a.Robustness[:1]))+string(a.Robustness[1:]), "Observe",
+			"volume is %s: %d of %d replicas healthy", a.Robustness, countHealthy(a.Replicas), len(a.Replicas))
+		log.FromContext(ctx).Info("Volume robustness changed", "from", b.Robustness, "to", a.Robustness)
+	}
+	if a.State != b.State && a.State != "" {
+		r.Recorder.Eventf(after, nil, corev1.EventTypeNormal, string(a.State), "Observe", "volume is %s%s", a.State, onNode(a.AttachedNode))
+		log.FromContext(ctx).Info("Volume state changed", "from", b.State, "to", a.State, "node", a.AttachedNode)
+	}
+}
+
+func onNode(node string) string {
+	if node == "" {
+		return ""
+	}
+	return " on " + node
 }
 
 // runPhases runs phases in order, stopping at the first error or terminal

@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
 	storagev1 "k8s.io/api/storage/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -197,6 +198,20 @@ func TestVolumeLifecycle(t *testing.T) {
 		assert.Equal(c, "/dev/loop42", v.Status.Endpoint)
 		assert.Equal(c, "lc-2", v.Status.AttachedNode)
 		assert.True(c, ready(v.Status.Conditions))
+	}, wait, tick)
+
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		var evs eventsv1.EventList
+		assert.NoError(c, k8s.List(bg, &evs))
+		reasons := map[string]bool{}
+		for _, e := range evs.Items {
+			if e.Regarding.Name == vol.Name {
+				reasons[e.Reason] = true
+			}
+		}
+		for _, r := range []string{"ReplicaScheduled", "Attaching", "Attached", "RobustnessHealthy"} {
+			assert.True(c, reasons[r], "no %s event for the volume (have %v)", r, reasons)
+		}
 	}, wait, tick)
 
 	attach(t, vol.Name, "")
