@@ -44,6 +44,7 @@ func Setup(mgr ctrl.Manager) error {
 		&CairnNodeReconciler{Client: c},
 		&VolumeReconciler{Client: c, Recorder: mgr.GetEventRecorder("cairn-volume")},
 		&VolumePolicyReconciler{Client: c},
+		&BackupTargetReconciler{Client: c, Recorder: mgr.GetEventRecorder("cairn-backuptarget")},
 	} {
 		if err := r.SetupWithManager(mgr); err != nil {
 			return err

@@ -30,6 +30,19 @@ type BackupSpec struct {
 	// +kubebuilder:default=Retain
 	// +kubebuilder:validation:Enum=Retain;Delete
 	DeletePolicy string `json:"deletePolicy,omitempty"`
+
+	// backupID, when set, names a backup that already exists in the target
+	// (volumeName's catalogue): this object describes it and no snapshot is
+	// taken and nothing is uploaded. The BackupTarget controller sets it on
+	// the Backup objects it imports from a target's catalogue (a rebuilt
+	// cluster, another cluster's backups), so `kubectl get backups` shows
+	// what can be restored.
+	// +optional
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[A-Za-z0-9][A-Za-z0-9._-]*$`
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="backupID is immutable"
+	BackupID string `json:"backupID,omitempty"`
 }
 
 // BackupStatus is the observed state of a backup.
@@ -61,6 +74,15 @@ type BackupStatus struct {
 	// completionTime is when the backup became complete.
 	// +optional
 	CompletionTime *metav1.Time `json:"completionTime,omitempty"`
+	// creationTime is when the backup was started, as recorded in the
+	// target; for an imported backup it predates metadata.creationTimestamp.
+	// +optional
+	CreationTime *metav1.Time `json:"creationTime,omitempty"`
+	// size is the volume's size in bytes at the backup (what a restore
+	// writes).
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	Size int64 `json:"size,omitempty"`
 }
 
 // Backup is one backup of a Volume in a BackupTarget.
@@ -71,6 +93,7 @@ type BackupStatus struct {
 // +kubebuilder:printcolumn:name="Target",type=string,JSONPath=`.spec.backupTargetRef`
 // +kubebuilder:printcolumn:name="State",type=string,JSONPath=`.status.state`
 // +kubebuilder:printcolumn:name="Progress",type=integer,JSONPath=`.status.progress`
+// +kubebuilder:printcolumn:name="Backup ID",type=string,JSONPath=`.status.backupID`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type Backup struct {
 	metav1.TypeMeta   `json:",inline"`

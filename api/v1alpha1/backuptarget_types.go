@@ -119,7 +119,11 @@ type BackupTargetStatus struct {
 	// +optional
 	BackupCount int32 `json:"backupCount,omitempty"`
 
-	// storedBytes is the size of every stored block after compression.
+	// storedBytes is the stored (compressed, encrypted) size of the blocks
+	// the listed backups uploaded: the sum of each complete backup's new
+	// bytes as its catalogue records them, read without listing blocks.
+	// Blocks first uploaded by a backup since deleted, but still used by
+	// others, are not counted.
 	// +optional
 	StoredBytes int64 `json:"storedBytes,omitempty"`
 }

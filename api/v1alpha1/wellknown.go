@@ -12,6 +12,8 @@ const (
 	SystemNamespace = "cairn-system"
 	// LabelVolume names the Volume a Replica, Engine or token Secret serves.
 	LabelVolume = "storage.cairn.dev/volume"
+	// LabelBackupTarget names the BackupTarget a Backup object belongs to.
+	LabelBackupTarget = "storage.cairn.dev/backup-target"
 	// FinalizerVolume keeps a Volume until its replicas and engine are gone.
 	FinalizerVolume = "storage.cairn.dev/volume"
 	// FinalizerReplicaData keeps a Replica until its node agent removed its data.

@@ -14,6 +14,8 @@
 //	volumes/<volume>/catalogue                  complete backups of the volume (envelope 'C')
 //	volumes/<volume>/backups/<backup>.manifest  every block of the volume at one backup (envelope 'M')
 //	locks/<lock id>.json                        lock objects with expiry (JSON)
+//	probe/<random hex>                          written, read back and deleted at once by the
+//	                                            BackupTarget controller's probe (never by a read-only user)
 //
 // Nothing else is written (the file target's in-flight ".tmp-*" files are
 // invisible to listing and removed by GC). Listing a volume's backups
