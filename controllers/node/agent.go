@@ -192,6 +192,9 @@ func (a *Agent) Start(ctx context.Context, mgr ctrl.Manager) error {
 	if err := a.cleanupLeftovers(ctx); err != nil {
 		return fmt.Errorf("node agent: clean up after an earlier agent: %w", err)
 	}
+	if err := a.removeOrphans(ctx, mgr.GetAPIReader()); err != nil {
+		return fmt.Errorf("node agent: remove data of deleted replicas: %w", err)
+	}
 	err := mgr.Start(ctx)
 	log.Info("Stopping children")
 	sctx, cancel := context.WithTimeout(context.Background(), 2*stopTimeout)
@@ -225,6 +228,49 @@ func (a *Agent) cleanupLeftovers(ctx context.Context) error {
 		return err
 	}
 	a.unmountAll()
+	return nil
+}
+
+// removeOrphans deletes the data of replicas whose Replica object is gone:
+// the manager replaced them and released them while this node was away.
+// It runs before any reconciler, reading the API server directly, so a
+// replica created meanwhile cannot be mistaken for one.
+func (a *Agent) removeOrphans(ctx context.Context, r client.Reader) error {
+	var list cairnv1.ReplicaList
+	if err := r.List(ctx, &list); err != nil {
+		return err
+	}
+	live := map[string]bool{}
+	for _, rep := range list.Items {
+		live[rep.Name] = true
+	}
+	entries, err := os.ReadDir(a.replicaDir(""))
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if !live[e.Name()] {
+			if err := a.removeReplicaData(ctx, e.Name()); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// removeReplicaData deletes a replica's directory and state file.
+func (a *Agent) removeReplicaData(_ context.Context, name string) error {
+	dir := a.replicaDir(name)
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return fmt.Errorf("delete replica data: %w", err)
+	}
+	if err := os.Remove(a.stateFile(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	a.opts.Log.Info("Replica data deleted", "replica", name, "dir", dir)
 	return nil
 }
 

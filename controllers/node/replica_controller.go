@@ -97,8 +97,13 @@ func (r *ReplicaReconciler) Reconcile(ctx context.Context, req ctrl.Request) (re
 	obj := &cairnv1.Replica{}
 	if err := r.Get(ctx, req.NamespacedName, obj); err != nil {
 		if apierrors.IsNotFound(err) {
-			// Gone without our finalizer (never ours, or already cleaned).
-			return ctrl.Result{}, r.Agent.sup.Stop(ctx, replicaPrefix+req.Name)
+			// Gone without our finalizer: the manager released it while
+			// this node was unreachable. The object is deleted, so its data
+			// goes too.
+			if err := r.Agent.sup.Stop(ctx, replicaPrefix+req.Name); err != nil {
+				return ctrl.Result{}, err
+			}
+			return ctrl.Result{}, r.Agent.removeReplicaData(ctx, req.Name)
 		}
 		return ctrl.Result{}, err
 	}
@@ -218,10 +223,7 @@ func (r *ReplicaReconciler) reconcileDelete(ctx context.Context, obj *cairnv1.Re
 	if err := r.Agent.sup.Stop(ctx, replicaPrefix+obj.Name); err != nil {
 		return err
 	}
-	if err := os.RemoveAll(r.Agent.replicaDir(obj.Name)); err != nil {
-		return fmt.Errorf("delete replica data: %w", err)
-	}
-	if err := os.Remove(r.Agent.stateFile(obj.Name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := r.Agent.removeReplicaData(ctx, obj.Name); err != nil {
 		return err
 	}
 	if err := r.Agent.removeTokenIfUnused(ctx, r.Client, obj.Spec.VolumeName); err != nil {

@@ -28,9 +28,10 @@ import (
 
 // The suite's cluster: `cairn dev` with suiteNodes node agents.
 var (
-	k8s     client.Client
-	dataDir string
-	devOut  *os.File
+	k8s      client.Client
+	dataDir  string
+	devOut   *os.File
+	cairnBin string
 )
 
 const suiteNodes = 4
@@ -91,6 +92,7 @@ func missing() string {
 // Ready; the returned func stops it with SIGINT as a user would.
 func startDev(tmp string) (func() error, error) {
 	bin := filepath.Join(tmp, "cairn")
+	cairnBin = bin
 	build := exec.Command("go", "build", "-o", bin, "./cmd/cairn")
 	build.Dir = testutil.RepoRoot()
 	if out, err := build.CombinedOutput(); err != nil {

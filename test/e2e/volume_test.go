@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -19,8 +20,8 @@ import (
 )
 
 var (
-	region1 = fioJob{offset: "0", size: "48m"}
-	region2 = fioJob{offset: "96m", size: "48m"}
+	region1 = fioJob{offset: "0", size: "16m"}
+	region2 = fioJob{offset: "96m", size: "16m"}
 )
 
 // TestVolumeLifecycle: a policy's volume runs on three nodes; fio verifies
@@ -83,7 +84,7 @@ func TestVolumeLifecycle(t *testing.T) {
 		assert.Equal(c, "536870912", deviceSize(c, dev))
 	}, wait, tick)
 	waitVolume(t, vol, v1.VolumeAttached, 3)
-	fioJob{offset: "400m", size: "48m"}.write(t, dev)
+	fioJob{offset: "400m", size: "16m"}.write(t, dev)
 	region1.verify(t, dev)
 	region2.verify(t, dev)
 
@@ -157,10 +158,13 @@ func TestNodeLossReplenish(t *testing.T) {
 	waitVolume(t, vol, v1.VolumeDetached, 3)
 	v := getVolume(t, vol)
 	attachTo := v.Status.Replicas[0].Node
-	lost := v.Status.Replicas[1].Node
+	lost, lostReplica := v.Status.Replicas[1].Node, v.Status.Replicas[1].Name
 	dev := attach(t, vol, attachTo, 3)
 	region1.write(t, dev)
 
+	lostNode := &v1.CairnNode{}
+	require.NoError(t, k8s.Get(bg, client.ObjectKey{Name: lost}, lostNode))
+	zone := lostNode.Status.Zone
 	agents := procs("node --name " + lost + " ")
 	require.Len(t, agents, 1, "agent of %s", lost)
 	kill := append(childrenOf(agents[0]), agents[0])
@@ -181,4 +185,34 @@ func TestNodeLossReplenish(t *testing.T) {
 	for _, r := range replicaObjects(t, vol) {
 		require.NotEqual(t, lost, r.Spec.NodeID, "replica %s object still on the lost node", r.Name)
 	}
+
+	// The node returns: its stale replica is never used again and its
+	// data is removed.
+	staleDir := filepath.Join(dataDir, "nodes", lost, "replicas", lostReplica)
+	require.DirExists(t, staleDir)
+	restartAgent(t, lost, zone)
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		n := &v1.CairnNode{}
+		assert.NoError(c, k8s.Get(bg, client.ObjectKey{Name: lost}, n))
+		assert.True(c, meta.IsStatusConditionTrue(n.Status.Conditions, v1.ConditionReady))
+		_, err := os.Stat(staleDir)
+		assert.True(c, os.IsNotExist(err), "stale replica data still on %s", lost)
+	}, wait, tick)
+	v = waitVolume(t, vol, v1.VolumeAttached, 3)
+	require.False(t, replicaNodes(v)[lost])
+	region2.verify(t, dev)
+}
+
+// restartAgent starts the node agent of node again, as dev started it, and
+// stops it (SIGTERM, so it stops its children) when the test ends.
+func restartAgent(t *testing.T, node, zone string) {
+	t.Helper()
+	cmd := exec.Command(cairnBin, "node", "--name", node, "--data-dir", filepath.Join(dataDir, "nodes", node),
+		"--zone", zone, "--kubeconfig", filepath.Join(dataDir, "kubeconfig"))
+	cmd.Stdout, cmd.Stderr = devOut, devOut
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		_ = cmd.Wait()
+	})
 }
