@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
-	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -218,7 +217,7 @@ func (r *BackupTargetReconciler) resolveSecrets(ctx context.Context, s *targetSc
 		if len(raw) == 0 {
 			return s.stall(ReasonInvalidSecret, "encryption key Secret %s/%s has no key %q", enc.KeySecretRef.Namespace, enc.KeySecretRef.Name, SecretEncryptionKey)
 		}
-		o.Key = decodeKey(raw)
+		o.Key = backupstore.DecodeKey(raw)
 		s.secrets = append(s.secrets, raw, o.Key)
 		if len(o.Key) < 16 {
 			return s.stall(ReasonInvalidSecret, "encryption key in Secret %s/%s is too short (%d bytes, need at least 16)", enc.KeySecretRef.Namespace, enc.KeySecretRef.Name, len(o.Key))
@@ -246,23 +245,6 @@ func (r *BackupTargetReconciler) secret(ctx context.Context, s *targetScope, wha
 		return nil, ctrl.Result{}, err
 	}
 	return sec, ctrl.Result{}, nil
-}
-
-// decodeKey turns a key Secret's value into key material exactly as the
-// CLI's --key-file does: hex or base64 of 32 bytes is decoded, a single
-// trailing newline dropped, anything else used as is.
-func decodeKey(raw []byte) []byte {
-	s := strings.TrimSpace(string(raw))
-	if b, err := hex.DecodeString(s); err == nil && len(b) == 32 {
-		return b
-	}
-	if b, err := base64.StdEncoding.DecodeString(s); err == nil && len(b) == 32 {
-		return b
-	}
-	if len(s) == len(raw)-1 {
-		return []byte(s)
-	}
-	return raw
 }
 
 // openStore opens and probes the target within Timeout, or reuses the

@@ -65,7 +65,7 @@ func TestBackupTargetDecodeKey(t *testing.T) {
 	for i := range k {
 		k[i] = byte(i)
 	}
-	assert.Equal(t, k, decodeKey([]byte(hex.EncodeToString(k)+"\n")))
-	assert.Equal(t, []byte("a passphrase of some length"), decodeKey([]byte("a passphrase of some length\n")))
-	assert.Equal(t, []byte(" raw key with spaces \n\n"), decodeKey([]byte(" raw key with spaces \n\n")))
+	assert.Equal(t, k, backupstore.DecodeKey([]byte(hex.EncodeToString(k)+"\n")))
+	assert.Equal(t, []byte("a passphrase of some length"), backupstore.DecodeKey([]byte("a passphrase of some length\n")))
+	assert.Equal(t, []byte(" raw key with spaces \n\n"), backupstore.DecodeKey([]byte(" raw key with spaces \n\n")))
 }

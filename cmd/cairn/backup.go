@@ -4,8 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"encoding/base64"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -187,17 +185,7 @@ func loadKey(path string) ([]byte, error) {
 	default:
 		return nil, nil
 	}
-	s := strings.TrimSpace(string(raw))
-	if b, err := hex.DecodeString(s); err == nil && len(b) == 32 {
-		return b, nil
-	}
-	if b, err := base64.StdEncoding.DecodeString(s); err == nil && len(b) == 32 {
-		return b, nil
-	}
-	if len(s) == len(raw)-1 { // a trailing newline is not part of the key
-		return []byte(s), nil
-	}
-	return raw, nil
+	return backupstore.DecodeKey(raw), nil
 }
 
 // progressFunc prints a one-line progress bar to stderr when asked or when
