@@ -55,11 +55,56 @@ everything; a second run reuses the data directory.`,
 	return cmd
 }
 
+// devRun is one `cairn dev` session: its phases start what it runs and
+// push how to stop it; cleanup stops everything in reverse order.
+type devRun struct {
+	opts       devOptions
+	dataDir    string
+	kubeconfig string
+	logFile    *os.File
+	cluster    *localcluster.Cluster
+	mgrDone    chan error
+	client     client.Client
+	nodes      []*devNode
+	applied    int
+	stops      []func()
+}
+
 func runDev(ctx context.Context, o devOptions) error {
-	dataDir, err := filepath.Abs(o.dataDir)
+	d := &devRun{opts: o}
+	defer d.cleanup()
+	for _, phase := range []func(context.Context) error{d.prepare, d.startControlPlane, d.startManager, d.startNodes, d.applySamples} {
+		if err := phase(ctx); err != nil {
+			return err
+		}
+	}
+	d.printBanner()
+	select {
+	case <-ctx.Done():
+		fmt.Println("\nInterrupted, shutting down...")
+		return nil
+	case err := <-d.mgrDone:
+		d.mgrDone <- err
+		return fmt.Errorf("manager stopped: %w", err)
+	}
+}
+
+func (d *devRun) onStop(fn func()) { d.stops = append(d.stops, fn) }
+
+func (d *devRun) cleanup() {
+	for i := len(d.stops) - 1; i >= 0; i-- {
+		d.stops[i]()
+	}
+}
+
+// prepare locks the data directory and refuses to start over processes an
+// earlier run left behind.
+func (d *devRun) prepare(context.Context) error {
+	dataDir, err := filepath.Abs(d.opts.dataDir)
 	if err != nil {
 		return err
 	}
+	d.dataDir = dataDir
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return fmt.Errorf("create data dir: %w", err)
 	}
@@ -67,83 +112,102 @@ func runDev(ctx context.Context, o devOptions) error {
 	if err != nil {
 		return err
 	}
-	defer unlock()
-	etcdDir := filepath.Join(dataDir, "etcd")
-	pidFile := filepath.Join(dataDir, "controlplane.pids")
-	if left := leftoverControlPlane(pidFile, etcdDir); len(left) > 0 {
+	d.onStop(unlock)
+	if left := leftoverControlPlane(d.pidFile(), d.etcdDir()); len(left) > 0 {
 		return fmt.Errorf("control plane processes left by an earlier run are still running (%s); stop them first: kill %s",
 			strings.Join(left, ", "), strings.Join(pidsOf(left), " "))
 	}
-	logPath := filepath.Join(dataDir, "controlplane.log")
-	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	d.logFile, err = os.OpenFile(filepath.Join(dataDir, "controlplane.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return err
 	}
-	defer logFile.Close()
-	ctrl.SetLogger(newLogger(o.verbosity))
+	d.onStop(func() { d.logFile.Close() })
+	ctrl.SetLogger(newLogger(d.opts.verbosity))
+	return nil
+}
 
-	fmt.Printf("Starting etcd, kube-apiserver and kube-controller-manager (state in %s, output in %s)...\n", etcdDir, logPath)
-	cluster, err := localcluster.Start(localcluster.Options{BinDir: devBinDir(o.binDir), EtcdDataDir: etcdDir, Out: logFile,
-		ControllerManager: true, StateDir: dataDir})
+func (d *devRun) etcdDir() string { return filepath.Join(d.dataDir, "etcd") }
+func (d *devRun) pidFile() string { return filepath.Join(d.dataDir, "controlplane.pids") }
+
+// startControlPlane runs etcd, kube-apiserver and kube-controller-manager
+// and writes the admin kubeconfig.
+func (d *devRun) startControlPlane(context.Context) error {
+	fmt.Printf("Starting etcd, kube-apiserver and kube-controller-manager (state in %s, output in %s)...\n", d.etcdDir(), d.logFile.Name())
+	cluster, err := localcluster.Start(localcluster.Options{BinDir: devBinDir(d.opts.binDir), EtcdDataDir: d.etcdDir(), Out: d.logFile,
+		ControllerManager: true, StateDir: d.dataDir})
 	if err != nil {
 		return err
 	}
-	defer func() {
+	d.cluster = cluster
+	d.onStop(func() {
 		fmt.Println("Stopping the control plane...")
 		if err := cluster.Stop(); err != nil {
 			fmt.Fprintln(os.Stderr, "stop control plane:", err)
 		}
-	}()
+	})
 	// envtest starts etcd and kube-apiserver in their own process groups;
 	// remember them so a run after a crash can name what is left over.
-	_ = os.WriteFile(pidFile, []byte(strings.Join(childPids(os.Getpid()), "\n")+"\n"), 0o600)
-	kubeconfig := filepath.Join(dataDir, "kubeconfig")
-	if err := writeKubeconfig(cluster, kubeconfig); err != nil {
-		return err
-	}
+	_ = os.WriteFile(d.pidFile(), []byte(strings.Join(childPids(os.Getpid()), "\n")+"\n"), 0o600)
+	d.kubeconfig = filepath.Join(d.dataDir, "kubeconfig")
+	return writeKubeconfig(cluster, d.kubeconfig)
+}
 
-	mgr, err := newManager(cluster.Config, managerOptions{metricsAddr: "0", probeAddr: "0"}, cluster.WebhookOptions())
+// startManager runs the manager in-process and waits for its webhook.
+func (d *devRun) startManager(ctx context.Context) error {
+	mgr, err := newManager(d.cluster.Config, managerOptions{metricsAddr: "0", probeAddr: "0"}, d.cluster.WebhookOptions())
 	if err != nil {
 		return err
 	}
-	mgrCtx, cancelMgr := context.WithCancel(ctx)
-	mgrDone := make(chan error, 1)
-	go func() { mgrDone <- mgr.Start(mgrCtx) }()
-	defer func() {
-		cancelMgr()
-		<-mgrDone
-	}()
-	if err := waitWebhook(ctx, mgr.GetWebhookServer().StartedChecker(), mgrDone); err != nil {
+	mgrCtx, cancel := context.WithCancel(ctx)
+	d.mgrDone = make(chan error, 1)
+	go func() { d.mgrDone <- mgr.Start(mgrCtx) }()
+	d.onStop(func() {
+		cancel()
+		<-d.mgrDone
+	})
+	if err := waitWebhook(ctx, mgr.GetWebhookServer().StartedChecker(), d.mgrDone); err != nil {
 		return err
 	}
+	d.client, err = client.New(d.cluster.Config, client.Options{Scheme: mgr.GetScheme()})
+	return err
+}
 
-	c, err := client.New(cluster.Config, client.Options{Scheme: mgr.GetScheme()})
+// startNodes creates cairn-system and starts the node agents.
+func (d *devRun) startNodes(ctx context.Context) error {
+	if err := ensureSystemNamespace(ctx, d.client); err != nil {
+		return err
+	}
+	nodes, err := startDevNodes(d.dataDir, d.kubeconfig, d.opts.nodes)
 	if err != nil {
 		return err
 	}
-	if err := ensureSystemNamespace(ctx, c); err != nil {
-		return err
-	}
-	nodes, err := startDevNodes(dataDir, kubeconfig, o.nodes)
-	if err != nil {
-		return err
-	}
-	defer func() {
+	d.nodes = nodes
+	d.onStop(func() {
 		fmt.Println("Stopping the node agents...")
 		stopDevNodes(nodes)
-	}()
-	applied := 0
-	if o.samples {
-		objs, err := localcluster.Build(config.Samples, "samples")
-		if err != nil {
-			return err
-		}
-		if err := localcluster.Apply(ctx, c, "cairn-dev", objs); err != nil {
-			return fmt.Errorf("apply samples: %w", err)
-		}
-		applied = len(objs)
-	}
+	})
+	return nil
+}
 
+// applySamples applies config/samples through kustomize when asked.
+func (d *devRun) applySamples(ctx context.Context) error {
+	if !d.opts.samples {
+		return nil
+	}
+	objs, err := localcluster.Build(config.Samples, "samples")
+	if err != nil {
+		return err
+	}
+	if err := localcluster.Apply(ctx, d.client, "cairn-dev", objs); err != nil {
+		return fmt.Errorf("apply samples: %w", err)
+	}
+	d.applied = len(objs)
+	return nil
+}
+
+// printBanner prints what runs, on labelled lines other tools parse.
+func (d *devRun) printBanner() {
+	wh := d.cluster.WebhookOptions()
 	fmt.Printf(`
 Cairn dev is running.
   API server   %s
@@ -157,16 +221,7 @@ Look around with any Kubernetes client:
   kubectl get cairn
 
 Press Ctrl-C to stop.
-`, cluster.Config.Host, kubeconfig, cluster.WebhookOptions().Host, cluster.WebhookOptions().Port, len(nodes), dataDir, applied, kubeconfig)
-
-	select {
-	case <-ctx.Done():
-		fmt.Println("\nInterrupted, shutting down...")
-		return nil
-	case err := <-mgrDone:
-		mgrDone <- err
-		return fmt.Errorf("manager stopped: %w", err)
-	}
+`, d.cluster.Config.Host, d.kubeconfig, wh.Host, wh.Port, len(d.nodes), d.dataDir, d.applied, d.kubeconfig)
 }
 
 // devBinDir finds etcd and kube-apiserver: the flag, then the directory of
