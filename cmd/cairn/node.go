@@ -2,6 +2,7 @@ package main
 
 import (
 	"github.com/spf13/cobra"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	ctrl "sigs.k8s.io/controller-runtime"
 
@@ -30,9 +31,12 @@ and "cairn engine" children, keeping their data, sockets, tokens and logs under
 			log := newLogger(verbosity).WithValues("node", o.Name)
 			ctrl.SetLogger(log)
 			o.Log = log
-			cfg, err := ctrl.GetConfig()
+			var cfg *rest.Config
+			var err error
 			if kubeconfig != "" {
 				cfg, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
+			} else {
+				cfg, err = ctrl.GetConfig()
 			}
 			if err != nil {
 				return err
