@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the local control plane and test servers into bin/ from Go modules:
-# kube-apiserver, kube-controller-manager and etcd (hack/tools), controller-gen and versitygw. Each
+# kube-apiserver, kube-controller-manager and etcd (hack/tools), kubectl (hack/tools/kubectl),
+# controller-gen and versitygw. Each
 # tool is rebuilt only when missing or when its pinned version (or Go) changed,
 # tracked by a stamp file. A cold build takes about 5-10 minutes on 2 cores.
 set -euo pipefail
@@ -28,6 +29,9 @@ build() { # NAME KEY COMMAND...
 
 k8s_key="$(sha256sum hack/tools/go.mod hack/tools/go.sum | sha256sum | cut -c1-16) $GOVER"
 etcd_key="$(sha256sum hack/tools/etcd/go.mod hack/tools/etcd/go.sum | sha256sum | cut -c1-16) $GOVER"
+kubectl_key="$(sha256sum hack/tools/kubectl/go.mod hack/tools/kubectl/go.sum | sha256sum | cut -c1-16) $GOVER"
+KUBECTL_VERSION=v1.37.2
+kubectl_ldflags="-X k8s.io/component-base/version.gitVersion=$KUBECTL_VERSION -X k8s.io/client-go/pkg/version.gitVersion=$KUBECTL_VERSION"
 
 build kube-apiserver "$k8s_key" \
   bash -c "cd hack/tools && go build -o '$BIN/kube-apiserver' ./kube-apiserver"
@@ -35,6 +39,8 @@ build kube-controller-manager "$k8s_key" \
   bash -c "cd hack/tools && go build -o '$BIN/kube-controller-manager' ./kube-controller-manager"
 build etcd "$etcd_key" \
   bash -c "cd hack/tools/etcd && go build -o '$BIN/etcd' ."
+build kubectl "$kubectl_key" \
+  bash -c "cd hack/tools/kubectl && go build -ldflags '$kubectl_ldflags' -o '$BIN/kubectl' ."
 build controller-gen "$CONTROLLER_GEN_VERSION $GOVER" \
   env GOBIN="$BIN" go install "sigs.k8s.io/controller-tools/cmd/controller-gen@$CONTROLLER_GEN_VERSION"
 build versitygw "$VERSITYGW_VERSION $GOVER" \

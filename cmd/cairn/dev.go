@@ -218,10 +218,23 @@ Cairn dev is running.
 
 Look around with any Kubernetes client:
   export KUBECONFIG=%s
-  kubectl get cairn
+  %s get cairn
 
 Press Ctrl-C to stop.
-`, d.cluster.Config.Host, d.kubeconfig, wh.Host, wh.Port, len(d.nodes), d.dataDir, d.applied, d.kubeconfig)
+`, d.cluster.Config.Host, d.kubeconfig, wh.Host, wh.Port, len(d.nodes), d.dataDir, d.applied, d.kubeconfig, d.kubectl())
+}
+
+// kubectl is the kubectl `make tools` built beside the control plane (a
+// fresh machine has no other), else the one on PATH.
+func (d *devRun) kubectl() string {
+	bin, err := filepath.Abs(filepath.Join(devBinDir(d.opts.binDir), "kubectl"))
+	if err != nil {
+		return "kubectl"
+	}
+	if _, err := os.Stat(bin); err != nil {
+		return "kubectl"
+	}
+	return bin
 }
 
 // devBinDir finds etcd and kube-apiserver: the flag, then the directory of

@@ -50,6 +50,12 @@ func TestDevSmoke(t *testing.T) {
 	var targets cairnv1.BackupTargetList
 	require.NoError(t, c.List(ctx, &targets))
 	require.NotEmpty(t, targets.Items)
+	// The command dev prints works as printed.
+	get := exec.Command(printedKubectl, "get", "cairn")
+	get.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)
+	out, err = get.CombinedOutput()
+	require.NoError(t, err, "%s get cairn: %s", printedKubectl, out)
+	require.Contains(t, string(out), "pg-data")
 
 	// A second run on the same data directory is refused at once.
 	second := exec.Command(bin, "dev", "--data-dir", dataDir, "--bin-dir", testutil.BinDir())
@@ -106,6 +112,9 @@ func alive(pid int) bool {
 	return ok && st.state != "Z"
 }
 
+// printedKubectl is the kubectl command the last started dev printed.
+var printedKubectl string
+
 func startDev(t *testing.T, bin, dataDir string, extra ...string) (*exec.Cmd, string) {
 	t.Helper()
 	args := append([]string{"dev", "--data-dir", dataDir, "--bin-dir", testutil.BinDir()}, extra...)
@@ -127,6 +136,9 @@ func startDev(t *testing.T, bin, dataDir string, extra ...string) (*exec.Cmd, st
 			line := sc.Text()
 			if f := strings.Fields(line); len(f) == 2 && f[0] == "kubeconfig" {
 				kubeconfig = f[1]
+			}
+			if f := strings.Fields(line); len(f) == 3 && f[1] == "get" && f[2] == "cairn" {
+				printedKubectl = f[0]
 			}
 			if strings.HasPrefix(line, "Press Ctrl-C to stop.") {
 				ready <- kubeconfig
