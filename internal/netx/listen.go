@@ -42,11 +42,16 @@ func listenUnix(path string) (net.Listener, error) {
 		return nil, fmt.Errorf("listen %s: %w", path, err)
 	}
 	ln.SetUnlinkOnClose(false)
+	st, err := os.Lstat(tmp)
+	if err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("listen %s: %w", path, err)
+	}
 	if err := placeSocket(tmp, path); err != nil {
 		ln.Close()
 		return nil, fmt.Errorf("listen %s: %w", path, err)
 	}
-	return &unixListener{UnixListener: ln, addr: &net.UnixAddr{Name: path, Net: "unix"}}, nil
+	return &unixListener{UnixListener: ln, addr: &net.UnixAddr{Name: path, Net: "unix"}, file: st}, nil
 }
 
 // bindIn binds a unix socket at tmp, a path in dir. When tmp is too long
@@ -77,10 +82,12 @@ func placeSocket(tmp, path string) error {
 	return os.Rename(tmp, path)
 }
 
-// unixListener reports the final socket path and removes it on Close.
+// unixListener reports the final socket path and removes it on Close,
+// unless another listener has since put its own socket there.
 type unixListener struct {
 	*net.UnixListener
 	addr *net.UnixAddr
+	file os.FileInfo // the socket file as bound
 }
 
 func (l *unixListener) Addr() net.Addr { return l.addr }
@@ -88,7 +95,9 @@ func (l *unixListener) Addr() net.Addr { return l.addr }
 func (l *unixListener) Close() error {
 	err := l.UnixListener.Close()
 	if err == nil {
-		os.Remove(l.addr.Name)
+		if st, serr := os.Lstat(l.addr.Name); serr == nil && os.SameFile(st, l.file) {
+			os.Remove(l.addr.Name)
+		}
 	}
 	return err
 }

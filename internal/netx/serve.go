@@ -41,10 +41,15 @@ type Config struct {
 func Serve(ctx context.Context, ln net.Listener, cfg Config, handle func(c net.Conn, authed func())) error {
 	s := &server{handle: handle, conns: map[net.Conn]struct{}{}, log: NewLogLimiter(time.Second, cfg.Log)}
 	s.pending = newGate(cfg.MaxUnauthenticated)
-	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	// Closing once, and waiting for it, means Serve never returns while a
+	// close started by ctx is still removing the socket file (it would
+	// remove a socket a new listener had just put at the same path).
+	var once sync.Once
+	closeLn := func() { once.Do(func() { ln.Close() }) }
+	stop := context.AfterFunc(ctx, closeLn)
 	defer stop()
 	err := s.acceptLoop(ctx, ln)
-	ln.Close()
+	closeLn()
 	s.closeAll()
 	if ctx.Err() != nil {
 		return nil
