@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"sort"
 	"strings"
-	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -29,6 +28,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/recorder"
 
 	v1 "github.com/cairnstore/cairn/api/v1alpha1"
+	"github.com/cairnstore/cairn/controllers/targets"
 	"github.com/cairnstore/cairn/engine/backupstore"
 )
 
@@ -38,23 +38,8 @@ import (
 // +kubebuilder:rbac:groups=storage.cairn.dev,resources=backups/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=core,resources=secrets,verbs=get;list;watch,namespace=cairn-system
 
-// Keys read from a BackupTarget's Secrets (the same names `cairn backup
-// --credentials-file` reads, so one Secret serves both).
-const (
-	SecretAccessKeyID     = "AWS_ACCESS_KEY_ID"
-	SecretSecretAccessKey = "AWS_SECRET_ACCESS_KEY"
-	SecretSessionToken    = "AWS_SESSION_TOKEN" // optional
-	SecretCABundle        = "AWS_CA_BUNDLE"     // optional PEM bundle
-	SecretCert            = "AWS_CERT"          // optional, alias of AWS_CA_BUNDLE (the CLI's name)
-	// SecretEncryptionKey is the key of the encryption Secret: a passphrase
-	// or a 32-byte key, raw, hex or base64 (decoded as the CLI's --key-file).
-	SecretEncryptionKey = "key"
-)
-
 // Defaults of the BackupTarget controller.
 const (
-	// DefaultTargetTimeout bounds opening and probing a target.
-	DefaultTargetTimeout = 30 * time.Second
 	// DefaultUnreachableRetry is how often an unreachable target is tried
 	// again without any change.
 	DefaultUnreachableRetry = 5 * time.Minute
@@ -87,25 +72,18 @@ type BackupTargetReconciler struct {
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 
-	mu sync.Mutex
-	// stores caches each target's opened and probed store, keyed by name,
-	// valid while the fingerprint (generation and Secret versions) holds.
-	stores map[string]openedStore
-}
-
-type openedStore struct {
-	fingerprint string
-	store       *backupstore.Store
+	// Stores caches each target's opened and probed store (shared with
+	// the controllers that read backups; default a private cache).
+	Stores *targets.Cache
 }
 
 // targetScope is what one reconcile of a target works with.
 type targetScope struct {
-	bt    *v1.BackupTarget
-	opts  backupstore.Options
-	fp    string
+	bt *v1.BackupTarget
+	// res holds the store options and the secret values read, scrubbed
+	// from every message written.
+	res   targets.Resolved
 	store *backupstore.Store
-	// secrets are the values read, scrubbed from every message written.
-	secrets [][]byte
 	// catalogue maps each volume to its complete backups.
 	catalogue map[string][]backupstore.BackupInfo
 	out       outcome
@@ -185,81 +163,29 @@ func (r *BackupTargetReconciler) fail(s *targetScope, what string, err error) (c
 
 // resolveSecrets reads the credentials and key Secrets into store options.
 func (r *BackupTargetReconciler) resolveSecrets(ctx context.Context, s *targetScope) (ctrl.Result, error) {
-	spec := &s.bt.Spec
-	o := backupstore.Options{ReadOnly: spec.ReadOnly}
-	o.Region, o.Endpoint = spec.Region, spec.Endpoint
-	o.ProbeTimeout, o.RequestTimeout, o.StallTimeout, o.MaxAttempts = r.Timeout/2, r.Timeout*2/3, r.Timeout*2/3, 2
-	fp := fmt.Sprintf("g%d", s.bt.Generation)
-	if ref := spec.CredentialsSecretRef; ref != nil {
-		sec, res, err := r.secret(ctx, s, "credentials", ref)
-		if sec == nil {
-			return res, err
-		}
-		fp += "/c" + sec.ResourceVersion
-		id, key := sec.Data[SecretAccessKeyID], sec.Data[SecretSecretAccessKey]
-		if len(id) == 0 || len(key) == 0 {
-			return s.stall(ReasonInvalidSecret, "credentials Secret %s/%s needs keys %s and %s", ref.Namespace, ref.Name, SecretAccessKeyID, SecretSecretAccessKey)
-		}
-		o.AccessKeyID, o.SecretAccessKey, o.SessionToken = string(id), string(key), string(sec.Data[SecretSessionToken])
-		s.secrets = append(s.secrets, id, key, sec.Data[SecretSessionToken])
-		o.CABundle = sec.Data[SecretCABundle]
-		if len(o.CABundle) == 0 {
-			o.CABundle = sec.Data[SecretCert]
-		}
+	res, err := targets.Resolve(ctx, r.Client, s.bt, r.Timeout)
+	s.res = res
+	var se *targets.SpecError
+	switch {
+	case errors.As(err, &se):
+		return s.stall(se.Reason, "%s", se.Message)
+	case err != nil:
+		s.out = outcome{reason: ReasonTargetError, message: err.Error()}
+		return ctrl.Result{}, err
 	}
-	if enc := spec.Encryption; enc != nil {
-		sec, res, err := r.secret(ctx, s, "encryption key", &enc.KeySecretRef)
-		if sec == nil {
-			return res, err
-		}
-		fp += "/k" + sec.ResourceVersion
-		raw := sec.Data[SecretEncryptionKey]
-		if len(raw) == 0 {
-			return s.stall(ReasonInvalidSecret, "encryption key Secret %s/%s has no key %q", enc.KeySecretRef.Namespace, enc.KeySecretRef.Name, SecretEncryptionKey)
-		}
-		o.Key = backupstore.DecodeKey(raw)
-		s.secrets = append(s.secrets, raw, o.Key)
-		if len(o.Key) < 16 {
-			return s.stall(ReasonInvalidSecret, "encryption key in Secret %s/%s is too short (%d bytes, need at least 16)", enc.KeySecretRef.Namespace, enc.KeySecretRef.Name, len(o.Key))
-		}
-	}
-	s.opts, s.fp = o, fp
 	return ctrl.Result{}, nil
-}
-
-// secret gets a referenced Secret; a missing one, or one outside the
-// namespace Cairn may read, stalls the target.
-func (r *BackupTargetReconciler) secret(ctx context.Context, s *targetScope, what string, ref *v1.SecretReference) (*corev1.Secret, ctrl.Result, error) {
-	if ref.Namespace != v1.SystemNamespace {
-		res, err := s.stall(ReasonInvalidSpec, "%s Secret %s/%s must be in namespace %s, the only one Cairn reads Secrets in", what, ref.Namespace, ref.Name, v1.SystemNamespace)
-		return nil, res, err
-	}
-	sec := &corev1.Secret{}
-	err := r.Get(ctx, client.ObjectKey{Namespace: ref.Namespace, Name: ref.Name}, sec)
-	if apierrors.IsNotFound(err) {
-		res, err := s.stall(ReasonSecretNotFound, "%s Secret %s/%s not found", what, ref.Namespace, ref.Name)
-		return nil, res, err
-	}
-	if err != nil {
-		s.out = outcome{reason: ReasonTargetError, message: fmt.Sprintf("reading %s Secret %s/%s failed", what, ref.Namespace, ref.Name)}
-		return nil, ctrl.Result{}, err
-	}
-	return sec, ctrl.Result{}, nil
 }
 
 // openStore opens and probes the target within Timeout, or reuses the
 // store opened for the same spec and Secrets.
 func (r *BackupTargetReconciler) openStore(ctx context.Context, s *targetScope) (ctrl.Result, error) {
-	r.mu.Lock()
-	c, ok := r.stores[s.bt.Name]
-	r.mu.Unlock()
-	if ok && c.fingerprint == s.fp {
-		s.store = c.store
+	if st := r.Stores.Get(s.bt.Name, s.res.Fingerprint); st != nil {
+		s.store = st
 		return ctrl.Result{}, nil
 	}
 	octx, cancel := context.WithTimeout(ctx, r.Timeout)
 	defer cancel()
-	store, err := backupstore.Open(octx, s.bt.Spec.URL, s.opts)
+	store, err := backupstore.Open(octx, s.bt.Spec.URL, s.res.Options)
 	if err != nil {
 		return r.fail(s, "open", err)
 	}
@@ -272,12 +198,7 @@ func (r *BackupTargetReconciler) openStore(ctx context.Context, s *targetScope) 
 		}
 	}
 	log.FromContext(ctx).V(1).Info("Opened backup target", "url", store.String(), "readOnly", s.bt.Spec.ReadOnly, "encrypted", store.Encrypted())
-	r.mu.Lock()
-	if r.stores == nil {
-		r.stores = map[string]openedStore{}
-	}
-	r.stores[s.bt.Name] = openedStore{fingerprint: s.fp, store: store}
-	r.mu.Unlock()
+	r.Stores.Put(s.bt.Name, s.res.Fingerprint, store)
 	s.store = store
 	return ctrl.Result{}, nil
 }
@@ -518,17 +439,10 @@ func (r *BackupTargetReconciler) finishStatus(ctx context.Context, s *targetScop
 }
 
 // scrub replaces every Secret value that occurs in msg.
-func (s *targetScope) scrub(msg string) string {
-	for _, v := range s.secrets {
-		if len(v) >= 4 {
-			msg = strings.ReplaceAll(msg, string(v), "[REDACTED]")
-		}
-	}
-	return msg
-}
+func (s *targetScope) scrub(msg string) string { return s.res.Scrub(msg) }
 
 func (s *targetScope) scrubError(err error) error {
-	if err == nil || len(s.secrets) == 0 {
+	if err == nil || len(s.res.Secrets) == 0 {
 		return err
 	}
 	if m := s.scrub(err.Error()); m != err.Error() {
@@ -540,17 +454,16 @@ func (s *targetScope) scrubError(err error) error {
 	return err
 }
 
-func (r *BackupTargetReconciler) forget(name string) {
-	r.mu.Lock()
-	delete(r.stores, name)
-	r.mu.Unlock()
-}
+func (r *BackupTargetReconciler) forget(name string) { r.Stores.Forget(name) }
 
 // SetupWithManager watches BackupTargets (spec changes only: the status a
 // reconcile writes must not trigger another) and the Secrets they read.
 func (r *BackupTargetReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if r.Timeout <= 0 {
-		r.Timeout = DefaultTargetTimeout
+		r.Timeout = targets.DefaultTimeout
+	}
+	if r.Stores == nil {
+		r.Stores = &targets.Cache{}
 	}
 	if r.UnreachableRetry <= 0 {
 		r.UnreachableRetry = DefaultUnreachableRetry

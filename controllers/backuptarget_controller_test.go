@@ -26,6 +26,7 @@ import (
 
 	v1 "github.com/cairnstore/cairn/api/v1alpha1"
 	"github.com/cairnstore/cairn/controllers"
+	"github.com/cairnstore/cairn/controllers/targets"
 	"github.com/cairnstore/cairn/engine/backupstore"
 	"github.com/cairnstore/cairn/internal/testutil"
 )
@@ -44,7 +45,7 @@ func secret(t *testing.T, name string, data map[string]string) *corev1.Secret {
 }
 
 func credsFor(srv *testutil.S3Server) map[string]string {
-	return map[string]string{controllers.SecretAccessKeyID: srv.AccessKey, controllers.SecretSecretAccessKey: srv.SecretKey}
+	return map[string]string{targets.SecretAccessKeyID: srv.AccessKey, targets.SecretSecretAccessKey: srv.SecretKey}
 }
 
 // newTarget creates a BackupTarget polling every 5s, deleted at the end.
@@ -250,7 +251,7 @@ func TestBackupTargetErrors(t *testing.T) {
 		t.Parallel()
 		const wrong = "not-the-secret-key-0123456789"
 		creds := credsFor(srv)
-		creds[controllers.SecretSecretAccessKey] = wrong
+		creds[targets.SecretSecretAccessKey] = wrong
 		sec := secret(t, "bt-badcreds", creds)
 		newTarget(t, "bt-badcreds", srv.URL("bad"), srv.Endpoint, "bt-badcreds")
 		assert.EventuallyWithT(t, func(c *assert.CollectT) {
@@ -324,7 +325,7 @@ func TestBackupTargetErrors(t *testing.T) {
 		_, _ = rand.Read(bad)
 		makeBackups(t, openStore(t, srv, "enc", good), []string{"enc-vol"}, 1)
 		secret(t, "bt-wrongkey", credsFor(srv))
-		key := secret(t, "bt-wrongkey-key", map[string]string{controllers.SecretEncryptionKey: hex.EncodeToString(bad)})
+		key := secret(t, "bt-wrongkey-key", map[string]string{targets.SecretEncryptionKey: hex.EncodeToString(bad)})
 		newTarget(t, "bt-wrongkey", srv.URL("enc"), srv.Endpoint, "bt-wrongkey", func(bt *v1.BackupTarget) {
 			bt.Spec.Encryption = &v1.BackupEncryption{KeySecretRef: v1.SecretReference{Namespace: v1.SystemNamespace, Name: "bt-wrongkey-key"}}
 		})
@@ -334,7 +335,7 @@ func TestBackupTargetErrors(t *testing.T) {
 		for _, cond := range getTarget(t, "bt-wrongkey").Status.Conditions {
 			assert.NotContains(t, cond.Message, hex.EncodeToString(bad))
 		}
-		key.StringData = map[string]string{controllers.SecretEncryptionKey: hex.EncodeToString(good)}
+		key.StringData = map[string]string{targets.SecretEncryptionKey: hex.EncodeToString(good)}
 		require.NoError(t, k8s.Update(bg, key))
 		assert.EventuallyWithT(t, func(c *assert.CollectT) {
 			bt := getTarget(c, "bt-wrongkey")

@@ -6,6 +6,7 @@ import (
 	"net"
 	"strings"
 
+	"github.com/cairnstore/cairn/controllers/targets"
 	"github.com/cairnstore/cairn/engine/backupstore"
 )
 
@@ -17,9 +18,9 @@ const (
 	ReasonUnreachable        = "Unreachable"
 	ReasonWrongKey           = "WrongKey"
 	ReasonEncryptionMismatch = "EncryptionMismatch"
-	ReasonInvalidSpec        = "InvalidSpec"
-	ReasonSecretNotFound     = "SecretNotFound"
-	ReasonInvalidSecret      = "InvalidSecret"
+	ReasonInvalidSpec        = targets.ReasonInvalidSpec
+	ReasonSecretNotFound     = targets.ReasonSecretNotFound
+	ReasonInvalidSecret      = targets.ReasonInvalidSecret
 	ReasonIncompatible       = "IncompatibleTarget"
 	ReasonNotInitialized     = "NotInitialized"
 	ReasonProbeFailed        = "ProbeFailed"

@@ -11,6 +11,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	cairnv1 "github.com/cairnstore/cairn/api/v1alpha1"
+	"github.com/cairnstore/cairn/controllers/targets"
 )
 
 // The manager elects a leader through a Lease and records events; the
@@ -40,11 +41,12 @@ func CacheOptions() cache.Options {
 // Setup registers every reconciler with the manager.
 func Setup(mgr ctrl.Manager) error {
 	c := mgr.GetClient()
+	stores := &targets.Cache{}
 	for _, r := range []interface{ SetupWithManager(ctrl.Manager) error }{
 		&CairnNodeReconciler{Client: c},
-		&VolumeReconciler{Client: c, Recorder: mgr.GetEventRecorder("cairn-volume")},
+		&VolumeReconciler{Client: c, Recorder: mgr.GetEventRecorder("cairn-volume"), Stores: stores},
 		&VolumePolicyReconciler{Client: c},
-		&BackupTargetReconciler{Client: c, Recorder: mgr.GetEventRecorder("cairn-backuptarget")},
+		&BackupTargetReconciler{Client: c, Recorder: mgr.GetEventRecorder("cairn-backuptarget"), Stores: stores},
 	} {
 		if err := r.SetupWithManager(mgr); err != nil {
 			return err

@@ -24,6 +24,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/recorder"
 
 	v1 "github.com/cairnstore/cairn/api/v1alpha1"
+	"github.com/cairnstore/cairn/controllers/targets"
 	"github.com/cairnstore/cairn/policies"
 )
 
@@ -33,6 +34,7 @@ import (
 // +kubebuilder:rbac:groups=storage.cairn.dev,resources=replicas,verbs=get;list;watch;create;delete
 // +kubebuilder:rbac:groups=storage.cairn.dev,resources=engines,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=storage.cairn.dev,resources=volumepolicies,verbs=get;list;watch
+// +kubebuilder:rbac:groups=storage.cairn.dev,resources=backuptargets,verbs=get;list;watch
 // +kubebuilder:rbac:groups=core,resources=secrets,verbs=get;list;watch;create,namespace=cairn-system
 
 // replicaNodeIndex indexes Replicas by spec.nodeID.
@@ -46,6 +48,9 @@ type VolumeReconciler struct {
 	client.Client
 	Recorder recorder.EventRecorder
 	Now      func() time.Time
+	// Stores opens the BackupTargets a fromBackup volume restores from
+	// (shared with the BackupTarget controller; default a private cache).
+	Stores *targets.Cache
 }
 
 // volumeScope is what one reconcile of a volume works with.
@@ -89,7 +94,7 @@ func (r *VolumeReconciler) Reconcile(ctx context.Context, req ctrl.Request) (res
 	if !vol.DeletionTimestamp.IsZero() {
 		return r.reconcileDelete(ctx, s)
 	}
-	return runPhases(ctx, s, r.resolvePolicy, r.loadState, r.ensureToken, r.ensureReplicas, r.ensureEngine, r.observe)
+	return runPhases(ctx, s, r.resolvePolicy, r.loadState, r.ensureToken, r.resolveRestore, r.ensureReplicas, r.ensureEngine, r.observe)
 }
 
 // recordChanges emits an event and a log line when the volume's robustness
@@ -215,6 +220,9 @@ func (r *VolumeReconciler) loadState(ctx context.Context, s *volumeScope) (ctrl.
 func (r *VolumeReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if r.Now == nil {
 		r.Now = time.Now
+	}
+	if r.Stores == nil {
+		r.Stores = &targets.Cache{}
 	}
 	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &v1.Replica{}, replicaNodeIndex, func(o client.Object) []string {
 		return []string{o.(*v1.Replica).Spec.NodeID}

@@ -33,7 +33,7 @@ func (r *VolumeReconciler) ensureEngine(ctx context.Context, s *volumeScope) (ct
 		return ctrl.Result{}, nil
 	}
 	addrs := s.engineReplicas()
-	if node == "" || len(addrs) == 0 {
+	if node == "" || len(addrs) == 0 || s.restoring() {
 		return ctrl.Result{}, nil
 	}
 	if s.engine == nil {

@@ -48,6 +48,9 @@ func (r *VolumeReconciler) ensureToken(ctx context.Context, s *volumeScope) (ctr
 // for the missing, retires replicas lost past the replenish wait once the
 // replacements exist, and removes the least healthy beyond the count.
 func (r *VolumeReconciler) ensureReplicas(ctx context.Context, s *volumeScope) (ctrl.Result, error) {
+	if s.vol.Spec.FromBackup != nil && s.vol.Status.RestoredBackup == "" {
+		return ctrl.Result{}, nil // placed once the backup is chosen
+	}
 	usable, lost := s.classifyReplicas(r.Now())
 	want := int(s.eff.Replicas)
 	if len(usable) < want {
@@ -172,6 +175,11 @@ func (r *VolumeReconciler) createReplica(ctx context.Context, s *volumeScope, no
 			Labels: map[string]string{v1.LabelVolume: s.vol.Name},
 		},
 		Spec: v1.ReplicaSpec{VolumeName: s.vol.Name, NodeID: node, Size: s.vol.Spec.Size},
+	}
+	if s.restoring() {
+		src := *s.vol.Spec.FromBackup
+		src.Backup = s.vol.Status.RestoredBackup
+		rep.Spec.Restore = &src
 	}
 	if err := controllerutil.SetControllerReference(s.vol, rep, r.Scheme()); err != nil {
 		return err

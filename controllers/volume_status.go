@@ -112,6 +112,9 @@ func (s *volumeScope) finishStatus(err error) {
 	case o.stalled:
 	case err != nil:
 		o = outcome{reason: "ReconcileError", message: err.Error()}
+	case s.restoring():
+		c := meta.FindStatusCondition(st.Conditions, ConditionRestored)
+		o = outcome{reason: c.Reason, message: c.Message}
 	case st.Robustness != v1.RobustnessHealthy || len(st.Replicas) != int(s.eff.Replicas):
 		o = outcome{reason: "Replicating", message: fmt.Sprintf("%d of %d replicas healthy", countHealthy(st.Replicas), s.eff.Replicas)}
 	case st.State == v1.VolumeAttaching || st.State == v1.VolumeDetaching:

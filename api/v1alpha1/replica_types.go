@@ -28,6 +28,12 @@ type ReplicaSpec struct {
 	// size is the volume size the replica is created with.
 	// +required
 	Size resource.Quantity `json:"size"`
+
+	// restore fills a new replica from a backup before it first runs (set
+	// by the volume controller for a volume created fromBackup; backup is
+	// always the resolved backup ID).
+	// +optional
+	Restore *BackupSource `json:"restore,omitempty"`
 }
 
 // ReplicaStatus is the observed state of a replica.
@@ -41,10 +47,19 @@ type ReplicaStatus struct {
 	// +listMapKey=type
 	// +kubebuilder:validation:MaxItems=16
 	Conditions []metav1.Condition `json:"conditions,omitempty"`
-	// state is Stopped, Starting, Running or Error.
+	// state is Restoring, Stopped, Starting, Running or Error.
 	// +optional
-	// +kubebuilder:validation:Enum=Stopped;Starting;Running;Error
+	// +kubebuilder:validation:Enum=Restoring;Stopped;Starting;Running;Error
 	State string `json:"state,omitempty"`
+	// restoredBackup is the backup spec.restore filled the replica from,
+	// once that restore completed.
+	// +optional
+	RestoredBackup string `json:"restoredBackup,omitempty"`
+	// restoreProgress is the percentage of an ongoing restore.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=100
+	RestoreProgress int32 `json:"restoreProgress,omitempty"`
 	// address the replica server listens on (host:port). The node agent
 	// picks the port once and keeps it, so the address is reported before
 	// the process first runs and survives restarts.

@@ -149,6 +149,12 @@ type VolumeStatus struct {
 	// lastBackupTime is when lastBackup was taken.
 	// +optional
 	LastBackupTime *metav1.Time `json:"lastBackupTime,omitempty"`
+
+	// restoredBackup is the backup spec.fromBackup resolved to (the newest
+	// complete one when spec.fromBackup.backup is empty), fixed once chosen;
+	// condition Restored says when every replica holds it.
+	// +optional
+	RestoredBackup string `json:"restoredBackup,omitempty"`
 }
 
 // Volume is a replicated block volume served by Cairn's engine.

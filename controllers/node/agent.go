@@ -25,6 +25,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/recorder"
 
 	cairnv1 "github.com/cairnstore/cairn/api/v1alpha1"
+	"github.com/cairnstore/cairn/controllers/targets"
 )
 
 // Contract names shared with the manager (see doc.go and api/v1alpha1
@@ -104,6 +105,9 @@ type Agent struct {
 	replicaC chan event.GenericEvent
 	engineC  chan event.GenericEvent
 	done     chan struct{}
+	// stores opens the BackupTargets replicas are restored from.
+	stores   targets.Cache
+	restores restores
 }
 
 // New prepares the agent's directories and supervisor.
@@ -211,6 +215,7 @@ func (a *Agent) shutdown(ctx context.Context) {
 		}
 	}
 	a.sup.StopAll(ctx, enginePrefix)
+	a.restores.stopAll()
 	a.sup.StopAll(ctx, replicaPrefix)
 	a.unmountAll()
 }
@@ -258,8 +263,13 @@ func (a *Agent) removeOrphans(ctx context.Context, r client.Reader) error {
 	return nil
 }
 
-// removeReplicaData deletes a replica's directory and state file.
+// removeReplicaData stops a restore of the replica and deletes its
+// directory and state file.
 func (a *Agent) removeReplicaData(_ context.Context, name string) error {
+	a.restores.stop(name)
+	if err := os.RemoveAll(a.restoreDir(name)); err != nil {
+		return err
+	}
 	dir := a.replicaDir(name)
 	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
 		return nil

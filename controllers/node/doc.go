@@ -41,6 +41,20 @@
 // stops the child, deletes DIR/replicas/R and its state, then removes the
 // finalizer.
 //
+// Restore. A Replica with spec.restore {backupTargetRef, volume, backup}
+// (set by the manager for a volume created fromBackup; backup is a resolved
+// ID) is filled from that backup before it first runs: the agent opens the
+// BackupTarget with its Secrets (read uncached, as tokens are), restores
+// into DIR/replicas/.restore-R, sets the replica's generation to 2 (so an
+// engine opening it beside an empty replica rebuilds the empty one) and
+// renames the directory to DIR/replicas/R; that directory's existence
+// records that the restore is complete, and a crash meanwhile leaves only
+// the scratch directory, removed at the next start. Meanwhile status.state
+// is Restoring with restoreProgress (percent); then status.restoredBackup
+// names the backup. A backup that is gone, corrupt or larger than expected
+// stalls the Replica (reason RestoreFailed); a target that cannot be
+// opened is retried (reason WaitingForBackupTarget).
+//
 // Engine (cluster-scoped, named after the volume; spec.volumeName,
 // spec.nodeID, spec.size, spec.replicas as replica addresses, spec.frontend
 // "" = nbd where the nbd module and nbd-client exist, else fuse). The agent
@@ -83,6 +97,7 @@
 // Layout of DIR:
 //
 //	replicas/<replica>/   replica data (deleted with the Replica object)
+//	replicas/.restore-<replica>/  a restore in progress
 //	state/<replica>.json  the replica's port and creation size
 //	run/                  <volume>.token, <volume>.ctl, <volume>.nbd, <key>.pid
 //	mnt/<volume>/<volume> the FUSE volume file behind the loop device

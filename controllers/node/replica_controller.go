@@ -53,7 +53,12 @@ type replicaScope struct {
 	proc    ProcState
 	running bool // supervised
 	serving bool // the address accepts connections
-	err     error
+	// restoring: a restore from spec.restore runs, restorePercent done.
+	restoring      bool
+	restorePercent int32
+	// restored is the backup the replica was filled from.
+	restored string
+	err      error
 }
 
 // SetupWithManager watches the node's Replicas, Engines of any node (a
@@ -134,6 +139,7 @@ func (r *ReplicaReconciler) Reconcile(ctx context.Context, req ctrl.Request) (re
 func (r *ReplicaReconciler) reconcile(ctx context.Context, s *replicaScope) (ctrl.Result, error) {
 	phases := []func(context.Context, *replicaScope) (ctrl.Result, error){
 		r.reconcileAddress,
+		r.reconcileRestore,
 		r.reconcileAttachment,
 		r.reconcileProcess,
 	}
@@ -248,6 +254,8 @@ func outcome(res ctrl.Result, err error) (ctrl.Result, error) {
 		return ctrl.Result{}, err
 	case errors.Is(err, errNoToken):
 		return mergeResult(res, ctrl.Result{RequeueAfter: 5 * time.Second}), nil
+	case errors.Is(err, errRestoreWaiting):
+		return mergeResult(res, ctrl.Result{RequeueAfter: 15 * time.Second}), nil
 	}
 	return ctrl.Result{}, err
 }

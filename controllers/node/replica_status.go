@@ -10,10 +10,11 @@ import (
 
 // Replica and Engine status.state values.
 const (
-	stateStopped  = "Stopped"
-	stateStarting = "Starting"
-	stateRunning  = "Running"
-	stateError    = "Error"
+	stateRestoring = "Restoring"
+	stateStopped   = "Stopped"
+	stateStarting  = "Starting"
+	stateRunning   = "Running"
+	stateError     = "Error"
 )
 
 // setReplicaStatus derives the Replica's status from one reconcile's
@@ -24,6 +25,10 @@ func setReplicaStatus(s *replicaScope) ctrl.Result {
 		st.Address = s.address
 	}
 	st.PID, st.Restarts = int32(s.proc.PID), int32(s.proc.Restarts)
+	if s.restored != "" {
+		st.RestoredBackup = s.restored
+	}
+	st.RestoreProgress = s.restorePercent
 	h, state, res := replicaHealth(s)
 	st.State = state
 	applyHealth(&st.Conditions, &st.ObservedGeneration, s.obj.Generation, h)
@@ -33,8 +38,14 @@ func setReplicaStatus(s *replicaScope) ctrl.Result {
 // replicaHealth is the pure part of setReplicaStatus.
 func replicaHealth(s *replicaScope) (health, string, ctrl.Result) {
 	switch {
+	case errors.Is(s.err, errRestoreFailed):
+		return health{stalled: true, reason: "RestoreFailed", message: errors.Unwrap(s.err).Error()}, stateError, ctrl.Result{}
 	case errors.Is(s.err, reconcile.TerminalError(nil)):
 		return health{stalled: true, reason: "InvalidSpec", message: errors.Unwrap(s.err).Error()}, stateError, ctrl.Result{}
+	case errors.Is(s.err, errRestoreWaiting):
+		return health{reconciling: true, reason: "WaitingForBackupTarget", message: s.err.Error()}, stateRestoring, ctrl.Result{}
+	case s.restoring:
+		return health{reconciling: true, reason: "Restoring", message: fmt.Sprintf("filling the replica from backup %s of %s: %d%%", s.obj.Spec.Restore.Backup, s.obj.Spec.Restore.Volume, s.restorePercent)}, stateRestoring, ctrl.Result{RequeueAfter: restorePoll}
 	case errors.Is(s.err, errNoToken):
 		return health{reconciling: true, reason: "WaitingForToken", message: s.err.Error()}, stateStarting, ctrl.Result{}
 	case s.err != nil:
