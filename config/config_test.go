@@ -12,7 +12,8 @@ import (
 )
 
 // TestDefaultBuilds renders config/default the way `make deploy` does and
-// checks what a cluster would get: every CRD, the manager, webhooks pointed
+// checks what a cluster would get: every CRD, the manager, the node agent
+// DaemonSet, webhooks pointed
 // at the manager's Service, and RBAC without wildcards.
 func TestDefaultBuilds(t *testing.T) {
 	objs, err := localcluster.Build(os.DirFS("."), "default")
@@ -46,6 +47,8 @@ func TestDefaultBuilds(t *testing.T) {
 	}
 	require.Equal(t, 10, count["CustomResourceDefinition"])
 	require.Equal(t, 1, count["Deployment"])
+	require.Equal(t, 1, count["DaemonSet"], "the node agent")
+	require.Equal(t, 2, count["ServiceAccount"], "manager and node agent")
 	require.Equal(t, 1, count["ValidatingWebhookConfiguration"])
 	require.Equal(t, 1, count["Certificate"])
 }
