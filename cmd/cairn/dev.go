@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -198,10 +199,33 @@ func (d *devRun) applySamples(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := d.localTargets(objs); err != nil {
+		return err
+	}
 	if err := localcluster.Apply(ctx, d.client, "cairn-dev", objs); err != nil {
 		return fmt.Errorf("apply samples: %w", err)
 	}
 	d.applied = len(objs)
+	return nil
+}
+
+// localTargets points the samples' file:// BackupTargets (a path on a
+// real node) at DIR/backups, so the local cluster writes nothing outside
+// its data directory and the target exists.
+func (d *devRun) localTargets(objs []*unstructured.Unstructured) error {
+	dir := filepath.Join(d.dataDir, "backups")
+	for _, o := range objs {
+		url, _, _ := unstructured.NestedString(o.Object, "spec", "url")
+		if o.GetKind() != "BackupTarget" || !strings.HasPrefix(url, "file://") {
+			continue
+		}
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return err
+		}
+		if err := unstructured.SetNestedField(o.Object, "file://"+dir, "spec", "url"); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 

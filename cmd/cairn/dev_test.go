@@ -14,8 +14,10 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/client-go/tools/clientcmd"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -47,9 +49,18 @@ func TestDevSmoke(t *testing.T) {
 	require.NoError(t, c.Get(ctx, client.ObjectKey{Name: "volumes.storage.cairn.dev"}, crd))
 	vol := &cairnv1.Volume{}
 	require.NoError(t, c.Get(ctx, client.ObjectKey{Name: "pg-data"}, vol))
-	var targets cairnv1.BackupTargetList
-	require.NoError(t, c.List(ctx, &targets))
-	require.NotEmpty(t, targets.Items)
+	// The samples come up healthy: the volume on three nodes, the file
+	// target inside the data directory and reachable.
+	require.EventuallyWithT(t, func(ct *assert.CollectT) {
+		assert.NoError(ct, c.Get(ctx, client.ObjectKey{Name: "pg-data"}, vol))
+		assert.Equal(ct, cairnv1.RobustnessHealthy, vol.Status.Robustness)
+		assert.Len(ct, vol.Status.Replicas, 3)
+		assert.True(ct, meta.IsStatusConditionTrue(vol.Status.Conditions, cairnv1.ConditionReady))
+		bt := &cairnv1.BackupTarget{}
+		assert.NoError(ct, c.Get(ctx, client.ObjectKey{Name: "primary"}, bt))
+		assert.Equal(ct, "file://"+filepath.Join(dataDir, "backups"), bt.Spec.URL)
+		assert.True(ct, meta.IsStatusConditionTrue(bt.Status.Conditions, cairnv1.ConditionReady), "%v", bt.Status.Conditions)
+	}, 3*time.Minute, 250*time.Millisecond)
 	// The command dev prints works as printed.
 	get := exec.Command(printedKubectl, "get", "cairn")
 	get.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)

@@ -32,7 +32,7 @@ var (
 func TestVolumeLifecycle(t *testing.T) {
 	const vol = "e2e-a"
 	createPolicy(t, "e2e-gold", "lifecycle", 3)
-	createVolume(t, vol, "lifecycle", "256Mi")
+	createVolume(t, vol, "lifecycle", "1Gi")
 	waitVolume(t, vol, v1.VolumeDetached, 3)
 	require.Empty(t, procs("--volume "+vol), "a detached volume runs processes")
 
@@ -79,12 +79,12 @@ func TestVolumeLifecycle(t *testing.T) {
 
 	// Online growth while attached: the device grows, old data verifies,
 	// the new range takes writes.
-	patchVolume(t, vol, func(v *v1.Volume) { v.Spec.Size = resource.MustParse("512Mi") })
+	patchVolume(t, vol, func(v *v1.Volume) { v.Spec.Size = resource.MustParse("2Gi") })
 	require.EventuallyWithT(t, func(c *assert.CollectT) {
-		assert.Equal(c, "536870912", deviceSize(c, dev))
+		assert.Equal(c, "2147483648", deviceSize(c, dev))
 	}, wait, tick)
 	waitVolume(t, vol, v1.VolumeAttached, 3)
-	fioJob{offset: "400m", size: "16m"}.write(t, dev)
+	fioJob{offset: "1500m", size: "16m"}.write(t, dev)
 	region1.verify(t, dev)
 	region2.verify(t, dev)
 
