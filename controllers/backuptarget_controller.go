@@ -318,9 +318,10 @@ func (r *BackupTargetReconciler) importBackups(ctx context.Context, s *targetSco
 				return ctrl.Result{RequeueAfter: time.Second}, nil
 			}
 			name := importedBackupName(vol, info.ID)
-			if taken[name] {
+			if taken[name] || taken[info.Labels[v1.LabelBackup]] {
 				// Another object has this name (the same backup imported
-				// through another target of the same bucket): leave it.
+				// through another target of the same bucket), or the Backup
+				// that made it exists and is recording its ID: leave it.
 				continue
 			}
 			if err := r.createImported(ctx, s.bt, name, info); err != nil {
@@ -425,6 +426,7 @@ func (r *BackupTargetReconciler) finishStatus(ctx context.Context, s *targetScop
 	s.out.message = s.scrub(s.out.message)
 	st := &s.bt.Status
 	setConditions(&st.Conditions, &st.ObservedGeneration, s.bt.Generation, s.out)
+	recordTargetReady(s.bt.Name, s.out.ready)
 	before, after := meta.FindStatusCondition(orig.Status.Conditions, v1.ConditionReady), meta.FindStatusCondition(st.Conditions, v1.ConditionReady)
 	stalledBefore := meta.FindStatusCondition(orig.Status.Conditions, v1.ConditionStalled)
 	logger := log.FromContext(ctx)

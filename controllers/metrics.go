@@ -22,10 +22,27 @@ var (
 		Name: "cairn_node_ready",
 		Help: "1 while the node agent's heartbeat is current, else 0.",
 	}, []string{"node"})
+	volumeLastBackup = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "cairn_volume_last_backup_timestamp_seconds",
+		Help: "Completion time (Unix seconds) of the volume's newest complete backup.",
+	}, []string{"volume"})
+	backupDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "cairn_backup_duration_seconds",
+		Help:    "Time from a backup's start to its completion in the target.",
+		Buckets: prometheus.ExponentialBuckets(1, 2, 16),
+	}, []string{"volume", "backup_target"})
+	backupBytes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "cairn_backup_bytes_total",
+		Help: "Bytes backups uploaded to their target (after deduplication and compression).",
+	}, []string{"volume", "backup_target"})
+	backupTargetReady = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "cairn_backuptarget_ready",
+		Help: "1 while the BackupTarget is Ready (probed and readable), else 0.",
+	}, []string{"backup_target"})
 )
 
 func init() {
-	metrics.Registry.MustRegister(volumeRobustness, volumeReplicas, nodeReadyGauge)
+	metrics.Registry.MustRegister(volumeRobustness, volumeReplicas, nodeReadyGauge, volumeLastBackup, backupDuration, backupBytes, backupTargetReady)
 }
 
 var robustnessValue = map[v1.Robustness]float64{
@@ -42,12 +59,33 @@ func recordVolume(vol *v1.Volume) {
 	for mode, n := range count {
 		volumeReplicas.WithLabelValues(vol.Name, mode).Set(n)
 	}
+	if t := vol.Status.LastBackupTime; t != nil {
+		volumeLastBackup.WithLabelValues(vol.Name).Set(float64(t.Unix()))
+	}
 }
 
 // forgetVolume drops a deleted volume's series.
 func forgetVolume(name string) {
 	volumeRobustness.DeleteLabelValues(name)
 	volumeReplicas.DeletePartialMatch(prometheus.Labels{"volume": name})
+	volumeLastBackup.DeleteLabelValues(name)
+}
+
+// recordBackupCompleted observes a completed backup once.
+func recordBackupCompleted(b *v1.Backup) {
+	labels := []string{b.Spec.VolumeName, string(b.Spec.BackupTargetRef)}
+	if b.Status.CreationTime != nil && b.Status.CompletionTime != nil {
+		backupDuration.WithLabelValues(labels...).Observe(b.Status.CompletionTime.Sub(b.Status.CreationTime.Time).Seconds())
+	}
+	backupBytes.WithLabelValues(labels...).Add(float64(b.Status.UploadedBytes))
+}
+
+func recordTargetReady(name string, ready bool) {
+	v := 0.0
+	if ready {
+		v = 1
+	}
+	backupTargetReady.WithLabelValues(name).Set(v)
 }
 
 func recordNode(name string, ready bool) {

@@ -11,6 +11,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	cairnv1 "github.com/cairnstore/cairn/api/v1alpha1"
+	"github.com/cairnstore/cairn/controllers/scheduler"
 	"github.com/cairnstore/cairn/controllers/targets"
 )
 
@@ -46,7 +47,9 @@ func Setup(mgr ctrl.Manager) error {
 		&CairnNodeReconciler{Client: c},
 		&VolumeReconciler{Client: c, Recorder: mgr.GetEventRecorder("cairn-volume"), Stores: stores},
 		&VolumePolicyReconciler{Client: c},
+		&scheduler.Reconciler{Client: c, Recorder: mgr.GetEventRecorder("cairn-scheduler")},
 		&BackupTargetReconciler{Client: c, Recorder: mgr.GetEventRecorder("cairn-backuptarget"), Stores: stores},
+		&BackupReconciler{Client: c, Recorder: mgr.GetEventRecorder("cairn-backup"), Stores: stores},
 	} {
 		if err := r.SetupWithManager(mgr); err != nil {
 			return err

@@ -35,6 +35,8 @@ import (
 // +kubebuilder:rbac:groups=storage.cairn.dev,resources=engines,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=storage.cairn.dev,resources=volumepolicies,verbs=get;list;watch
 // +kubebuilder:rbac:groups=storage.cairn.dev,resources=backuptargets,verbs=get;list;watch
+// +kubebuilder:rbac:groups=storage.cairn.dev,resources=snapshots,verbs=get;list;watch;update;patch
+// +kubebuilder:rbac:groups=storage.cairn.dev,resources=backups,verbs=get;list;watch
 // +kubebuilder:rbac:groups=core,resources=secrets,verbs=get;list;watch;create,namespace=cairn-system
 
 // replicaNodeIndex indexes Replicas by spec.nodeID.
@@ -60,6 +62,10 @@ type volumeScope struct {
 	replicas []v1.Replica
 	nodes    map[string]*v1.CairnNode
 	engine   *v1.Engine
+	// snapshots are the volume's Snapshot objects; work says whether a
+	// snapshot or backup needs the engine.
+	snapshots []v1.Snapshot
+	work      bool
 	// out is the outcome the phases arrived at so far.
 	out outcome
 	// lostUntil is the earliest time a not-ready replica becomes lost.
@@ -94,7 +100,7 @@ func (r *VolumeReconciler) Reconcile(ctx context.Context, req ctrl.Request) (res
 	if !vol.DeletionTimestamp.IsZero() {
 		return r.reconcileDelete(ctx, s)
 	}
-	return runPhases(ctx, s, r.resolvePolicy, r.loadState, r.ensureToken, r.resolveRestore, r.ensureReplicas, r.ensureEngine, r.observe)
+	return runPhases(ctx, s, r.resolvePolicy, r.loadState, r.loadWork, r.ensureToken, r.resolveRestore, r.ensureReplicas, r.ensureEngine, r.observe)
 }
 
 // recordChanges emits an event and a log line when the volume's robustness
@@ -224,8 +230,19 @@ func (r *VolumeReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if r.Stores == nil {
 		r.Stores = &targets.Cache{}
 	}
-	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &v1.Replica{}, replicaNodeIndex, func(o client.Object) []string {
+	idx := mgr.GetFieldIndexer()
+	if err := idx.IndexField(context.Background(), &v1.Replica{}, replicaNodeIndex, func(o client.Object) []string {
 		return []string{o.(*v1.Replica).Spec.NodeID}
+	}); err != nil {
+		return err
+	}
+	if err := idx.IndexField(context.Background(), &v1.Snapshot{}, volumeNameIndex, func(o client.Object) []string {
+		return []string{o.(*v1.Snapshot).Spec.VolumeName}
+	}); err != nil {
+		return err
+	}
+	if err := idx.IndexField(context.Background(), &v1.Backup{}, volumeNameIndex, func(o client.Object) []string {
+		return []string{o.(*v1.Backup).Spec.VolumeName}
 	}); err != nil {
 		return err
 	}
@@ -236,6 +253,8 @@ func (r *VolumeReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Owns(&v1.Engine{}).
 		Owns(&corev1.Secret{}).
 		Watches(&v1.VolumePolicy{}, handler.EnqueueRequestsFromMapFunc(r.allVolumes)).
+		Watches(&v1.Snapshot{}, handler.EnqueueRequestsFromMapFunc(volumeOfWork)).
+		Watches(&v1.Backup{}, handler.EnqueueRequestsFromMapFunc(volumeOfWork)).
 		Watches(&v1.CairnNode{}, handler.EnqueueRequestsFromMapFunc(r.volumesOnNode), builder.WithPredicates(readinessChanged())).
 		Complete(r)
 }

@@ -14,16 +14,15 @@ import (
 	v1 "github.com/cairnstore/cairn/api/v1alpha1"
 )
 
-// ensureEngine keeps one Engine, named after the volume, on spec.nodeID
-// while the volume is attached (never for a standby). Moving to another
-// node deletes the old Engine first and creates the new one only once the
-// old agent has flushed and stopped it, so a volume never has two writers.
+// ensureEngine keeps one Engine, named after the volume, where
+// engineTarget says: on spec.nodeID while attached, or without a frontend
+// on a replica's node while a detached volume has snapshots or backups to
+// run. Moving it (or changing its frontend) deletes the old Engine first
+// and creates the new one only once the old agent has flushed and stopped
+// it, so a volume never has two writers.
 func (r *VolumeReconciler) ensureEngine(ctx context.Context, s *volumeScope) (ctrl.Result, error) {
-	node := s.vol.Spec.NodeID
-	if s.vol.Spec.Standby {
-		node = ""
-	}
-	if e := s.engine; e != nil && (node == "" || e.Spec.NodeID != node) {
+	node, frontend := s.engineTarget()
+	if e := s.engine; e != nil && (node == "" || e.Spec.NodeID != node || e.Spec.Frontend != frontend) {
 		if e.DeletionTimestamp.IsZero() {
 			if err := r.Delete(ctx, e); client.IgnoreNotFound(err) != nil {
 				return ctrl.Result{}, err
@@ -33,11 +32,11 @@ func (r *VolumeReconciler) ensureEngine(ctx context.Context, s *volumeScope) (ct
 		return ctrl.Result{}, nil
 	}
 	addrs := s.engineReplicas()
-	if node == "" || len(addrs) == 0 || s.restoring() {
+	if node == "" || len(addrs) == 0 {
 		return ctrl.Result{}, nil
 	}
 	if s.engine == nil {
-		return ctrl.Result{}, r.createEngine(ctx, s, node, addrs)
+		return ctrl.Result{}, r.createEngine(ctx, s, node, frontend, addrs)
 	}
 	if !slices.Equal(s.engine.Spec.Replicas, addrs) || !s.engine.Spec.Size.Equal(s.vol.Spec.Size) {
 		patch := client.MergeFrom(s.engine.DeepCopy())
@@ -60,10 +59,10 @@ func (s *volumeScope) engineReplicas() []string {
 	return addrs
 }
 
-func (r *VolumeReconciler) createEngine(ctx context.Context, s *volumeScope, node string, addrs []string) error {
+func (r *VolumeReconciler) createEngine(ctx context.Context, s *volumeScope, node, frontend string, addrs []string) error {
 	e := &v1.Engine{
 		ObjectMeta: metav1.ObjectMeta{Name: s.vol.Name, Labels: map[string]string{v1.LabelVolume: s.vol.Name}},
-		Spec:       v1.EngineSpec{VolumeName: s.vol.Name, NodeID: node, Replicas: addrs, Size: s.vol.Spec.Size},
+		Spec:       v1.EngineSpec{VolumeName: s.vol.Name, NodeID: node, Frontend: frontend, Replicas: addrs, Size: s.vol.Spec.Size},
 	}
 	if err := controllerutil.SetControllerReference(s.vol, e, r.Scheme()); err != nil {
 		return err
@@ -72,6 +71,10 @@ func (r *VolumeReconciler) createEngine(ctx context.Context, s *volumeScope, nod
 		return client.IgnoreAlreadyExists(err)
 	}
 	s.engine = e
+	if frontend == frontendNone {
+		log.FromContext(ctx).Info("Starting an engine without a frontend for snapshots and backups", "node", node)
+		return nil
+	}
 	r.Recorder.Eventf(s.vol, e, corev1.EventTypeNormal, "Attaching", "Attach", "attaching on node %s", node)
 	log.FromContext(ctx).Info("Attaching", "node", node)
 	return nil
@@ -94,6 +97,12 @@ func (r *VolumeReconciler) reconcileDelete(ctx context.Context, s *volumeScope) 
 	}
 	if len(s.replicas) > 0 {
 		return ctrl.Result{}, nil // each replica's deletion requeues
+	}
+	if _, err := r.loadWork(ctx, s); err != nil {
+		return ctrl.Result{}, err
+	}
+	if err := r.releaseSnapshots(ctx, s); err != nil {
+		return ctrl.Result{}, err
 	}
 	tok := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: v1.SystemNamespace, Name: v1.TokenSecretName(s.vol.Name)}}
 	if err := r.Delete(ctx, tok); client.IgnoreNotFound(err) != nil {

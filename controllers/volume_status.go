@@ -87,6 +87,9 @@ func attachment(s *volumeScope) (v1.VolumeState, string, string) {
 		want = ""
 	}
 	e := s.engine
+	if e != nil && e.Spec.Frontend == frontendNone && e.DeletionTimestamp.IsZero() {
+		e = nil // serves snapshots and backups; the volume is detached
+	}
 	switch {
 	case e == nil && want == "":
 		if len(s.replicas) == 0 {

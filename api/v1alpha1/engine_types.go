@@ -21,11 +21,12 @@ type EngineSpec struct {
 	NodeID string `json:"nodeID"`
 
 	// frontend is how the volume is exposed on the node: nbd (kernel NBD
-	// client), fuse (a FUSE file on a loop device), or empty to let the node
-	// agent choose (nbd where the nbd module and nbd-client are available,
-	// else fuse).
+	// client), fuse (a FUSE file on a loop device), none (no device: the
+	// engine of a detached volume serves only snapshots and backups), or
+	// empty to let the node agent choose (nbd where the nbd module and
+	// nbd-client are available, else fuse).
 	// +optional
-	// +kubebuilder:validation:Enum=nbd;fuse
+	// +kubebuilder:validation:Enum=nbd;fuse;none
 	Frontend string `json:"frontend,omitempty"`
 
 	// replicas are the addresses (host:port, as in Replica status.address)

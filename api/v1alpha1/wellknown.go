@@ -14,12 +14,32 @@ const (
 	LabelVolume = "storage.cairn.dev/volume"
 	// LabelBackupTarget names the BackupTarget a Backup object belongs to.
 	LabelBackupTarget = "storage.cairn.dev/backup-target"
+	// LabelRecurringSnapshot names the RecurringSnapshot whose run created a
+	// Snapshot or Backup.
+	LabelRecurringSnapshot = "storage.cairn.dev/recurring-snapshot"
+	// AnnotationScheduledTime is the scheduled (pre-jitter) time, RFC 3339 in
+	// UTC, of the RecurringSnapshot run that created a Snapshot or Backup.
+	AnnotationScheduledTime = "storage.cairn.dev/scheduled-time"
+	// AnnotationRunReported marks a Snapshot or Backup of a
+	// RecurringSnapshot whose failure the scheduler has reported (value
+	// "Failed"), so that each failure is reported once.
+	AnnotationRunReported = "storage.cairn.dev/run-reported"
 	// FinalizerVolume keeps a Volume until its replicas and engine are gone.
 	FinalizerVolume = "storage.cairn.dev/volume"
 	// FinalizerReplicaData keeps a Replica until its node agent removed its data.
 	FinalizerReplicaData = "storage.cairn.dev/replica-data"
 	// FinalizerEngine keeps an Engine until its node agent stopped it.
 	FinalizerEngine = "storage.cairn.dev/engine"
+	// FinalizerSnapshot keeps a taken Snapshot until it is removed from the
+	// volume's replicas.
+	FinalizerSnapshot = "storage.cairn.dev/snapshot"
+	// FinalizerBackupData keeps a Backup with deletePolicy Delete until its
+	// backup is deleted from the target.
+	FinalizerBackupData = "storage.cairn.dev/backup-data"
+	// LabelSnapshot marks a replica snapshot taken for a Snapshot object
+	// (the value is its name); LabelBackup one taken for a Backup object.
+	LabelSnapshot = "storage.cairn.dev/snapshot"
+	LabelBackup   = "storage.cairn.dev/backup"
 	// TokenKey is the key of the volume token in its Secret.
 	TokenKey = "token"
 	// NodeLeasePrefix prefixes a node agent's heartbeat Lease name.

@@ -59,7 +59,7 @@ The control endpoint serves /v1/status, /v1/snapshots, /v1/replicas, /v1/size (g
 	f.StringVar(&size, "size", "", "volume size in bytes (suffixes Ki, Mi, Gi, Ti accepted)")
 	f.StringArrayVar(&o.Replicas, "replica", nil, "replica address host:port or unix:PATH (repeatable)")
 	f.StringVar(&o.TokenFile, "token-file", "", "file holding the volume's replica token")
-	f.StringVar(&o.Frontend, "frontend", "nbd", "frontend: nbd or fuse")
+	f.StringVar(&o.Frontend, "frontend", "nbd", "frontend: nbd, fuse or none (control endpoint only: snapshots and backups of a detached volume)")
 	f.StringVar(&o.Listen, "listen", "", "NBD listen address: unix:PATH or host:port")
 	f.StringVar(&o.Mountpoint, "mountpoint", "", "FUSE mount directory; the volume is DIR/VOLUME")
 	f.StringVar(&o.Control, "control", "", "control endpoint address unix:PATH or host:port (status, snapshots, replicas, metrics)")

@@ -104,10 +104,15 @@ type Agent struct {
 	loops    *loopTable
 	replicaC chan event.GenericEvent
 	engineC  chan event.GenericEvent
+	backupC  chan event.GenericEvent
 	done     chan struct{}
-	// stores opens the BackupTargets replicas are restored from.
-	stores   targets.Cache
-	restores restores
+	// stores opens the BackupTargets replicas are restored from and
+	// backups are written to.
+	stores targets.Cache
+	// jobs are the restores and backups running in the agent.
+	jobs jobTable
+	// controls are the control clients of the engines on this node.
+	controls controlClients
 }
 
 // New prepares the agent's directories and supervisor.
@@ -120,6 +125,7 @@ func New(opts Options) (*Agent, error) {
 		loops:    &loopTable{m: map[string]loopAttachment{}},
 		replicaC: make(chan event.GenericEvent, 256),
 		engineC:  make(chan event.GenericEvent, 256),
+		backupC:  make(chan event.GenericEvent, 64),
 		done:     make(chan struct{}),
 	}
 	for _, d := range []string{a.runDir(), a.stateDir(), a.logDir(), filepath.Join(opts.DataDir, "replicas"), filepath.Join(opts.DataDir, "mnt")} {
@@ -184,6 +190,14 @@ func (a *Agent) Setup(mgr ctrl.Manager) error {
 	if err := er.SetupWithManager(mgr, opts); err != nil {
 		return err
 	}
+	sr := &SnapshotReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Agent: a}
+	if err := sr.SetupWithManager(mgr, opts); err != nil {
+		return err
+	}
+	br := &BackupReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Agent: a}
+	if err := br.SetupWithManager(mgr, opts); err != nil {
+		return err
+	}
 	hb := &Heartbeat{Client: mgr.GetClient(), Agent: a}
 	return mgr.Add(hb)
 }
@@ -215,7 +229,7 @@ func (a *Agent) shutdown(ctx context.Context) {
 		}
 	}
 	a.sup.StopAll(ctx, enginePrefix)
-	a.restores.stopAll()
+	a.jobs.stopAll()
 	a.sup.StopAll(ctx, replicaPrefix)
 	a.unmountAll()
 }
@@ -266,7 +280,7 @@ func (a *Agent) removeOrphans(ctx context.Context, r client.Reader) error {
 // removeReplicaData stops a restore of the replica and deletes its
 // directory and state file.
 func (a *Agent) removeReplicaData(_ context.Context, name string) error {
-	a.restores.stop(name)
+	a.jobs.stop(restoreKey(name))
 	if err := os.RemoveAll(a.restoreDir(name)); err != nil {
 		return err
 	}
@@ -304,6 +318,9 @@ func (a *Agent) notify(key string) {
 	case strings.HasPrefix(key, enginePrefix):
 		ch, obj = a.engineC, &cairnv1.Engine{}
 		obj.SetName(strings.TrimPrefix(key, enginePrefix))
+	case strings.HasPrefix(key, backupPrefix):
+		ch, obj = a.backupC, &cairnv1.Backup{}
+		obj.SetName(strings.TrimPrefix(key, backupPrefix))
 	default:
 		return
 	}
@@ -321,10 +338,12 @@ func (a *Agent) notify(key string) {
 	}
 }
 
-// Children keys: a prefix and the Replica or Engine name.
+// Children keys: a prefix and the Replica or Engine name; job keys of
+// backups: backupPrefix and the Backup name.
 const (
 	replicaPrefix = "replica-"
 	enginePrefix  = "engine-"
+	backupPrefix  = "backup/"
 )
 
 // markOfKey is the argv sequence identifying the child recorded under key.

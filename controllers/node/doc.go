@@ -77,6 +77,34 @@
 // (SIGTERM: it flushes and unmounts), removes any mount left, then the
 // finalizer. An Engine whose nodeID moves away is torn down locally.
 //
+// Engine without a frontend. spec.frontend "none" (set by the manager while
+// a detached volume has snapshots or backups to run) starts the engine with
+// only its control endpoint: no device, status.endpoint empty, Running once
+// the volume is open. The replicas run while it exists, like any engine's.
+//
+// Snapshot (cluster-scoped; spec.volumeName). The agent of the node whose
+// Engine for the volume is Running takes it through the engine's control
+// endpoint (POST /v1/snapshots, under the engine's I/O barrier, on every
+// replica, named after the object), adds finalizer
+// storage.cairn.dev/snapshot and sets status.readyToUse, creationTime and
+// restoreSize; deleting the object removes the snapshot from the replicas
+// (through the engine again), then the finalizer.
+//
+// Backup (cluster-scoped; spec.volumeName, spec.backupTargetRef, optional
+// spec.snapshotName; objects with spec.backupID are imported descriptions
+// and never run). The same agent takes a snapshot "backup-<name>" labelled
+// storage.cairn.dev/backup (unless spec.snapshotName names a ready
+// Snapshot), then streams it from a healthy replica through that replica's
+// running process (replica.Remote: the protocol's Diff, LayerExtents and
+// ReadLayer) to the target, incrementally against the volume's newest
+// backup, under the volume's name and with label storage.cairn.dev/backup
+// naming the object. Status: state InProgress with progress and
+// uploadedBytes while it runs; Completed with backupID, size and
+// completionTime once the backup is complete in the target; a failure is
+// retried with backoff (Reconciling, the reason in its message); a missing
+// Snapshot fails it (state Failed, Stalled). After a backup completes, the
+// older "backup-" snapshots are removed: the newest is the base of the next.
+//
 // CairnNode (named --name). Created by the agent if missing; its spec belongs
 // to users and is never written. Every 5s the agent renews Lease
 // cairn-system/cairn-node-<name> (leaseDurationSeconds 20: the manager treats

@@ -26,7 +26,6 @@ import (
 	cairnv1 "github.com/cairnstore/cairn/api/v1alpha1"
 	"github.com/cairnstore/cairn/engine"
 	"github.com/cairnstore/cairn/engine/fuse"
-	"github.com/cairnstore/cairn/internal/secretfile"
 )
 
 // +kubebuilder:rbac:groups=storage.cairn.dev,resources=engines,verbs=get;list;watch;update;patch
@@ -46,8 +45,7 @@ type EngineReconciler struct {
 	APIReader client.Reader
 	Agent     *Agent
 
-	mu      sync.Mutex
-	clients map[string]*engine.ControlClient
+	mu sync.Mutex
 	// sizes are the sizes supervised engines were started with: a restart
 	// keeps it (its replicas have it) until the engine is torn down.
 	sizes map[string]int64
@@ -70,7 +68,6 @@ type engineScope struct {
 
 // SetupWithManager watches the node's Engines and the supervisor's events.
 func (r *EngineReconciler) SetupWithManager(mgr ctrl.Manager, opts controller.Options) error {
-	r.clients = map[string]*engine.ControlClient{}
 	r.sizes = map[string]int64{}
 	mine := predicate.NewPredicateFuncs(func(o client.Object) bool {
 		e, ok := o.(*cairnv1.Engine)
@@ -217,9 +214,10 @@ func (r *EngineReconciler) reconcileProcess(_ context.Context, s *engineScope) (
 	for _, addr := range s.obj.Spec.Replicas {
 		args = append(args, "--replica", addr)
 	}
-	if s.frontend == frontendNBD {
+	switch s.frontend {
+	case frontendNBD:
 		args = append(args, "--listen", r.Agent.nbdAddr(vol))
-	} else {
+	case frontendFUSE:
 		args = append(args, "--mountpoint", r.Agent.mountpoint(vol))
 	}
 	s.proc = r.Agent.sup.Ensure(enginePrefix+vol, Child{Args: args, Mark: engineMark(vol), PreStart: func() error {
@@ -255,9 +253,12 @@ func (r *EngineReconciler) reconcileControl(ctx context.Context, s *engineScope)
 func (r *EngineReconciler) reconcileFrontend(ctx context.Context, s *engineScope) (ctrl.Result, error) {
 	var dev string
 	var err error
-	if s.frontend == frontendNBD {
+	switch s.frontend {
+	case frontendNone:
+		return ctrl.Result{}, nil
+	case frontendNBD:
 		dev, err = r.Agent.ensureNBD(ctx, s.obj.Name, s.proc.PID)
-	} else {
+	default:
 		dev, err = r.Agent.ensureLoop(ctx, s.obj.Name, s.proc.PID)
 	}
 	if err != nil {
@@ -290,7 +291,7 @@ func (r *EngineReconciler) reconcileSize(ctx context.Context, s *engineScope) (c
 	r.mu.Lock()
 	r.sizes[s.obj.Name] = want
 	r.mu.Unlock()
-	if s.frontend != frontendNBD {
+	if s.frontend == frontendFUSE {
 		if err := fuse.RefreshLoopCapacity(s.endpoint, r.Agent.volumeFile(s.obj.Name)); err != nil {
 			return ctrl.Result{}, err
 		}
@@ -358,18 +359,7 @@ func memberChanges(want []string, st *engine.Status) (add, remove []string) {
 
 // control returns the cached control client of vol.
 func (r *EngineReconciler) control(vol, tokenFile string) (*engine.ControlClient, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if c, ok := r.clients[vol]; ok {
-		return c, nil
-	}
-	tok, err := secretfile.ReadToken(tokenFile)
-	if err != nil {
-		return nil, err
-	}
-	c := engine.NewControlClient(r.Agent.controlAddr(vol), tok)
-	r.clients[vol] = c
-	return c, nil
+	return r.Agent.controls.get(r.Agent.controlAddr(vol), vol, tokenFile)
 }
 
 // reconcileDelete tears the engine down, then releases the finalizer.
@@ -403,8 +393,8 @@ func (r *EngineReconciler) teardown(ctx context.Context, vol string) error {
 	if err := r.Agent.clearVolume(ctx, vol); err != nil {
 		return err
 	}
+	r.Agent.controls.forget(vol)
 	r.mu.Lock()
-	delete(r.clients, vol)
 	delete(r.sizes, vol)
 	r.mu.Unlock()
 	for _, p := range []string{r.Agent.mountpoint(vol), trimUnix(r.Agent.controlAddr(vol)), trimUnix(r.Agent.nbdAddr(vol))} {

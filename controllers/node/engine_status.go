@@ -45,7 +45,7 @@ func engineHealth(s *engineScope, poll time.Duration) (health, string, ctrl.Resu
 		return health{reconciling: true, reason: "ProcessExited", message: "the engine process exited (" + s.proc.LastExit + "); restarting with backoff"}, stateError, ctrl.Result{}
 	case s.err != nil:
 		return health{reconciling: true, reason: "ReconcileFailed", message: s.err.Error()}, stateError, ctrl.Result{}
-	case s.status == nil || s.endpoint == "":
+	case s.status == nil || s.endpoint == "" && s.frontend != frontendNone:
 		return health{reconciling: true, reason: "Starting", message: "waiting for the engine to open the volume"}, stateStarting, ctrl.Result{}
 	case s.memberErr != nil:
 		return health{ready: true, reconciling: true, reason: "ReplicaChangePending", message: s.memberErr.Error()}, stateRunning, ctrl.Result{}
@@ -53,6 +53,9 @@ func engineHealth(s *engineScope, poll time.Duration) (health, string, ctrl.Resu
 		return health{ready: true, reconciling: true, reason: "Growing", message: fmt.Sprintf("the engine serves %d bytes, growing to %s", s.status.Size, s.obj.Spec.Size.String())}, stateRunning, ctrl.Result{RequeueAfter: min(poll, time.Second)}
 	case len(s.pending) > 0 || s.obj.Status.RebuildProgress > 0 || rebuilding(s.status):
 		return health{ready: true, reconciling: true, reason: "Rebuilding", message: membersMessage(s)}, stateRunning, ctrl.Result{RequeueAfter: min(poll, time.Second)}
+	}
+	if s.frontend == frontendNone {
+		return health{ready: true, reason: "Running", message: fmt.Sprintf("volume open without a frontend, for snapshots and backups (%s)", s.status.Robustness)}, stateRunning, ctrl.Result{RequeueAfter: poll}
 	}
 	return health{ready: true, reason: "Running", message: fmt.Sprintf("volume served on %s (%s)", s.endpoint, s.status.Robustness)}, stateRunning, ctrl.Result{RequeueAfter: poll}
 }

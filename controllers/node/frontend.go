@@ -14,6 +14,9 @@ import (
 const (
 	frontendNBD  = "nbd"
 	frontendFUSE = "fuse"
+	// frontendNone exposes nothing: the engine of a detached volume serves
+	// only its control endpoint, for snapshots and backups.
+	frontendNone = "none"
 )
 
 // nbdAvailable reports whether the kernel NBD client can be used: the nbd
@@ -30,8 +33,8 @@ func nbdAvailable() bool {
 // else fuse; an explicit nbd without kernel support is a spec error.
 func chooseFrontend(spec string) (string, error) {
 	switch spec {
-	case frontendFUSE:
-		return frontendFUSE, nil
+	case frontendFUSE, frontendNone:
+		return spec, nil
 	case frontendNBD:
 		if !nbdAvailable() {
 			return "", errors.New("frontend nbd needs the nbd kernel module and nbd-client on the node; use fuse or leave frontend empty")

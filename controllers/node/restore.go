@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -33,61 +31,6 @@ const restoredGeneration = 2
 // restorePoll is how often a running restore's progress is reported.
 const restorePoll = 2 * time.Second
 
-// restoreJob is one restore of a replica running in the agent.
-type restoreJob struct {
-	backup  string
-	cancel  context.CancelFunc
-	done    chan struct{}
-	percent atomic.Int32
-	err     error // valid once done is closed
-}
-
-// restores tracks the agent's running restores by replica name.
-type restores struct {
-	mu   sync.Mutex
-	jobs map[string]*restoreJob
-}
-
-func (rs *restores) get(name string) *restoreJob {
-	rs.mu.Lock()
-	defer rs.mu.Unlock()
-	return rs.jobs[name]
-}
-
-func (rs *restores) put(name string, j *restoreJob) {
-	rs.mu.Lock()
-	defer rs.mu.Unlock()
-	if rs.jobs == nil {
-		rs.jobs = map[string]*restoreJob{}
-	}
-	rs.jobs[name] = j
-}
-
-// stop cancels name's restore, waits for it and forgets it.
-func (rs *restores) stop(name string) {
-	rs.mu.Lock()
-	j := rs.jobs[name]
-	delete(rs.jobs, name)
-	rs.mu.Unlock()
-	if j != nil {
-		j.cancel()
-		<-j.done
-	}
-}
-
-// stopAll cancels and waits for every restore.
-func (rs *restores) stopAll() {
-	rs.mu.Lock()
-	names := make([]string, 0, len(rs.jobs))
-	for n := range rs.jobs {
-		names = append(names, n)
-	}
-	rs.mu.Unlock()
-	for _, n := range names {
-		rs.stop(n)
-	}
-}
-
 // restoreDir is where a replica is restored before it is renamed into
 // place: a name no Replica can have, so an agent starting after a crash
 // removes it as an orphan.
@@ -106,9 +49,9 @@ func (r *ReplicaReconciler) reconcileRestore(ctx context.Context, s *replicaScop
 		s.restored = src.Backup
 		return ctrl.Result{}, nil
 	}
-	job := r.Agent.restores.get(name)
-	if job == nil || job.backup != src.Backup {
-		r.Agent.restores.stop(name)
+	job := r.Agent.jobs.get(restoreKey(name))
+	if job == nil || job.what != src.Backup {
+		r.Agent.jobs.stop(restoreKey(name))
 		store, err := r.Agent.stores.Open(ctx, r.APIReader, string(src.BackupTargetRef), targets.DefaultTimeout)
 		if err != nil {
 			return ctrl.Result{}, fmt.Errorf("%w: %w", errRestoreWaiting, err)
@@ -122,7 +65,7 @@ func (r *ReplicaReconciler) reconcileRestore(ctx context.Context, s *replicaScop
 		s.restoring, s.restorePercent = true, job.percent.Load()
 		return ctrl.Result{RequeueAfter: restorePoll}, nil
 	}
-	r.Agent.restores.stop(name)
+	r.Agent.jobs.stop(restoreKey(name))
 	switch {
 	case errors.Is(job.err, backupstore.ErrCorrupt), errors.Is(job.err, backupstore.ErrBackupNotFound), errors.Is(job.err, backupstore.ErrSizeMismatch):
 		return ctrl.Result{}, reconcile.TerminalError(fmt.Errorf("%w: backup %s: %w", errRestoreFailed, src.Backup, job.err))
@@ -145,21 +88,13 @@ var errRestoreWaiting = errors.New("waiting for the backup target")
 
 // startRestore runs the restore of one replica in the background and
 // requeues the replica when it ends.
-func (a *Agent) startRestore(name string, store *backupstore.Store, src *cairnv1.BackupSource) *restoreJob {
-	ctx, cancel := context.WithCancel(context.Background())
-	j := &restoreJob{backup: src.Backup, cancel: cancel, done: make(chan struct{})}
-	a.restores.put(name, j)
-	go func() {
-		defer close(j.done)
-		defer a.notify(replicaPrefix + name)
-		j.err = a.restoreReplica(ctx, name, store, src, func(p backupstore.Progress) {
-			if p.BytesTotal > 0 {
-				j.percent.Store(int32(p.BytesDone * 100 / p.BytesTotal))
-			}
-		})
-	}()
-	return j
+func (a *Agent) startRestore(name string, store *backupstore.Store, src *cairnv1.BackupSource) *job {
+	return a.jobs.start(restoreKey(name), src.Backup, func() { a.notify(replicaPrefix + name) }, func(ctx context.Context, j *job) error {
+		return a.restoreReplica(ctx, name, store, src, j.progress)
+	})
 }
+
+func restoreKey(replica string) string { return "restore/" + replica }
 
 // restoreReplica restores into a scratch directory, marks the replica with
 // the restored generation and renames it into place.

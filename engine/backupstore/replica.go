@@ -23,13 +23,21 @@ type ReplicaBackupOptions struct {
 	Progress    func(Progress)
 }
 
+// SnapshotSource is the replica a backup reads: a local *replica.Replica
+// (the CLI, with the replica stopped) or a *replica.Remote reading through
+// the running replica process.
+type SnapshotSource interface {
+	OpenSnapshot(name string) (replica.SnapshotReader, error)
+	Diff(from, to string) ([]replica.Extent, error)
+}
+
 // BackupReplica backs up a snapshot of a replica. Incremental by default:
 // it asks the replica for the extents changed since the snapshot of the
 // volume's latest backup and reads only those; if that snapshot was
 // removed from the replica it hashes every block and uploads only blocks
 // the previous backup and the target lack. A first backup reads only the
 // allocated extents.
-func (s *Store) BackupReplica(ctx context.Context, r *replica.Replica, opts ReplicaBackupOptions) (BackupInfo, error) {
+func (s *Store) BackupReplica(ctx context.Context, r SnapshotSource, opts ReplicaBackupOptions) (BackupInfo, error) {
 	snap, err := r.OpenSnapshot(opts.Snapshot)
 	if err != nil {
 		return BackupInfo{}, fmt.Errorf("backup %s: open snapshot %q: %w", opts.Volume, opts.Snapshot, err)

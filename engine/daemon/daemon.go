@@ -29,7 +29,7 @@ type Options struct {
 	Size      int64
 	Replicas  []string
 	TokenFile string
-	// Frontend is "nbd" or "fuse".
+	// Frontend is "nbd", "fuse" or "none" (control endpoint only).
 	Frontend string
 	// Listen is the NBD address: "unix:PATH" or "host:port".
 	Listen string
@@ -72,8 +72,12 @@ func (o *Options) Validate() error {
 		if o.Mountpoint == "" {
 			errs = append(errs, errors.New("--frontend fuse needs --mountpoint DIR"))
 		}
+	case "none":
+		if o.Control == "" {
+			errs = append(errs, errors.New("--frontend none needs --control (the only way to reach the volume)"))
+		}
 	default:
-		errs = append(errs, fmt.Errorf("--frontend must be nbd or fuse, got %q", o.Frontend))
+		errs = append(errs, fmt.Errorf("--frontend must be nbd, fuse or none, got %q", o.Frontend))
 	}
 	return errors.Join(errs...)
 }
@@ -146,6 +150,10 @@ func Run(ctx context.Context, o Options) error {
 			}
 		}
 		log.Info("Serving FUSE", "file", m.Path())
+	case "none":
+		// Snapshots and backups of a detached volume: no workload I/O.
+		stopFrontend = func() {}
+		log.Info("Serving no frontend")
 	}
 	defer stopFrontend()
 

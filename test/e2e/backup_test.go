@@ -1,0 +1,156 @@
+package e2e
+
+import (
+	"crypto/sha256"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	v1 "github.com/cairnstore/cairn/api/v1alpha1"
+	"github.com/cairnstore/cairn/controllers"
+	"github.com/cairnstore/cairn/controllers/targets"
+	"github.com/cairnstore/cairn/internal/testutil"
+)
+
+// TestSnapshotAndBackup: snapshots of an attached volume (through its
+// engine) and of a detached one (through an engine without a frontend that
+// goes away after); a backup taken while fio writes with verify streams
+// through a running replica process to versitygw under the volume's name,
+// incrementally; it restores byte-exact into a new Volume via fromBackup;
+// deleting a Backup with deletePolicy Delete deletes it from the target.
+func TestSnapshotAndBackup(t *testing.T) {
+	t.Parallel()
+	srv := testutil.StartS3(t)
+	creds := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: v1.SystemNamespace, Name: "e2e-s3-creds"},
+		StringData: map[string]string{targets.SecretAccessKeyID: srv.AccessKey, targets.SecretSecretAccessKey: srv.SecretKey}}
+	require.NoError(t, k8s.Create(bg, creds))
+	bt := &v1.BackupTarget{ObjectMeta: metav1.ObjectMeta{Name: "e2e-s3"}, Spec: v1.BackupTargetSpec{
+		URL: srv.URL("e2e"), Endpoint: srv.Endpoint, Region: srv.Region,
+		CredentialsSecretRef: &v1.SecretReference{Namespace: v1.SystemNamespace, Name: creds.Name},
+	}}
+	require.NoError(t, k8s.Create(bg, bt))
+	createPolicy(t, "e2e-backup", "backup", 2)
+	const vol = "e2e-bk"
+	createVolume(t, vol, "backup", "128Mi")
+	dev := attach(t, vol, "dev-node-1", 2)
+	region1.write(t, dev)
+
+	// A backup while fio writes another region: the writer sees no error.
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		region2.write(t, dev)
+	}()
+	b1 := createBackup(t, "e2e-bk-b1", vol, "", "Retain")
+	<-done
+	region1.verify(t, dev)
+	region2.verify(t, dev)
+	ls := exec.Command("aws", "--endpoint-url", srv.Endpoint, "s3", "ls", "--recursive", "s3://"+srv.Bucket+"/e2e/")
+	ls.Env = srv.Env()
+	out, err := ls.CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	require.Contains(t, string(out), vol, "the target holds nothing under the volume's name")
+
+	// Quiet now: a snapshot, then an incremental backup of it, restores
+	// byte for byte.
+	sum := deviceSum(t, dev)
+	createSnapshot(t, "e2e-bk-s1", vol)
+	b2 := createBackup(t, "e2e-bk-b2", vol, "e2e-bk-s1", "Delete")
+	assert.Equal(t, b2.Name, getVolume(t, vol).Status.LastBackup)
+
+	restored := &v1.Volume{ObjectMeta: metav1.ObjectMeta{Name: "e2e-bk-restored", Labels: map[string]string{"app": "backup"}}}
+	restored.Spec.Size = resource.MustParse("128Mi")
+	restored.Spec.FromBackup = &v1.BackupSource{BackupTargetRef: "e2e-s3", Volume: vol, Backup: b2.Status.BackupID}
+	require.NoError(t, k8s.Create(bg, restored))
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		assert.True(c, meta.IsStatusConditionTrue(getVolume(c, restored.Name).Status.Conditions, controllers.ConditionRestored))
+	}, wait, tick)
+	rdev := attach(t, restored.Name, "dev-node-3", 2)
+	assert.Equal(t, sum, deviceSum(t, rdev), "the restored volume differs from the snapshot")
+
+	// Incremental: 4 MiB written, about 4 MiB uploaded.
+	fioJob{offset: "64m", size: "4m"}.write(t, dev)
+	b3 := createBackup(t, "e2e-bk-b3", vol, "", "Retain")
+	assert.Positive(t, b3.Status.UploadedBytes)
+	assert.Less(t, b3.Status.UploadedBytes, int64(6<<20), "the backup is not incremental")
+
+	// A detached volume's snapshot runs through an engine without a
+	// frontend, which goes away afterwards.
+	detach(t, vol, 2)
+	createSnapshot(t, "e2e-bk-s2", vol)
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		assert.True(c, apierrors.IsNotFound(k8s.Get(bg, client.ObjectKey{Name: vol}, &v1.Engine{})), "the maintenance engine stays")
+		assert.Empty(c, procs("--volume "+vol+" "), "a detached volume runs processes")
+	}, wait, tick)
+	assert.Equal(t, v1.VolumeDetached, getVolume(t, vol).Status.State)
+
+	// deletePolicy Delete removes the backup from the target.
+	require.NoError(t, k8s.Delete(bg, b2))
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		assert.True(c, apierrors.IsNotFound(k8s.Get(bg, client.ObjectKey{Name: b2.Name}, &v1.Backup{})))
+	}, wait, tick)
+	credsFile := filepath.Join(t.TempDir(), "creds")
+	require.NoError(t, os.WriteFile(credsFile, []byte("AWS_ACCESS_KEY_ID="+srv.AccessKey+"\nAWS_SECRET_ACCESS_KEY="+srv.SecretKey+"\n"), 0o600))
+	out, err = exec.Command(cairnBin, "backup", "--target", srv.URL("e2e"), "--endpoint", srv.Endpoint, "--credentials-file", credsFile,
+		"-o", "json", "list", "--volume", vol).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	var listed []struct{ ID string }
+	require.NoError(t, json.Unmarshal(out, &listed), "%s", out)
+	var ids []string
+	for _, l := range listed {
+		ids = append(ids, l.ID)
+	}
+	assert.ElementsMatch(t, []string{b1.Status.BackupID, b3.Status.BackupID}, ids, "deletePolicy Delete left the backup in the target")
+}
+
+// createBackup creates a Backup and waits until it is Completed.
+func createBackup(t *testing.T, name, vol, snapshot, deletePolicy string) *v1.Backup {
+	t.Helper()
+	b := &v1.Backup{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: v1.BackupSpec{
+		VolumeName: vol, SnapshotName: snapshot, BackupTargetRef: "e2e-s3", DeletePolicy: deletePolicy}}
+	require.NoError(t, k8s.Create(bg, b))
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		assert.NoError(c, k8s.Get(bg, client.ObjectKey{Name: name}, b))
+		assert.Equal(c, "Completed", b.Status.State, "%v", b.Status.Conditions)
+		assert.NotEmpty(c, b.Status.BackupID)
+		assert.True(c, current(c, b), "kstatus not Current")
+	}, wait, tick)
+	return b
+}
+
+// createSnapshot creates a Snapshot and waits until it is ready.
+func createSnapshot(t *testing.T, name, vol string) {
+	t.Helper()
+	s := &v1.Snapshot{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: v1.SnapshotSpec{VolumeName: vol}}
+	require.NoError(t, k8s.Create(bg, s))
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		assert.NoError(c, k8s.Get(bg, client.ObjectKey{Name: name}, s))
+		assert.True(c, s.Status.ReadyToUse, "%v", s.Status.Conditions)
+		assert.True(c, current(c, s), "kstatus not Current")
+	}, wait, tick)
+}
+
+// deviceSum hashes the whole device, read past the page cache.
+func deviceSum(t *testing.T, dev string) [32]byte {
+	t.Helper()
+	return sha256.Sum256(readDevice(t, dev))
+}
+
+// readDevice reads the whole device with O_DIRECT (past the page cache).
+func readDevice(t *testing.T, dev string) []byte {
+	t.Helper()
+	data, err := exec.Command("dd", "if="+dev, "iflag=direct", "bs=1M", "status=none").Output()
+	require.NoError(t, err)
+	return data
+}
