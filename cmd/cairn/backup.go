@@ -116,7 +116,7 @@ func (f *backupFlags) open(ctx context.Context) (*backupstore.Store, error) {
 	if f.credentialsFile != "" {
 		vals, err := readKeyValues(f.credentialsFile)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("--credentials-file: %w", err)
 		}
 		o.AccessKeyID, o.SecretAccessKey, o.SessionToken = vals["AWS_ACCESS_KEY_ID"], vals["AWS_SECRET_ACCESS_KEY"], vals["AWS_SESSION_TOKEN"]
 		if o.Endpoint == "" {
@@ -150,7 +150,7 @@ func (f *backupFlags) open(ctx context.Context) (*backupstore.Store, error) {
 func readKeyValues(path string) (map[string]string, error) {
 	b, err := secretfile.Read(path)
 	if err != nil {
-		return nil, fmt.Errorf("--credentials-file: %w", err)
+		return nil, err
 	}
 	out := map[string]string{}
 	sc := bufio.NewScanner(bytes.NewReader(b))
@@ -161,7 +161,7 @@ func readKeyValues(path string) (map[string]string, error) {
 		}
 		k, v, ok := strings.Cut(line, "=")
 		if !ok {
-			return nil, fmt.Errorf("--credentials-file %s: line %d is not KEY=VALUE", path, n)
+			return nil, fmt.Errorf("%s: line %d is not KEY=VALUE", path, n)
 		}
 		out[strings.TrimSpace(k)] = strings.Trim(strings.TrimSpace(v), `"'`)
 	}

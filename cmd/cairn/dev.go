@@ -18,6 +18,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	v1 "github.com/cairnstore/cairn/api/v1alpha1"
 	"github.com/cairnstore/cairn/config"
 	"github.com/cairnstore/cairn/internal/localcluster"
 )
@@ -67,6 +68,7 @@ type devRun struct {
 	mgrDone    chan error
 	client     client.Client
 	nodes      []*devNode
+	s3         *devS3
 	applied    int
 	stops      []func()
 }
@@ -74,7 +76,7 @@ type devRun struct {
 func runDev(ctx context.Context, o devOptions) error {
 	d := &devRun{opts: o}
 	defer d.cleanup()
-	for _, phase := range []func(context.Context) error{d.prepare, d.startControlPlane, d.startManager, d.startNodes, d.applySamples} {
+	for _, phase := range []func(context.Context) error{d.prepare, d.startControlPlane, d.startManager, d.startNodes, d.startS3, d.applySamples} {
 		if err := phase(ctx); err != nil {
 			return err
 		}
@@ -210,13 +212,20 @@ func (d *devRun) applySamples(ctx context.Context) error {
 }
 
 // localTargets points the samples' file:// BackupTargets (a path on a
-// real node) at DIR/backups, so the local cluster writes nothing outside
-// its data directory and the target exists.
+// real node) at the local S3 server, or without one at DIR/backups, so the
+// local cluster writes nothing outside its data directory and the target
+// exists.
 func (d *devRun) localTargets(objs []*unstructured.Unstructured) error {
 	dir := filepath.Join(d.dataDir, "backups")
 	for _, o := range objs {
 		url, _, _ := unstructured.NestedString(o.Object, "spec", "url")
 		if o.GetKind() != "BackupTarget" || !strings.HasPrefix(url, "file://") {
+			continue
+		}
+		if d.s3 != nil {
+			if err := d.s3.pointAtS3(o); err != nil {
+				return err
+			}
 			continue
 		}
 		if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -239,13 +248,22 @@ Cairn dev is running.
   manager      in-process (validating webhook on %s:%d)
   nodes        %d node agents (logs in %s/nodes/NAME/node.log)
   samples      %d objects applied from config/samples
+  S3 target    %s
 
 Look around with any Kubernetes client:
   export KUBECONFIG=%s
   %s get cairn
 
 Press Ctrl-C to stop.
-`, d.cluster.Config.Host, d.kubeconfig, wh.Host, wh.Port, len(d.nodes), d.dataDir, d.applied, d.kubeconfig, d.kubectl())
+`, d.cluster.Config.Host, d.kubeconfig, wh.Host, wh.Port, len(d.nodes), d.dataDir, d.applied, d.s3Line(), d.kubeconfig, d.kubectl())
+}
+
+// s3Line describes the local S3 target.
+func (d *devRun) s3Line() string {
+	if d.s3 == nil {
+		return "none (versitygw not built); backups go to " + filepath.Join(d.dataDir, "backups")
+	}
+	return fmt.Sprintf("%s bucket %s (versitygw, data in %s; keys in Secret %s/%s)", d.s3.endpoint, devS3Bucket, filepath.Join(d.dataDir, "s3"), v1.SystemNamespace, devS3Secret)
 }
 
 // kubectl is the kubectl `make tools` built beside the control plane (a

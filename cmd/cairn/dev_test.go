@@ -49,8 +49,9 @@ func TestDevSmoke(t *testing.T) {
 	require.NoError(t, c.Get(ctx, client.ObjectKey{Name: "volumes.storage.cairn.dev"}, crd))
 	vol := &cairnv1.Volume{}
 	require.NoError(t, c.Get(ctx, client.ObjectKey{Name: "pg-data"}, vol))
-	// The samples come up healthy: the volume on three nodes, the file
-	// target inside the data directory and reachable.
+	// The samples come up healthy: the volume on three nodes, the target
+	// on the local versitygw and reachable, the sample snapshot taken and
+	// its backup complete in the target.
 	require.EventuallyWithT(t, func(ct *assert.CollectT) {
 		assert.NoError(ct, c.Get(ctx, client.ObjectKey{Name: "pg-data"}, vol))
 		assert.Equal(ct, cairnv1.RobustnessHealthy, vol.Status.Robustness)
@@ -58,8 +59,11 @@ func TestDevSmoke(t *testing.T) {
 		assert.True(ct, meta.IsStatusConditionTrue(vol.Status.Conditions, cairnv1.ConditionReady))
 		bt := &cairnv1.BackupTarget{}
 		assert.NoError(ct, c.Get(ctx, client.ObjectKey{Name: "primary"}, bt))
-		assert.Equal(ct, "file://"+filepath.Join(dataDir, "backups"), bt.Spec.URL)
+		assert.Equal(ct, "s3://cairn-dev/backups", bt.Spec.URL)
 		assert.True(ct, meta.IsStatusConditionTrue(bt.Status.Conditions, cairnv1.ConditionReady), "%v", bt.Status.Conditions)
+		b := &cairnv1.Backup{}
+		assert.NoError(ct, c.Get(ctx, client.ObjectKey{Name: "pg-data-before-migration"}, b))
+		assert.Equal(ct, "Completed", b.Status.State, "%v", b.Status.Conditions)
 	}, 3*time.Minute, 250*time.Millisecond)
 	// The command dev prints works as printed.
 	get := exec.Command(printedKubectl, "get", "cairn")

@@ -17,6 +17,7 @@ import (
 
 	cairnv1 "github.com/cairnstore/cairn/api/v1alpha1"
 	"github.com/cairnstore/cairn/internal/durable"
+	"github.com/cairnstore/cairn/internal/netx"
 	"github.com/cairnstore/cairn/internal/secretfile"
 )
 
@@ -100,7 +101,7 @@ func (a *Agent) loadReplicaState(name string, size int64) (replicaState, error) 
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return st, err
 	}
-	p, err := freePort(a.opts.Address)
+	p, err := netx.FreePort(a.opts.Address)
 	if err != nil {
 		return st, err
 	}
@@ -110,16 +111,6 @@ func (a *Agent) loadReplicaState(name string, size int64) (replicaState, error) 
 		return st, err
 	}
 	return st, writePrivate(path, append(b, '\n'))
-}
-
-// freePort asks the kernel for a free TCP port on host.
-func freePort(host string) (int, error) {
-	ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
-	if err != nil {
-		return 0, fmt.Errorf("choose a port on %s: %w", host, err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
 // reachable reports whether a TCP connection to addr succeeds quickly.
