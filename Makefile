@@ -7,7 +7,7 @@ CONTROLLER_GEN := $(BIN)/controller-gen
 GO_TEST_FLAGS ?= -timeout 40m
 # The manager's role comes from the top-level controllers package only; the node
 # agent (controllers/node) gets its own least-privilege role in config/rbac/node.
-CRD_PATHS := paths="./api/..." paths="./controllers" paths="./internal/webhook/..."
+CRD_PATHS := paths="./api/..." paths="./controllers" paths="./controllers/scheduler" paths="./internal/webhook/..."
 
 .DEFAULT_GOAL := help
 

@@ -17,11 +17,6 @@ import (
 	"github.com/cairnstore/cairn/engine/backupstore"
 )
 
-// ConditionRestored is the Volume condition of a volume created fromBackup:
-// False while its replicas are being filled from the backup, True once every
-// replica holds it (then the volume may attach).
-const ConditionRestored = "Restored"
-
 // restoreWait is how often a volume waiting for its backup target (missing,
 // not readable yet, or without any backup) looks again.
 const restoreWait = 15 * time.Second
@@ -32,7 +27,7 @@ const restoreWait = 15 * time.Second
 // known; the engine starts only once Restored is True.
 func (r *VolumeReconciler) resolveRestore(ctx context.Context, s *volumeScope) (ctrl.Result, error) {
 	src := s.vol.Spec.FromBackup
-	if src == nil || meta.IsStatusConditionTrue(s.vol.Status.Conditions, ConditionRestored) {
+	if src == nil || meta.IsStatusConditionTrue(s.vol.Status.Conditions, v1.ConditionRestored) {
 		return ctrl.Result{}, nil
 	}
 	if s.vol.Status.RestoredBackup == "" {
@@ -104,7 +99,7 @@ func (r *VolumeReconciler) stallRestore(s *volumeScope, reason, format string, a
 
 // restoring reports whether new replicas must be filled from the backup.
 func (s *volumeScope) restoring() bool {
-	return s.vol.Spec.FromBackup != nil && !meta.IsStatusConditionTrue(s.vol.Status.Conditions, ConditionRestored)
+	return s.vol.Spec.FromBackup != nil && !meta.IsStatusConditionTrue(s.vol.Status.Conditions, v1.ConditionRestored)
 }
 
 // restoreProgress counts the live replicas that hold the chosen backup and
@@ -136,7 +131,7 @@ func (s *volumeScope) restoringReplicas() int {
 }
 
 func (s *volumeScope) setRestored(ok bool, reason, message string) {
-	c := metav1.Condition{Type: ConditionRestored, Status: metav1.ConditionFalse, Reason: reason, Message: message, ObservedGeneration: s.vol.Generation}
+	c := metav1.Condition{Type: v1.ConditionRestored, Status: metav1.ConditionFalse, Reason: reason, Message: message, ObservedGeneration: s.vol.Generation}
 	if ok {
 		c.Status = metav1.ConditionTrue
 	}

@@ -116,7 +116,7 @@ func (s *volumeScope) finishStatus(err error) {
 	case err != nil:
 		o = outcome{reason: "ReconcileError", message: err.Error()}
 	case s.restoring():
-		c := meta.FindStatusCondition(st.Conditions, ConditionRestored)
+		c := meta.FindStatusCondition(st.Conditions, v1.ConditionRestored)
 		o = outcome{reason: c.Reason, message: c.Message}
 	case st.Robustness != v1.RobustnessHealthy || len(st.Replicas) != int(s.eff.Replicas):
 		o = outcome{reason: "Replicating", message: fmt.Sprintf("%d of %d replicas healthy", countHealthy(st.Replicas), s.eff.Replicas)}

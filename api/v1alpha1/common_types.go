@@ -10,6 +10,10 @@ const (
 	ConditionReconciling = "Reconciling"
 	// ConditionStalled is True when progress needs a user to change something.
 	ConditionStalled = "Stalled"
+	// ConditionRestored is the Volume condition of a volume created
+	// fromBackup: False while its replicas are being filled from the backup,
+	// True once every replica holds it (then the volume may attach).
+	ConditionRestored = "Restored"
 )
 
 // CategoryCairn is the kubectl category every Cairn kind belongs to, so that

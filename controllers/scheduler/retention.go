@@ -17,11 +17,6 @@ import (
 	"github.com/cairnstore/cairn/policies"
 )
 
-// conditionRestored is the Volume condition that turns True once every
-// replica holds status.restoredBackup (controllers.ConditionRestored; the
-// scheduler cannot import controllers, which registers it).
-const conditionRestored = "Restored"
-
 // pins are what retention must not delete.
 type pins struct {
 	// backupIDs are backups a restore or a DR standby still needs.
@@ -71,7 +66,7 @@ func (r *Reconciler) loadPins(ctx context.Context, vols []v1.Volume) (pins, erro
 	p := pins{backupIDs: map[string]bool{}, snapshots: map[string]bool{}}
 	for i := range vols {
 		st := &vols[i].Status
-		if st.RestoredBackup != "" && !meta.IsStatusConditionTrue(st.Conditions, conditionRestored) {
+		if st.RestoredBackup != "" && !meta.IsStatusConditionTrue(st.Conditions, v1.ConditionRestored) {
 			p.backupIDs[st.RestoredBackup] = true
 		}
 	}

@@ -134,7 +134,7 @@ func volumeView(v *v1.Volume) map[string]string {
 	out["/deleting"] = boolString(!v.DeletionTimestamp.IsZero())
 	out["/policy"] = v.Status.EffectivePolicy
 	out["/restoredBackup"] = v.Status.RestoredBackup
-	out["/restored"] = boolString(meta.IsStatusConditionTrue(v.Status.Conditions, conditionRestored))
+	out["/restored"] = boolString(meta.IsStatusConditionTrue(v.Status.Conditions, v1.ConditionRestored))
 	return out
 }
 

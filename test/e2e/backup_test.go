@@ -18,7 +18,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/cairnstore/cairn/api/v1alpha1"
-	"github.com/cairnstore/cairn/controllers"
 	"github.com/cairnstore/cairn/controllers/targets"
 	"github.com/cairnstore/cairn/internal/testutil"
 )
@@ -74,7 +73,7 @@ func TestSnapshotAndBackup(t *testing.T) {
 	restored.Spec.FromBackup = &v1.BackupSource{BackupTargetRef: "e2e-s3", Volume: vol, Backup: b2.Status.BackupID}
 	require.NoError(t, k8s.Create(bg, restored))
 	require.EventuallyWithT(t, func(c *assert.CollectT) {
-		assert.True(c, meta.IsStatusConditionTrue(getVolume(c, restored.Name).Status.Conditions, controllers.ConditionRestored))
+		assert.True(c, meta.IsStatusConditionTrue(getVolume(c, restored.Name).Status.Conditions, v1.ConditionRestored))
 	}, wait, tick)
 	rdev := attach(t, restored.Name, "dev-node-3", 2)
 	assert.Equal(t, sum, deviceSum(t, rdev), "the restored volume differs from the snapshot")

@@ -18,7 +18,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	v1 "github.com/cairnstore/cairn/api/v1alpha1"
-	"github.com/cairnstore/cairn/controllers"
 )
 
 const mib = 1 << 20
@@ -55,7 +54,7 @@ func TestVolumeFromBackup(t *testing.T) {
 	createRestoredVolume(t, vol, "96Mi", "")
 	require.EventuallyWithT(t, func(c *assert.CollectT) {
 		v := getVolume(c, vol)
-		assert.True(c, meta.IsStatusConditionTrue(v.Status.Conditions, controllers.ConditionRestored))
+		assert.True(c, meta.IsStatusConditionTrue(v.Status.Conditions, v1.ConditionRestored))
 		assert.NotEmpty(c, v.Status.RestoredBackup)
 		for _, rep := range replicaObjects(c, vol) {
 			assert.Equal(c, v.Status.RestoredBackup, rep.Status.RestoredBackup, "replica %s", rep.Name)
