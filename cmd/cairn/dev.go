@@ -21,16 +21,19 @@ import (
 	v1 "github.com/cairnstore/cairn/api/v1alpha1"
 	"github.com/cairnstore/cairn/config"
 	"github.com/cairnstore/cairn/internal/localcluster"
+	"github.com/cairnstore/cairn/internal/netx"
 )
 
 func init() { addCommand(newDevCmd) }
 
 type devOptions struct {
-	dataDir   string
-	binDir    string
-	samples   bool
-	nodes     int
-	verbosity int
+	dataDir string
+	binDir  string
+	samples bool
+	// noScheduler leaves the scheduler out of the manager.
+	noScheduler bool
+	nodes       int
+	verbosity   int
 }
 
 func newDevCmd() *cobra.Command {
@@ -54,6 +57,8 @@ everything; a second run reuses the data directory.`,
 	f.BoolVar(&o.samples, "samples", true, "apply config/samples once the control plane is up")
 	f.IntVar(&o.nodes, "nodes", 3, "simulated nodes: node agents dev-node-1..N in zones a, b, c, each with its own data directory under --data-dir/nodes")
 	f.IntVarP(&o.verbosity, "v", "v", 0, "log verbosity (0 info, 1+ debug)")
+	f.BoolVar(&o.noScheduler, "no-scheduler", false, "run without the RecurringSnapshot scheduler (for tests that drive their own with an injected clock)")
+	_ = f.MarkHidden("no-scheduler")
 	return cmd
 }
 
@@ -69,6 +74,7 @@ type devRun struct {
 	client     client.Client
 	nodes      []*devNode
 	s3         *devS3
+	metrics    string // the manager's metrics address
 	applied    int
 	stops      []func()
 }
@@ -157,7 +163,12 @@ func (d *devRun) startControlPlane(context.Context) error {
 
 // startManager runs the manager in-process and waits for its webhook.
 func (d *devRun) startManager(ctx context.Context) error {
-	mgr, err := newManager(d.cluster.Config, managerOptions{metricsAddr: "0", probeAddr: "0"}, d.cluster.WebhookOptions())
+	port, err := netx.FreePort("127.0.0.1")
+	if err != nil {
+		return err
+	}
+	d.metrics = fmt.Sprintf("127.0.0.1:%d", port)
+	mgr, err := newManager(d.cluster.Config, managerOptions{metricsAddr: d.metrics, probeAddr: "0", noScheduler: d.opts.noScheduler}, d.cluster.WebhookOptions())
 	if err != nil {
 		return err
 	}
@@ -246,6 +257,7 @@ Cairn dev is running.
   API server   %s
   kubeconfig   %s
   manager      in-process (validating webhook on %s:%d)
+  metrics      http://%s/metrics
   nodes        %d node agents (logs in %s/nodes/NAME/node.log)
   samples      %d objects applied from config/samples
   S3 target    %s
@@ -255,7 +267,7 @@ Look around with any Kubernetes client:
   %s get cairn
 
 Press Ctrl-C to stop.
-`, d.cluster.Config.Host, d.kubeconfig, wh.Host, wh.Port, len(d.nodes), d.dataDir, d.applied, d.s3Line(), d.kubeconfig, d.kubectl())
+`, d.cluster.Config.Host, d.kubeconfig, wh.Host, wh.Port, d.metrics, len(d.nodes), d.dataDir, d.applied, d.s3Line(), d.kubeconfig, d.kubectl())
 }
 
 // s3Line describes the local S3 target.

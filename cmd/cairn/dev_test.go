@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -64,6 +66,15 @@ func TestDevSmoke(t *testing.T) {
 		b := &cairnv1.Backup{}
 		assert.NoError(ct, c.Get(ctx, client.ObjectKey{Name: "pg-data-before-migration"}, b))
 		assert.Equal(ct, "Completed", b.Status.State, "%v", b.Status.Conditions)
+		// The manager's metrics, at the printed URL, carry the volume's RPO
+		// (it is under the sample backup schedules).
+		resp, err := http.Get(printedMetrics)
+		if assert.NoError(ct, err) {
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			assert.Contains(ct, string(body), `cairn_volume_rpo_seconds{volume="pg-data"}`)
+			assert.Contains(ct, string(body), `cairn_volume_robustness{volume="pg-data"} 1`)
+		}
 	}, 3*time.Minute, 250*time.Millisecond)
 	// The command dev prints works as printed.
 	get := exec.Command(printedKubectl, "get", "cairn")
@@ -130,6 +141,9 @@ func alive(pid int) bool {
 // printedKubectl is the kubectl command the last started dev printed.
 var printedKubectl string
 
+// printedMetrics is the metrics URL dev printed.
+var printedMetrics string
+
 func startDev(t *testing.T, bin, dataDir string, extra ...string) (*exec.Cmd, string) {
 	t.Helper()
 	args := append([]string{"dev", "--data-dir", dataDir, "--bin-dir", testutil.BinDir()}, extra...)
@@ -154,6 +168,9 @@ func startDev(t *testing.T, bin, dataDir string, extra ...string) (*exec.Cmd, st
 			}
 			if f := strings.Fields(line); len(f) == 3 && f[1] == "get" && f[2] == "cairn" {
 				printedKubectl = f[0]
+			}
+			if f := strings.Fields(line); len(f) == 2 && f[0] == "metrics" {
+				printedMetrics = f[1]
 			}
 			if strings.HasPrefix(line, "Press Ctrl-C to stop.") {
 				ready <- kubeconfig

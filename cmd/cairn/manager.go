@@ -30,6 +30,7 @@ type managerOptions struct {
 	webhookCert   string
 	leaderElectNS string
 	verbosity     int
+	noScheduler   bool
 }
 
 func newManagerCmd() *cobra.Command {
@@ -76,7 +77,7 @@ func newManager(cfg *rest.Config, o managerOptions, wh webhook.Options) (ctrl.Ma
 	if err := cairnwebhook.Setup(mgr); err != nil {
 		return nil, err
 	}
-	if err := controllers.Setup(mgr); err != nil {
+	if err := controllers.Setup(mgr, controllers.Options{NoScheduler: o.noScheduler}); err != nil {
 		return nil, err
 	}
 	if o.probeAddr != "0" {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -42,7 +43,19 @@ func (r *Reconciler) loadVolumes(ctx context.Context, s *scope) (ctrl.Result, er
 		}
 	}
 	slices.SortFunc(s.list, func(a, b target) int { return cmp.Compare(a.name, b.name) })
+	recordRPO(s)
 	return ctrl.Result{}, nil
+}
+
+// recordRPO gives every volume of a backup schedule its recovery point.
+func recordRPO(s *scope) {
+	refs := map[string]time.Time{}
+	if s.rs.Spec.Action == v1.ActionBackup {
+		for name, vol := range s.targets {
+			refs[name] = recoveryPoint(vol, s.rs)
+		}
+	}
+	rpo.set(s.rs.Name, refs)
 }
 
 // selector converts spec.selector; nil selects no volume.

@@ -31,14 +31,7 @@ import (
 func TestSnapshotAndBackup(t *testing.T) {
 	t.Parallel()
 	srv := testutil.StartS3(t)
-	creds := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: v1.SystemNamespace, Name: "e2e-s3-creds"},
-		StringData: map[string]string{targets.SecretAccessKeyID: srv.AccessKey, targets.SecretSecretAccessKey: srv.SecretKey}}
-	require.NoError(t, k8s.Create(bg, creds))
-	bt := &v1.BackupTarget{ObjectMeta: metav1.ObjectMeta{Name: "e2e-s3"}, Spec: v1.BackupTargetSpec{
-		URL: srv.URL("e2e"), Endpoint: srv.Endpoint, Region: srv.Region,
-		CredentialsSecretRef: &v1.SecretReference{Namespace: v1.SystemNamespace, Name: creds.Name},
-	}}
-	require.NoError(t, k8s.Create(bg, bt))
+	newTarget(t, "e2e-s3", srv)
 	createPolicy(t, "e2e-backup", "backup", 2)
 	const vol = "e2e-bk"
 	createVolume(t, vol, "backup", "128Mi")
@@ -111,6 +104,27 @@ func TestSnapshotAndBackup(t *testing.T) {
 		ids = append(ids, l.ID)
 	}
 	assert.ElementsMatch(t, []string{b1.Status.BackupID, b3.Status.BackupID}, ids, "deletePolicy Delete left the backup in the target")
+}
+
+// startTarget starts a versitygw and a BackupTarget named name on it.
+func startTarget(t *testing.T, name string) *v1.BackupTarget {
+	t.Helper()
+	return newTarget(t, name, testutil.StartS3(t))
+}
+
+// newTarget creates a BackupTarget named name on srv, under prefix e2e,
+// with its credentials Secret.
+func newTarget(t *testing.T, name string, srv *testutil.S3Server) *v1.BackupTarget {
+	t.Helper()
+	creds := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: v1.SystemNamespace, Name: name + "-creds"},
+		StringData: map[string]string{targets.SecretAccessKeyID: srv.AccessKey, targets.SecretSecretAccessKey: srv.SecretKey}}
+	require.NoError(t, k8s.Create(bg, creds))
+	bt := &v1.BackupTarget{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: v1.BackupTargetSpec{
+		URL: srv.URL("e2e"), Endpoint: srv.Endpoint, Region: srv.Region,
+		CredentialsSecretRef: &v1.SecretReference{Namespace: v1.SystemNamespace, Name: creds.Name},
+	}}
+	require.NoError(t, k8s.Create(bg, bt))
+	return bt
 }
 
 // createBackup creates a Backup and waits until it is Completed.

@@ -17,6 +17,7 @@ import (
 
 	"github.com/go-logr/logr"
 	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -26,9 +27,11 @@ import (
 	"github.com/cairnstore/cairn/internal/testutil"
 )
 
-// The suite's cluster: `cairn dev` with suiteNodes node agents.
+// The suite's cluster: `cairn dev` with suiteNodes node agents, without
+// its scheduler: TestScheduledRuns runs one with an injected clock.
 var (
 	k8s      client.Client
+	restCfg  *rest.Config
 	dataDir  string
 	devOut   *os.File
 	cairnBin string
@@ -103,7 +106,7 @@ func startDev(tmp string) (func() error, error) {
 		return nil, err
 	}
 	cmd := exec.Command(bin, "dev", "--data-dir", dataDir, "--bin-dir", testutil.BinDir(),
-		"--samples=false", "--nodes", fmt.Sprint(suiteNodes))
+		"--samples=false", "--nodes", fmt.Sprint(suiteNodes), "--no-scheduler")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
@@ -172,6 +175,7 @@ func connect(kubeconfig string) error {
 	if err != nil {
 		return err
 	}
+	restCfg = cfg
 	if k8s, err = client.New(cfg, client.Options{Scheme: controllers.NewScheme()}); err != nil {
 		return err
 	}
