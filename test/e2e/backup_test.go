@@ -20,6 +20,7 @@ import (
 	v1 "github.com/cairnstore/cairn/api/v1alpha1"
 	"github.com/cairnstore/cairn/controllers/targets"
 	"github.com/cairnstore/cairn/internal/testutil"
+	"github.com/cairnstore/cairn/replica"
 )
 
 // TestSnapshotAndBackup: snapshots of an attached volume (through its
@@ -45,6 +46,7 @@ func TestSnapshotAndBackup(t *testing.T) {
 		region2.write(t, dev)
 	}()
 	b1 := createBackup(t, "e2e-bk-b1", vol, "", "Retain")
+	b1Sum := snapshotSum(t, vol, "backup-"+b1.Name)
 	<-done
 	region1.verify(t, dev)
 	region2.verify(t, dev)
@@ -61,18 +63,15 @@ func TestSnapshotAndBackup(t *testing.T) {
 	b2 := createBackup(t, "e2e-bk-b2", vol, "e2e-bk-s1", "Delete")
 	assert.Equal(t, b2.Name, getVolume(t, vol).Status.LastBackup)
 
-	restored := &v1.Volume{ObjectMeta: metav1.ObjectMeta{Name: "e2e-bk-restored", Labels: map[string]string{"app": "backup"}}}
-	restored.Spec.Size = resource.MustParse("128Mi")
-	restored.Spec.FromBackup = &v1.BackupSource{BackupTargetRef: "e2e-s3", Volume: vol, Backup: b2.Status.BackupID}
-	require.NoError(t, k8s.Create(bg, restored))
-	require.EventuallyWithT(t, func(c *assert.CollectT) {
-		assert.True(c, meta.IsStatusConditionTrue(getVolume(c, restored.Name).Status.Conditions, v1.ConditionRestored))
-	}, wait, tick)
-	rdev := attach(t, restored.Name, "dev-node-3", 2)
+	rdev := restoreVolume(t, "e2e-bk-restored", vol, b2.Status.BackupID, "dev-node-3")
 	assert.Equal(t, sum, deviceSum(t, rdev), "the restored volume differs from the snapshot")
+	// The backup taken under fio equals the snapshot it was taken from.
+	rdev = restoreVolume(t, "e2e-bk-restored-b1", vol, b1.Status.BackupID, "dev-node-2")
+	assert.Equal(t, b1Sum, deviceSum(t, rdev), "the backup taken under load differs from its snapshot")
 
 	// Incremental: 4 MiB written, about 4 MiB uploaded.
 	fioJob{offset: "64m", size: "4m"}.write(t, dev)
+	b3Sum := deviceSum(t, dev)
 	b3 := createBackup(t, "e2e-bk-b3", vol, "", "Retain")
 	assert.Positive(t, b3.Status.UploadedBytes)
 	assert.Less(t, b3.Status.UploadedBytes, int64(6<<20), "the backup is not incremental")
@@ -104,6 +103,74 @@ func TestSnapshotAndBackup(t *testing.T) {
 		ids = append(ids, l.ID)
 	}
 	assert.ElementsMatch(t, []string{b1.Status.BackupID, b3.Status.BackupID}, ids, "deletePolicy Delete left the backup in the target")
+
+	// A rebuilt cluster: the BackupTarget and every Backup object gone
+	// (Retain keeps the data), the same BackupTarget applied again: the
+	// backups reappear from the catalogue and one of them restores.
+	require.NoError(t, k8s.Delete(bg, &v1.BackupTarget{ObjectMeta: metav1.ObjectMeta{Name: "e2e-s3"}}))
+	for _, b := range []*v1.Backup{b1, b3} {
+		require.NoError(t, k8s.Delete(bg, b))
+	}
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		var list v1.BackupList
+		assert.NoError(c, k8s.List(bg, &list))
+		for _, b := range list.Items {
+			assert.NotEqual(c, vol, b.Spec.VolumeName, "backup %s still there", b.Name)
+		}
+	}, wait, tick)
+	newTarget(t, "e2e-s3", srv)
+	var imported string
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		var list v1.BackupList
+		assert.NoError(c, k8s.List(bg, &list, client.MatchingLabels{v1.LabelBackupTarget: "e2e-s3"}))
+		var got []string
+		for _, b := range list.Items {
+			if b.Spec.VolumeName == vol && b.Status.State == "Completed" {
+				got = append(got, b.Spec.BackupID)
+				if b.Spec.BackupID == b3.Status.BackupID {
+					imported = b.Spec.BackupID
+				}
+			}
+		}
+		assert.ElementsMatch(c, []string{b1.Status.BackupID, b3.Status.BackupID}, got)
+	}, wait, tick)
+	rdev = restoreVolume(t, "e2e-bk-restored-b3", vol, imported, "dev-node-4")
+	assert.Equal(t, b3Sum, deviceSum(t, rdev), "the imported backup does not restore to the volume's content")
+
+	requireHidden(t, srv.SecretKey, "the S3 secret key", procs())
+}
+
+// restoreVolume creates a two-replica volume from backup id of vol in
+// e2e-s3, waits for the restore and attaches it on node.
+func restoreVolume(t *testing.T, name, vol, id, node string) string {
+	t.Helper()
+	restored := &v1.Volume{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"app": "backup"}}}
+	restored.Spec.Size = resource.MustParse("128Mi")
+	restored.Spec.FromBackup = &v1.BackupSource{BackupTargetRef: "e2e-s3", Volume: vol, Backup: id}
+	require.NoError(t, k8s.Create(bg, restored))
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		assert.True(c, meta.IsStatusConditionTrue(getVolume(c, name).Status.Conditions, v1.ConditionRestored))
+	}, wait, tick)
+	return attach(t, name, node, 2)
+}
+
+// snapshotSum reads a snapshot of vol through one of its running replica
+// processes (with the volume's token, as the node agent does) and hashes it.
+func snapshotSum(t *testing.T, vol, snapshot string) [32]byte {
+	t.Helper()
+	sec := &corev1.Secret{}
+	require.NoError(t, k8s.Get(bg, client.ObjectKey{Namespace: v1.SystemNamespace, Name: v1.TokenSecretName(vol)}, sec))
+	reps := replicaObjects(t, vol)
+	require.NotEmpty(t, reps)
+	c, err := replica.Dial(bg, reps[0].Status.Address, string(sec.Data[v1.TokenKey]))
+	require.NoError(t, err)
+	defer c.Close()
+	snap, err := replica.NewRemote(bg, c).OpenSnapshot(snapshot)
+	require.NoError(t, err)
+	data := make([]byte, snap.Size())
+	_, err = snap.ReadAt(data, 0)
+	require.NoError(t, err)
+	return sha256.Sum256(data)
 }
 
 // startTarget starts a versitygw and a BackupTarget named name on it.
@@ -118,7 +185,7 @@ func newTarget(t *testing.T, name string, srv *testutil.S3Server) *v1.BackupTarg
 	t.Helper()
 	creds := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: v1.SystemNamespace, Name: name + "-creds"},
 		StringData: map[string]string{targets.SecretAccessKeyID: srv.AccessKey, targets.SecretSecretAccessKey: srv.SecretKey}}
-	require.NoError(t, k8s.Create(bg, creds))
+	require.NoError(t, client.IgnoreAlreadyExists(k8s.Create(bg, creds)))
 	bt := &v1.BackupTarget{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: v1.BackupTargetSpec{
 		URL: srv.URL("e2e"), Endpoint: srv.Endpoint, Region: srv.Region,
 		CredentialsSecretRef: &v1.SecretReference{Namespace: v1.SystemNamespace, Name: creds.Name},

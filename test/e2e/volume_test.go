@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -131,10 +133,18 @@ func requireTokenHidden(t *testing.T, vol string) {
 	require.NoError(t, k8s.Get(bg, client.ObjectKey{Namespace: v1.SystemNamespace, Name: v1.TokenSecretName(vol)}, sec))
 	token := string(sec.Data[v1.TokenKey])
 	require.Len(t, token, 64)
-	for _, pid := range allProcs() {
+	requireHidden(t, token, "the token of "+vol, allProcs())
+}
+
+// requireHidden checks that value appears in none of the processes' argv
+// or environment, no log of the cluster, node agents or children, no event
+// and no status of a Cairn object.
+func requireHidden(t *testing.T, value, what string, pids []int) {
+	t.Helper()
+	for _, pid := range pids {
 		for _, f := range []string{"cmdline", "environ"} {
 			b, _ := os.ReadFile(filepath.Join("/proc", itoa(pid), f))
-			require.NotContains(t, string(b), token, "pid %d %s holds the token", pid, f)
+			require.NotContains(t, string(b), value, "pid %d %s holds %s", pid, f, what)
 		}
 	}
 	logs, err := filepath.Glob(filepath.Join(dataDir, "nodes", "*", "log", "*.log"))
@@ -144,7 +154,13 @@ func requireTokenHidden(t *testing.T, vol string) {
 	for _, l := range append(logs, more...) {
 		b, err := os.ReadFile(l)
 		require.NoError(t, err)
-		require.False(t, strings.Contains(string(b), token), "%s holds the token", l)
+		require.False(t, strings.Contains(string(b), value), "%s holds %s", l, what)
+	}
+	for _, list := range []client.ObjectList{&corev1.EventList{}, &eventsv1.EventList{}, &v1.BackupTargetList{}, &v1.BackupList{}, &v1.VolumeList{}, &v1.ReplicaList{}, &v1.EngineList{}} {
+		require.NoError(t, k8s.List(bg, list))
+		b, err := json.Marshal(list)
+		require.NoError(t, err)
+		require.NotContains(t, string(b), value, "%T holds %s", list, what)
 	}
 }
 
