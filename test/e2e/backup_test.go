@@ -137,6 +137,27 @@ func TestSnapshotAndBackup(t *testing.T) {
 	rdev = restoreVolume(t, "e2e-bk-restored-b3", vol, imported, "dev-node-4")
 	assert.Equal(t, b3Sum, deviceSum(t, rdev), "the imported backup does not restore to the volume's content")
 
+	// The target unreachable: the backup is retried and says why; back
+	// up, it completes.
+	srv.Stop()
+	retry := &v1.Backup{ObjectMeta: metav1.ObjectMeta{Name: "e2e-bk-retry"}, Spec: v1.BackupSpec{
+		VolumeName: vol, BackupTargetRef: "e2e-s3", DeletePolicy: "Retain"}}
+	require.NoError(t, k8s.Create(bg, retry))
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		assert.NoError(c, k8s.Get(bg, client.ObjectKey{Name: retry.Name}, retry))
+		cond := meta.FindStatusCondition(retry.Status.Conditions, v1.ConditionReconciling)
+		if assert.NotNil(c, cond, "no Reconciling condition while the target is down") {
+			assert.Equal(c, "Retrying", cond.Reason)
+			assert.NotEmpty(c, cond.Message)
+		}
+		assert.NotEqual(c, "Completed", retry.Status.State)
+	}, wait, tick)
+	srv.Restart()
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		assert.NoError(c, k8s.Get(bg, client.ObjectKey{Name: retry.Name}, retry))
+		assert.Equal(c, "Completed", retry.Status.State, "%v", retry.Status.Conditions)
+	}, wait, tick)
+
 	requireHidden(t, srv.SecretKey, "the S3 secret key", procs())
 }
 
@@ -171,12 +192,6 @@ func snapshotSum(t *testing.T, vol, snapshot string) [32]byte {
 	_, err = snap.ReadAt(data, 0)
 	require.NoError(t, err)
 	return sha256.Sum256(data)
-}
-
-// startTarget starts a versitygw and a BackupTarget named name on it.
-func startTarget(t *testing.T, name string) *v1.BackupTarget {
-	t.Helper()
-	return newTarget(t, name, testutil.StartS3(t))
 }
 
 // newTarget creates a BackupTarget named name on srv, under prefix e2e,

@@ -21,6 +21,8 @@ import (
 	v1 "github.com/cairnstore/cairn/api/v1alpha1"
 	"github.com/cairnstore/cairn/controllers"
 	"github.com/cairnstore/cairn/controllers/scheduler"
+	"github.com/cairnstore/cairn/engine/backupstore"
+	"github.com/cairnstore/cairn/internal/testutil"
 )
 
 // clock is the injected clock of the test's scheduler.
@@ -45,7 +47,8 @@ func TestScheduledRuns(t *testing.T) {
 	t.Parallel()
 	clk := &clock{now: time.Now()}
 	startScheduler(t, clk)
-	target := startTarget(t, "e2e-sched-s3")
+	srv := testutil.StartS3(t)
+	target := newTarget(t, "e2e-sched-s3", srv)
 	pol := createPolicy(t, "e2e-sched", "sched", 2)
 	patchPolicy(t, pol.Name, func(p *v1.VolumePolicy) { p.Spec.RecurringSnapshots = []v1.ObjectName{"e2e-hourly", "e2e-nightly"} })
 	createVolume(t, "e2e-sched-a", "sched", "64Mi")
@@ -57,7 +60,7 @@ func TestScheduledRuns(t *testing.T) {
 	hourly := createSchedule(t, "e2e-hourly", v1.RecurringSnapshotSpec{Schedule: "0 * * * *", TimeZone: "Europe/Berlin",
 		Action: v1.ActionSnapshot, Retention: &v1.Retention{KeepLast: 2}, Concurrency: 1})
 	nightly := createSchedule(t, "e2e-nightly", v1.RecurringSnapshotSpec{Schedule: "30 1 * * *", TimeZone: "Europe/Berlin",
-		Action: v1.ActionBackup, BackupTargetRef: v1.ObjectName(target.Name), Retention: &v1.Retention{KeepLast: 3}})
+		Action: v1.ActionBackup, BackupTargetRef: v1.ObjectName(target.Name), Retention: &v1.Retention{KeepLast: 2}})
 
 	// Four hourly runs, one at a time: each snapshots both volumes.
 	next := clk.Now().Truncate(time.Hour).Add(time.Hour + time.Second)
@@ -85,20 +88,34 @@ func TestScheduledRuns(t *testing.T) {
 		assert.Equal(c, map[string]int{"e2e-sched-a": 2, "e2e-sched-b": 2}, perVolume)
 	}, wait, tick)
 
-	// The nightly backup: quiet volume, byte-exact restore.
+	// Three nightly backups, keepLast 2: the two newest of each volume
+	// remain, in the cluster and in the target; the newest restores byte
+	// for byte (the volume is quiet).
 	sum := deviceSum(t, dev)
 	berlin, err := time.LoadLocation("Europe/Berlin")
 	require.NoError(t, err)
 	day := next.In(berlin)
-	at := time.Date(day.Year(), day.Month(), day.Day()+1, 1, 30, 1, 0, berlin)
-	advance(t, clk, at, nightly, hourly)
 	var backupID string
+	for n := 1; n <= 3; n++ {
+		at := time.Date(day.Year(), day.Month(), day.Day()+n, 1, 30, 1, 0, berlin)
+		advance(t, clk, at, nightly, hourly)
+		require.EventuallyWithT(t, func(c *assert.CollectT) {
+			st := getSchedule(c, nightly.Name).Status
+			if assert.NotNil(c, st.LastSuccessfulTime) {
+				assert.True(c, !st.LastSuccessfulTime.Time.Before(at.Add(-time.Second)), "run of night %d not done", n)
+			}
+			ids := scheduledBackups(c, nightly.Name, "e2e-sched-a")
+			assert.Len(c, ids, min(n, 2))
+			if len(ids) > 0 {
+				backupID = ids[len(ids)-1]
+			}
+		}, wait, tick)
+	}
 	require.EventuallyWithT(t, func(c *assert.CollectT) {
-		var list v1.BackupList
-		assert.NoError(c, k8s.List(bg, &list, client.MatchingLabels{v1.LabelRecurringSnapshot: nightly.Name, v1.LabelVolume: "e2e-sched-a"}))
-		if assert.Len(c, list.Items, 1) {
-			assert.Equal(c, "Completed", list.Items[0].Status.State, "%v", list.Items[0].Status.Conditions)
-			backupID = list.Items[0].Status.BackupID
+		for _, vol := range []string{"e2e-sched-a", "e2e-sched-b"} {
+			ids := scheduledBackups(c, nightly.Name, vol)
+			assert.Len(c, ids, 2, "backups of %s in the cluster", vol)
+			assert.ElementsMatch(c, ids, targetBackups(c, srv, vol), "backups of %s in the target", vol)
 		}
 	}, wait, tick)
 	restored := &v1.Volume{ObjectMeta: metav1.ObjectMeta{Name: "e2e-sched-restored", Labels: map[string]string{"app": "sched-restore"}}}
@@ -162,4 +179,36 @@ func scheduledSnapshots(c assert.TestingT, schedule string) []v1.Snapshot {
 	assert.NoError(c, k8s.List(bg, &list, client.MatchingLabels{v1.LabelRecurringSnapshot: schedule}))
 	items := slices.DeleteFunc(list.Items, func(s v1.Snapshot) bool { return !s.DeletionTimestamp.IsZero() })
 	return items
+}
+
+// scheduledBackups lists the IDs of the schedule's completed backups of
+// vol, oldest first.
+func scheduledBackups(c assert.TestingT, schedule, vol string) []string {
+	var list v1.BackupList
+	assert.NoError(c, k8s.List(bg, &list, client.MatchingLabels{v1.LabelRecurringSnapshot: schedule, v1.LabelVolume: vol}))
+	slices.SortFunc(list.Items, func(a, b v1.Backup) int { return a.CreationTimestamp.Compare(b.CreationTimestamp.Time) })
+	var ids []string
+	for _, b := range list.Items {
+		if b.Status.State == "Completed" && b.DeletionTimestamp.IsZero() {
+			ids = append(ids, b.Status.BackupID)
+		}
+	}
+	return ids
+}
+
+// targetBackups lists the IDs of vol's backups in srv's e2e prefix.
+func targetBackups(c assert.TestingT, srv *testutil.S3Server, vol string) []string {
+	o := backupstore.Options{ReadOnly: true}
+	o.Endpoint, o.Region, o.AccessKeyID, o.SecretAccessKey = srv.Endpoint, srv.Region, srv.AccessKey, srv.SecretKey
+	store, err := backupstore.Open(bg, srv.URL("e2e"), o)
+	if !assert.NoError(c, err) {
+		return nil
+	}
+	list, err := store.List(bg, vol)
+	assert.NoError(c, err)
+	var ids []string
+	for _, b := range list {
+		ids = append(ids, b.ID)
+	}
+	return ids
 }
