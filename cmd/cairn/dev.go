@@ -138,6 +138,13 @@ func (d *devRun) prepare(context.Context) error {
 func (d *devRun) etcdDir() string { return filepath.Join(d.dataDir, "etcd") }
 func (d *devRun) pidFile() string { return filepath.Join(d.dataDir, "controlplane.pids") }
 
+// csiControllerSocket is where the manager serves the CSI controller
+// service; each node agent serves its node service at
+// DATA/nodes/NAME/csi.sock (devNodeCSISocket).
+func (d *devRun) csiControllerSocket() string {
+	return filepath.Join(d.dataDir, "csi", "controller.sock")
+}
+
 // startControlPlane runs etcd, kube-apiserver and kube-controller-manager
 // and writes the admin kubeconfig.
 func (d *devRun) startControlPlane(context.Context) error {
@@ -168,7 +175,8 @@ func (d *devRun) startManager(ctx context.Context) error {
 		return err
 	}
 	d.metrics = fmt.Sprintf("127.0.0.1:%d", port)
-	mgr, err := newManager(d.cluster.Config, managerOptions{metricsAddr: d.metrics, probeAddr: "0", noScheduler: d.opts.noScheduler}, d.cluster.WebhookOptions())
+	mo := managerOptions{metricsAddr: d.metrics, probeAddr: "0", noScheduler: d.opts.noScheduler, csiEndpoint: "unix://" + d.csiControllerSocket()}
+	mgr, err := newManager(d.cluster.Config, mo, d.cluster.WebhookOptions())
 	if err != nil {
 		return err
 	}
@@ -261,13 +269,15 @@ Cairn dev is running.
   nodes        %d node agents (logs in %s/nodes/NAME/node.log)
   samples      %d objects applied from config/samples
   S3 target    %s
+  CSI          %s (nodes: %s)
 
 Look around with any Kubernetes client:
   export KUBECONFIG=%s
   %s get cairn
 
 Press Ctrl-C to stop.
-`, d.cluster.Config.Host, d.kubeconfig, wh.Host, wh.Port, d.metrics, len(d.nodes), d.dataDir, d.applied, d.s3Line(), d.kubeconfig, d.kubectl())
+`, d.cluster.Config.Host, d.kubeconfig, wh.Host, wh.Port, d.metrics, len(d.nodes), d.dataDir, d.applied, d.s3Line(),
+		d.csiControllerSocket(), filepath.Join(d.dataDir, "nodes", "NAME", devNodeCSISocket), d.kubeconfig, d.kubectl())
 }
 
 // s3Line describes the local S3 target.

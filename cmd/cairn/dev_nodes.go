@@ -16,6 +16,9 @@ import (
 	v1 "github.com/cairnstore/cairn/api/v1alpha1"
 )
 
+// devNodeCSISocket is the CSI node socket in a node's data directory.
+const devNodeCSISocket = "csi.sock"
+
 // devZones are the zones simulated nodes get, round robin.
 var devZones = []string{"a", "b", "c"}
 
@@ -64,7 +67,8 @@ func startDevNode(exe, name, dir, zone, kubeconfig string) (*devNode, error) {
 		return nil, err
 	}
 	defer logf.Close()
-	cmd := exec.Command(exe, "node", "--name", name, "--data-dir", dir, "--zone", zone, "--kubeconfig", kubeconfig)
+	cmd := exec.Command(exe, "node", "--name", name, "--data-dir", dir, "--zone", zone, "--kubeconfig", kubeconfig,
+		"--csi-endpoint", "unix://"+filepath.Join(dir, devNodeCSISocket))
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 	if err := cmd.Start(); err != nil {

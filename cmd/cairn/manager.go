@@ -16,6 +16,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	"github.com/cairnstore/cairn/controllers"
+	"github.com/cairnstore/cairn/csi"
 	cairnwebhook "github.com/cairnstore/cairn/internal/webhook"
 )
 
@@ -31,6 +32,8 @@ type managerOptions struct {
 	leaderElectNS string
 	verbosity     int
 	noScheduler   bool
+	// csiEndpoint, when set, serves the CSI identity and controller services.
+	csiEndpoint string
 }
 
 func newManagerCmd() *cobra.Command {
@@ -55,6 +58,7 @@ func newManagerCmd() *cobra.Command {
 	f.IntVar(&o.webhookPort, "webhook-port", 9443, "port the validating webhook serves on")
 	f.StringVar(&o.webhookCert, "webhook-cert-dir", "/tmp/k8s-webhook-server/serving-certs", "directory holding tls.crt and tls.key for the webhook")
 	f.IntVarP(&o.verbosity, "v", "v", 0, "log verbosity (0 info, 1+ debug)")
+	f.StringVar(&o.csiEndpoint, "csi-endpoint", "", "unix:///path of the CSI controller socket (empty: no CSI service)")
 	return cmd
 }
 
@@ -79,6 +83,11 @@ func newManager(cfg *rest.Config, o managerOptions, wh webhook.Options) (ctrl.Ma
 	}
 	if err := controllers.Setup(mgr, controllers.Options{NoScheduler: o.noScheduler}); err != nil {
 		return nil, err
+	}
+	if o.csiEndpoint != "" {
+		if err := csi.AddController(mgr, o.csiEndpoint); err != nil {
+			return nil, err
+		}
 	}
 	if o.probeAddr != "0" {
 		if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {

@@ -7,6 +7,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 
 	"github.com/cairnstore/cairn/controllers/node"
+	"github.com/cairnstore/cairn/csi"
 )
 
 func init() { addCommand(newNodeCmd) }
@@ -19,6 +20,7 @@ func newNodeCmd() *cobra.Command {
 		kubeconfig string
 		verbosity  int
 	)
+	var csiEndpoint string
 	cmd := &cobra.Command{
 		Use:   "node",
 		Short: "Run the node agent: register the node and run its replicas and engines as child processes",
@@ -41,6 +43,9 @@ and "cairn engine" children, keeping their data, sockets, tokens and logs under
 			if err != nil {
 				return err
 			}
+			if csiEndpoint != "" {
+				o.Setup = func(mgr ctrl.Manager) error { return csi.AddNode(mgr, csiEndpoint, o.Name, o.Zone) }
+			}
 			return node.Run(ctrl.SetupSignalHandler(), cfg, o)
 		},
 	}
@@ -52,6 +57,7 @@ and "cairn engine" children, keeping their data, sockets, tokens and logs under
 	f.StringVar(&o.Binary, "cairn-binary", "", "cairn executable the children run (default: this one)")
 	f.StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig file (default: in-cluster or $KUBECONFIG)")
 	f.IntVarP(&verbosity, "v", "v", 0, "log verbosity (0 info, 1+ debug)")
+	f.StringVar(&csiEndpoint, "csi-endpoint", "", "unix:///path of the CSI node socket (empty: no CSI service)")
 	_ = cmd.MarkFlagRequired("name")
 	_ = cmd.MarkFlagRequired("data-dir")
 	return cmd

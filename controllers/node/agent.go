@@ -66,6 +66,9 @@ type Options struct {
 	PollInterval time.Duration
 	// Log is the agent's logger.
 	Log logr.Logger
+	// Setup, when set, adds more to the agent's manager (cairn node adds
+	// the CSI node service, csi.AddNode).
+	Setup func(ctrl.Manager) error
 }
 
 func (o *Options) defaults() error {
@@ -166,8 +169,16 @@ func Run(ctx context.Context, cfg *rest.Config, opts Options) error {
 	if err := a.Setup(mgr); err != nil {
 		return err
 	}
+	if opts.Setup != nil {
+		if err := opts.Setup(mgr); err != nil {
+			return err
+		}
+	}
 	return a.Start(ctx, mgr)
 }
+
+// The CSI node service that Options.Setup may add reads the Volumes it stages.
+// +kubebuilder:rbac:groups=storage.cairn.dev,resources=volumes,verbs=get
 
 // NewScheme returns a scheme with the Kubernetes built-in kinds and Cairn's.
 func NewScheme() *runtime.Scheme {
