@@ -135,6 +135,10 @@ func volumeView(v *v1.Volume) map[string]string {
 	out["/policy"] = v.Status.EffectivePolicy
 	out["/restoredBackup"] = v.Status.RestoredBackup
 	out["/restored"] = boolString(meta.IsStatusConditionTrue(v.Status.Conditions, v1.ConditionRestored))
+	// The RPO gauge counts from the newest backup: refresh it when it moves.
+	if t := v.Status.LastBackupTime; t != nil {
+		out["/lastBackupTime"] = t.UTC().Format(time.RFC3339)
+	}
 	return out
 }
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	metav1validation "k8s.io/apimachinery/pkg/apis/meta/v1/validation"
@@ -51,8 +52,14 @@ func (RecurringSnapshotValidator) ValidateCreate(_ context.Context, rs *cairnv1.
 	return nil, invalid("RecurringSnapshot", rs.Name, ValidateRecurringSnapshotSpec(&rs.Spec, field.NewPath("spec")))
 }
 
-// ValidateUpdate implements admission.Validator.
-func (RecurringSnapshotValidator) ValidateUpdate(_ context.Context, _, rs *cairnv1.RecurringSnapshot) (admission.Warnings, error) {
+// ValidateUpdate implements admission.Validator. An update that leaves the
+// spec as it was (labels, annotations, finalizers) is not validated again:
+// the stored spec was, and checking a minutely cron's shortest interval
+// costs real CPU on every metadata change.
+func (RecurringSnapshotValidator) ValidateUpdate(_ context.Context, old, rs *cairnv1.RecurringSnapshot) (admission.Warnings, error) {
+	if equality.Semantic.DeepEqual(old.Spec, rs.Spec) {
+		return nil, nil
+	}
 	return nil, invalid("RecurringSnapshot", rs.Name, ValidateRecurringSnapshotSpec(&rs.Spec, field.NewPath("spec")))
 }
 
@@ -96,8 +103,12 @@ func (VolumePolicyValidator) ValidateCreate(_ context.Context, vp *cairnv1.Volum
 	return nil, invalid("VolumePolicy", vp.Name, ValidateVolumePolicySpec(&vp.Spec, field.NewPath("spec")))
 }
 
-// ValidateUpdate implements admission.Validator.
-func (VolumePolicyValidator) ValidateUpdate(_ context.Context, _, vp *cairnv1.VolumePolicy) (admission.Warnings, error) {
+// ValidateUpdate implements admission.Validator; an unchanged spec is not
+// validated again.
+func (VolumePolicyValidator) ValidateUpdate(_ context.Context, old, vp *cairnv1.VolumePolicy) (admission.Warnings, error) {
+	if equality.Semantic.DeepEqual(old.Spec, vp.Spec) {
+		return nil, nil
+	}
 	return nil, invalid("VolumePolicy", vp.Name, ValidateVolumePolicySpec(&vp.Spec, field.NewPath("spec")))
 }
 
