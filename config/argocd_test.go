@@ -3,15 +3,14 @@ package config_test
 import (
 	"encoding/json"
 	"os"
-	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
-	lua "github.com/yuin/gopher-lua"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	kstatus "sigs.k8s.io/cli-utils/pkg/kstatus/status"
 	"sigs.k8s.io/yaml"
 
+	"github.com/cairnstore/cairn/config"
 	"github.com/cairnstore/cairn/internal/localcluster"
 )
 
@@ -19,9 +18,6 @@ import (
 // (the Lua runtime Argo CD embeds) and kstatus (what Flux uses) over the
 // same objects, so both GitOps tools read Cairn's status the same way.
 func TestHealthChecks(t *testing.T) {
-	script, err := os.ReadFile("argocd/health.lua")
-	require.NoError(t, err)
-
 	cases := []struct {
 		name    string
 		object  string
@@ -80,7 +76,7 @@ status: {observedGeneration: 2, conditions: [{type: Ready, status: "True", reaso
 			u := &unstructured.Unstructured{}
 			require.NoError(t, u.UnmarshalJSON(raw))
 
-			status, message := runHealth(t, string(script), u.Object)
+			status, message := runHealth(t, u.Object)
 			require.Equal(t, c.argo, status)
 			require.Contains(t, message, c.message)
 
@@ -108,43 +104,10 @@ func TestArgoCDConfigCoversEveryKind(t *testing.T) {
 	}
 }
 
-// runHealth evaluates an Argo CD health script with obj bound as a global,
-// the way Argo CD does, and returns hs.status and hs.message.
-func runHealth(t *testing.T, script string, obj map[string]any) (string, string) {
+// runHealth evaluates the shipped health script on obj.
+func runHealth(t *testing.T, obj map[string]any) (string, string) {
 	t.Helper()
-	L := lua.NewState(lua.Options{SkipOpenLibs: false})
-	defer L.Close()
-	L.SetGlobal("obj", toLua(L, obj))
-	require.NoError(t, L.DoString(script))
-	ret, ok := L.Get(-1).(*lua.LTable)
-	require.True(t, ok, "script returned %s", L.Get(-1).Type())
-	return ret.RawGetString("status").String(), strings.TrimSpace(ret.RawGetString("message").String())
-}
-
-func toLua(L *lua.LState, v any) lua.LValue {
-	switch v := v.(type) {
-	case map[string]any:
-		t := L.NewTable()
-		for k, e := range v {
-			t.RawSetString(k, toLua(L, e))
-		}
-		return t
-	case []any:
-		t := L.NewTable()
-		for _, e := range v {
-			t.Append(toLua(L, e))
-		}
-		return t
-	case string:
-		return lua.LString(v)
-	case bool:
-		return lua.LBool(v)
-	case float64:
-		return lua.LNumber(v)
-	case int64:
-		return lua.LNumber(v)
-	case nil:
-		return lua.LNil
-	}
-	panic("unsupported value")
+	status, message, err := config.ArgoCDHealth(obj)
+	require.NoError(t, err)
+	return status, message
 }

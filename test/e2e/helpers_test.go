@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -22,6 +23,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/cairnstore/cairn/api/v1alpha1"
+	"github.com/cairnstore/cairn/config"
 )
 
 var bg = context.Background()
@@ -82,7 +84,30 @@ func current(t assert.TestingT, obj client.Object) bool {
 		return false
 	}
 	res, err := status.Compute(&unstructured.Unstructured{Object: u})
-	return assert.NoError(t, err) && res.Status == status.CurrentStatus
+	if !assert.NoError(t, err) {
+		return false
+	}
+	return assert.NoError(t, healthAgrees(u, res.Status)) && res.Status == status.CurrentStatus
+}
+
+// healthAgrees checks Argo CD's reading of a live object (the shipped Lua
+// health script) against kstatus (what Flux reads): Current is Healthy or
+// Suspended, Failed is Degraded, InProgress is Progressing or — for a
+// Ready=False object Argo CD cannot wait on — Degraded.
+func healthAgrees(obj map[string]any, ks status.Status) error {
+	argo, msg, err := config.ArgoCDHealth(obj)
+	if err != nil {
+		return err
+	}
+	ok := map[status.Status][]string{
+		status.CurrentStatus:    {"Healthy", "Suspended"},
+		status.FailedStatus:     {"Degraded"},
+		status.InProgressStatus: {"Progressing", "Degraded"},
+	}[ks]
+	if ok != nil && !slices.Contains(ok, argo) {
+		return fmt.Errorf("kstatus says %s but Argo CD's health script says %s (%s)", ks, argo, msg)
+	}
+	return nil
 }
 
 func patchVolume(t *testing.T, name string, mutate func(*v1.Volume)) {

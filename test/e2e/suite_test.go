@@ -6,6 +6,7 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -17,13 +18,17 @@ import (
 
 	"github.com/go-logr/logr"
 	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	kstatus "sigs.k8s.io/cli-utils/pkg/kstatus/status"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/cairnstore/cairn/api/v1alpha1"
 	"github.com/cairnstore/cairn/controllers"
+	"github.com/cairnstore/cairn/internal/localcluster"
 	"github.com/cairnstore/cairn/internal/testutil"
 )
 
@@ -66,6 +71,10 @@ func runSuite(m *testing.M) int {
 		return 1
 	}
 	code := m.Run()
+	if err := checkEveryObjectsHealth(); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err)
+		code = 1
+	}
 	if err := stop(); err != nil {
 		fmt.Fprintln(os.Stderr, "e2e: stop cairn dev:", err)
 		code = 1
@@ -200,4 +209,36 @@ func connect(kubeconfig string) error {
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+// checkEveryObjectsHealth reads every Cairn object the tests left (real
+// statuses written by the real controllers and agents, never hand-written)
+// with kstatus and with Argo CD's health script, and fails when they
+// disagree.
+func checkEveryObjectsHealth() error {
+	crds, err := localcluster.CRDs()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	checked := 0
+	for _, crd := range crds {
+		list := &unstructured.UnstructuredList{}
+		list.SetGroupVersionKind(schema.GroupVersionKind{Group: crd.Spec.Group, Version: "v1alpha1", Kind: crd.Spec.Names.ListKind})
+		if err := k8s.List(context.Background(), list); err != nil {
+			return err
+		}
+		for _, item := range list.Items {
+			res, err := kstatus.Compute(&item)
+			if err == nil {
+				err = healthAgrees(item.Object, res.Status)
+			}
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s %s: %w", item.GetKind(), item.GetName(), err))
+			}
+			checked++
+		}
+	}
+	fmt.Fprintf(os.Stderr, "e2e: Argo CD and kstatus health agree on %d of %d objects\n", checked-len(errs), checked)
+	return errors.Join(errs...)
 }
