@@ -162,11 +162,12 @@ func (c *Controller) DeleteSnapshot(ctx context.Context, req *csi.DeleteSnapshot
 	return &csi.DeleteSnapshotResponse{}, nil
 }
 
-// ListSnapshots lists Snapshots and Backups not being deleted (also those
-// a schedule took or a target's catalogue imported), sorted by id, filtered
-// by snapshot id or source volume.
+// ListSnapshots lists the Snapshots and Backups the driver created and
+// that are not being deleted, sorted by id, filtered by source volume; given
+// a snapshot id it finds any Snapshot or Backup (one a schedule took or a
+// target's catalogue imported too, for pre-provisioned snapshots).
 func (c *Controller) ListSnapshots(ctx context.Context, req *csi.ListSnapshotsRequest) (*csi.ListSnapshotsResponse, error) {
-	all, err := c.allSnapshots(ctx)
+	all, err := c.allSnapshots(ctx, req.GetSnapshotId() == "")
 	if err != nil {
 		return nil, err
 	}
@@ -192,8 +193,9 @@ func (c *Controller) ListSnapshots(ctx context.Context, req *csi.ListSnapshotsRe
 	return out, nil
 }
 
-// allSnapshots reads every Snapshot and Backup from the API server.
-func (c *Controller) allSnapshots(ctx context.Context) ([]*csi.Snapshot, error) {
+// allSnapshots reads the Snapshots and Backups not being deleted from the
+// API server; with ownOnly only those the driver created.
+func (c *Controller) allSnapshots(ctx context.Context, ownOnly bool) ([]*csi.Snapshot, error) {
 	var snaps v1.SnapshotList
 	var backups v1.BackupList
 	if err := c.Reader.List(ctx, &snaps); err != nil {
@@ -203,15 +205,39 @@ func (c *Controller) allSnapshots(ctx context.Context) ([]*csi.Snapshot, error) 
 		return nil, apiError(err)
 	}
 	var out []*csi.Snapshot
-	for i := range snaps.Items {
-		if snaps.Items[i].DeletionTimestamp.IsZero() {
-			out = append(out, csiSnapshot(&snaps.Items[i]))
+	add := func(obj client.Object) {
+		if obj.GetDeletionTimestamp().IsZero() && (!ownOnly || obj.GetAnnotations()[AnnotationName] != "") {
+			out = append(out, csiSnapshot(obj))
 		}
+	}
+	for i := range snaps.Items {
+		add(&snaps.Items[i])
 	}
 	for i := range backups.Items {
-		if backups.Items[i].DeletionTimestamp.IsZero() {
-			out = append(out, csiSnapshot(&backups.Items[i]))
-		}
+		add(&backups.Items[i])
 	}
 	return out, nil
+}
+
+// GetSnapshot describes one Snapshot or Backup; an id the driver never
+// returned, or one whose object is gone or being deleted, is NotFound.
+func (c *Controller) GetSnapshot(ctx context.Context, req *csi.GetSnapshotRequest) (*csi.GetSnapshotResponse, error) {
+	if req.GetSnapshotId() == "" {
+		return nil, status.Error(codes.InvalidArgument, "snapshot id is required")
+	}
+	kind, name, ok := parseSnapshotID(req.GetSnapshotId())
+	if !ok {
+		return nil, status.Errorf(codes.NotFound, "snapshot %q not found", req.GetSnapshotId())
+	}
+	var obj client.Object = &v1.Snapshot{}
+	if kind == kindBackup {
+		obj = &v1.Backup{}
+	}
+	if err := c.Reader.Get(ctx, client.ObjectKey{Name: name}, obj); err != nil {
+		return nil, notFound(err, "snapshot %q not found", req.GetSnapshotId())
+	}
+	if !obj.GetDeletionTimestamp().IsZero() {
+		return nil, status.Errorf(codes.NotFound, "snapshot %q is being deleted", req.GetSnapshotId())
+	}
+	return &csi.GetSnapshotResponse{Snapshot: csiSnapshot(obj)}, nil
 }

@@ -39,7 +39,10 @@
 // backupTarget parameter or else to the backupTargetRef of the volume's
 // policy; with neither it is InvalidArgument. A backup is ready_to_use
 // when Completed. A Volume restored from a backup that is not complete yet
-// is Unavailable (retry).
+// is Unavailable (retry). ListSnapshots lists the Snapshots and Backups the
+// driver created; asked for one snapshot id it finds any (a schedule's or
+// an imported backup too), so such a backup can be pre-provisioned as a
+// VolumeSnapshotContent with snapshotHandle backup/NAME.
 //
 // # Topology
 //
@@ -91,6 +94,6 @@
 //	volume content source (clone)      InvalidArgument; CLONE_VOLUME not advertised
 //	restore from a type: snapshot      InvalidArgument (restore from a backup instead)
 //	multi-node access modes            InvalidArgument
-//	ControllerModifyVolume, GetSnapshot, ListVolumeHealth, PUBLISH_READONLY,
+//	ControllerModifyVolume, ListVolumeHealth, PUBLISH_READONLY,
 //	SINGLE_NODE_MULTI_WRITER, VOLUME_MOUNT_GROUP, group snapshots   not advertised (Unimplemented)
 package csi

@@ -92,9 +92,9 @@ func parseSnapshotParams(p map[string]string) (snapshotParams, error) {
 }
 
 // volumeSize turns a capacity range into a size: required bytes rounded up
-// to 4096 (1 GiB when nothing is required, capped by the limit), at least
-// min (a restore's source size). OutOfRange when no size fits.
-func volumeSize(r *csi.CapacityRange, min int64) (int64, error) {
+// to 4096 (1 GiB when nothing is required, capped by the limit) and no
+// less than least (a restore's source size). OutOfRange when no size fits.
+func volumeSize(r *csi.CapacityRange, least int64) (int64, error) {
 	req, lim := r.GetRequiredBytes(), r.GetLimitBytes()
 	if req < 0 || lim < 0 {
 		return 0, status.Error(codes.InvalidArgument, "capacity range bytes must not be negative")
@@ -102,27 +102,20 @@ func volumeSize(r *csi.CapacityRange, min int64) (int64, error) {
 	if lim > 0 && req > lim {
 		return 0, status.Errorf(codes.InvalidArgument, "required bytes %d exceed limit bytes %d", req, lim)
 	}
-	size := roundUp(max(req, min))
+	size := roundUp(max(req, least))
 	if size == 0 {
 		size = defaultSize
 		if lim > 0 {
-			size = min64(size, lim/sizeUnit*sizeUnit)
+			size = min(size, lim/sizeUnit*sizeUnit)
 		}
 	}
 	if size == 0 || size > maxSize || (lim > 0 && size > lim) {
-		return 0, status.Errorf(codes.OutOfRange, "no size in multiples of 4096 between %d and %d bytes fits (at least %d, at most 64Ti)", req, lim, min)
+		return 0, status.Errorf(codes.OutOfRange, "no size in multiples of 4096 between %d and %d bytes fits (at least %d, at most 64Ti)", req, lim, least)
 	}
 	return size, nil
 }
 
 func roundUp(n int64) int64 { return (n + sizeUnit - 1) / sizeUnit * sizeUnit }
-
-func min64(a, b int64) int64 {
-	if a < b {
-		return a
-	}
-	return b
-}
 
 // fits reports whether an existing size satisfies a capacity range.
 func fits(size int64, r *csi.CapacityRange) bool {
