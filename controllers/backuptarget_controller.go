@@ -86,6 +86,8 @@ type targetScope struct {
 	store *backupstore.Store
 	// catalogue maps each volume to its complete backups.
 	catalogue map[string][]backupstore.BackupInfo
+	// backups are the Backup objects, listed before the catalogue is read.
+	backups []v1.Backup
 	out       outcome
 }
 
@@ -115,7 +117,7 @@ func (r *BackupTargetReconciler) Reconcile(ctx context.Context, req ctrl.Request
 		}
 	}()
 	var phaseRes ctrl.Result
-	for _, p := range []targetPhase{r.resolveSecrets, r.openStore, r.readCatalogue, r.importBackups} {
+	for _, p := range []targetPhase{r.resolveSecrets, r.openStore, r.listBackups, r.readCatalogue, r.importBackups} {
 		pr, err := p(ctx, s)
 		phaseRes = lowestRequeue(phaseRes, pr)
 		if err != nil || s.out.stalled || pr.RequeueAfter > 0 {
@@ -227,6 +229,18 @@ func probe(ctx context.Context, t backupstore.Target, name string) error {
 	return t.Delete(ctx, key)
 }
 
+// listBackups lists the Backup objects before the catalogue is read: a
+// Backup deleted with its remote backup in between is then either in this
+// list or already gone from the catalogue, never imported again.
+func (r *BackupTargetReconciler) listBackups(ctx context.Context, s *targetScope) (ctrl.Result, error) {
+	var list v1.BackupList
+	if err := r.List(ctx, &list); err != nil {
+		return ctrl.Result{}, err
+	}
+	s.backups = list.Items
+	return ctrl.Result{}, nil
+}
+
 // readCatalogue lists every volume's catalogue (one object each, never the
 // blocks) into status. A volume whose catalogue cannot be trusted
 // (rolled back, corrupt, inconsistent) is left out and named in the
@@ -284,14 +298,10 @@ func isCatalogueDataError(err error) bool {
 // catalogue that none describes yet, and completes the status of imported
 // objects whose status write was interrupted.
 func (r *BackupTargetReconciler) importBackups(ctx context.Context, s *targetScope) (ctrl.Result, error) {
-	var list v1.BackupList
-	if err := r.List(ctx, &list); err != nil {
-		return ctrl.Result{}, err
-	}
 	known := map[string]*v1.Backup{}
 	taken := map[string]bool{}
-	for i := range list.Items {
-		b := &list.Items[i]
+	for i := range s.backups {
+		b := &s.backups[i]
 		taken[b.Name] = true
 		id := b.Spec.BackupID
 		if id == "" {

@@ -71,6 +71,9 @@ func runSuite(m *testing.M) int {
 		return 1
 	}
 	code := m.Run()
+	if code != 0 {
+		printLogTails()
+	}
 	if err := checkEveryObjectsHealth(); err != nil {
 		fmt.Fprintln(os.Stderr, "e2e:", err)
 		code = 1
@@ -241,4 +244,19 @@ func checkEveryObjectsHealth() error {
 	}
 	fmt.Fprintf(os.Stderr, "e2e: Argo CD and kstatus health agree on %d of %d objects\n", checked-len(errs), checked)
 	return errors.Join(errs...)
+}
+
+// printLogTails prints the end of every node agent's and child's log, so a
+// failure on a machine that is gone afterwards can still be read.
+func printLogTails() {
+	logs, _ := filepath.Glob(filepath.Join(dataDir, "nodes", "*", "node.log"))
+	children, _ := filepath.Glob(filepath.Join(dataDir, "nodes", "*", "log", "*.log"))
+	for _, l := range append(logs, children...) {
+		b, err := os.ReadFile(l)
+		if err != nil {
+			continue
+		}
+		lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+		fmt.Fprintf(os.Stderr, "==> %s (last %d of %d lines) <==\n%s\n", l, min(15, len(lines)), len(lines), strings.Join(lines[max(0, len(lines)-15):], "\n"))
+	}
 }
