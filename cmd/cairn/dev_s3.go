@@ -130,8 +130,7 @@ func runVersitygw(bin, dir string, port int, s *devS3) (func(), error) {
 		logf.Close()
 	}
 	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		if c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond); err == nil {
-			c.Close()
+		if netx.Listening(context.Background(), addr, 200*time.Millisecond) {
 			return stop, nil
 		}
 		select {

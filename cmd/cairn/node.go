@@ -54,6 +54,7 @@ and "cairn engine" children, keeping their data, sockets, tokens and logs under
 	f.StringVar(&o.DataDir, "data-dir", "", "directory holding replicas, mounts, sockets, tokens and logs")
 	f.StringVar(&o.Zone, "zone", "", "zone reported in CairnNode status")
 	f.StringVar(&o.Address, "address", "127.0.0.1", "address replicas listen on and report")
+	f.StringVar(&o.ReplicaPorts, "replica-ports", node.DefaultReplicaPorts, "range LO-HI replica ports are chosen from (keep it outside the ephemeral range, net.ipv4.ip_local_port_range)")
 	f.StringVar(&o.Binary, "cairn-binary", "", "cairn executable the children run (default: this one)")
 	f.StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig file (default: in-cluster or $KUBECONFIG)")
 	f.IntVarP(&verbosity, "v", "v", 0, "log verbosity (0 info, 1+ debug)")

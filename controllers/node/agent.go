@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -57,6 +58,9 @@ type Options struct {
 	Zone string
 	// Address is the host replicas listen on and report (default 127.0.0.1).
 	Address string
+	// ReplicaPorts is the range "LO-HI" replica ports are chosen from
+	// (default DefaultReplicaPorts).
+	ReplicaPorts string
 	// Binary is the cairn executable children run (default os.Executable()).
 	Binary string
 	// HeartbeatInterval is how often the Lease and CairnNode status are
@@ -77,6 +81,9 @@ func (o *Options) defaults() error {
 	}
 	if o.Address == "" {
 		o.Address = "127.0.0.1"
+	}
+	if o.ReplicaPorts == "" {
+		o.ReplicaPorts = DefaultReplicaPorts
 	}
 	if o.Binary == "" {
 		exe, err := os.Executable()
@@ -114,6 +121,8 @@ type Agent struct {
 	stores targets.Cache
 	// jobs are the restores and backups running in the agent.
 	jobs jobTable
+	// ports chooses replica ports and holds those of stopped replicas.
+	ports *ports
 	// controls are the control clients of the engines on this node.
 	controls controlClients
 }
@@ -123,7 +132,12 @@ func New(opts Options) (*Agent, error) {
 	if err := opts.defaults(); err != nil {
 		return nil, err
 	}
+	pr, err := parsePortRange(opts.ReplicaPorts)
+	if err != nil {
+		return nil, err
+	}
 	a := &Agent{
+		ports:    &ports{host: opts.Address, r: pr},
 		opts:     opts,
 		loops:    &loopTable{m: map[string]loopAttachment{}},
 		replicaC: make(chan event.GenericEvent, 256),
@@ -219,10 +233,10 @@ func (a *Agent) Start(ctx context.Context, mgr ctrl.Manager) error {
 	defer close(a.done)
 	log := a.opts.Log
 	if err := a.cleanupLeftovers(ctx); err != nil {
-		return fmt.Errorf("node agent: clean up after an earlier agent: %w", err)
+		return startErr(ctx, "clean up after an earlier agent", err)
 	}
 	if err := a.removeOrphans(ctx, mgr.GetAPIReader()); err != nil {
-		return fmt.Errorf("node agent: remove data of deleted replicas: %w", err)
+		return startErr(ctx, "remove data of deleted replicas", err)
 	}
 	err := mgr.Start(ctx)
 	log.Info("Stopping children")
@@ -230,6 +244,15 @@ func (a *Agent) Start(ctx context.Context, mgr ctrl.Manager) error {
 	defer cancel()
 	a.shutdown(sctx)
 	return err
+}
+
+// startErr is a failure of a start phase, or nothing when the agent was
+// stopped while starting (ctx done): that is a clean stop.
+func startErr(ctx context.Context, phase string, err error) error {
+	if ctx.Err() != nil {
+		return nil
+	}
+	return fmt.Errorf("node agent: %s: %w", phase, err)
 }
 
 // shutdown detaches loop devices, stops engines, then replicas.
@@ -242,6 +265,7 @@ func (a *Agent) shutdown(ctx context.Context) {
 	a.sup.StopAll(ctx, enginePrefix)
 	a.jobs.stopAll()
 	a.sup.StopAll(ctx, replicaPrefix)
+	a.ports.releaseAll()
 	a.unmountAll()
 }
 
@@ -294,6 +318,12 @@ func (a *Agent) removeReplicaData(_ context.Context, name string) error {
 	a.jobs.stop(restoreKey(name))
 	if err := os.RemoveAll(a.restoreDir(name)); err != nil {
 		return err
+	}
+	if b, err := os.ReadFile(a.stateFile(name)); err == nil {
+		var st replicaState
+		if json.Unmarshal(b, &st) == nil {
+			a.ports.release(st.Port)
+		}
 	}
 	dir := a.replicaDir(name)
 	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {

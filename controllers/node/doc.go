@@ -17,9 +17,12 @@
 //
 // Replica (cluster-scoped; spec.volumeName, spec.nodeID, spec.size,
 // spec.diskPath empty or equal to the agent's DIR). The agent adds finalizer
-// storage.cairn.dev/replica-data, picks a free TCP port once (kept with the size the replica was
-// created with in DIR/state/<replica>.json) and reports status.address <address>:<port> at
-// once, even while no process runs, so the manager can list it in the Engine.
+// storage.cairn.dev/replica-data, picks a free TCP port once from --replica-ports (default
+// 10000-30000, below the kernel's ephemeral range so no outgoing connection takes it; kept
+// with the size the replica was created with in DIR/state/<replica>.json), holds it with a
+// listener of its own whenever the replica process does not run (released just before the
+// child starts), and reports status.address <address>:<port> at once, even while no process
+// runs, so the manager can list it in the Engine.
 // It runs
 //
 //	cairn replica --volume V --replica R --dir DIR/replicas/R --size N \

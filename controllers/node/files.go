@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"time"
@@ -101,7 +100,11 @@ func (a *Agent) loadReplicaState(name string, size int64) (replicaState, error) 
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return st, err
 	}
-	p, err := netx.FreePort(a.opts.Address)
+	taken, err := a.recordedPorts()
+	if err != nil {
+		return st, err
+	}
+	p, err := a.ports.pick(name, taken)
 	if err != nil {
 		return st, err
 	}
@@ -113,15 +116,25 @@ func (a *Agent) loadReplicaState(name string, size int64) (replicaState, error) 
 	return st, writePrivate(path, append(b, '\n'))
 }
 
-// reachable reports whether a TCP connection to addr succeeds quickly.
-func reachable(ctx context.Context, addr string) bool {
-	d := net.Dialer{Timeout: 500 * time.Millisecond}
-	c, err := d.DialContext(ctx, "tcp", addr)
+// recordedPorts are the ports of every replica in DIR/state.
+func (a *Agent) recordedPorts() (map[int]bool, error) {
+	entries, err := os.ReadDir(a.stateDir())
 	if err != nil {
-		return false
+		return nil, err
 	}
-	_ = c.Close()
-	return true
+	out := map[int]bool{}
+	for _, e := range entries {
+		var st replicaState
+		if b, err := os.ReadFile(filepath.Join(a.stateDir(), e.Name())); err == nil && json.Unmarshal(b, &st) == nil {
+			out[st.Port] = true
+		}
+	}
+	return out, nil
+}
+
+// reachable reports whether the replica address accepts connections.
+func reachable(ctx context.Context, addr string) bool {
+	return netx.Listening(ctx, addr, 500*time.Millisecond)
 }
 
 // removeTokenIfUnused deletes the volume's token file once no Replica or

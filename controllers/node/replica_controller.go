@@ -48,6 +48,7 @@ type ReplicaReconciler struct {
 type replicaScope struct {
 	obj     *cairnv1.Replica
 	address string
+	port    int
 	size    int64 // bytes the replica was created with
 	attach  bool  // an Engine of the volume exists
 	proc    ProcState
@@ -168,7 +169,7 @@ func (r *ReplicaReconciler) reconcileAddress(_ context.Context, s *replicaScope)
 	if err != nil {
 		return ctrl.Result{}, err
 	}
-	s.address = net.JoinHostPort(r.Agent.opts.Address, strconv.Itoa(st.Port))
+	s.address, s.port = net.JoinHostPort(r.Agent.opts.Address, strconv.Itoa(st.Port)), st.Port
 	s.size = st.Size
 	return ctrl.Result{}, nil
 }
@@ -197,7 +198,14 @@ func (r *ReplicaReconciler) reconcileProcess(ctx context.Context, s *replicaScop
 		if _, ok := r.Agent.sup.State(key); ok {
 			log.FromContext(ctx).Info("Stopping replica: its volume is detached")
 		}
-		return ctrl.Result{}, r.Agent.sup.Stop(ctx, key)
+		if err := r.Agent.sup.Stop(ctx, key); err != nil {
+			return ctrl.Result{}, err
+		}
+		// Keep the port the address names until the replica runs again.
+		if err := r.Agent.ports.hold(s.port); err != nil {
+			log.FromContext(ctx).Info("Replica port is taken while the replica is stopped", "port", s.port, "err", err.Error())
+		}
+		return ctrl.Result{}, nil
 	}
 	tokenFile, err := r.Agent.ensureTokenFile(ctx, r.APIReader, s.obj.Spec.VolumeName)
 	if err != nil {
@@ -214,6 +222,7 @@ func (r *ReplicaReconciler) reconcileProcess(ctx context.Context, s *replicaScop
 		"--listen", s.address,
 		"--token-file", tokenFile,
 	}
+	r.Agent.ports.release(s.port)
 	s.proc = r.Agent.sup.Ensure(key, Child{Args: args, Mark: replicaMark(s.obj.Name)})
 	s.running = true
 	s.serving = s.proc.Running && reachable(ctx, s.address)

@@ -7,11 +7,13 @@
 package netx
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 )
 
 // Listen opens addr: "unix:/path" for a unix socket, anything else is a
@@ -110,4 +112,18 @@ func FreePort(host string) (int, error) {
 	}
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+// Listening reports whether something listens at the TCP address addr: a
+// connection succeeds within timeout and is not a self-connection (on
+// Linux, dialing a local port nobody listens on in the ephemeral range can
+// connect the socket to itself when the kernel picks that port as source).
+func Listening(ctx context.Context, addr string, timeout time.Duration) bool {
+	d := net.Dialer{Timeout: timeout}
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return false
+	}
+	defer c.Close()
+	return c.LocalAddr().String() != c.RemoteAddr().String()
 }

@@ -61,7 +61,9 @@ func TestSnapshotAndBackup(t *testing.T) {
 	sum := deviceSum(t, dev)
 	createSnapshot(t, "e2e-bk-s1", vol)
 	b2 := createBackup(t, "e2e-bk-b2", vol, "e2e-bk-s1", "Delete")
-	assert.Equal(t, b2.Name, getVolume(t, vol).Status.LastBackup)
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		assert.Equal(c, b2.Name, getVolume(c, vol).Status.LastBackup)
+	}, wait, tick)
 
 	rdev := restoreVolume(t, "e2e-bk-restored", vol, b2.Status.BackupID, "dev-node-3")
 	assert.Equal(t, sum, deviceSum(t, rdev), "the restored volume differs from the snapshot")

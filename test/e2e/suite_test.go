@@ -40,6 +40,8 @@ var (
 	dataDir  string
 	devOut   *os.File
 	cairnBin string
+	// restarted are node agents tests restarted; the suite stops them.
+	restarted []*exec.Cmd
 )
 
 const suiteNodes = 4
@@ -77,6 +79,10 @@ func runSuite(m *testing.M) int {
 	if err := checkEveryObjectsHealth(); err != nil {
 		fmt.Fprintln(os.Stderr, "e2e:", err)
 		code = 1
+	}
+	for _, cmd := range restarted {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		_ = cmd.Wait()
 	}
 	if err := stop(); err != nil {
 		fmt.Fprintln(os.Stderr, "e2e: stop cairn dev:", err)

@@ -223,12 +223,15 @@ func TestNodeLossReplenish(t *testing.T) {
 // stops it (SIGTERM, so it stops its children) when the test ends.
 func restartAgent(t *testing.T, node, zone string) {
 	t.Helper()
-	cmd := exec.Command(cairnBin, "node", "--name", node, "--data-dir", filepath.Join(dataDir, "nodes", node),
-		"--zone", zone, "--kubeconfig", filepath.Join(dataDir, "kubeconfig"))
-	cmd.Stdout, cmd.Stderr = devOut, devOut
+	dir := filepath.Join(dataDir, "nodes", node)
+	logf, err := os.OpenFile(filepath.Join(dir, "node.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	require.NoError(t, err)
+	defer logf.Close()
+	cmd := exec.Command(cairnBin, "node", "--name", node, "--data-dir", dir, "--zone", zone,
+		"--kubeconfig", filepath.Join(dataDir, "kubeconfig"), "--csi-endpoint", "unix://"+filepath.Join(dir, "csi.sock"))
+	cmd.Stdout, cmd.Stderr = logf, logf
 	require.NoError(t, cmd.Start())
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		_ = cmd.Wait()
-	})
+	// The node stays in the cluster for the tests that run after this one;
+	// the suite stops it at the end, as dev stops its own agents.
+	restarted = append(restarted, cmd)
 }
