@@ -88,7 +88,7 @@ type targetScope struct {
 	catalogue map[string][]backupstore.BackupInfo
 	// backups are the Backup objects, listed before the catalogue is read.
 	backups []v1.Backup
-	out       outcome
+	out     outcome
 }
 
 type targetPhase func(context.Context, *targetScope) (ctrl.Result, error)
