@@ -75,6 +75,10 @@ type scope struct {
 
 type phase func(context.Context, *scope) (ctrl.Result, error)
 
+// conflictRetry is how soon a reconcile whose status write lost to a newer
+// version looks again (the cache catches up within milliseconds).
+const conflictRetry = 200 * time.Millisecond
+
 // Reconcile follows the controller skeleton: get, deferred status patch,
 // phases. The scheduler keeps no finalizer: deleting a schedule leaves its
 // snapshots and backups where they are.
@@ -95,6 +99,12 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (res ctrl.
 	defer func() {
 		r.finishStatus(ctx, s, orig, err)
 		if perr := r.patchStatus(ctx, orig, rs); perr != nil {
+			if apierrors.IsConflict(perr) {
+				// Decided on a stale copy (the cache had not seen the last
+				// status yet): look again rather than count runs twice.
+				res, err = ctrl.Result{RequeueAfter: conflictRetry}, nil
+				return
+			}
 			err = errors.Join(err, perr)
 			return
 		}
@@ -105,13 +115,15 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (res ctrl.
 	return runPhases(ctx, s, r.parse, r.loadVolumes, r.loadObjects, r.advance, r.start, r.report, r.prune)
 }
 
-// patchStatus writes the status when it changed; a schedule deleted
-// meanwhile is no error.
+// patchStatus writes the status when it changed, only onto the version
+// this reconcile read; a schedule deleted meanwhile is no error.
 func (r *Reconciler) patchStatus(ctx context.Context, orig, rs *v1.RecurringSnapshot) error {
 	if equality.Semantic.DeepEqual(orig.Status, rs.Status) {
 		return nil
 	}
-	return client.IgnoreNotFound(r.Status().Patch(ctx, rs, client.MergeFrom(orig)))
+	// Optimistic lock: metrics and events of a run are committed once,
+	// by the reconcile whose status write lands on the version it read.
+	return client.IgnoreNotFound(r.Status().Patch(ctx, rs, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{})))
 }
 
 // runPhases runs phases in order, stopping at the first error or stall, and
