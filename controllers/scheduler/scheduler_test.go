@@ -219,14 +219,21 @@ func TestDenyWindowSkipsRun(t *testing.T) {
 	labels, sel := h.selectAll()
 	vol := h.volume("a", labels)
 	sched := hourly(t, "Europe/Berlin")
-	t1 := sched.Next(time.Now())
-	if t1.Sub(time.Now()) < time.Minute { // keep the schedule's creation before t1
-		t1 = sched.Next(t1)
-	}
 	berlin := sched.Location()
-	deny := v1.TimeWindow{Kind: v1.WindowDeny, Start: t1.In(berlin).Format("15:04"), End: t1.Add(30 * time.Minute).In(berlin).Format("15:04")}
-	rs := h.schedule("snap", v1.RecurringSnapshotSpec{Schedule: "0 * * * *", TimeZone: "Europe/Berlin", Windows: []v1.TimeWindow{deny}, Selector: sel})
-	require.True(t, firstRun(sched, rs).Equal(t1))
+	denyAt := func(t1 time.Time) []v1.TimeWindow {
+		return []v1.TimeWindow{{Kind: v1.WindowDeny, Start: t1.In(berlin).Format("15:04"), End: t1.Add(30 * time.Minute).In(berlin).Format("15:04")}}
+	}
+	t1 := sched.Next(time.Now())
+	rs := h.schedule("snap", v1.RecurringSnapshotSpec{Schedule: "0 * * * *", TimeZone: "Europe/Berlin", Windows: denyAt(t1), Selector: sel})
+	if first := firstRun(sched, rs); !first.Equal(t1) {
+		// An hour began while the schedule was created: move the window
+		// to the schedule's real first run.
+		t1 = first
+		patch := client.MergeFrom(rs.DeepCopy())
+		rs.Spec.Windows = denyAt(t1)
+		require.NoError(t, k8s.Patch(h.ctx, rs, patch))
+		h.waitStatus(rs, func(c *assert.CollectT, st v1.RecurringSnapshotStatus) { assert.Equal(c, rs.Generation, st.ObservedGeneration) })
+	}
 
 	h.advance(t1.Add(time.Minute), rs)
 	st := h.waitRun(rs, t1)

@@ -63,7 +63,9 @@ func TestScheduledRuns(t *testing.T) {
 		Action: v1.ActionBackup, BackupTargetRef: v1.ObjectName(target.Name), Retention: &v1.Retention{KeepLast: 2}})
 
 	// Four hourly runs, one at a time: each snapshots both volumes.
-	next := clk.Now().Truncate(time.Hour).Add(time.Hour + time.Second)
+	// The first hourly run after the schedule's creation (an hour may have
+	// begun since the clock was started).
+	next := getSchedule(t, hourly.Name).CreationTimestamp.Truncate(time.Hour).Add(time.Hour + time.Second)
 	for i := range 4 {
 		advance(t, clk, next.Add(time.Duration(i)*time.Hour), hourly)
 		require.EventuallyWithT(t, func(c *assert.CollectT) {
