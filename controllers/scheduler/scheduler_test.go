@@ -232,7 +232,9 @@ func TestDenyWindowSkipsRun(t *testing.T) {
 		patch := client.MergeFrom(rs.DeepCopy())
 		rs.Spec.Windows = denyAt(t1)
 		require.NoError(t, k8s.Patch(h.ctx, rs, patch))
-		h.waitStatus(rs, func(c *assert.CollectT, st v1.RecurringSnapshotStatus) { assert.Equal(c, rs.Generation, st.ObservedGeneration) })
+		h.waitStatus(rs, func(c *assert.CollectT, st v1.RecurringSnapshotStatus) {
+			assert.Equal(c, rs.Generation, st.ObservedGeneration)
+		})
 	}
 
 	h.advance(t1.Add(time.Minute), rs)
