@@ -80,18 +80,15 @@ func recordBackupCompleted(b *v1.Backup) {
 	backupBytes.WithLabelValues(labels...).Add(float64(b.Status.UploadedBytes))
 }
 
-func recordTargetReady(name string, ready bool) {
+func recordTargetReady(name string, ready bool) { setBool(backupTargetReady, name, ready) }
+
+// setBool sets a one-label gauge to 1 or 0.
+func setBool(g *prometheus.GaugeVec, label string, on bool) {
 	v := 0.0
-	if ready {
+	if on {
 		v = 1
 	}
-	backupTargetReady.WithLabelValues(name).Set(v)
+	g.WithLabelValues(label).Set(v)
 }
 
-func recordNode(name string, ready bool) {
-	v := 0.0
-	if ready {
-		v = 1
-	}
-	nodeReadyGauge.WithLabelValues(name).Set(v)
-}
+func recordNode(name string, ready bool) { setBool(nodeReadyGauge, name, ready) }
