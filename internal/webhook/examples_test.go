@@ -20,7 +20,7 @@ import (
 func TestExamplesApply(t *testing.T) {
 	ctx := context.Background()
 	root := os.DirFS(filepath.Join(testutil.RepoRoot(), "examples"))
-	for _, overlay := range []string{"staging", "production", "dr-site"} {
+	for _, overlay := range []string{"staging", "production", "dr-site", "dev-primary", "dev-dr-site"} {
 		t.Run(overlay, func(t *testing.T) {
 			objs, err := localcluster.Build(root, "overlays/"+overlay)
 			require.NoError(t, err)
