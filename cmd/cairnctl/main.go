@@ -1,10 +1,16 @@
-// Command cairnctl is Cairn's user CLI.
+// Command cairnctl is Cairn's user CLI: offline validation and apply of a
+// GitOps repository's manifests, volume status, on-demand snapshots,
+// backups, restores and verification, and DR status.
 package main
 
 import (
+	"context"
 	"fmt"
+	"io"
 	"os"
+	"os/signal"
 	"runtime"
+	"syscall"
 
 	"github.com/spf13/cobra"
 
@@ -13,17 +19,38 @@ import (
 )
 
 func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// run executes one cairnctl command line and returns its exit code: 0 on
+// success, 1 with one line on stderr for any error.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	root := newRootCmd()
+	root.SetArgs(args)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	if err := root.ExecuteContext(ctx); err != nil {
+		fmt.Fprintln(stderr, "cairnctl: "+oneLine(userError(err)))
+		return 1
+	}
+	return 0
+}
+
+func newRootCmd() *cobra.Command {
+	o := &globalOptions{}
 	root := &cobra.Command{
 		Use:           "cairnctl",
-		Short:         "Inspect and operate Cairn volumes, snapshots, backups and DR volumes",
+		Short:         "Validate and apply Cairn manifests; inspect and operate volumes, snapshots, backups and DR volumes",
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newVersionCmd())
-	if err := root.Execute(); err != nil {
-		fmt.Fprintln(os.Stderr, "cairnctl:", err)
-		os.Exit(1)
-	}
+	o.addFlags(root)
+	root.AddCommand(newVersionCmd(), newValidateCmd(o), newApplyCmd(o), newStatusCmd(o), newSnapshotCmd(o),
+		newBackupCmd(o), newRestoreCmd(o), newDRCmd(o))
+	return root
 }
 
 func newVersionCmd() *cobra.Command {
