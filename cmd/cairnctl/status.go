@@ -218,6 +218,9 @@ func watchLoop(ctx context.Context, c client.WithWatch, w io.Writer, show func(i
 		}
 		fmt.Fprintf(w, "Every change (and 5s) · %s\n\n", time.Now().Format(time.TimeOnly))
 		if err := show(w); err != nil {
+			if ctx.Err() != nil {
+				return nil // stopped while reading
+			}
 			return err
 		}
 		if !tty {
