@@ -33,7 +33,7 @@ var (
 )
 
 const (
-	suiteNodes = 3
+	suiteNodes    = 3
 	waitFor, tick = 3 * time.Minute, 250 * time.Millisecond
 )
 
