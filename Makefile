@@ -76,6 +76,11 @@ test: deps tools build ## Install/build what is missing, then run every test (th
 	go test $(GO_TEST_FLAGS) $$(go list ./... | grep -v -e '/replica' -e '/engine' -e '/internal/netx' -e '/internal/durable')
 	go test -race $(GO_TEST_FLAGS) $(DATA_PLANE)
 
+.PHONY: record-health
+record-health: deps tools build ## Re-record config/argocd/testdata: every state the end-to-end suites' objects pass through.
+	rm -rf config/argocd/testdata
+	CAIRN_RECORD_HEALTH=$(CURDIR)/config/argocd/testdata go test -count=1 -timeout 60m ./test/e2e/... ./cmd/cairnctl/ ./test/gitops/
+
 .PHONY: bench
 bench: deps tools build ## Run the benchmarks (ratios against peers, printed as tables).
 	go test -tags bench -run '^TestBench' -v -timeout 120m ./...

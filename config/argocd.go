@@ -75,3 +75,15 @@ func toLua(L *lua.LState, v any) (lua.LValue, error) {
 	}
 	return nil, fmt.Errorf("unsupported value %T", v)
 }
+
+// ArgoCDHealthFor lists the Argo CD health statuses that agree with a
+// kstatus status (what Flux reads): Current is Healthy or Suspended, Failed
+// is Degraded, InProgress is Progressing or — for a Ready=False object
+// Argo CD cannot wait on, having no timeout — Degraded.
+func ArgoCDHealthFor(kstatus string) []string {
+	return map[string][]string{
+		"Current":    {"Healthy", "Suspended"},
+		"Failed":     {"Degraded"},
+		"InProgress": {"Progressing", "Degraded"},
+	}[kstatus]
+}

@@ -138,6 +138,11 @@ func startDev(tmp string) (func() error, error) {
 	if err == nil {
 		k8s, err = client.New(cfg, client.Options{Scheme: controllers.NewScheme()})
 	}
+	if err == nil {
+		// With CAIRN_RECORD_HEALTH set, every state the suite's objects
+		// pass through is recorded for config's Argo CD health test.
+		err = testutil.StartHealthRecorder(context.Background(), cfg)
+	}
 	if err != nil {
 		_ = stop()
 		return nil, err

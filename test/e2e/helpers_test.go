@@ -91,20 +91,14 @@ func current(t assert.TestingT, obj client.Object) bool {
 }
 
 // healthAgrees checks Argo CD's reading of a live object (the shipped Lua
-// health script) against kstatus (what Flux reads): Current is Healthy or
-// Suspended, Failed is Degraded, InProgress is Progressing or — for a
-// Ready=False object Argo CD cannot wait on — Degraded.
+// health script) against kstatus (what Flux reads), as
+// config.ArgoCDHealthFor defines agreement.
 func healthAgrees(obj map[string]any, ks status.Status) error {
 	argo, msg, err := config.ArgoCDHealth(obj)
 	if err != nil {
 		return err
 	}
-	ok := map[status.Status][]string{
-		status.CurrentStatus:    {"Healthy", "Suspended"},
-		status.FailedStatus:     {"Degraded"},
-		status.InProgressStatus: {"Progressing", "Degraded"},
-	}[ks]
-	if ok != nil && !slices.Contains(ok, argo) {
+	if ok := config.ArgoCDHealthFor(ks.String()); ok != nil && !slices.Contains(ok, argo) {
 		return fmt.Errorf("kstatus says %s but Argo CD's health script says %s (%s)", ks, argo, msg)
 	}
 	return nil

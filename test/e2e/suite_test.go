@@ -194,6 +194,11 @@ func connect(kubeconfig string) error {
 		return err
 	}
 	restCfg = cfg
+	// With CAIRN_RECORD_HEALTH set, every state the suite's objects pass
+	// through is recorded for config's Argo CD health test.
+	if err := testutil.StartHealthRecorder(context.Background(), cfg); err != nil {
+		return err
+	}
 	if k8s, err = client.New(cfg, client.Options{Scheme: controllers.NewScheme()}); err != nil {
 		return err
 	}

@@ -72,6 +72,12 @@ func runSuite(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "client:", err)
 		return 1
 	}
+	// With CAIRN_RECORD_HEALTH set, every state the suite's objects pass
+	// through is recorded for config's Argo CD health test.
+	if err := testutil.StartHealthRecorder(ctx, cluster.Config); err != nil {
+		fmt.Fprintln(os.Stderr, "health recorder:", err)
+		return 1
+	}
 	if err := k8s.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: v1.SystemNamespace}}); err != nil {
 		fmt.Fprintln(os.Stderr, "namespace:", err)
 		return 1
