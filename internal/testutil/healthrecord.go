@@ -89,7 +89,13 @@ func (r *recorder) watch(ctx context.Context, res dynamic.ResourceInterface) {
 	}
 }
 
+// record writes u's state unless it was seen. Objects being deleted are
+// left out: Argo CD reports them Progressing ("Pending deletion") without
+// running a health script.
 func (r *recorder) record(u *unstructured.Unstructured) error {
+	if u.GetDeletionTimestamp() != nil {
+		return nil
+	}
 	res, err := kstatus.Compute(u)
 	if err != nil {
 		return err
