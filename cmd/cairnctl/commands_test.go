@@ -252,6 +252,12 @@ spec: {size: 16Mi, replicas: 2}
 	r = ctl(t, "snapshot", "ctl-src", "--wait")
 	require.Equal(t, 0, r.code, r.stderr)
 	require.Regexp(t, `^snapshot ctl-src-snap-\w+ of volume ctl-src created\n$`, r.stdout)
+	snap := &v1.Snapshot{}
+	require.NoError(t, k8s.Get(bg, client.ObjectKey{Name: strings.Fields(r.stdout)[1]}, snap))
+	require.True(t, snap.Status.ReadyToUse)
+	require.Equal(t, "ctl-src", snap.Labels[v1.LabelVolume])
+	require.Len(t, snap.OwnerReferences, 1, "a snapshot goes with its volume")
+	require.Equal(t, "ctl-src", snap.OwnerReferences[0].Name)
 
 	r = ctl(t, "backup", "ctl-src", "--target", "ctl-files", "--wait", "-o", "json")
 	require.Equal(t, 0, r.code, r.stderr)
@@ -260,6 +266,23 @@ spec: {size: 16Mi, replicas: 2}
 	require.NoError(t, json.Unmarshal([]byte(r.stdout), &b))
 	require.Equal(t, "Completed", b.Status.State)
 	require.Equal(t, "Retain", b.Spec.DeletePolicy)
+
+	require.Empty(t, b.OwnerReferences, "a backup outlives its volume")
+
+	// status: the volume's last backup and an RPO.
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		r := ctl(t, "status", "-o", "json")
+		var rows []volumeRow
+		assert.NoError(c, json.Unmarshal([]byte(r.stdout), &rows))
+		for _, row := range rows {
+			if row.Name == "ctl-src" {
+				assert.Equal(c, b.Name, row.LastBackup)
+				assert.Regexp(c, `^\d+[smhd]$`, row.RPO)
+				return
+			}
+		}
+		assert.Fail(c, "no ctl-src row")
+	}, waitFor, tick)
 
 	r = ctl(t, "backup", "list", "--volume", "ctl-src")
 	require.Equal(t, 0, r.code, r.stderr)
