@@ -144,11 +144,13 @@ func asDecoded(obj *unstructured.Unstructured) (*unstructured.Unstructured, erro
 
 // decode does what the API server does to a request body before
 // validating it: unknown fields are reported (as strict field validation,
-// kubectl's default, does) and pruned, then defaults are applied.
+// kubectl's default, does; with the default "Warn" a server-side apply
+// drops them silently, so a typo in git would go unnoticed) and pruned,
+// then defaults are applied.
 func (kv *kindValidator) decode(u *unstructured.Unstructured) field.ErrorList {
 	var errs field.ErrorList
 	for _, p := range structuralpruning.PruneWithOptions(u.Object, kv.structural, true, structuralschema.UnknownFieldPathOptions{TrackUnknownFieldPaths: true}) {
-		errs = append(errs, &field.Error{Type: field.ErrorTypeNotSupported, Field: p, BadValue: "", Detail: "field not declared in schema"})
+		errs = append(errs, field.Forbidden(field.NewPath(p), "field not declared in schema"))
 	}
 	structuraldefaulting.PruneNonNullableNullsWithoutDefaults(u.Object, kv.structural)
 	structuraldefaulting.Default(u.Object, kv.structural)

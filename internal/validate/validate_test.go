@@ -98,7 +98,8 @@ func TestProblemsNameFileObjectAndField(t *testing.T) {
 	write := func(name, data string) {
 		require.NoError(t, os.WriteFile(filepath.Join(dir, name), []byte(data), 0o644))
 	}
-	write("kustomization.yaml", "resources: [policy.yaml, schedule.yaml]\n")
+	write("kustomization.yaml", "resources: [policy.yaml, schedule.yaml, target.yaml]\n")
+	write("target.yaml", webhooktest.With(webhooktest.Target, "compresion: zstd"))
 	write("policy.yaml", webhooktest.With(webhooktest.Policy, "replicas: 9"))
 	write("schedule.yaml", webhooktest.With(webhooktest.Schedule, "timeZone: Mars/Olympus"))
 	v, err := validate.New()
@@ -109,7 +110,13 @@ func TestProblemsNameFileObjectAndField(t *testing.T) {
 	require.Equal(t, []validate.Problem{
 		{File: filepath.Join(dir, "policy.yaml"), Object: "VolumePolicy/p", Field: "spec.replicas", Message: "Invalid value: 9: spec.replicas in body should be less than or equal to 7"},
 		{File: filepath.Join(dir, "schedule.yaml"), Object: "RecurringSnapshot/s", Field: "spec.timeZone", Message: `Invalid value: "Mars/Olympus": unknown time zone "Mars/Olympus": use an IANA name such as Europe/Berlin or America/New_York`},
+		{File: filepath.Join(dir, "target.yaml"), Object: "BackupTarget/t", Field: "spec.compresion", Message: "Forbidden: field not declared in schema"},
 	}, got)
+	// The API server, asked for strict field validation (kubectl's
+	// default), rejects the unknown field too.
+	err = k8s.Create(context.Background(), parse(t, webhooktest.With(webhooktest.Target, "compresion: zstd")), client.DryRunAll, client.FieldValidation("Strict"))
+	require.ErrorContains(t, err, `unknown field "spec.compresion"`)
+
 	ms, err = validate.Files([]string{filepath.Join(dir, "policy.yaml")})
 	require.NoError(t, err)
 	require.Len(t, v.Manifests(context.Background(), ms), 1)
