@@ -44,11 +44,21 @@ func requireUserError(t *testing.T, r result, want string) {
 func TestBadInput(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	// A kubeconfig whose server is a port nothing listens on.
+	// A kubeconfig whose server hangs up on every connection (a port kept
+	// by the test, so nothing else can take it).
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
 	addr := l.Addr().String()
-	require.NoError(t, l.Close())
 	unreachable := filepath.Join(dir, "unreachable")
 	require.NoError(t, os.WriteFile(unreachable, []byte(`apiVersion: v1
 kind: Config
