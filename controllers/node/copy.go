@@ -22,6 +22,10 @@ import (
 // copyChunk is the most one read from the source replica asks for.
 const copyChunk = 1 << 20
 
+// copyHook, when set (only by the failpoints build, copy_failpoint.go),
+// runs after each chunk a copy writes: crash tests stop a copy midway.
+var copyHook func(ctx context.Context)
+
 // errCopyWaiting marks a copy that cannot start yet: the source volume has
 // no running engine with a healthy replica (the manager starts one).
 var errCopyWaiting = errors.New("waiting for a running replica of the source volume")
@@ -187,6 +191,9 @@ func copyExtents(ctx context.Context, src replica.SnapshotReader, dst *replica.R
 			off, done = off+n, done+n
 			j.percent.Store(int32(done * 100 / total))
 			j.bytes.Store(done)
+			if copyHook != nil {
+				copyHook(ctx)
+			}
 		}
 	}
 	return nil
