@@ -104,8 +104,11 @@ func mountSource(t *testing.T, path string) string {
 // (it adopts the running engine and its loop device); a repeated
 // NodeStage then finds the existing mount, ControllerPublish names the
 // same device, and the mounted filesystem still reads and writes.
+//
+// Not parallel: killing an agent orphans its children's process groups,
+// and the kernel sends SIGHUP to such a group with a stopped member (a
+// replica another test stopped with SIGSTOP would die).
 func TestStageAfterAgentRestart(t *testing.T) {
-	t.Parallel()
 	id := newVolume(t, createReq("restart-vol", 64<<20))
 	ctx := ctxT(t)
 	pubReq := &csipb.ControllerPublishVolumeRequest{VolumeId: id, NodeId: restartNode, VolumeCapability: mountCap}

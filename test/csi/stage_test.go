@@ -116,38 +116,65 @@ func TestRawBlock(t *testing.T) {
 	assert.NoFileExists(t, target)
 }
 
-// TestHealthDegraded: a two-replica volume whose replica process stops
-// answering is reported DEGRADED by NodeGetVolumeHealth and
-// ControllerGetVolumeHealth, and healthy again once the replica is back
-// and rebuilt. The process is stopped (SIGSTOP), not killed: its agent
-// would restart a killed one within a second, too soon to observe.
-func TestHealthDegraded(t *testing.T) {
+// TestHealthAbnormal: a volume whose replica process stops answering is
+// reported DEGRADED (two replicas, one left) or INACCESSIBLE (its only
+// replica: the volume faults) by NodeGetVolumeHealth and
+// ControllerGetVolumeHealth; the degraded one is healthy again once the
+// replica is back and rebuilt. The process is stopped (SIGSTOP), not
+// killed: its agent would restart a killed one within a second, too soon
+// to observe.
+func TestHealthAbnormal(t *testing.T) {
 	t.Parallel()
-	req := createReq("health-vol", 8<<20)
-	req.Parameters = map[string]string{"replicas": "2"}
-	id := newVolume(t, req)
-	dev := publish(t, id)
-	waitHealth(t, id, nil)
-	var reps v1.ReplicaList
-	require.NoError(t, k8s.List(context.Background(), &reps, client.MatchingLabels{v1.LabelVolume: id}))
-	require.Len(t, reps.Items, 2)
-	pid := int(reps.Items[0].Status.PID)
-	require.Positive(t, pid)
-	require.NoError(t, syscall.Kill(pid, syscall.SIGSTOP))
-	stopped := true
-	t.Cleanup(func() {
-		if stopped {
-			_ = syscall.Kill(pid, syscall.SIGCONT)
-		}
-	})
-	// A write makes the engine notice the replica that does not answer.
-	img := make(image, 8<<20)
-	img.scribble(t, dev, 0, 4096)
-	waitHealth(t, id, []csipb.VolumeHealthErrorType{csipb.VolumeHealthErrorType_DEGRADED})
+	for _, c := range []struct {
+		replicas string
+		want     csipb.VolumeHealthErrorType
+	}{
+		{"2", csipb.VolumeHealthErrorType_DEGRADED},
+		{"1", csipb.VolumeHealthErrorType_INACCESSIBLE},
+	} {
+		t.Run(c.want.String(), func(t *testing.T) {
+			t.Parallel()
+			req := createReq("health-"+strings.ToLower(c.want.String()), 8<<20)
+			req.Parameters = map[string]string{"replicas": c.replicas}
+			id := newVolume(t, req)
+			dev := publish(t, id)
+			waitHealth(t, id, nil)
+			var reps v1.ReplicaList
+			require.NoError(t, k8s.List(context.Background(), &reps, client.MatchingLabels{v1.LabelVolume: id}))
+			require.NotEmpty(t, reps.Items)
+			pid := int(reps.Items[0].Status.PID)
+			require.Positive(t, pid)
+			require.NoError(t, syscall.Kill(pid, syscall.SIGSTOP))
+			stopped := true
+			t.Cleanup(func() {
+				if stopped {
+					_ = syscall.Kill(pid, syscall.SIGCONT)
+				}
+			})
+			// A write makes the engine notice the replica that does not
+			// answer (on a faulted volume it fails).
+			writeThrough(dev)
+			waitHealth(t, id, []csipb.VolumeHealthErrorType{c.want})
+			if c.want != csipb.VolumeHealthErrorType_DEGRADED {
+				return
+			}
+			require.NoError(t, syscall.Kill(pid, syscall.SIGCONT))
+			stopped = false
+			waitHealth(t, id, nil)
+		})
+	}
+}
 
-	require.NoError(t, syscall.Kill(pid, syscall.SIGCONT))
-	stopped = false
-	waitHealth(t, id, nil)
+// writeThrough writes a block to the device and flushes it, ignoring
+// errors.
+func writeThrough(dev string) {
+	f, err := os.OpenFile(dev, os.O_RDWR, 0)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	_, _ = f.WriteAt(make([]byte, 4096), 0)
+	_ = f.Sync()
 }
 
 // waitHealth waits until the node and controller services report exactly
