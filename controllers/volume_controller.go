@@ -35,7 +35,7 @@ import (
 // +kubebuilder:rbac:groups=storage.cairn.dev,resources=engines,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=storage.cairn.dev,resources=volumepolicies,verbs=get;list;watch
 // +kubebuilder:rbac:groups=storage.cairn.dev,resources=backuptargets,verbs=get;list;watch
-// +kubebuilder:rbac:groups=storage.cairn.dev,resources=snapshots,verbs=get;list;watch;update;patch
+// +kubebuilder:rbac:groups=storage.cairn.dev,resources=snapshots,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=storage.cairn.dev,resources=backups,verbs=get;list;watch
 // +kubebuilder:rbac:groups=core,resources=secrets,verbs=get;list;watch;create,namespace=cairn-system
 
@@ -100,7 +100,7 @@ func (r *VolumeReconciler) Reconcile(ctx context.Context, req ctrl.Request) (res
 	if !vol.DeletionTimestamp.IsZero() {
 		return r.reconcileDelete(ctx, s)
 	}
-	return runPhases(ctx, s, r.resolvePolicy, r.loadState, r.loadWork, r.ensureToken, r.resolveRestore, r.ensureReplicas, r.ensureEngine, r.observe)
+	return runPhases(ctx, s, r.resolvePolicy, r.loadState, r.loadWork, r.ensureToken, r.loadCopies, r.resolveRestore, r.resolveCopy, r.ensureReplicas, r.ensureEngine, r.observe)
 }
 
 // recordChanges emits an event and a log line when the volume's robustness
@@ -246,6 +246,9 @@ func (r *VolumeReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	}); err != nil {
 		return err
 	}
+	if err := indexCopies(context.Background(), idx); err != nil {
+		return err
+	}
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&v1.Volume{}).
 		WithOptions(controller.Options{MaxConcurrentReconciles: 4}).
@@ -254,6 +257,8 @@ func (r *VolumeReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Owns(&corev1.Secret{}).
 		Watches(&v1.VolumePolicy{}, handler.EnqueueRequestsFromMapFunc(r.allVolumes)).
 		Watches(&v1.Snapshot{}, handler.EnqueueRequestsFromMapFunc(volumeOfWork)).
+		Watches(&v1.Snapshot{}, handler.EnqueueRequestsFromMapFunc(r.copiesOfSnapshot)).
+		Watches(&v1.Volume{}, handler.EnqueueRequestsFromMapFunc(copySourceOf)).
 		Watches(&v1.Backup{}, handler.EnqueueRequestsFromMapFunc(volumeOfWork)).
 		Watches(&v1.CairnNode{}, handler.EnqueueRequestsFromMapFunc(r.volumesOnNode), builder.WithPredicates(readinessChanged())).
 		Complete(r)

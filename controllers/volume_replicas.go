@@ -48,8 +48,8 @@ func (r *VolumeReconciler) ensureToken(ctx context.Context, s *volumeScope) (ctr
 // for the missing, retires replicas lost past the replenish wait once the
 // replacements exist, and removes the least healthy beyond the count.
 func (r *VolumeReconciler) ensureReplicas(ctx context.Context, s *volumeScope) (ctrl.Result, error) {
-	if s.vol.Spec.FromBackup != nil && s.vol.Status.RestoredBackup == "" {
-		return ctrl.Result{}, nil // placed once the backup is chosen
+	if s.vol.Spec.FromBackup != nil && s.vol.Status.RestoredBackup == "" || s.copying() && s.vol.Status.RestoredSnapshot == nil {
+		return ctrl.Result{}, nil // placed once the backup or snapshot is chosen
 	}
 	usable, lost := s.classifyReplicas(r.Now())
 	want := int(s.eff.Replicas)
@@ -176,7 +176,11 @@ func (r *VolumeReconciler) createReplica(ctx context.Context, s *volumeScope, no
 		},
 		Spec: v1.ReplicaSpec{VolumeName: s.vol.Name, NodeID: node, Size: s.vol.Spec.Size},
 	}
-	if s.restoring() {
+	switch {
+	case s.copying():
+		src := *s.vol.Status.RestoredSnapshot
+		rep.Spec.CopyFrom = &src
+	case s.restoring():
 		src := *s.vol.Spec.FromBackup
 		src.Backup = s.vol.Status.RestoredBackup
 		rep.Spec.Restore = &src

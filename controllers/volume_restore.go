@@ -97,20 +97,22 @@ func (r *VolumeReconciler) stallRestore(s *volumeScope, reason, format string, a
 	return nil, ctrl.Result{}, reconcile.TerminalError(errors.New(s.out.message))
 }
 
-// restoring reports whether new replicas must be filled from the backup.
+// restoring reports whether new replicas must be filled from the backup
+// or, for a volume created fromSnapshot or fromVolume, from a snapshot.
 func (s *volumeScope) restoring() bool {
-	return s.vol.Spec.FromBackup != nil && !meta.IsStatusConditionTrue(s.vol.Status.Conditions, v1.ConditionRestored)
+	return s.vol.Spec.FromBackup != nil && !meta.IsStatusConditionTrue(s.vol.Status.Conditions, v1.ConditionRestored) || s.copying()
 }
 
-// restoreProgress counts the live replicas that hold the chosen backup and
-// returns one whose restore stalled, if any.
+// restoreProgress counts the live replicas that hold the chosen backup
+// (or copy of the chosen snapshot) and returns one whose restore stalled,
+// if any.
 func (s *volumeScope) restoreProgress() (done int, failed *v1.Replica) {
 	for i := range s.replicas {
 		rep := &s.replicas[i]
-		if !rep.DeletionTimestamp.IsZero() || rep.Spec.Restore == nil {
+		if !rep.DeletionTimestamp.IsZero() || rep.Spec.Restore == nil && rep.Spec.CopyFrom == nil {
 			continue
 		}
-		if rep.Status.RestoredBackup == s.vol.Status.RestoredBackup {
+		if rep.Spec.Restore != nil && rep.Status.RestoredBackup == s.vol.Status.RestoredBackup || rep.Spec.CopyFrom != nil && rep.Status.CopiedSnapshot == s.copiedSnapshot() {
 			done++
 		} else if meta.IsStatusConditionTrue(rep.Status.Conditions, v1.ConditionStalled) {
 			failed = rep
@@ -123,7 +125,7 @@ func (s *volumeScope) restoreProgress() (done int, failed *v1.Replica) {
 func (s *volumeScope) restoringReplicas() int {
 	n := 0
 	for _, rep := range s.replicas {
-		if rep.DeletionTimestamp.IsZero() && rep.Spec.Restore != nil {
+		if rep.DeletionTimestamp.IsZero() && (rep.Spec.Restore != nil || rep.Spec.CopyFrom != nil) {
 			n++
 		}
 	}

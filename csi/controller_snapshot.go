@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
@@ -154,12 +155,29 @@ func (c *Controller) DeleteSnapshot(ctx context.Context, req *csi.DeleteSnapshot
 	var obj client.Object = &v1.Snapshot{}
 	if kind == kindBackup {
 		obj = &v1.Backup{}
+	} else if err := c.snapshotInUse(ctx, name); err != nil {
+		return nil, err
 	}
 	obj.SetName(name)
 	if err := c.Client.Delete(ctx, obj); client.IgnoreNotFound(err) != nil {
 		return nil, apiError(err)
 	}
 	return &csi.DeleteSnapshotResponse{}, nil
+}
+
+// snapshotInUse fails with FailedPrecondition while a volume is still
+// being filled from the Snapshot: deleting it would fail that copy.
+func (c *Controller) snapshotInUse(ctx context.Context, name string) error {
+	var vols v1.VolumeList
+	if err := c.Reader.List(ctx, &vols); err != nil {
+		return apiError(err)
+	}
+	for _, v := range vols.Items {
+		if string(v.Spec.FromSnapshot) == name && v.DeletionTimestamp.IsZero() && !meta.IsStatusConditionTrue(v.Status.Conditions, v1.ConditionRestored) {
+			return status.Errorf(codes.FailedPrecondition, "volume %s is still being filled from snapshot %s", v.Name, name)
+		}
+	}
+	return nil
 }
 
 // ListSnapshots lists the Snapshots and Backups the driver created and

@@ -51,11 +51,11 @@ func (c *Controller) desiredVolume(ctx context.Context, req *csi.CreateVolumeReq
 	if err != nil {
 		return nil, err
 	}
-	src, srcSize, err := c.contentSource(ctx, req.GetVolumeContentSource())
+	src, err := c.contentSource(ctx, req.GetVolumeContentSource())
 	if err != nil {
 		return nil, err
 	}
-	size, err := volumeSize(req.GetCapacityRange(), srcSize)
+	size, err := volumeSize(req.GetCapacityRange(), src.size)
 	if err != nil {
 		return nil, err
 	}
@@ -69,44 +69,83 @@ func (c *Controller) desiredVolume(ctx context.Context, req *csi.CreateVolumeReq
 	vol.Spec.Size = *resource.NewQuantity(size, resource.BinarySI)
 	vol.Spec.PolicyRef = v1.ObjectName(params.policy)
 	vol.Spec.Replicas = params.replicas
-	vol.Spec.FromBackup = src
-	if src != nil {
-		vol.Annotations[AnnotationSnapshotID] = req.GetVolumeContentSource().GetSnapshot().GetSnapshotId()
+	vol.Spec.FromBackup, vol.Spec.FromSnapshot, vol.Spec.FromVolume = src.backup, v1.ObjectName(src.snapshot), v1.ObjectName(src.volume)
+	if id := req.GetVolumeContentSource().GetSnapshot().GetSnapshotId(); id != "" {
+		vol.Annotations[AnnotationSnapshotID] = id
 	}
 	return vol, nil
 }
 
+// volumeSource is what a content source sets on the new Volume, and the
+// least size it needs.
+type volumeSource struct {
+	backup   *v1.BackupSource // a backup-type snapshot: spec.fromBackup
+	snapshot string           // a type-snapshot Snapshot: spec.fromSnapshot
+	volume   string           // a volume to clone: spec.fromVolume
+	size     int64
+}
+
 // contentSource resolves a content source: a backup-type snapshot becomes
-// spec.fromBackup (and its size the least size); a local snapshot or a
-// volume (clone) is not supported yet (InvalidArgument).
-func (c *Controller) contentSource(ctx context.Context, src *csi.VolumeContentSource) (*v1.BackupSource, int64, error) {
+// spec.fromBackup, a type-snapshot one spec.fromSnapshot and a volume
+// spec.fromVolume (a clone); the source's size is the least size. A source
+// that does not exist (or is being deleted) is NotFound.
+func (c *Controller) contentSource(ctx context.Context, src *csi.VolumeContentSource) (volumeSource, error) {
 	switch {
 	case src == nil:
-		return nil, 0, nil
+		return volumeSource{}, nil
 	case src.GetVolume() != nil:
-		return nil, 0, status.Error(codes.InvalidArgument, "cloning a volume is not supported yet; snapshot it with a backup-type VolumeSnapshotClass and restore that")
+		return c.cloneSource(ctx, src.GetVolume().GetVolumeId())
 	case src.GetSnapshot() == nil:
-		return nil, 0, status.Error(codes.InvalidArgument, "unknown volume content source")
+		return volumeSource{}, status.Error(codes.InvalidArgument, "unknown volume content source")
 	}
 	id := src.GetSnapshot().GetSnapshotId()
 	kind, name, ok := parseSnapshotID(id)
 	if !ok {
-		return nil, 0, status.Errorf(codes.NotFound, "snapshot %q not found", id)
+		return volumeSource{}, status.Errorf(codes.NotFound, "snapshot %q not found", id)
 	}
 	if kind == kindSnapshot {
-		if err := c.Reader.Get(ctx, client.ObjectKey{Name: name}, &v1.Snapshot{}); err != nil {
-			return nil, 0, notFound(err, "snapshot %q not found", id)
-		}
-		return nil, 0, status.Errorf(codes.InvalidArgument, "snapshot %q is a local snapshot, which cannot be restored yet; use a backup-type VolumeSnapshotClass", id)
+		return c.snapshotSource(ctx, id, name)
 	}
 	b := &v1.Backup{}
 	if err := c.Reader.Get(ctx, client.ObjectKey{Name: name}, b); err != nil {
-		return nil, 0, notFound(err, "snapshot %q not found", id)
+		return volumeSource{}, notFound(err, "snapshot %q not found", id)
 	}
 	if b.Status.State != "Completed" || b.Status.BackupID == "" {
-		return nil, 0, status.Errorf(codes.Unavailable, "backup %s is not complete yet (state %q)", name, b.Status.State)
+		return volumeSource{}, status.Errorf(codes.Unavailable, "backup %s is not complete yet (state %q)", name, b.Status.State)
 	}
-	return &v1.BackupSource{BackupTargetRef: b.Spec.BackupTargetRef, Volume: b.Spec.VolumeName, Backup: b.Status.BackupID}, b.Status.Size, nil
+	return volumeSource{backup: &v1.BackupSource{BackupTargetRef: b.Spec.BackupTargetRef, Volume: b.Spec.VolumeName, Backup: b.Status.BackupID}, size: b.Status.Size}, nil
+}
+
+// snapshotSource resolves a type-snapshot Snapshot; one not taken yet is
+// accepted (the volume controller waits for it).
+func (c *Controller) snapshotSource(ctx context.Context, id, name string) (volumeSource, error) {
+	s := &v1.Snapshot{}
+	if err := c.Reader.Get(ctx, client.ObjectKey{Name: name}, s); err != nil {
+		return volumeSource{}, notFound(err, "snapshot %q not found", id)
+	}
+	if !s.DeletionTimestamp.IsZero() {
+		return volumeSource{}, status.Errorf(codes.NotFound, "snapshot %q is being deleted", id)
+	}
+	out := volumeSource{snapshot: name}
+	if s.Status.RestoreSize != nil {
+		out.size = s.Status.RestoreSize.Value()
+	}
+	return out, nil
+}
+
+// cloneSource resolves the volume a clone copies.
+func (c *Controller) cloneSource(ctx context.Context, id string) (volumeSource, error) {
+	if id == "" {
+		return volumeSource{}, status.Error(codes.InvalidArgument, "volume content source has no volume id")
+	}
+	vol, err := c.getVolume(ctx, id)
+	switch {
+	case err != nil:
+		return volumeSource{}, err
+	case vol == nil || !vol.DeletionTimestamp.IsZero():
+		return volumeSource{}, status.Errorf(codes.NotFound, "source volume %q not found", id)
+	}
+	return volumeSource{volume: vol.Name, size: vol.Spec.Size.Value()}, nil
 }
 
 // checkPolicy fails with InvalidArgument when the policy parameter names
@@ -143,7 +182,8 @@ func sameVolume(vol, want *v1.Volume, req *csi.CreateVolumeRequest) error {
 	case !fits(vol.Spec.Size.Value(), req.GetCapacityRange()):
 		return status.Errorf(codes.AlreadyExists, "volume %s exists with size %d, outside the requested range (%s)", vol.Name, vol.Spec.Size.Value(), describeRange(req.GetCapacityRange()))
 	case vol.Spec.PolicyRef != want.Spec.PolicyRef || !equality.Semantic.DeepEqual(vol.Spec.Replicas, want.Spec.Replicas) ||
-		!equality.Semantic.DeepEqual(vol.Spec.FromBackup, want.Spec.FromBackup):
+		!equality.Semantic.DeepEqual(vol.Spec.FromBackup, want.Spec.FromBackup) ||
+		vol.Spec.FromSnapshot != want.Spec.FromSnapshot || vol.Spec.FromVolume != want.Spec.FromVolume:
 		return status.Errorf(codes.AlreadyExists, "volume %s exists with other parameters or content source", vol.Name)
 	}
 	return nil
@@ -156,6 +196,10 @@ func csiVolume(vol *v1.Volume) *csi.Volume {
 	if id := vol.Annotations[AnnotationSnapshotID]; id != "" {
 		out.ContentSource = &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{
 			Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: id}}}
+	}
+	if src := vol.Spec.FromVolume; src != "" {
+		out.ContentSource = &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{
+			Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: string(src)}}}
 	}
 	return out
 }

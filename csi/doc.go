@@ -26,6 +26,11 @@
 //	snapshot_id backup/NAME      Backup NAME (VolumeSnapshotClass type: backup)
 //	snapshot_id snapshot/NAME    Snapshot NAME (type: snapshot, the default)
 //	content source backup/NAME   spec.fromBackup {target, source volume, backupID}
+//	content source snapshot/NAME spec.fromSnapshot=NAME: the new replicas copy the
+//	                             snapshot from a running replica of its volume
+//	content source volume V      spec.fromVolume=V (CLONE_VOLUME): the volume
+//	                             controller snapshots V for the clone, fills the
+//	                             replicas from it and removes that snapshot
 //	ControllerPublish node N     spec.nodeID=N; waits for state Attached on N and
 //	                             returns publish_context devicePath=status.endpoint
 //	ControllerUnpublish          clears spec.nodeID; waits until N's engine is gone
@@ -42,7 +47,8 @@
 // is Unavailable (retry). ListSnapshots lists the Snapshots and Backups the
 // driver created; asked for one snapshot id it finds any (a schedule's or
 // an imported backup too), so such a backup can be pre-provisioned as a
-// VolumeSnapshotContent with snapshotHandle backup/NAME.
+// VolumeSnapshotContent with snapshotHandle backup/NAME. DeleteSnapshot of a
+// Snapshot that a volume is still being filled from is FailedPrecondition.
 //
 // # Topology
 //
@@ -91,8 +97,6 @@
 //
 // # Not supported yet
 //
-//	volume content source (clone)      InvalidArgument; CLONE_VOLUME not advertised
-//	restore from a type: snapshot      InvalidArgument (restore from a backup instead)
 //	multi-node access modes            InvalidArgument
 //	ControllerModifyVolume, ListVolumeHealth, PUBLISH_READONLY,
 //	SINGLE_NODE_MULTI_WRITER, VOLUME_MOUNT_GROUP, group snapshots   not advertised (Unimplemented)

@@ -34,6 +34,13 @@ type ReplicaSpec struct {
 	// always the resolved backup ID).
 	// +optional
 	Restore *BackupSource `json:"restore,omitempty"`
+
+	// copyFrom fills a new replica, before it first runs, from a snapshot
+	// of another volume, read through a running replica of that volume
+	// (set by the volume controller for a volume created fromSnapshot or
+	// fromVolume).
+	// +optional
+	CopyFrom *SnapshotSource `json:"copyFrom,omitempty"`
 }
 
 // ReplicaStatus is the observed state of a replica.
@@ -55,6 +62,10 @@ type ReplicaStatus struct {
 	// once that restore completed.
 	// +optional
 	RestoredBackup string `json:"restoredBackup,omitempty"`
+	// copiedSnapshot is the snapshot spec.copyFrom filled the replica from
+	// (volume/snapshot), once that copy completed.
+	// +optional
+	CopiedSnapshot string `json:"copiedSnapshot,omitempty"`
 	// restoreProgress is the percentage of an ongoing restore.
 	// +optional
 	// +kubebuilder:validation:Minimum=0

@@ -24,6 +24,9 @@ const (
 
 // VolumeSpec is a replicated block volume.
 // +kubebuilder:validation:XValidation:rule="has(self.fromBackup) == has(oldSelf.fromBackup) && (!has(self.fromBackup) || self.fromBackup == oldSelf.fromBackup)",message="fromBackup is set only when the volume is created and cannot change"
+// +kubebuilder:validation:XValidation:rule="has(self.fromSnapshot) == has(oldSelf.fromSnapshot) && (!has(self.fromSnapshot) || self.fromSnapshot == oldSelf.fromSnapshot)",message="fromSnapshot is set only when the volume is created and cannot change"
+// +kubebuilder:validation:XValidation:rule="has(self.fromVolume) == has(oldSelf.fromVolume) && (!has(self.fromVolume) || self.fromVolume == oldSelf.fromVolume)",message="fromVolume is set only when the volume is created and cannot change"
+// +kubebuilder:validation:XValidation:rule="(has(self.fromBackup) ? 1 : 0) + (has(self.fromSnapshot) ? 1 : 0) + (has(self.fromVolume) ? 1 : 0) <= 1",message="at most one of fromBackup, fromSnapshot and fromVolume may be set"
 type VolumeSpec struct {
 	// size of the volume in bytes (a quantity such as 10Gi); a positive
 	// multiple of 4096. It can grow but never shrink.
@@ -48,6 +51,18 @@ type VolumeSpec struct {
 	// fromBackup restores the volume from a backup when it is created.
 	// +optional
 	FromBackup *BackupSource `json:"fromBackup,omitempty"`
+
+	// fromSnapshot fills the volume, when it is created, from a Snapshot
+	// (of another volume, held in that volume's replicas): the new
+	// replicas copy it from a running replica of the source volume.
+	// +optional
+	FromSnapshot ObjectName `json:"fromSnapshot,omitempty"`
+
+	// fromVolume clones a Volume when the volume is created: Cairn takes a
+	// snapshot of it for the purpose (owned by this volume, removed once
+	// the clone is filled) and fills the new replicas from it.
+	// +optional
+	FromVolume ObjectName `json:"fromVolume,omitempty"`
 
 	// standby keeps the volume detached and restoring from its backup source
 	// (set by a DisasterRecoveryVolume); it cannot be attached until cleared.
@@ -155,6 +170,28 @@ type VolumeStatus struct {
 	// condition Restored says when every replica holds it.
 	// +optional
 	RestoredBackup string `json:"restoredBackup,omitempty"`
+
+	// restoredSnapshot is the snapshot spec.fromSnapshot or spec.fromVolume
+	// resolved to (for a clone, the one Cairn took), fixed once chosen;
+	// condition Restored says when every replica holds a copy of it.
+	// +optional
+	RestoredSnapshot *SnapshotSource `json:"restoredSnapshot,omitempty"`
+}
+
+// SnapshotSource names a snapshot held in a volume's replicas.
+type SnapshotSource struct {
+	// volume is the Volume whose replicas hold the snapshot.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	Volume string `json:"volume"`
+
+	// snapshot is the snapshot's name in those replicas (the Snapshot
+	// object's name).
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	Snapshot string `json:"snapshot"`
 }
 
 // Volume is a replicated block volume served by Cairn's engine.

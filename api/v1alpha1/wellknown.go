@@ -42,6 +42,9 @@ const (
 	// (the value is its name); LabelBackup one taken for a Backup object.
 	LabelSnapshot = "storage.cairn.dev/snapshot"
 	LabelBackup   = "storage.cairn.dev/backup"
+	// LabelClone marks a Snapshot Cairn took to fill a clone (the value
+	// is the clone Volume's name); it is removed once the clone is filled.
+	LabelClone = "storage.cairn.dev/clone"
 	// TokenKey is the key of the volume token in its Secret.
 	TokenKey = "token"
 	// NodeLeasePrefix prefixes a node agent's heartbeat Lease name.

@@ -269,10 +269,24 @@ func (a *Agent) shutdown(ctx context.Context) {
 	a.unmountAll()
 }
 
-// cleanupLeftovers detaches loop devices on files under DIR/mnt, stops
-// children recorded in pid files and unmounts leftover FUSE mounts.
+// cleanupLeftovers adopts the children an earlier agent left running (a
+// crashed or killed agent: its engines keep serving their devices, so
+// filesystems mounted on them stay usable), then detaches the other loop
+// devices on files under DIR/mnt, stops children recorded in pid files
+// that could not be adopted and unmounts the other FUSE mounts. Each
+// adopted child's object is reconciled, which stops it if it is gone.
 func (a *Agent) cleanupLeftovers(ctx context.Context) error {
+	adopted := a.sup.Adopt(markOfKey)
+	keep := map[string]bool{}
+	for _, key := range adopted {
+		if vol, ok := strings.CutPrefix(key, enginePrefix); ok {
+			keep[a.mountpoint(vol)] = true
+		}
+	}
 	for _, l := range loopsUnder(a.mntDir() + "/") {
+		if keep[filepath.Dir(l.file)] {
+			continue
+		}
 		a.opts.Log.Info("Detaching leftover loop device", "device", l.dev, "file", l.file)
 		if err := clearLoop(l.dev, l.file); err != nil {
 			return err
@@ -281,7 +295,17 @@ func (a *Agent) cleanupLeftovers(ctx context.Context) error {
 	if err := a.sup.KillLeftovers(ctx, markOfKey); err != nil {
 		return err
 	}
-	a.unmountAll()
+	for _, m := range mountsUnder(a.mntDir() + "/") {
+		if keep[m] {
+			continue
+		}
+		if err := unmount(m); err != nil {
+			a.opts.Log.Error(err, "Unmount failed", "mountpoint", m)
+		}
+	}
+	for _, key := range adopted {
+		a.notify(key)
+	}
 	return nil
 }
 
@@ -304,6 +328,10 @@ func (a *Agent) removeOrphans(ctx context.Context, r client.Reader) error {
 	}
 	for _, e := range entries {
 		if !live[e.Name()] {
+			// An adopted process of the replica goes first.
+			if err := a.sup.Stop(ctx, replicaPrefix+e.Name()); err != nil {
+				return err
+			}
 			if err := a.removeReplicaData(ctx, e.Name()); err != nil {
 				return err
 			}

@@ -62,9 +62,20 @@ func (t *loopTable) volumes() []string {
 
 // ensureLoop returns the loop device on vol's FUSE file served by the
 // engine process pid, attaching one if needed. A device attached for an
-// earlier engine process (whose mount died with it) is detached first.
+// earlier engine process (whose mount died with it) is detached first; one
+// an earlier agent attached to the file the engine still serves (the agent
+// restarted, the engine kept running) is taken over, so the filesystem
+// mounted on it stays.
 func (a *Agent) ensureLoop(ctx context.Context, vol string, pid int) (string, error) {
 	file := a.volumeFile(vol)
+	if _, ok := a.loops.get(vol); !ok {
+		for _, l := range loopsUnder(file) {
+			if l.file == file && fuse.LoopServes(l.dev, file) {
+				a.loops.set(vol, loopAttachment{dev: l.dev, file: file, pid: pid})
+				return l.dev, nil
+			}
+		}
+	}
 	if l, ok := a.loops.get(vol); ok {
 		if l.pid == pid && backingFile(l.dev) == file {
 			return l.dev, nil

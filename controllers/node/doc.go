@@ -85,6 +85,16 @@
 // only its control endpoint: no device, status.endpoint empty, Running once
 // the volume is open. The replicas run while it exists, like any engine's.
 //
+// Replica with spec.copyFrom (a volume created fromSnapshot or
+// fromVolume): before it first runs, the agent copies the snapshot's view
+// (the extents its layer chain holds, Diff from nothing) from a healthy
+// replica of the source volume's running engine through that replica's
+// process (replica.Remote), into DIR/replicas/.restore-<replica>, marks it
+// with the restored generation and renames it into place; status state
+// Restoring with restoreProgress meanwhile, copiedSnapshot VOLUME/SNAPSHOT
+// once done. A crash mid-copy leaves only the scratch directory, which the
+// next attempt removes before copying again.
+//
 // Snapshot (cluster-scoped; spec.volumeName). The agent of the node whose
 // Engine for the volume is Running takes it through the engine's control
 // endpoint (POST /v1/snapshots, under the engine's I/O barrier, on every
@@ -120,15 +130,19 @@
 //
 // Children run in their own process groups with output in DIR/log/<key>.log
 // and pids in DIR/run/<key>.pid. SIGTERM of the agent detaches its loop
-// devices and stops engines, then replicas. A starting agent detaches loop
-// devices backed by files under DIR/mnt, stops processes named in pid files
-// whose /proc/PID/cmdline still names DIR and the instance, unmounts what is
-// left under DIR/mnt, and then starts fresh children.
+// devices and stops engines, then replicas. An agent that was killed or
+// crashed leaves them running: a starting agent adopts every process named
+// in a pid file whose /proc/PID/cmdline still names DIR and the instance
+// (watched through a pidfd; restarted as usual once it exits, stopped when
+// its object is gone) and keeps the FUSE mount and loop device of each
+// adopted engine, so filesystems mounted on them stay usable; it detaches
+// the other loop devices backed by files under DIR/mnt, stops leftovers it
+// could not adopt and unmounts what else is left under DIR/mnt.
 //
 // Layout of DIR:
 //
 //	replicas/<replica>/   replica data (deleted with the Replica object)
-//	replicas/.restore-<replica>/  a restore in progress
+//	replicas/.restore-<replica>/  a restore or copy in progress
 //	state/<replica>.json  the replica's port and creation size
 //	run/                  <volume>.token, <volume>.ctl, <volume>.nbd, <key>.pid
 //	mnt/<volume>/<volume> the FUSE volume file behind the loop device

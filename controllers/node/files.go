@@ -27,6 +27,23 @@ var errNoToken = errors.New("node: volume token not available")
 // in the 0700 run directory (rewritten only when it changed) and returns the
 // path. The token never leaves the Secret, the file and the children.
 func (a *Agent) ensureTokenFile(ctx context.Context, r client.Reader, vol string) (string, error) {
+	t, err := volumeToken(ctx, r, vol)
+	if err != nil {
+		return "", err
+	}
+	tok := []byte(t)
+	path := a.tokenFile(vol)
+	if cur, err := os.ReadFile(path); err == nil && bytes.Equal(bytes.TrimSpace(cur), tok) {
+		return path, nil
+	}
+	if err := writePrivate(path, append(tok, '\n')); err != nil {
+		return "", fmt.Errorf("write token file for volume %s: %w", vol, err)
+	}
+	return path, nil
+}
+
+// volumeToken reads the volume's token from its Secret.
+func volumeToken(ctx context.Context, r client.Reader, vol string) (string, error) {
 	var s corev1.Secret
 	key := client.ObjectKey{Namespace: SystemNamespace, Name: cairnv1.TokenSecretName(vol)}
 	if err := r.Get(ctx, key, &s); err != nil {
@@ -39,14 +56,7 @@ func (a *Agent) ensureTokenFile(ctx context.Context, r client.Reader, vol string
 	if err := secretfile.CheckToken(string(tok)); err != nil {
 		return "", fmt.Errorf("%w: Secret %s/%s key %q: %v", errNoToken, key.Namespace, key.Name, TokenKey, err)
 	}
-	path := a.tokenFile(vol)
-	if cur, err := os.ReadFile(path); err == nil && bytes.Equal(bytes.TrimSpace(cur), tok) {
-		return path, nil
-	}
-	if err := writePrivate(path, append(tok, '\n')); err != nil {
-		return "", fmt.Errorf("write token file for volume %s: %w", vol, err)
-	}
-	return path, nil
+	return string(tok), nil
 }
 
 // writePrivate writes a 0600 file durably (temp file, fsync, rename).

@@ -59,7 +59,11 @@ type replicaScope struct {
 	restorePercent int32
 	// restored is the backup the replica was filled from.
 	restored string
-	err      error
+	// copying: a copy from spec.copyFrom runs (restorePercent done);
+	// copied is its VOLUME/SNAPSHOT once the replica holds it.
+	copying bool
+	copied  string
+	err     error
 }
 
 // SetupWithManager watches the node's Replicas, Engines of any node (a
@@ -78,7 +82,8 @@ func (r *ReplicaReconciler) SetupWithManager(mgr ctrl.Manager, opts controller.O
 		Complete(r)
 }
 
-// replicasOfEngine maps an Engine to this node's replicas of its volume.
+// replicasOfEngine maps an Engine to this node's replicas of its volume
+// and those waiting to copy from it.
 func (r *ReplicaReconciler) replicasOfEngine(ctx context.Context, o client.Object) []reconcile.Request {
 	eng, ok := o.(*cairnv1.Engine)
 	if !ok {
@@ -90,7 +95,8 @@ func (r *ReplicaReconciler) replicasOfEngine(ctx context.Context, o client.Objec
 	}
 	var out []reconcile.Request
 	for _, rep := range list.Items {
-		if rep.Spec.VolumeName == eng.Spec.VolumeName && rep.Spec.NodeID == r.Agent.opts.Name {
+		copies := rep.Spec.CopyFrom != nil && rep.Spec.CopyFrom.Volume == eng.Spec.VolumeName
+		if (rep.Spec.VolumeName == eng.Spec.VolumeName || copies) && rep.Spec.NodeID == r.Agent.opts.Name {
 			out = append(out, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&rep)})
 		}
 	}
@@ -141,6 +147,7 @@ func (r *ReplicaReconciler) reconcile(ctx context.Context, s *replicaScope) (ctr
 	phases := []func(context.Context, *replicaScope) (ctrl.Result, error){
 		r.reconcileAddress,
 		r.reconcileRestore,
+		r.reconcileCopy,
 		r.reconcileAttachment,
 		r.reconcileProcess,
 	}
@@ -264,6 +271,9 @@ func outcome(res ctrl.Result, err error) (ctrl.Result, error) {
 	case errors.Is(err, errNoToken):
 		return mergeResult(res, ctrl.Result{RequeueAfter: 5 * time.Second}), nil
 	case errors.Is(err, errRestoreWaiting):
+		return mergeResult(res, ctrl.Result{RequeueAfter: 15 * time.Second}), nil
+	case errors.Is(err, errCopyWaiting):
+		// The source's Engine watch requeues sooner.
 		return mergeResult(res, ctrl.Result{RequeueAfter: 15 * time.Second}), nil
 	}
 	return ctrl.Result{}, err

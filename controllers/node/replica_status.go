@@ -28,6 +28,9 @@ func setReplicaStatus(s *replicaScope) ctrl.Result {
 	if s.restored != "" {
 		st.RestoredBackup = s.restored
 	}
+	if s.copied != "" {
+		st.CopiedSnapshot = s.copied
+	}
 	st.RestoreProgress = s.restorePercent
 	h, state, res := replicaHealth(s)
 	st.State = state
@@ -44,6 +47,10 @@ func replicaHealth(s *replicaScope) (health, string, ctrl.Result) {
 		return health{stalled: true, reason: "InvalidSpec", message: errors.Unwrap(s.err).Error()}, stateError, ctrl.Result{}
 	case errors.Is(s.err, errRestoreWaiting):
 		return health{reconciling: true, reason: "WaitingForBackupTarget", message: s.err.Error()}, stateRestoring, ctrl.Result{}
+	case errors.Is(s.err, errCopyWaiting):
+		return health{reconciling: true, reason: "WaitingForSource", message: s.err.Error()}, stateRestoring, ctrl.Result{}
+	case s.copying:
+		return health{reconciling: true, reason: "Restoring", message: fmt.Sprintf("filling the replica from snapshot %s of %s: %d%%", s.obj.Spec.CopyFrom.Snapshot, s.obj.Spec.CopyFrom.Volume, s.restorePercent)}, stateRestoring, ctrl.Result{RequeueAfter: restorePoll}
 	case s.restoring:
 		return health{reconciling: true, reason: "Restoring", message: fmt.Sprintf("filling the replica from backup %s of %s: %d%%", s.obj.Spec.Restore.Backup, s.obj.Spec.Restore.Volume, s.restorePercent)}, stateRestoring, ctrl.Result{RequeueAfter: restorePoll}
 	case errors.Is(s.err, errNoToken):

@@ -41,9 +41,10 @@ func startAgent(t *testing.T, name, dir string) *exec.Cmd {
 }
 
 // TestAgentRestart: a SIGKILLed `cairn node` leaves its children running;
-// the next agent stops them and the old loop device, starts fresh children
-// on the same replica address, and the data is intact. SIGTERM of the agent
-// stops every child.
+// the next agent adopts them: the same replica and engine processes keep
+// serving, the same loop device (a filesystem mounted on it stays usable)
+// and the data are intact, and a killed adopted child is restarted as
+// usual. SIGTERM of the agent stops every child.
 func TestAgentRestart(t *testing.T) {
 	testutil.RequireRoot(t)
 	testutil.RequireTool(t, "losetup")
@@ -79,19 +80,30 @@ func TestAgentRestart(t *testing.T) {
 	require.True(t, processAlive(int(oldRep.Status.PID)))
 	require.True(t, processAlive(int(oldEng.Status.PID)))
 
+	// A marker the next agent's status patch must overwrite.
+	patch := client.MergeFrom(oldEng.DeepCopy())
+	oldEng.Status.State = "Starting"
+	require.NoError(t, k8s.Status().Patch(ctx, oldEng, patch))
 	agent = startAgent(t, name, dir)
-	require.EventuallyWithT(t, func(c *assert.CollectT) {
-		assert.False(c, processAlive(int(oldRep.Status.PID)), "old replica stopped")
-		assert.False(c, processAlive(int(oldEng.Status.PID)), "old engine stopped")
-	}, wait, tick)
 	waitReplica(t, rep.Name, func(c *assert.CollectT, r *cairnv1.Replica) {
 		assert.Equal(c, "Running", r.Status.State)
 		assert.Equal(c, addr, r.Status.Address)
-		assert.NotEqual(c, oldRep.Status.PID, r.Status.PID)
+		assert.Equal(c, oldRep.Status.PID, r.Status.PID, "replica process replaced")
 	})
 	newEng := waitEngine(t, vol, func(c *assert.CollectT, e *cairnv1.Engine) {
 		engineServing(c, e)
+		assert.Equal(c, oldEng.Status.PID, e.Status.PID, "engine process replaced")
+	})
+	require.Equal(t, oldEng.Status.Endpoint, newEng.Status.Endpoint, "the loop device changed")
+	require.Equal(t, 1, strings.Count(losetupAll(t), filepath.Join(dir, "mnt")), "one loop device for the volume")
+	require.Equal(t, data, directRead(t, newEng.Status.Endpoint, len(data), 1<<20))
+
+	// An adopted engine that dies is restarted like any child.
+	require.NoError(t, syscall.Kill(int(newEng.Status.PID), syscall.SIGKILL))
+	newEng = waitEngine(t, vol, func(c *assert.CollectT, e *cairnv1.Engine) {
+		engineServing(c, e)
 		assert.NotEqual(c, oldEng.Status.PID, e.Status.PID)
+		assert.Positive(c, e.Status.PID)
 	})
 	require.Equal(t, 1, strings.Count(losetupAll(t), filepath.Join(dir, "mnt")), "one loop device for the volume")
 	require.Equal(t, data, directRead(t, newEng.Status.Endpoint, len(data), 1<<20))

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	"golang.org/x/sys/unix"
 )
 
 // Backoff bounds for restarting a crashed child. A child that ran for
@@ -60,6 +61,9 @@ type proc struct {
 	stop  chan struct{}
 	done  chan struct{}
 	pid   int
+	// adopted is a pidfd of a process an earlier agent started, watched
+	// until it exits before the child is run normally (-1 when none).
+	adopted int
 }
 
 // Supervisor runs child processes of one binary, each under a key, restarts
@@ -93,7 +97,7 @@ func (s *Supervisor) Ensure(key string, c Child) ProcState {
 		p.child = c
 		return p.state
 	}
-	p := &proc{key: key, child: c, stop: make(chan struct{}), done: make(chan struct{})}
+	p := &proc{key: key, child: c, stop: make(chan struct{}), done: make(chan struct{}), adopted: -1}
 	s.procs[key] = p
 	p.state.Since = time.Now()
 	go s.run(p)
@@ -159,12 +163,20 @@ func (s *Supervisor) run(p *proc) {
 	backoff := minBackoff
 	for {
 		started := time.Now()
-		err := s.runOnce(p)
+		var err error
+		if p.adopted >= 0 {
+			err = s.runAdopted(p)
+		} else {
+			err = s.runOnce(p)
+		}
 		s.notify(p.key)
 		select {
 		case <-p.stop:
 			return
 		default:
+		}
+		if s.forgetUnclaimed(p) {
+			return
 		}
 		if time.Since(started) >= stableAfter {
 			backoff = minBackoff
@@ -183,6 +195,20 @@ func (s *Supervisor) run(p *proc) {
 		p.state.Restarts++
 		s.mu.Unlock()
 	}
+}
+
+// forgetUnclaimed drops an adopted child that exited before any Ensure
+// said how to run it: nothing restarts it, and a later Ensure starts anew.
+func (s *Supervisor) forgetUnclaimed(p *proc) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(p.child.Args) > 0 {
+		return false
+	}
+	if s.procs[p.key] == p {
+		delete(s.procs, p.key)
+	}
+	return true
 }
 
 // runOnce runs one process of p until it exits or p.stop closes.
@@ -259,6 +285,81 @@ func exitReason(err error) string {
 	return err.Error()
 }
 
+// Adopt takes over the live children an earlier agent recorded in
+// RunDir/*.pid (checked as KillLeftovers checks them): each is supervised
+// under its key as if this agent had started it, keeps running, and is
+// restarted as usual once it exits, with what the next Ensure of its key
+// says (one no Ensure claimed by then is forgotten). It returns the
+// adopted keys; KillLeftovers leaves them alone.
+func (s *Supervisor) Adopt(markOf func(key string) string) []string {
+	files, _ := filepath.Glob(filepath.Join(s.RunDir, "*.pid"))
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.procs == nil {
+		s.procs = map[string]*proc{}
+	}
+	var keys []string
+	for _, f := range files {
+		key := strings.TrimSuffix(filepath.Base(f), ".pid")
+		pid, err := readPID(f)
+		if err != nil || pid <= 1 || !s.isOurs(pid, markOf(key)) {
+			continue
+		}
+		fd, err := unix.PidfdOpen(pid, 0)
+		if err != nil {
+			continue
+		}
+		p := &proc{key: key, stop: make(chan struct{}), done: make(chan struct{}), pid: pid, adopted: fd}
+		p.state = ProcState{PID: pid, Running: true, Since: time.Now()}
+		s.procs[key] = p
+		s.Log.Info("Adopted child of an earlier agent", "child", key, "pid", pid)
+		go s.run(p)
+		keys = append(keys, key)
+	}
+	return keys
+}
+
+func readPID(file string) (int, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(strings.TrimSpace(string(b)))
+}
+
+// runAdopted watches an adopted process until it exits or p.stop closes
+// (then it is terminated with its process group, like a child).
+func (s *Supervisor) runAdopted(p *proc) error {
+	fd, pid := p.adopted, p.pid
+	p.adopted = -1
+	defer unix.Close(fd)
+	exited := make(chan struct{})
+	go func() { waitPidfd(fd); close(exited) }()
+	var err error
+	select {
+	case <-exited:
+		err = fmt.Errorf("adopted process %d exited", pid)
+	case <-p.stop:
+		err = killAndWait(context.Background(), pid)
+		s.Log.Info("Child stopped", "child", p.key, "pid", pid)
+	}
+	_ = os.Remove(filepath.Join(s.RunDir, p.key+".pid"))
+	s.mu.Lock()
+	p.state.PID, p.state.Running, p.state.Since = 0, false, time.Now()
+	s.mu.Unlock()
+	return err
+}
+
+// waitPidfd blocks until the process of the pidfd exits.
+func waitPidfd(fd int) {
+	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	for {
+		if _, err := unix.Poll(fds, -1); !errors.Is(err, unix.EINTR) {
+			return
+		}
+	}
+}
+
 // KillLeftovers stops processes recorded in RunDir/*.pid by an earlier agent:
 // only a live process whose command line still contains Marker and the
 // child's identifying mark is signalled (its process group, SIGTERM then
@@ -272,11 +373,13 @@ func (s *Supervisor) KillLeftovers(ctx context.Context, markOf func(key string) 
 	var errs []error
 	for _, f := range files {
 		key := strings.TrimSuffix(filepath.Base(f), ".pid")
-		b, err := os.ReadFile(f)
-		if err != nil {
+		if _, adopted := s.State(key); adopted {
 			continue
 		}
-		pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+		pid, err := readPID(f)
+		if os.IsNotExist(err) {
+			continue
+		}
 		if err == nil && pid > 1 && s.isOurs(pid, markOf(key)) {
 			s.Log.Info("Stopping leftover child of an earlier agent", "child", key, "pid", pid)
 			if err := killAndWait(ctx, pid); err != nil {

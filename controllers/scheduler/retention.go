@@ -21,7 +21,8 @@ import (
 type pins struct {
 	// backupIDs are backups a restore or a DR standby still needs.
 	backupIDs map[string]bool
-	// snapshots are Snapshots an unfinished Backup reads.
+	// snapshots are Snapshots an unfinished Backup reads or a volume
+	// created fromSnapshot is still filled from.
 	snapshots map[string]bool
 }
 
@@ -61,13 +62,17 @@ func (r *Reconciler) prune(ctx context.Context, s *scope) (ctrl.Result, error) {
 }
 
 // loadPins finds the backups that a volume still restoring from a backup
-// or a DR standby needs, and the snapshots unfinished backups read.
+// or a DR standby needs, and the snapshots unfinished backups read or
+// unfilled volumes copy.
 func (r *Reconciler) loadPins(ctx context.Context, vols []v1.Volume) (pins, error) {
 	p := pins{backupIDs: map[string]bool{}, snapshots: map[string]bool{}}
 	for i := range vols {
 		st := &vols[i].Status
 		if st.RestoredBackup != "" && !meta.IsStatusConditionTrue(st.Conditions, v1.ConditionRestored) {
 			p.backupIDs[st.RestoredBackup] = true
+		}
+		if from := vols[i].Spec.FromSnapshot; from != "" && !meta.IsStatusConditionTrue(st.Conditions, v1.ConditionRestored) {
+			p.snapshots[string(from)] = true
 		}
 	}
 	var drs v1.DisasterRecoveryVolumeList

@@ -133,3 +133,21 @@ func losetup(ctx context.Context, args ...string) (string, error) {
 	}
 	return string(out), nil
 }
+
+// LoopServes reports whether loop device dev is attached to file as the
+// file is now (same device and inode): a device left attached to a file
+// its FUSE server still serves, which a restarted node agent may take over.
+// A file that cannot be stat'ed (a dead FUSE mount) serves no device.
+func LoopServes(dev, file string) bool {
+	var st unix.Stat_t
+	if unix.Stat(file, &st) != nil {
+		return false
+	}
+	fd, err := unix.Open(dev, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return false
+	}
+	defer unix.Close(fd)
+	info, err := unix.IoctlLoopGetStatus64(fd)
+	return err == nil && info.Device == st.Dev && info.Inode == st.Ino
+}

@@ -77,6 +77,7 @@ func runSuite(m *testing.M) int {
 		return 1
 	}
 	code := m.Run()
+	stopRestartedAgents()
 	if err := stop(); err != nil {
 		fmt.Fprintln(os.Stderr, "csi: stop cairn dev:", err)
 		code = 1
