@@ -20,6 +20,7 @@ import (
 
 	v1 "github.com/cairnstore/cairn/api/v1alpha1"
 	"github.com/cairnstore/cairn/config"
+	"github.com/cairnstore/cairn/dashboard"
 	"github.com/cairnstore/cairn/internal/localcluster"
 	"github.com/cairnstore/cairn/internal/netx"
 )
@@ -34,6 +35,8 @@ type devOptions struct {
 	noScheduler bool
 	nodes       int
 	verbosity   int
+	// dashboard is the manager's dashboard; dev picks its loopback address.
+	dashboard dashboard.Options
 }
 
 func newDevCmd() *cobra.Command {
@@ -59,6 +62,8 @@ everything; a second run reuses the data directory.`,
 	f.IntVarP(&o.verbosity, "v", "v", 0, "log verbosity (0 info, 1+ debug)")
 	f.BoolVar(&o.noScheduler, "no-scheduler", false, "run without the RecurringSnapshot scheduler (for tests that drive their own with an injected clock)")
 	_ = f.MarkHidden("no-scheduler")
+	f.BoolVar(&o.dashboard.Actions, "dashboard-actions", true, "allow the dashboard's actions (dev serves it on loopback only)")
+	f.StringVar(&o.dashboard.ProxySecretFile, "dashboard-proxy-secret-file", "", "trust a proxy sending this secret to name callers (see docs/dashboard.md)")
 	return cmd
 }
 
@@ -175,7 +180,11 @@ func (d *devRun) startManager(ctx context.Context) error {
 		return err
 	}
 	d.metrics = fmt.Sprintf("127.0.0.1:%d", port)
-	mo := managerOptions{metricsAddr: d.metrics, probeAddr: "0", noScheduler: d.opts.noScheduler, csiEndpoint: "unix://" + d.csiControllerSocket()}
+	if d.opts.dashboard.Addr, err = freeLoopbackAddr(); err != nil {
+		return err
+	}
+	mo := managerOptions{metricsAddr: d.metrics, probeAddr: "0", noScheduler: d.opts.noScheduler, csiEndpoint: "unix://" + d.csiControllerSocket(),
+		dashboard: d.opts.dashboard}
 	mgr, err := newManager(d.cluster.Config, mo, d.cluster.WebhookOptions())
 	if err != nil {
 		return err
@@ -266,6 +275,7 @@ Cairn dev is running.
   kubeconfig   %s
   manager      in-process (validating webhook on %s:%d)
   metrics      http://%s/metrics
+  dashboard    http://%s/
   nodes        %d node agents (logs in %s/nodes/NAME/node.log)
   samples      %d objects applied from config/samples
   S3 target    %s
@@ -276,7 +286,7 @@ Look around with any Kubernetes client:
   %s get cairn
 
 Press Ctrl-C to stop.
-`, d.cluster.Config.Host, d.kubeconfig, wh.Host, wh.Port, d.metrics, len(d.nodes), d.dataDir, d.applied, d.s3Line(),
+`, d.cluster.Config.Host, d.kubeconfig, wh.Host, wh.Port, d.metrics, d.opts.dashboard.Addr, len(d.nodes), d.dataDir, d.applied, d.s3Line(),
 		d.csiControllerSocket(), filepath.Join(d.dataDir, "nodes", "NAME", devNodeCSISocket), d.kubeconfig, d.kubectl())
 }
 
@@ -410,6 +420,12 @@ func pidsOf(left []string) []string {
 		pids = append(pids, strings.TrimSuffix(l[strings.Index(l, "pid ")+4:], ")"))
 	}
 	return pids
+}
+
+// freeLoopbackAddr is 127.0.0.1 with a free port.
+func freeLoopbackAddr() (string, error) {
+	port, err := netx.FreePort("127.0.0.1")
+	return fmt.Sprintf("127.0.0.1:%d", port), err
 }
 
 func writeKubeconfig(c *localcluster.Cluster, path string) error {
