@@ -20,7 +20,7 @@ help: ## Show this help.
 ##@ Development
 
 .PHONY: deps
-deps: ## Install the Debian packages the tests drive (fio, qemu-utils, nbdkit, libnbd-bin, awscli, restic, e2fsprogs).
+deps: ## Install the Debian packages the tests drive (fio, qemu-utils, nbdkit, libnbd-bin, awscli, restic, e2fsprogs, chromium).
 	./hack/install-deps.sh
 
 .PHONY: tools
