@@ -3,6 +3,8 @@ package v1alpha1
 import (
 	"crypto/sha256"
 	"encoding/hex"
+
+	"k8s.io/apimachinery/pkg/util/validation"
 )
 
 // Names the manager and the node agents agree on. Objects Cairn creates
@@ -56,4 +58,15 @@ func TokenSecretName(volume string) string {
 	}
 	sum := sha256.Sum256([]byte(volume))
 	return prefix + volume[:200] + "-" + hex.EncodeToString(sum[:8])
+}
+
+// LabelValue is name as a label value: name itself when it is a valid label
+// value, otherwise "h-" and a hash of it (object names may be longer than
+// the 63 characters a label value allows).
+func LabelValue(name string) string {
+	if len(validation.IsValidLabelValue(name)) == 0 {
+		return name
+	}
+	sum := sha256.Sum256([]byte(name))
+	return "h-" + hex.EncodeToString(sum[:16])
 }

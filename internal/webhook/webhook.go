@@ -9,6 +9,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	metav1validation "k8s.io/apimachinery/pkg/apis/meta/v1/validation"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -131,4 +132,18 @@ func validateSelector(sel *metav1.LabelSelector, p *field.Path) field.ErrorList 
 		return nil
 	}
 	return metav1validation.ValidateLabelSelector(sel, metav1validation.LabelSelectorValidationOptions{}, p)
+}
+
+// ValidateObject runs the checks the webhook makes when obj is created:
+// the semantic checks for a kind the webhook serves, none for others. It
+// lets clients validate manifests offline (cairnctl validate) with the
+// webhook's own messages.
+func ValidateObject(obj runtime.Object) field.ErrorList {
+	switch o := obj.(type) {
+	case *cairnv1.RecurringSnapshot:
+		return ValidateRecurringSnapshotSpec(&o.Spec, field.NewPath("spec"))
+	case *cairnv1.VolumePolicy:
+		return ValidateVolumePolicySpec(&o.Spec, field.NewPath("spec"))
+	}
+	return nil
 }
