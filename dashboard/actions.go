@@ -11,6 +11,9 @@ import (
 
 	authzv1 "k8s.io/api/authorization/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	v1 "github.com/cairnstore/cairn/api/v1alpha1"
+	"github.com/cairnstore/cairn/internal/actions"
 )
 
 // Headers a trusted proxy sets. HeaderProxySecret proves the request came
@@ -43,13 +46,6 @@ type Action struct {
 	NewVolume string
 }
 
-// Actioner builds the object an action creates, exactly as cairnctl does
-// (internal/actions); the dashboard checks the caller may create it, then
-// creates it.
-type Actioner interface {
-	Build(ctx context.Context, c client.Reader, a Action) (client.Object, error)
-}
-
 // refusal is an action refused before anything was created.
 type refusal struct {
 	status int
@@ -63,7 +59,7 @@ func refuse(status int, format string, args ...any) error {
 }
 
 // actionsOffered tells the pages whether to show action buttons.
-func (s *Server) actionsOffered() bool { return s.opts.Actions && s.opts.Actioner != nil }
+func (s *Server) actionsOffered() bool { return s.opts.Actions }
 
 // serveAction checks, builds and creates an action's object, then shows
 // the page where its progress appears.
@@ -92,9 +88,6 @@ func (s *Server) act(r *http.Request, a Action) (client.Object, error) {
 	if !s.opts.Actions {
 		return nil, refuse(http.StatusForbidden, "Actions are disabled: this dashboard was started without --dashboard-actions, so it only shows state. Nothing was created.")
 	}
-	if s.opts.Actioner == nil {
-		return nil, refuse(http.StatusNotImplemented, "This build of the dashboard has no action implementation. Nothing was created.")
-	}
 	if !sameOrigin(r) {
 		return nil, refuse(http.StatusForbidden, "The request did not come from a dashboard page (cross-site request). Nothing was created.")
 	}
@@ -102,7 +95,7 @@ func (s *Server) act(r *http.Request, a Action) (client.Object, error) {
 	if err != nil {
 		return nil, err
 	}
-	obj, err := s.opts.Actioner.Build(r.Context(), s.c, a)
+	obj, err := s.build(r.Context(), a)
 	if err != nil {
 		return nil, refuse(http.StatusBadRequest, "Cannot %s: %v. Nothing was created.", a.Kind, err)
 	}
@@ -195,4 +188,45 @@ func progressURL(a Action, kind, name string) string {
 		return "/?" + q.Encode()
 	}
 	return "/volumes/" + url.PathEscape(vol) + "?" + q.Encode()
+}
+
+// build makes the action's object with internal/actions, the builders
+// cairnctl uses, so both create the same objects.
+func (s *Server) build(ctx context.Context, a Action) (client.Object, error) {
+	switch a.Kind {
+	case ActionSnapshot, ActionBackup:
+		vol, err := actions.GetVolume(ctx, s.c, a.Volume)
+		if err != nil {
+			return nil, err
+		}
+		if a.Kind == ActionSnapshot {
+			return actions.NewSnapshot(vol, s.c)
+		}
+		return s.buildBackup(ctx, vol, a.Target)
+	case ActionRestore, ActionVerify:
+		b, err := actions.GetBackup(ctx, s.c, a.Backup)
+		if err != nil {
+			return nil, err
+		}
+		if a.Kind == ActionVerify {
+			return actions.NewVerify(b)
+		}
+		return actions.NewRestore(b, a.NewVolume, actions.RestoreOptions{})
+	}
+	return nil, fmt.Errorf("unknown action %q", a.Kind)
+}
+
+// buildBackup backs vol up to target, or to its policy's target, as
+// actions.BackupNow does.
+func (s *Server) buildBackup(ctx context.Context, vol *v1.Volume, target string) (client.Object, error) {
+	if target == "" {
+		var err error
+		if target, err = actions.PolicyTarget(ctx, s.c, vol); err != nil {
+			return nil, err
+		}
+	}
+	if err := s.c.Get(ctx, client.ObjectKey{Name: target}, &v1.BackupTarget{}); err != nil {
+		return nil, fmt.Errorf("%w: BackupTarget %s: %v", actions.ErrNoBackupTarget, target, err)
+	}
+	return actions.NewBackup(vol, target), nil
 }

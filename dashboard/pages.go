@@ -13,6 +13,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/cairnstore/cairn/api/v1alpha1"
+	"github.com/cairnstore/cairn/internal/actions"
 	"github.com/cairnstore/cairn/policies"
 )
 
@@ -36,6 +37,15 @@ type volumeData struct {
 	Schedules []string
 	Targets   []string
 	Events    []eventRow
+	// Restore is set for a volume restored from a backup; Verifies names
+	// the backup a throw-away verification volume checks.
+	Restore  *restoreView
+	Verifies string
+}
+
+type restoreView struct {
+	Progress int
+	actions.Outcome
 }
 
 type backupRow struct {
@@ -66,6 +76,14 @@ func (s *Server) volume(r *http.Request) (view, error) {
 	}
 	if err := s.volumePolicy(ctx, &d); err != nil {
 		return view{}, err
+	}
+	if d.Volume.Spec.FromBackup != nil {
+		p, err := actions.RestoreProgress(ctx, s.c, &d.Volume)
+		if err != nil {
+			return view{}, err
+		}
+		d.Restore = &restoreView{Progress: p, Outcome: actions.RestoreOutcome(&d.Volume)}
+		d.Verifies = d.Volume.Labels[actions.LabelVerifies]
 	}
 	ev, err := s.events(ctx, "Volume", name)
 	if err != nil {

@@ -48,9 +48,6 @@ type Options struct {
 	// HeaderProxySecret; only requests carrying it may name a caller in
 	// HeaderUser/HeaderGroup. Empty: no proxy is trusted.
 	ProxySecretFile string
-	// Actioner builds the actions' objects (internal/actions, which
-	// cairnctl uses too); nil offers no actions.
-	Actioner Actioner
 }
 
 // Server is the dashboard's HTTP handler with what it reads from.
