@@ -15,14 +15,26 @@
     });
   }
 
+  // typing: a form field on the page holds something the user typed,
+  // which a refresh would wipe; the refresh waits until it is submitted.
+  function typing() {
+    return Array.prototype.some.call(main.querySelectorAll("input:not([type=hidden])"), function (i) {
+      return i.value !== i.defaultValue;
+    });
+  }
+
   function refresh() {
     timer = null;
     fetch(location.href, { headers: { "X-Partial": "1" }, credentials: "same-origin" })
       .then(function (r) { return r.text(); })
-      .then(function (html) { main.innerHTML = html; remember(); });
+      .then(function (html) {
+        if (typing()) { soon(); return; }
+        main.innerHTML = html;
+        remember();
+      });
   }
 
-  function soon() { if (!timer) timer = setTimeout(refresh, 250); }
+  function soon() { if (!timer) timer = setTimeout(refresh, typing() ? 1000 : 400); }
 
   function robustness(c) {
     if (!c.robustness) return;

@@ -97,6 +97,8 @@ func TestReplicaKillShowsLive(t *testing.T) {
 // TestBackupNow: the operator, named by the trusted proxy and allowed by
 // RBAC, clicks "Backup now" on a volume's page: a Backup appears there
 // and becomes Completed without a reload, and is Ready in the cluster.
+// Then "Restore" into a new volume and "Verify" show their progress and
+// end restored and verified.
 func TestBackupNow(t *testing.T) {
 	t.Parallel()
 	const vol = "dash-backup"
@@ -118,6 +120,27 @@ func TestBackupNow(t *testing.T) {
 	assert.True(t, meta.IsStatusConditionTrue(b.Status.Conditions, v1.ConditionReady), "backup %s not Ready: %v", name, b.Status.Conditions)
 	assert.Equal(t, "primary", string(b.Spec.BackupTargetRef))
 	screenshot(t, ctx, "volume-after-backup-now")
+
+	row := fmt.Sprintf(`tr[data-backup=%q]`, name)
+	require.NoError(t, chromedp.Do(ctx,
+		chromedp.SendKeys(chromedp.CSS(row+` input[name="newVolume"]`), "dash-restored"),
+		chromedp.Click(chromedp.CSS(row+` form[action="/actions/restore"] button`)),
+		chromedp.WaitVisible(chromedp.CSS("#notice"))))
+	assert.Equal(t, "Volume dash-restored created", text(t, ctx, "#notice"))
+	restored := getVolume(t, "dash-restored")
+	require.NotNil(t, restored.Spec.FromBackup)
+	assert.Equal(t, b.Status.BackupID, restored.Spec.FromBackup.Backup)
+	waitJS(t, ctx, `document.querySelector('#restore[data-done="true"]') !== null`)
+	assert.Equal(t, "false", attr(t, ctx, "#restore", "data-failed"), text(t, ctx, "#restore"))
+	screenshot(t, ctx, "volume-restored")
+
+	open(t, ctx, "/volumes/"+vol)
+	require.NoError(t, chromedp.Do(ctx, chromedp.Click(chromedp.CSS(row+` form[action="/actions/verify"] button`)),
+		chromedp.WaitVisible(chromedp.CSS("#notice"))))
+	require.Regexp(t, `^Volume verify-\S+ created$`, text(t, ctx, "#notice"))
+	waitJS(t, ctx, `document.querySelector('#restore[data-done="true"]') !== null`)
+	assert.Contains(t, text(t, ctx, "#restore"), "verified")
+	screenshot(t, ctx, "volume-verified")
 }
 
 // TestActionRefused: a caller the proxy names but RBAC does not allow,

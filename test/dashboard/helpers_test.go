@@ -70,6 +70,14 @@ func text(t *testing.T, ctx context.Context, sel string) string {
 	return strings.TrimSpace(s)
 }
 
+// attr returns an attribute of the first element matching sel.
+func attr(t *testing.T, ctx context.Context, sel, name string) string {
+	t.Helper()
+	v, err := chromedp.Run(ctx, chromedp.Evaluate[string](fmt.Sprintf(`document.querySelector(%q).getAttribute(%q)`, sel, name)))
+	require.NoError(t, err)
+	return v
+}
+
 // pageRobustness reads every volume's robustness the open page shows.
 func pageRobustness(ctx context.Context) (map[string]string, error) {
 	return chromedp.Run(ctx, chromedp.Evaluate[map[string]string](`Object.fromEntries([...document.querySelectorAll("[data-rob-of]")].map(e => [e.dataset.robOf, e.textContent.trim()]))`))
