@@ -29,6 +29,9 @@ type page struct {
 	view
 	Actions bool
 	Notice  string
+	// Static pages (the answer to an action) are not refreshed live: their
+	// URL names no page to reload.
+	Static bool
 }
 
 // notFoundError makes a page handler answer 404.
@@ -87,6 +90,7 @@ func (s *Server) page(h func(*http.Request) (view, error)) http.HandlerFunc {
 }
 
 func (s *Server) render(w http.ResponseWriter, r *http.Request, status int, p page) {
+	p.Static = r.Method != http.MethodGet
 	t := s.pages[p.Template]
 	block := "layout"
 	if r.Header.Get("X-Partial") != "" {

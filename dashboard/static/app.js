@@ -34,7 +34,12 @@
       });
   }
 
-  function soon() { if (!timer) timer = setTimeout(refresh, typing() ? 1000 : 400); }
+  var static_ = document.body.hasAttribute("data-static");
+
+  function soon() {
+    if (static_) return;
+    if (!timer) timer = setTimeout(refresh, typing() ? 1000 : 400);
+  }
 
   function robustness(c) {
     if (!c.robustness) return;
