@@ -31,6 +31,8 @@ const (
 	ActionBackup   = "backup"
 	ActionRestore  = "restore"
 	ActionVerify   = "verify"
+	// ActionCleanup deletes a verification's throw-away volume.
+	ActionCleanup = "cleanup"
 )
 
 // Action is one requested action with its form's fields.
@@ -71,7 +73,11 @@ func (s *Server) serveAction(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case errors.As(err, &ref):
 		s.log.Info("Refused a dashboard action", "action", a.Kind, "reason", ref.msg)
-		s.render(w, r, ref.status, page{view: view{Title: "Action refused", Template: "refused", Data: ref.msg}, Actions: s.actionsOffered()})
+		msg := ref.msg + " Nothing was created."
+		if a.Kind == ActionCleanup {
+			msg = ref.msg + " Nothing was deleted."
+		}
+		s.render(w, r, ref.status, page{view: view{Title: "Action refused", Template: "refused", Data: msg}, Actions: s.actionsOffered()})
 		return
 	case err != nil:
 		s.log.Error(err, "Dashboard action failed", "action", a.Kind)
@@ -79,6 +85,11 @@ func (s *Server) serveAction(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	kind := obj.GetObjectKind().GroupVersionKind().Kind
+	if a.Kind == ActionCleanup {
+		s.log.Info("Dashboard action deleted a verification volume", "volume", obj.GetName())
+		http.Redirect(w, r, "/?"+url.Values{"notice": {"Volume " + obj.GetName() + " deleted"}}.Encode(), http.StatusSeeOther)
+		return
+	}
 	s.log.Info("Dashboard action created an object", "action", a.Kind, "kind", kind, "name", obj.GetName())
 	http.Redirect(w, r, progressURL(a, kind, obj.GetName()), http.StatusSeeOther)
 }
@@ -86,26 +97,29 @@ func (s *Server) serveAction(w http.ResponseWriter, r *http.Request) {
 // act runs the checks in order; nothing is created unless all pass.
 func (s *Server) act(r *http.Request, a Action) (client.Object, error) {
 	if !s.opts.Actions {
-		return nil, refuse(http.StatusForbidden, "Actions are disabled: this dashboard was started without --dashboard-actions, so it only shows state. Nothing was created.")
+		return nil, refuse(http.StatusForbidden, "Actions are disabled: this dashboard was started without --dashboard-actions, so it only shows state.")
 	}
 	if !sameOrigin(r) {
-		return nil, refuse(http.StatusForbidden, "The request did not come from a dashboard page (cross-site request). Nothing was created.")
+		return nil, refuse(http.StatusForbidden, "The request did not come from a dashboard page (cross-site request).")
 	}
 	user, groups, err := s.caller(r)
 	if err != nil {
 		return nil, err
 	}
+	if a.Kind == ActionCleanup {
+		return s.cleanup(r.Context(), user, groups, a.Volume)
+	}
 	obj, err := s.build(r.Context(), a)
 	if err != nil {
-		return nil, refuse(http.StatusBadRequest, "Cannot %s: %v. Nothing was created.", a.Kind, err)
+		return nil, refuse(http.StatusBadRequest, "Cannot %s: %v.", a.Kind, err)
 	}
 	if user != "" {
-		if err := s.authorize(r.Context(), user, groups, obj); err != nil {
+		if err := s.authorize(r.Context(), user, groups, "create", obj); err != nil {
 			return nil, err
 		}
 	}
 	if err := s.c.Create(r.Context(), obj); err != nil {
-		return nil, refuse(http.StatusBadRequest, "The API server rejected the %s: %v", a.Kind, err)
+		return nil, refuse(http.StatusBadRequest, "The API server rejected the %s: %v.", a.Kind, err)
 	}
 	if gvk, err := s.c.GroupVersionKindFor(obj); err == nil {
 		obj.GetObjectKind().SetGroupVersionKind(gvk)
@@ -121,21 +135,39 @@ func (s *Server) caller(r *http.Request) (string, []string, error) {
 	secret := r.Header.Get(HeaderProxySecret)
 	if s.proxy == nil {
 		if user != "" || len(groups) > 0 || secret != "" {
-			return "", nil, refuse(http.StatusForbidden, "The request names a caller (%s), but this dashboard trusts no proxy (--dashboard-proxy-secret-file is not set), so it cannot check that caller's permissions. Nothing was created.", HeaderUser)
+			return "", nil, refuse(http.StatusForbidden, "The request names a caller (%s), but this dashboard trusts no proxy (--dashboard-proxy-secret-file is not set), so it cannot check that caller's permissions.", HeaderUser)
 		}
 		return "", nil, nil
 	}
 	if subtle.ConstantTimeCompare([]byte(secret), s.proxy) != 1 {
-		return "", nil, refuse(http.StatusForbidden, "Actions are taken only through the trusted proxy, which names the caller; this request did not come through it. Nothing was created.")
+		return "", nil, refuse(http.StatusForbidden, "Actions are taken only through the trusted proxy, which names the caller; this request did not come through it.")
 	}
 	if user == "" {
-		return "", nil, refuse(http.StatusForbidden, "The trusted proxy did not name the caller (%s is empty). Nothing was created.", HeaderUser)
+		return "", nil, refuse(http.StatusForbidden, "The trusted proxy did not name the caller (%s is empty).", HeaderUser)
 	}
 	return user, groups, nil
 }
 
-// authorize asks the API server whether user may create obj.
-func (s *Server) authorize(ctx context.Context, user string, groups []string, obj client.Object) error {
+// cleanup deletes a verification's throw-away volume (actions.Cleanup),
+// once the caller may delete it.
+func (s *Server) cleanup(ctx context.Context, user string, groups []string, name string) (client.Object, error) {
+	vol, err := actions.GetVolume(ctx, s.c, name)
+	if err != nil {
+		return nil, refuse(http.StatusBadRequest, "Cannot clean up: %v.", err)
+	}
+	if vol.Labels[actions.LabelVerifies] == "" {
+		return nil, refuse(http.StatusBadRequest, "Volume %s is not a verification volume; the dashboard deletes only those.", name)
+	}
+	if user != "" {
+		if err := s.authorize(ctx, user, groups, "delete", vol); err != nil {
+			return nil, err
+		}
+	}
+	return vol, actions.Cleanup(ctx, s.c, vol)
+}
+
+// authorize asks the API server whether user may do verb on obj.
+func (s *Server) authorize(ctx context.Context, user string, groups []string, verb string, obj client.Object) error {
 	gvk, err := s.c.GroupVersionKindFor(obj)
 	if err != nil {
 		return err
@@ -146,7 +178,7 @@ func (s *Server) authorize(ctx context.Context, user string, groups []string, ob
 	}
 	res := mapping.Resource
 	sar := &authzv1.SubjectAccessReview{Spec: authzv1.SubjectAccessReviewSpec{User: user, Groups: groups,
-		ResourceAttributes: &authzv1.ResourceAttributes{Verb: "create", Group: res.Group, Version: res.Version, Resource: res.Resource,
+		ResourceAttributes: &authzv1.ResourceAttributes{Verb: verb, Group: res.Group, Version: res.Version, Resource: res.Resource,
 			Namespace: obj.GetNamespace(), Name: obj.GetName()}}}
 	if err := s.c.Create(ctx, sar); err != nil {
 		return fmt.Errorf("subject access review: %w", err)
@@ -156,7 +188,7 @@ func (s *Server) authorize(ctx context.Context, user string, groups []string, ob
 		if why == "" {
 			why = "no RBAC rule allows it"
 		}
-		return refuse(http.StatusForbidden, "Permission denied: %s may not create %s.%s (%s). Nothing was created.", user, res.Resource, res.Group, why)
+		return refuse(http.StatusForbidden, "Permission denied: %s may not %s %s.%s (%s).", user, verb, res.Resource, res.Group, why)
 	}
 	return nil
 }

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -109,15 +110,21 @@ func (s *Server) render(w http.ResponseWriter, r *http.Request, status int, p pa
 }
 
 var funcs = template.FuncMap{
-	"ago":      ago,
-	"bytes":    humanBytes,
-	"qty":      quantity,
-	"size":     func(q resource.Quantity) string { return humanBytes(q.Value()) },
-	"dur":      humanDuration,
-	"time":     func(t *metav1.Time) string { return timeString(t) },
-	"pct":      func(a, b int64) int64 { return percent(a, b) },
-	"sub":      func(a, b int64) int64 { return a - b },
-	"cond":     conditionOf,
+	"ago":   ago,
+	"bytes": humanBytes,
+	"qty":   quantity,
+	"size":  func(q resource.Quantity) string { return humanBytes(q.Value()) },
+	"dur":   humanDuration,
+	"time":  func(t *metav1.Time) string { return timeString(t) },
+	"pct":   func(a, b int64) int64 { return percent(a, b) },
+	"sub":   func(a, b int64) int64 { return a - b },
+	"cond":  conditionOf,
+	"condStatus": func(conds []metav1.Condition, typ string) string {
+		if c := meta.FindStatusCondition(conds, typ); c != nil {
+			return string(c.Status)
+		}
+		return "Unknown"
+	},
 	"modeOf":   modeOf,
 	"deref":    func(b *bool) bool { return b != nil && *b },
 	"robClass": func(r any) string { return "rob-" + strings.ToLower(fmt.Sprint(r)) },

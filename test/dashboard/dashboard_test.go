@@ -11,6 +11,7 @@ import (
 	"github.com/chromedp/chromedp"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -96,7 +97,7 @@ func TestReplicaKillShowsLive(t *testing.T) {
 
 // TestBackupNow: the operator, named by the trusted proxy and allowed by
 // RBAC, clicks "Backup now" on a volume's page: a Backup appears there
-// and becomes Completed without a reload, and is Ready in the cluster.
+// and becomes Ready and Completed without a reload, as in the cluster.
 // Then "Restore" into a new volume and "Verify" show their progress and
 // end restored and verified.
 func TestBackupNow(t *testing.T) {
@@ -114,7 +115,8 @@ func TestBackupNow(t *testing.T) {
 	name := strings.Fields(notice)[1]
 	require.Equal(t, []string{name}, backupsOf(t, vol))
 	waitJS(t, ctx, `document.querySelector('#live.on') !== null`)
-	waitJS(t, ctx, fmt.Sprintf(`document.querySelector('tr[data-backup=%q]')?.dataset.state === "Completed"`, name))
+	waitJS(t, ctx, fmt.Sprintf(`document.querySelector('tr[data-backup=%q]')?.dataset.ready === "True"`, name))
+	assert.Equal(t, "Completed", attr(t, ctx, fmt.Sprintf(`tr[data-backup=%q]`, name), "data-state"))
 	b := &v1.Backup{}
 	require.NoError(t, k8s.Get(bg, client.ObjectKey{Name: name}, b))
 	assert.True(t, meta.IsStatusConditionTrue(b.Status.Conditions, v1.ConditionReady), "backup %s not Ready: %v", name, b.Status.Conditions)
@@ -141,6 +143,14 @@ func TestBackupNow(t *testing.T) {
 	waitJS(t, ctx, `document.querySelector('#restore[data-done="true"]') !== null`)
 	assert.Contains(t, text(t, ctx, "#restore"), "verified")
 	screenshot(t, ctx, "volume-verified")
+
+	// Its throw-away volume goes with one click.
+	verifier := strings.Fields(text(t, ctx, "#notice"))[1]
+	require.NoError(t, chromedp.Do(ctx, chromedp.Click(chromedp.CSS("#cleanup")), chromedp.WaitVisible(chromedp.CSS("#notice"))))
+	assert.Equal(t, "Volume "+verifier+" deleted", text(t, ctx, "#notice"))
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		assert.True(c, apierrors.IsNotFound(k8s.Get(bg, client.ObjectKey{Name: verifier}, &v1.Volume{})), "volume %s still there", verifier)
+	}, wait, tick)
 }
 
 // TestActionRefused: a caller the proxy names but RBAC does not allow,

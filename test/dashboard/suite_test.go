@@ -199,9 +199,10 @@ func connect(kubeconfig string) error {
 // bindOperator lets operator create what the dashboard's actions create,
 // as docs/dashboard.md tells an administrator to.
 func bindOperator() error {
-	role := &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: "cairn-dashboard-operator"}, Rules: []rbacv1.PolicyRule{{
-		APIGroups: []string{v1.GroupVersion.Group}, Resources: []string{"snapshots", "backups", "volumes"}, Verbs: []string{"create"},
-	}}}
+	role := &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: "cairn-dashboard-operator"}, Rules: []rbacv1.PolicyRule{
+		{APIGroups: []string{v1.GroupVersion.Group}, Resources: []string{"snapshots", "backups", "volumes"}, Verbs: []string{"create"}},
+		{APIGroups: []string{v1.GroupVersion.Group}, Resources: []string{"volumes"}, Verbs: []string{"delete"}},
+	}}
 	binding := &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "cairn-dashboard-operator"},
 		RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: role.Name},
 		Subjects: []rbacv1.Subject{{APIGroup: rbacv1.GroupName, Kind: "User", Name: operator}}}
