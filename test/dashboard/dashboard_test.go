@@ -109,7 +109,7 @@ func TestBackupNow(t *testing.T) {
 
 	ctx := tab(t, operator)
 	open(t, ctx, "/volumes/"+vol)
-	require.NoError(t, chromedp.Do(ctx, chromedp.Click(chromedp.CSS("#backup-now")), chromedp.WaitVisible(chromedp.CSS("#notice"))))
+	submit(t, ctx, "#backup-now", nil, "#notice")
 	notice := text(t, ctx, "#notice")
 	require.Regexp(t, `^Backup \S+ created$`, notice)
 	name := strings.Fields(notice)[1]
@@ -124,10 +124,7 @@ func TestBackupNow(t *testing.T) {
 	screenshot(t, ctx, "volume-after-backup-now")
 
 	row := fmt.Sprintf(`tr[data-backup=%q]`, name)
-	require.NoError(t, chromedp.Do(ctx,
-		chromedp.SendKeys(chromedp.CSS(row+` input[name="newVolume"]`), "dash-restored"),
-		chromedp.Click(chromedp.CSS(row+` form[action="/actions/restore"] button`)),
-		chromedp.WaitVisible(chromedp.CSS("#notice"))))
+	submit(t, ctx, row+` form[action="/actions/restore"] button`, map[string]string{row + ` input[name="newVolume"]`: "dash-restored"}, "#notice")
 	assert.Equal(t, "Volume dash-restored created", text(t, ctx, "#notice"))
 	restored := getVolume(t, "dash-restored")
 	require.NotNil(t, restored.Spec.FromBackup)
@@ -137,8 +134,7 @@ func TestBackupNow(t *testing.T) {
 	screenshot(t, ctx, "volume-restored")
 
 	open(t, ctx, "/volumes/"+vol)
-	require.NoError(t, chromedp.Do(ctx, chromedp.Click(chromedp.CSS(row+` form[action="/actions/verify"] button`)),
-		chromedp.WaitVisible(chromedp.CSS("#notice"))))
+	submit(t, ctx, row+` form[action="/actions/verify"] button`, nil, "#notice")
 	require.Regexp(t, `^Volume verify-\S+ created$`, text(t, ctx, "#notice"))
 	waitJS(t, ctx, `document.querySelector('#restore[data-done="true"]') !== null`)
 	assert.Contains(t, text(t, ctx, "#restore"), "verified")
@@ -146,7 +142,7 @@ func TestBackupNow(t *testing.T) {
 
 	// Its throw-away volume goes with one click.
 	verifier := strings.Fields(text(t, ctx, "#notice"))[1]
-	require.NoError(t, chromedp.Do(ctx, chromedp.Click(chromedp.CSS("#cleanup")), chromedp.WaitVisible(chromedp.CSS("#notice"))))
+	submit(t, ctx, "#cleanup", nil, "#notice")
 	assert.Equal(t, "Volume "+verifier+" deleted", text(t, ctx, "#notice"))
 	require.EventuallyWithT(t, func(c *assert.CollectT) {
 		assert.True(c, apierrors.IsNotFound(k8s.Get(bg, client.ObjectKey{Name: verifier}, &v1.Volume{})), "volume %s still there", verifier)
@@ -173,7 +169,7 @@ func TestActionRefused(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			ctx := tab(t, c.user)
 			open(t, ctx, "/volumes/"+vol)
-			require.NoError(t, chromedp.Do(ctx, chromedp.Click(chromedp.CSS("#backup-now")), chromedp.WaitVisible(chromedp.CSS("#refused"))))
+			submit(t, ctx, "#backup-now", nil, "#refused")
 			msg := text(t, ctx, "#refused")
 			assert.Contains(t, msg, c.want)
 			assert.Contains(t, msg, "Nothing was created.")

@@ -62,12 +62,37 @@ func waitJS(t *testing.T, ctx context.Context, expr string) {
 	require.NoError(t, err, "waiting for %s", expr)
 }
 
-// text returns the text of the first element matching sel.
+// text returns the rendered text of the first element matching sel, read
+// in one step of the page's script (a live refresh may replace it any time).
 func text(t *testing.T, ctx context.Context, sel string) string {
 	t.Helper()
-	s, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS(sel)))
-	require.NoError(t, err)
+	s, err := chromedp.Run(ctx, chromedp.Evaluate[string](fmt.Sprintf(`document.querySelector(%q).innerText`, sel)))
+	require.NoError(t, err, "no %s on the page", sel)
 	return strings.TrimSpace(s)
+}
+
+// submit fills in a form's fields (selector → value), clicks its button
+// and waits for the page the dashboard answers with to show want. It acts
+// in the page's script in one step: a live refresh replaces the page's
+// content at any time, so a node found by one DevTools call may be gone
+// by the next.
+func submit(t *testing.T, ctx context.Context, button string, fields map[string]string, want string) {
+	t.Helper()
+	js := "window.beforeSubmit = true;\n"
+	for sel, v := range fields {
+		js += fmt.Sprintf("document.querySelector(%q).value = %q;\n", sel, v)
+	}
+	js += fmt.Sprintf("document.querySelector(%q).click(); true", button)
+	_, err := chromedp.Run(ctx, chromedp.Evaluate[bool](js))
+	require.NoError(t, err)
+	// Evaluated from here each tick: a poll inside the page would die
+	// with the page it started in.
+	done := fmt.Sprintf(`window.beforeSubmit === undefined && document.readyState === "complete" && document.querySelector(%q) !== null`, want)
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		ok, err := chromedp.Run(ctx, chromedp.Evaluate[bool](done))
+		assert.NoError(c, err)
+		assert.True(c, ok, "waiting for %s after clicking %s", want, button)
+	}, wait, tick)
 }
 
 // attr returns an attribute of the first element matching sel.
