@@ -40,7 +40,7 @@ type overviewData struct {
 	NodesReady int
 	Targets    []v1.BackupTarget
 	WorstRPO   *volumeRow
-	DR         []v1.DisasterRecoveryVolume
+	DR         []drRow
 	WorstLag   time.Duration
 	DiskChart  chart
 	SizeChart  chart
@@ -79,12 +79,12 @@ func (s *Server) overview(r *http.Request) (view, error) {
 		return view{}, err
 	}
 	d.Targets = targets.Items
-	var drs v1.DisasterRecoveryVolumeList
-	if err := s.c.List(ctx, &drs); err != nil {
+	drs, err := s.drVolumes(ctx)
+	if err != nil {
 		return view{}, err
 	}
-	d.DR = drs.Items
-	for _, dr := range drs.Items {
+	d.DR = drs.Pairs
+	for _, dr := range drs.Pairs {
 		if dr.Status.Lag != nil && dr.Status.Lag.Duration > d.WorstLag {
 			d.WorstLag = dr.Status.Lag.Duration
 		}

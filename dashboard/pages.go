@@ -268,14 +268,3 @@ func (s *Server) target(r *http.Request) (view, error) {
 	d.Events = ev
 	return view{Title: "Backup target " + name, Template: "target", Data: d}, nil
 }
-
-func (s *Server) drPairs(r *http.Request) (view, error) {
-	var list v1.DisasterRecoveryVolumeList
-	if err := s.c.List(r.Context(), &list); err != nil {
-		return view{}, err
-	}
-	slices.SortFunc(list.Items, func(a, b v1.DisasterRecoveryVolume) int {
-		return strings.Compare(a.Namespace+"/"+a.Name, b.Namespace+"/"+b.Name)
-	})
-	return view{Title: "Disaster recovery", Template: "dr", Data: list.Items}, nil
-}

@@ -14,6 +14,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 
@@ -25,6 +26,11 @@ import (
 // of each kind: a narrow check that every template renders; the browser
 // suite (test/dashboard) runs them against a real cluster.
 func newTestServer(t *testing.T) http.Handler {
+	t.Helper()
+	return newTestServerWith(t, nil)
+}
+
+func newTestServerWith(t *testing.T, sites []siteReader) http.Handler {
 	t.Helper()
 	now := metav1.NewTime(time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC))
 	vol := &v1.Volume{ObjectMeta: metav1.ObjectMeta{Name: "pg", Labels: map[string]string{"app": "pg"}},
@@ -53,6 +59,7 @@ func newTestServer(t *testing.T) http.Handler {
 	s, err := New(c, c, nil, Options{Actions: true}, logr.Discard())
 	require.NoError(t, err)
 	s.now = func() time.Time { return now.Add(time.Hour) }
+	s.sites = sites
 	return s.Handler()
 }
 
@@ -107,4 +114,24 @@ func TestActionsDisabled(t *testing.T) {
 	var list v1.BackupList
 	require.NoError(t, c.List(t.Context(), &list))
 	assert.Empty(t, list.Items)
+}
+
+// TestDRSites: the DR page lists this cluster's pairs and each site's, and
+// names a site it cannot read.
+func TestDRSites(t *testing.T) {
+	remote := fake.NewClientBuilder().WithScheme(controllers.NewScheme()).WithObjects(&v1.DisasterRecoveryVolume{
+		ObjectMeta: metav1.ObjectMeta{Name: "orders-dr", Namespace: "shop"}, Spec: v1.DisasterRecoveryVolumeSpec{SourceVolume: "orders"},
+		Status: v1.DisasterRecoveryVolumeStatus{Phase: v1.DRActive, Lag: &metav1.Duration{Duration: 5 * time.Minute}}}).Build()
+	broken := fake.NewClientBuilder().WithScheme(runtime.NewScheme()).Build()
+	h := newTestServerWith(t, []siteReader{{name: "dr-site", c: remote}, {name: "gone", c: broken}})
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/dr", nil))
+	require.Equal(t, http.StatusOK, rec.Code)
+	body := rec.Body.String()
+	assert.Contains(t, body, `data-dr="this cluster/default/pg-dr" data-phase="Standby"`)
+	assert.Contains(t, body, `data-dr="dr-site/shop/orders-dr" data-phase="Active"`)
+	assert.Contains(t, body, "Cannot read DR site gone:")
+	rec = httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/", nil))
+	assert.Contains(t, rec.Body.String(), "5m00s", "the overview's DR lag includes the sites")
 }

@@ -48,6 +48,9 @@ type Options struct {
 	// HeaderProxySecret; only requests carrying it may name a caller in
 	// HeaderUser/HeaderGroup. Empty: no proxy is trusted.
 	ProxySecretFile string
+	// Sites are other clusters whose DisasterRecoveryVolumes the DR page
+	// and the overview's DR lag include.
+	Sites []Site
 }
 
 // Server is the dashboard's HTTP handler with what it reads from.
@@ -60,6 +63,7 @@ type Server struct {
 	pages  map[string]*template.Template
 	live   *broker
 	proxy  []byte
+	sites  []siteReader
 	now    func() time.Time
 }
 
@@ -92,6 +96,11 @@ func New(c client.Client, reader client.Reader, ca cache.Cache, opts Options, lo
 			return nil, errors.New("dashboard: the proxy secret must be at least 16 characters")
 		}
 	}
+	sites, err := openSites(opts.Sites)
+	if err != nil {
+		return nil, err
+	}
+	s.sites = sites
 	pages, err := parseTemplates()
 	if err != nil {
 		return nil, err
@@ -129,6 +138,7 @@ func (s *Server) Start(ctx context.Context) error {
 	if err := s.watch(ctx); err != nil {
 		return err
 	}
+	go s.tickSites(ctx)
 	ln, err := net.Listen("tcp", s.opts.Addr)
 	if err != nil {
 		return fmt.Errorf("dashboard: listen: %w", err)

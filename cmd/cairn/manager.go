@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/go-logr/logr"
 	"github.com/go-logr/zapr"
@@ -115,7 +116,33 @@ func addDashboardFlags(f *pflag.FlagSet, o *dashboard.Options) {
 	f.StringVar(&o.TLSKeyFile, "dashboard-tls-key-file", "", "key for serving the dashboard over HTTPS")
 	f.BoolVar(&o.Actions, "dashboard-actions", false, "allow the dashboard's actions (snapshot now, backup now, restore, verify)")
 	f.StringVar(&o.ProxySecretFile, "dashboard-proxy-secret-file", "", "file holding the secret a trusted proxy sends in "+dashboard.HeaderProxySecret+"; callers it names in "+dashboard.HeaderUser+"/"+dashboard.HeaderGroup+" are checked with a SubjectAccessReview")
+	f.Var(siteFlag{&o.Sites}, "dashboard-dr-site", "NAME=KUBECONFIG of another cluster whose DisasterRecoveryVolumes the dashboard shows (repeatable)")
 }
+
+// siteFlag collects repeated NAME=KUBECONFIG values.
+type siteFlag struct{ sites *[]dashboard.Site }
+
+func (f siteFlag) String() string {
+	if f.sites == nil {
+		return ""
+	}
+	var out []string
+	for _, s := range *f.sites {
+		out = append(out, s.Name+"="+s.Kubeconfig)
+	}
+	return strings.Join(out, ",")
+}
+
+func (f siteFlag) Set(v string) error {
+	name, path, ok := strings.Cut(v, "=")
+	if !ok || name == "" || path == "" {
+		return fmt.Errorf("want NAME=KUBECONFIG, got %q", v)
+	}
+	*f.sites = append(*f.sites, dashboard.Site{Name: name, Kubeconfig: path})
+	return nil
+}
+
+func (f siteFlag) Type() string { return "name=kubeconfig" }
 
 // newLogger returns a zap-backed logr logger writing JSON to stderr.
 func newLogger(verbosity int) logr.Logger {
