@@ -111,6 +111,16 @@ func (r *BackupReconciler) Reconcile(ctx context.Context, req ctrl.Request) (res
 	if cl == nil || err != nil {
 		return ctrl.Result{}, err
 	}
+	// With no upload of it running here, read the backup from the API
+	// server before acting: the cache can lag this agent's own completion,
+	// and a stale copy would start the backup again or write its retry
+	// conditions over the Completed status (seen from the dashboard: a
+	// Completed backup left Ready=False "Retrying").
+	if r.Agent.jobs.get(backupKey(b.Name)) == nil {
+		if err := r.APIReader.Get(ctx, req.NamespacedName, b); err != nil || !runnable(b) {
+			return ctrl.Result{}, client.IgnoreNotFound(err)
+		}
+	}
 	ctx = log.IntoContext(ctx, log.FromContext(ctx).WithValues("backup", b.Name, "volume", b.Spec.VolumeName))
 	s := &backupScope{obj: b, eng: eng, cl: cl}
 	p := newStatusPatcher(r.Client, b)
