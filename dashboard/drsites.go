@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"k8s.io/client-go/tools/clientcmd"
@@ -24,9 +25,12 @@ type Site struct {
 	Kubeconfig string
 }
 
-// siteReader is a site's name and a direct (uncached) client.
+// siteReader reads one site with a direct (uncached) client, made on
+// first use: the site may come up after this cluster's manager.
 type siteReader struct {
 	name string
+	mu   sync.Mutex
+	path string
 	c    client.Reader
 }
 
@@ -37,21 +41,32 @@ const siteRefresh = 10 * time.Second
 // localSite names this cluster on the DR page.
 const localSite = "this cluster"
 
-func openSites(sites []Site) ([]siteReader, error) {
-	out := make([]siteReader, 0, len(sites))
+func openSites(sites []Site) []*siteReader {
+	out := make([]*siteReader, 0, len(sites))
 	for _, s := range sites {
-		cfg, err := clientcmd.BuildConfigFromFlags("", s.Kubeconfig)
-		if err != nil {
-			return nil, fmt.Errorf("dashboard: DR site %s: %w", s.Name, err)
-		}
-		cfg.Timeout = 5 * time.Second
-		c, err := client.New(cfg, client.Options{Scheme: controllers.NewScheme()})
-		if err != nil {
-			return nil, fmt.Errorf("dashboard: DR site %s: %w", s.Name, err)
-		}
-		out = append(out, siteReader{name: s.Name, c: c})
+		out = append(out, &siteReader{name: s.Name, path: s.Kubeconfig})
 	}
-	return out, nil
+	return out
+}
+
+// reader returns the site's client, making it from its kubeconfig once.
+func (r *siteReader) reader() (client.Reader, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.c != nil {
+		return r.c, nil
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", r.path)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Timeout = 5 * time.Second
+	c, err := client.New(cfg, client.Options{Scheme: controllers.NewScheme()})
+	if err != nil {
+		return nil, err
+	}
+	r.c = c
+	return c, nil
 }
 
 // drRow is one DisasterRecoveryVolume with the site it lives in.
@@ -79,7 +94,11 @@ func (s *Server) drVolumes(ctx context.Context) (drData, error) {
 	}
 	for _, site := range s.sites {
 		var remote v1.DisasterRecoveryVolumeList
-		if err := site.c.List(ctx, &remote); err != nil {
+		c, err := site.reader()
+		if err == nil {
+			err = c.List(ctx, &remote)
+		}
+		if err != nil {
 			d.Errors = append(d.Errors, fmt.Sprintf("%s: %v", site.name, err))
 			continue
 		}

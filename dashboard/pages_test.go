@@ -30,7 +30,7 @@ func newTestServer(t *testing.T) http.Handler {
 	return newTestServerWith(t, nil)
 }
 
-func newTestServerWith(t *testing.T, sites []siteReader) http.Handler {
+func newTestServerWith(t *testing.T, sites []*siteReader) http.Handler {
 	t.Helper()
 	now := metav1.NewTime(time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC))
 	vol := &v1.Volume{ObjectMeta: metav1.ObjectMeta{Name: "pg", Labels: map[string]string{"app": "pg"}},
@@ -123,7 +123,7 @@ func TestDRSites(t *testing.T) {
 		ObjectMeta: metav1.ObjectMeta{Name: "orders-dr", Namespace: "shop"}, Spec: v1.DisasterRecoveryVolumeSpec{SourceVolume: "orders"},
 		Status: v1.DisasterRecoveryVolumeStatus{Phase: v1.DRActive, Lag: &metav1.Duration{Duration: 5 * time.Minute}}}).Build()
 	broken := fake.NewClientBuilder().WithScheme(runtime.NewScheme()).Build()
-	h := newTestServerWith(t, []siteReader{{name: "dr-site", c: remote}, {name: "gone", c: broken}})
+	h := newTestServerWith(t, []*siteReader{{name: "dr-site", c: remote}, {name: "gone", c: broken}, {name: "nowhere", path: "/nonexistent/kubeconfig"}})
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/dr", nil))
 	require.Equal(t, http.StatusOK, rec.Code)
@@ -131,6 +131,7 @@ func TestDRSites(t *testing.T) {
 	assert.Contains(t, body, `data-dr="this cluster/default/pg-dr" data-phase="Standby"`)
 	assert.Contains(t, body, `data-dr="dr-site/shop/orders-dr" data-phase="Active"`)
 	assert.Contains(t, body, "Cannot read DR site gone:")
+	assert.Contains(t, body, "Cannot read DR site nowhere:")
 	rec = httptest.NewRecorder()
 	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/", nil))
 	assert.Contains(t, rec.Body.String(), "5m00s", "the overview's DR lag includes the sites")

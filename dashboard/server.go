@@ -63,7 +63,7 @@ type Server struct {
 	pages  map[string]*template.Template
 	live   *broker
 	proxy  []byte
-	sites  []siteReader
+	sites  []*siteReader
 	now    func() time.Time
 }
 
@@ -96,11 +96,7 @@ func New(c client.Client, reader client.Reader, ca cache.Cache, opts Options, lo
 			return nil, errors.New("dashboard: the proxy secret must be at least 16 characters")
 		}
 	}
-	sites, err := openSites(opts.Sites)
-	if err != nil {
-		return nil, err
-	}
-	s.sites = sites
+	s.sites = openSites(opts.Sites)
 	pages, err := parseTemplates()
 	if err != nil {
 		return nil, err
