@@ -72,26 +72,28 @@ func (s *Server) serveAction(w http.ResponseWriter, r *http.Request) {
 	var ref refusal
 	switch {
 	case errors.As(err, &ref):
-		s.log.Info("Refused a dashboard action", "action", a.Kind, "reason", ref.msg)
-		msg := ref.msg + " Nothing was created."
-		if a.Kind == ActionCleanup {
-			msg = ref.msg + " Nothing was deleted."
-		}
-		s.render(w, r, ref.status, page{view: view{Title: "Action refused", Template: "refused", Data: msg}, Actions: s.actionsOffered()})
-		return
+		s.refused(w, r, a, ref)
 	case err != nil:
 		s.log.Error(err, "Dashboard action failed", "action", a.Kind)
 		s.render(w, r, http.StatusInternalServerError, page{view: view{Title: "Action failed", Template: "error", Data: err.Error()}})
-		return
-	}
-	kind := obj.GetObjectKind().GroupVersionKind().Kind
-	if a.Kind == ActionCleanup {
+	case a.Kind == ActionCleanup:
 		s.log.Info("Dashboard action deleted a verification volume", "volume", obj.GetName())
 		http.Redirect(w, r, "/?"+url.Values{"notice": {"Volume " + obj.GetName() + " deleted"}}.Encode(), http.StatusSeeOther)
-		return
+	default:
+		kind := obj.GetObjectKind().GroupVersionKind().Kind
+		s.log.Info("Dashboard action created an object", "action", a.Kind, "kind", kind, "name", obj.GetName())
+		http.Redirect(w, r, progressURL(a, kind, obj.GetName()), http.StatusSeeOther)
 	}
-	s.log.Info("Dashboard action created an object", "action", a.Kind, "kind", kind, "name", obj.GetName())
-	http.Redirect(w, r, progressURL(a, kind, obj.GetName()), http.StatusSeeOther)
+}
+
+// refused answers a refused action with why, and that nothing changed.
+func (s *Server) refused(w http.ResponseWriter, r *http.Request, a Action, ref refusal) {
+	s.log.Info("Refused a dashboard action", "action", a.Kind, "reason", ref.msg)
+	msg := ref.msg + " Nothing was created."
+	if a.Kind == ActionCleanup {
+		msg = ref.msg + " Nothing was deleted."
+	}
+	s.render(w, r, ref.status, page{view: view{Title: "Action refused", Template: "refused", Data: msg}, Actions: s.actionsOffered()})
 }
 
 // act runs the checks in order; nothing is created unless all pass.
