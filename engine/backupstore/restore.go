@@ -43,6 +43,10 @@ type RestoreOptions struct {
 	Since string
 	// Progress, if set, is called as blocks complete.
 	Progress func(Progress)
+
+	// held, set by ApplyReplica, is what the sink holds, kept by the
+	// caller (it takes the place of Since).
+	held *Held
 }
 
 // RestoreResult summarises a restore.
@@ -80,13 +84,16 @@ func (s *Store) Restore(ctx context.Context, opts RestoreOptions) (RestoreResult
 		return res, err
 	}
 	res.Backup = info
-	if opts.Since == info.ID {
+	if opts.Since == info.ID || (opts.held != nil && opts.held.Backup == info.ID) {
 		res.Incremental = true
 		return res, nil // the sink already holds it
 	}
 	prev, err := s.sinceManifest(ctx, opts.Volume, opts.Since, m)
 	if err != nil {
 		return res, fmt.Errorf("restore %s/%s: previous backup %s: %w", opts.Volume, info.ID, opts.Since, err)
+	}
+	if opts.held != nil && opts.held.BlockSize == m.BlockSize {
+		prev = opts.held.manifest()
 	}
 	res.Incremental = prev != nil
 	r := &restoreRun{s: s, opts: opts, m: m, res: &res}
