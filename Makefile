@@ -5,9 +5,9 @@ SHELL := /usr/bin/env bash -o pipefail
 BIN := $(CURDIR)/bin
 CONTROLLER_GEN := $(BIN)/controller-gen
 GO_TEST_FLAGS ?= -timeout 40m
-# The manager's role comes from the top-level controllers package and the CSI controller (csi); the node
+# The manager's role comes from the top-level controllers package, the scheduler, the DR controller and the CSI controller (csi); the node
 # agent (controllers/node) gets its own least-privilege role in config/rbac/node.
-CRD_PATHS := paths="./api/..." paths="./controllers" paths="./controllers/scheduler" paths="./csi" paths="./internal/webhook/..."
+CRD_PATHS := paths="./api/..." paths="./controllers" paths="./controllers/scheduler" paths="./controllers/dr" paths="./csi" paths="./internal/webhook/..."
 
 .DEFAULT_GOAL := help
 

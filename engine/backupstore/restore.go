@@ -53,9 +53,11 @@ type RestoreOptions struct {
 type RestoreResult struct {
 	Backup BackupInfo
 	// Incremental is true when only blocks differing from Since were written.
-	Incremental    bool
-	BlocksWritten  int
-	BlocksZeroed   int
+	Incremental   bool
+	BlocksWritten int
+	BlocksZeroed  int
+	// BytesWritten counts the bytes of the blocks written or zeroed.
+	BytesWritten   int64
 	BytesFetched   int64
 	ObjectsFetched int
 }
@@ -200,6 +202,7 @@ func (r *restoreRun) writeZeros() error {
 			return fmt.Errorf("zero block %d: %w", i, err)
 		}
 		r.pr.add(int64(n), 1, 0)
+		r.res.BytesWritten += int64(n)
 	}
 	r.res.BlocksZeroed = len(r.zeros)
 	return nil
@@ -270,6 +273,9 @@ func (r *restoreRun) place(id BlockID, data []byte, stored int) error {
 			return fmt.Errorf("write block %d: %w", i, err)
 		}
 		r.pr.add(int64(n), 1, 0)
+		r.mu.Lock()
+		r.res.BytesWritten += int64(n)
+		r.mu.Unlock()
 	}
 	r.mu.Lock()
 	r.res.BlocksWritten += len(r.want[id])
