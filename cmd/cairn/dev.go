@@ -34,6 +34,8 @@ type devOptions struct {
 	noScheduler bool
 	nodes       int
 	verbosity   int
+	// drSite also starts the second local cluster dr-site (dev_drsite.go).
+	drSite bool
 }
 
 func newDevCmd() *cobra.Command {
@@ -59,6 +61,7 @@ everything; a second run reuses the data directory.`,
 	f.IntVarP(&o.verbosity, "v", "v", 0, "log verbosity (0 info, 1+ debug)")
 	f.BoolVar(&o.noScheduler, "no-scheduler", false, "run without the RecurringSnapshot scheduler (for tests that drive their own with an injected clock)")
 	_ = f.MarkHidden("no-scheduler")
+	f.BoolVar(&o.drSite, "dr-site", false, "also start a second local cluster, dr-site (state and kubeconfig under --data-dir/dr-site), that keeps the samples' DisasterRecoveryVolume following the primary's backups")
 	return cmd
 }
 
@@ -76,13 +79,14 @@ type devRun struct {
 	s3         *devS3
 	metrics    string // the manager's metrics address
 	applied    int
+	drSite     *devDRSite
 	stops      []func()
 }
 
 func runDev(ctx context.Context, o devOptions) error {
 	d := &devRun{opts: o}
 	defer d.cleanup()
-	for _, phase := range []func(context.Context) error{d.prepare, d.startControlPlane, d.startManager, d.startNodes, d.startS3, d.applySamples} {
+	for _, phase := range []func(context.Context) error{d.prepare, d.startControlPlane, d.startManager, d.startNodes, d.startS3, d.applySamples, d.startDRSite} {
 		if err := phase(ctx); err != nil {
 			return err
 		}
@@ -220,6 +224,7 @@ func (d *devRun) applySamples(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	objs = d.primarySamples(objs)
 	if err := d.localTargets(objs); err != nil {
 		return err
 	}
@@ -270,14 +275,14 @@ Cairn dev is running.
   samples      %d objects applied from config/samples
   S3 target    %s
   CSI          %s (nodes: %s)
-
+%s
 Look around with any Kubernetes client:
   export KUBECONFIG=%s
   %s get cairn
 
 Press Ctrl-C to stop.
 `, d.cluster.Config.Host, d.kubeconfig, wh.Host, wh.Port, d.metrics, len(d.nodes), d.dataDir, d.applied, d.s3Line(),
-		d.csiControllerSocket(), filepath.Join(d.dataDir, "nodes", "NAME", devNodeCSISocket), d.kubeconfig, d.kubectl())
+		d.csiControllerSocket(), filepath.Join(d.dataDir, "nodes", "NAME", devNodeCSISocket), d.drSiteBanner(), d.kubeconfig, d.kubectl())
 }
 
 // s3Line describes the local S3 target.
