@@ -64,7 +64,7 @@ func Setup(mgr ctrl.Manager, opts ...Options) error {
 		&dr.Reconciler{Client: c, Recorder: mgr.GetEventRecorder("cairn-dr"), Stores: stores},
 	}
 	if !o.NoScheduler {
-		rs = append(rs, &scheduler.Reconciler{Client: c, Recorder: mgr.GetEventRecorder("cairn-scheduler")})
+		rs = append(rs, &scheduler.Reconciler{Client: c, Recorder: mgr.GetEventRecorder("cairn-scheduler"), Stores: stores})
 	}
 	for _, r := range rs {
 		if err := r.SetupWithManager(mgr); err != nil {

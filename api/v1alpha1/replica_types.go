@@ -55,6 +55,9 @@ type ReplicaRestoreResult struct {
 	// the target.
 	// +optional
 	BytesFetched int64 `json:"bytesFetched,omitempty"`
+	// duration is how long the update took on the node.
+	// +optional
+	Duration *metav1.Duration `json:"duration,omitempty"`
 }
 
 // ReplicaStatus is the observed state of a replica.

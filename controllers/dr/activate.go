@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -45,6 +46,11 @@ func (r *Reconciler) activate(ctx context.Context, s *scope) (ctrl.Result, error
 	}
 	held, created, ok := holds(s.vol)
 	if !ok || held != chosen {
+		if store, _, _ := r.openStore(ctx, s); store != nil {
+			if err := r.pin(ctx, s, store, chosen); err != nil {
+				return ctrl.Result{}, err
+			}
+		}
 		s.out = outcome{reason: "Activating", message: fmt.Sprintf("applying backup %s of %s to volume %s before it goes live", chosen, s.drv.Spec.SourceVolume, s.vol.Name)}
 		return ctrl.Result{RequeueAfter: applyPoll}, nil
 	}
@@ -56,8 +62,10 @@ func (r *Reconciler) activate(ctx context.Context, s *scope) (ctrl.Result, error
 		return ctrl.Result{}, err
 	}
 	lag.set(s.drv.Namespace, s.drv.Name, time.Time{})
-	log.FromContext(ctx).Info("Standby activated", "volume", s.vol.Name, "backup", chosen)
-	r.Recorder.Eventf(s.drv, s.vol, corev1.EventTypeNormal, "Activated", "Activate", "volume %s is live from backup %s of %s", s.vol.Name, chosen, s.drv.Spec.SourceVolume)
+	rpo, how := r.rpo(s.vol, created)
+	s.drv.Status.RPO = &metav1.Duration{Duration: rpo}
+	log.FromContext(ctx).Info("Standby activated", "volume", s.vol.Name, "backup", chosen, "rpo", rpo.String())
+	r.Recorder.Eventf(s.drv, s.vol, corev1.EventTypeNormal, "Activated", "Activate", "volume %s is live from backup %s of %s; %s", s.vol.Name, chosen, s.drv.Spec.SourceVolume, how)
 	return ctrl.Result{}, nil
 }
 
@@ -124,6 +132,7 @@ func (r *Reconciler) pointAtActivation(ctx context.Context, vol *v1.Volume, b ba
 		vol.Annotations[AnnotationSkipped] = strings.Join(skipped, ",")
 	}
 	vol.Annotations[AnnotationBackupCreated] = b.Created.UTC().Format(time.RFC3339Nano)
+	vol.Annotations[AnnotationFenced] = strconv.FormatBool(b.Labels[v1.LabelFenced] == "true")
 	vol.Spec.FromBackup.Backup = b.ID
 	return r.Patch(ctx, vol, patch)
 }
@@ -147,4 +156,18 @@ func splitList(s string) []string {
 		return nil
 	}
 	return strings.Split(s, ",")
+}
+
+// rpo is what activation from the volume's backup may have lost: nothing
+// when the source was fenced when it was taken, else the writes since its
+// creation.
+func (r *Reconciler) rpo(vol *v1.Volume, created time.Time) (time.Duration, string) {
+	if vol.Annotations[AnnotationFenced] == "true" {
+		return 0, "the source was fenced (detached) when that backup was taken: RPO 0"
+	}
+	if created.IsZero() {
+		return 0, "the backup's creation time is unknown"
+	}
+	d := r.Now().Sub(created).Round(time.Second)
+	return d, fmt.Sprintf("writes to the source in the %s after that backup are not included", d)
 }

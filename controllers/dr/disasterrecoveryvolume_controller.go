@@ -47,6 +47,9 @@ const (
 	// AnnotationSkipped lists the newer backups activation found
 	// unreadable (comma separated).
 	AnnotationSkipped = "storage.cairn.dev/dr-skipped-backups"
+	// AnnotationFenced is "true" when the backup activation chose was
+	// taken while the source was fenced (v1.LabelFenced in the target).
+	AnnotationFenced = "storage.cairn.dev/dr-fenced"
 	// Finalizer lets deletion remove a standby Volume.
 	Finalizer = "storage.cairn.dev/dr-volume"
 	// ConditionBackupSkipped is True when activation used an older backup

@@ -78,15 +78,16 @@ func (r *Reconciler) follow(ctx context.Context, s *scope) (ctrl.Result, error) 
 	if s.drv.Spec.Activate || !s.vol.Spec.Standby {
 		return ctrl.Result{}, nil
 	}
-	held, created, ok := holds(s.vol)
-	if !ok {
-		return r.applying(s)
-	}
-	r.recordHeld(s, held, created)
 	store, res, err := r.openStore(ctx, s)
 	if store == nil {
 		return res, err
 	}
+	held, created, ok := holds(s.vol)
+	if !ok {
+		return r.stillApplying(ctx, s, store)
+	}
+	r.unpin(ctx, s, store, held)
+	r.recordHeld(s, held, created)
 	info, err := store.Latest(ctx, s.drv.Spec.SourceVolume)
 	switch {
 	case errors.Is(err, backupstore.ErrBackupNotFound):
@@ -98,11 +99,61 @@ func (r *Reconciler) follow(ctx context.Context, s *scope) (ctrl.Result, error) 
 		s.out = outcome{ready: true, reason: "Following", message: fmt.Sprintf("standby volume %s holds backup %s of %s, the newest", s.vol.Name, held, s.drv.Spec.SourceVolume)}
 		return ctrl.Result{}, nil
 	}
+	if err := r.pin(ctx, s, store, info.ID); err != nil {
+		return ctrl.Result{}, err
+	}
 	if err := r.pointAt(ctx, s.vol, info.ID, info.Created); err != nil {
 		return ctrl.Result{}, err
 	}
 	log.FromContext(ctx).Info("Applying a newer backup to the standby", "volume", s.vol.Name, "from", held, "to", info.ID)
 	return r.applying(s)
+}
+
+// stillApplying renews the pin on the backup being applied; when its
+// restore failed (the source deleted it, or it cannot be read) it points
+// the standby at the newest backup instead, if that is another one.
+func (r *Reconciler) stillApplying(ctx context.Context, s *scope, store *backupstore.Store) (ctrl.Result, error) {
+	target := s.vol.Spec.FromBackup.Backup
+	if restoreFailed(s.vol, target) {
+		info, err := store.Latest(ctx, s.drv.Spec.SourceVolume)
+		if err == nil && info.ID != target {
+			log.FromContext(ctx).Info("Backup being applied failed; applying the newest instead", "volume", s.vol.Name, "failed", target, "backup", info.ID)
+			if err := r.pin(ctx, s, store, info.ID); err != nil {
+				return ctrl.Result{}, err
+			}
+			if err := r.pointAt(ctx, s.vol, info.ID, info.Created); err != nil {
+				return ctrl.Result{}, err
+			}
+		}
+		return r.applying(s)
+	}
+	if err := r.pin(ctx, s, store, target); err != nil {
+		return ctrl.Result{}, err
+	}
+	return r.applying(s)
+}
+
+// pinTTL is how long a pin lasts: several polls, so a live DR site always
+// renews it in time and a lost one releases the source's backup soon.
+func (r *Reconciler) pinTTL(drv *v1.DisasterRecoveryVolume) time.Duration {
+	return max(10*time.Minute, 3*r.pollInterval(drv))
+}
+
+// pin keeps the source from deleting a backup the standby is about to
+// apply (backupstore pins; the holder is the DR volume's UID).
+func (r *Reconciler) pin(ctx context.Context, s *scope, store *backupstore.Store, backup string) error {
+	if err := store.Pin(ctx, s.drv.Spec.SourceVolume, backup, string(s.drv.UID), r.pinTTL(s.drv)); err != nil {
+		return fmt.Errorf("pin backup %s of %s: %w", backup, s.drv.Spec.SourceVolume, err)
+	}
+	return nil
+}
+
+// unpin releases a backup the standby holds: its agents keep the blocks it
+// holds, so the source may delete it. Best effort: the pin expires anyway.
+func (r *Reconciler) unpin(ctx context.Context, s *scope, store *backupstore.Store, backup string) {
+	if err := store.Unpin(ctx, s.drv.Spec.SourceVolume, backup, string(s.drv.UID)); err != nil {
+		log.FromContext(ctx).V(1).Info("Unpin failed; the pin expires", "backup", backup, "error", err.Error())
+	}
 }
 
 // applying reports a standby that does not hold its backup yet.

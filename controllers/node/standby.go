@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
@@ -133,6 +135,7 @@ func (r *ReplicaReconciler) pollApply(ctx context.Context, s *replicaScope, job 
 // held blocks before and after it writes.
 func (a *Agent) startApply(name string, store *backupstore.Store, src *cairnv1.BackupSource, held *backupstore.Held) *job {
 	return a.jobs.start(restoreKey(name), src.Backup, func() { a.notify(replicaPrefix + name) }, func(ctx context.Context, j *job) error {
+		start := time.Now()
 		res, now, err := store.ApplyReplica(ctx, backupstore.ApplyOptions{
 			Dir: a.replicaDir(name), Volume: src.Volume, Backup: src.Backup, Held: held,
 			Started:  func(h *backupstore.Held) error { return a.saveHeld(name, h) },
@@ -145,7 +148,7 @@ func (a *Agent) startApply(name string, store *backupstore.Store, src *cairnv1.B
 			return err
 		}
 		j.result = &cairnv1.ReplicaRestoreResult{Backup: src.Backup, Since: held.Backup, Incremental: res.Incremental,
-			BytesWritten: res.BytesWritten, BytesFetched: res.BytesFetched}
+			BytesWritten: res.BytesWritten, BytesFetched: res.BytesFetched, Duration: &metav1.Duration{Duration: time.Since(start)}}
 		return nil
 	})
 }

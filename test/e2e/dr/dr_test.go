@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -39,14 +40,13 @@ const (
 // and backs it up; site B's DisasterRecoveryVolume restores it into a
 // standby and then applies each newer backup writing only the blocks that
 // changed (2 MiB of a 256 MiB volume), also after B's manager and node
-// agents restarted and after A deleted the backup B was based on; lag is
-// the age of the held backup. Activated, B binds its claim to a volume
-// whose bytes equal A's device at its last backup.
+// agents restarted and after A deleted the backup B was based on; a backup
+// B is about to apply is pinned, so A's deletion of it waits until B holds
+// it; lag is the age of the held backup. Activated (B's manager restarting
+// meanwhile), B binds its claim to a volume whose bytes equal A's device
+// at its last backup.
 func TestFollowAndFailover(t *testing.T) {
-	for _, s := range []*site{siteA, siteB} {
-		target(t, s, "shared", s == siteB)
-		policy(t, s, "gold")
-	}
+	setup(t)
 	const src = "pg-a"
 	vol := &v1.Volume{ObjectMeta: metav1.ObjectMeta{Name: src}}
 	vol.Spec.Size = *resource.NewQuantity(volSize, resource.BinarySI)
@@ -107,6 +107,42 @@ func TestFollowAndFailover(t *testing.T) {
 		requireIncremental(t, standby, held, b4)
 	})
 
+	t.Run("pinned while B needs it", func(t *testing.T) {
+		prev := getDRV(t, drv).Status.LastRestoredBackup
+		argv := map[string][]string{}
+		for n := range replicaNodes(getVolume(t, siteB, standby)) {
+			argv[n] = stopAgent(t, siteB, n)
+		}
+		writeRandom(t, dev, 220*mib, block)
+		pinned, _ := backup(t, src, "pg-a-pinned")
+		// B points its standby at the backup (pinning it first) but cannot
+		// apply it while its agents are down.
+		require.EventuallyWithT(t, func(c *assert.CollectT) {
+			assert.Equal(c, pinned, getVolume(c, siteB, standby).Spec.FromBackup.Backup)
+		}, wait, tick)
+		// A's retention deletes it: the target keeps it while pinned.
+		require.NoError(t, siteA.k8s.Delete(bg, &v1.Backup{ObjectMeta: metav1.ObjectMeta{Name: "pg-a-pinned"}}))
+		require.EventuallyWithT(t, func(c *assert.CollectT) {
+			var evs eventsv1.EventList
+			assert.NoError(c, siteA.k8s.List(bg, &evs))
+			found := false
+			for _, e := range evs.Items {
+				found = found || (e.Regarding.Name == "pg-a-pinned" && e.Reason == "Pinned")
+			}
+			assert.True(c, found, "no Pinned event for the deleted backup")
+		}, wait, tick)
+		for n, a := range argv {
+			startAgent(t, siteB, n, a)
+		}
+		waitHeld(t, drv, pinned)
+		requireIncremental(t, standby, prev, pinned)
+		// B released its pin: A's deletion completes.
+		require.EventuallyWithT(t, func(c *assert.CollectT) {
+			err := siteA.k8s.Get(bg, client.ObjectKey{Name: "pg-a-pinned"}, &v1.Backup{})
+			assert.True(c, err != nil && strings.Contains(err.Error(), "not found"), "backup still there: %v", err)
+		}, wait, tick)
+	})
+
 	// The last backup A took, and A's device at that point.
 	writeRandom(t, dev, 60*mib, block)
 	last, _ := backup(t, src, "pg-a-5")
@@ -115,6 +151,8 @@ func TestFollowAndFailover(t *testing.T) {
 	writeRandom(t, dev, 70*mib, block) // after the last backup: lost on failover
 
 	patchDRV(t, drv, func(d *v1.DisasterRecoveryVolume) { d.Spec.Activate = true })
+	// B's manager restarts during the activation: the new one resumes it.
+	restartManagerB(t)
 	require.EventuallyWithT(t, func(c *assert.CollectT) {
 		d := getDRV(c, drv)
 		assert.Equal(c, v1.DRActive, d.Status.Phase)
@@ -129,24 +167,29 @@ func TestFollowAndFailover(t *testing.T) {
 	require.Equal(t, want, sha256.Sum256(readDevice(t, bdev)), "B's volume holds A's data at its last backup")
 }
 
-// target creates BackupTarget name on the dev S3 bucket, prefix e2e-dr
-// (credentials in the Secret dev keeps in both sites).
-func target(t *testing.T, s *site, name string, readOnly bool) {
+// setup creates, once in each site, the target "shared" (A's, read-only
+// in B), the target "failback" (B's, read-only in A) and the policy gold.
+func setup(t *testing.T) {
 	t.Helper()
-	bt := &v1.BackupTarget{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: v1.BackupTargetSpec{
-		URL: "s3://cairn-dev/e2e-dr", Endpoint: s3Endpoint, Region: "us-east-1", ReadOnly: readOnly,
-		CredentialsSecretRef: &v1.SecretReference{Namespace: v1.SystemNamespace, Name: "cairn-dev-s3"},
-	}}
-	require.NoError(t, s.k8s.Create(bg, bt))
+	for _, s := range []*site{siteA, siteB} {
+		target(t, s, "shared", "e2e-dr", s == siteB)
+		target(t, s, "failback", "e2e-dr-back", s == siteA)
+		p := &v1.VolumePolicy{ObjectMeta: metav1.ObjectMeta{Name: "gold"}}
+		p.Spec.Replicas = 2
+		p.Spec.ReplenishWait = &metav1.Duration{Duration: time.Minute}
+		require.NoError(t, client.IgnoreAlreadyExists(s.k8s.Create(bg, p)))
+	}
 }
 
-func policy(t *testing.T, s *site, name string) {
+// target creates BackupTarget name on the dev S3 bucket under prefix
+// (credentials in the Secret dev keeps in both sites).
+func target(t *testing.T, s *site, name, prefix string, readOnly bool) {
 	t.Helper()
-	p := &v1.VolumePolicy{ObjectMeta: metav1.ObjectMeta{Name: name}}
-	p.Spec.Replicas = 2
-	p.Spec.BackupTargetRef = "shared"
-	p.Spec.ReplenishWait = &metav1.Duration{Duration: time.Minute}
-	require.NoError(t, s.k8s.Create(bg, p))
+	bt := &v1.BackupTarget{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: v1.BackupTargetSpec{
+		URL: "s3://cairn-dev/" + prefix, Endpoint: s3Endpoint, Region: "us-east-1", ReadOnly: readOnly,
+		CredentialsSecretRef: &v1.SecretReference{Namespace: v1.SystemNamespace, Name: "cairn-dev-s3"},
+	}}
+	require.NoError(t, client.IgnoreAlreadyExists(s.k8s.Create(bg, bt)))
 }
 
 func getVolume(c assert.TestingT, s *site, name string) *v1.Volume {
@@ -199,14 +242,20 @@ func readDevice(t *testing.T, dev string) []byte {
 	return data
 }
 
-// backup takes a Backup of vol on A (deletePolicy Delete, as a schedule's
-// are), waits for it and returns its id and when it started and completed.
+// backup takes a Backup of vol on A to "shared" (deletePolicy Delete, as a
+// schedule's are), waits for it and returns its id and when it started and
+// completed.
 func backup(t *testing.T, vol, name string) (string, [2]time.Time) {
 	t.Helper()
-	b := &v1.Backup{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: v1.BackupSpec{VolumeName: vol, BackupTargetRef: "shared", DeletePolicy: "Delete"}}
-	require.NoError(t, siteA.k8s.Create(bg, b))
+	return backupAt(t, siteA, "shared", vol, name)
+}
+
+func backupAt(t *testing.T, s *site, target, vol, name string) (string, [2]time.Time) {
+	t.Helper()
+	b := &v1.Backup{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: v1.BackupSpec{VolumeName: vol, BackupTargetRef: v1.ObjectName(target), DeletePolicy: "Delete"}}
+	require.NoError(t, s.k8s.Create(bg, b))
 	require.EventuallyWithT(t, func(c *assert.CollectT) {
-		assert.NoError(c, siteA.k8s.Get(bg, client.ObjectKey{Name: name}, b))
+		assert.NoError(c, s.k8s.Get(bg, client.ObjectKey{Name: name}, b))
 		assert.Equal(c, "Completed", b.Status.State, "%v", b.Status.Conditions)
 		assert.NotEmpty(c, b.Status.BackupID)
 		assert.NotNil(c, b.Status.CreationTime)
@@ -216,8 +265,12 @@ func backup(t *testing.T, vol, name string) (string, [2]time.Time) {
 }
 
 func getDRV(c assert.TestingT, drv *v1.DisasterRecoveryVolume) *v1.DisasterRecoveryVolume {
+	return getDRVAt(c, siteB, drv)
+}
+
+func getDRVAt(c assert.TestingT, s *site, drv *v1.DisasterRecoveryVolume) *v1.DisasterRecoveryVolume {
 	out := &v1.DisasterRecoveryVolume{}
-	assert.NoError(c, siteB.k8s.Get(bg, client.ObjectKeyFromObject(drv), out))
+	assert.NoError(c, s.k8s.Get(bg, client.ObjectKeyFromObject(drv), out))
 	return out
 }
 
@@ -282,13 +335,24 @@ func restartManagerB(t *testing.T) {
 // as dev started it.
 func restartAgent(t *testing.T, s *site, node string) {
 	t.Helper()
+	startAgent(t, s, node, stopAgent(t, s, node))
+}
+
+// stopAgent stops a node agent of site s and returns its command line.
+func stopAgent(t *testing.T, s *site, node string) []string {
+	t.Helper()
 	dir := filepath.Join(s.dir, "nodes", node)
 	pids := procs("node", "--name "+node+" ", "--data-dir "+dir+" ")
 	require.Len(t, pids, 1, "agent %s of site %s", node, s.name)
 	argv := cmdline(t, pids[0])
 	require.NoError(t, syscall.Kill(pids[0], syscall.SIGTERM))
 	require.EventuallyWithT(t, func(c *assert.CollectT) { assert.Empty(c, procs("node", "--name "+node+" ", "--data-dir "+dir+" ")) }, wait, tick)
-	logf, err := os.OpenFile(filepath.Join(dir, "node.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	return argv
+}
+
+func startAgent(t *testing.T, s *site, node string, argv []string) {
+	t.Helper()
+	logf, err := os.OpenFile(filepath.Join(s.dir, "nodes", node, "node.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	require.NoError(t, err)
 	defer logf.Close()
 	cmd := exec.Command(argv[0], argv[1:]...)
@@ -338,4 +402,82 @@ func zombie(pid int) bool {
 	s := string(b)
 	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
 	return len(f) == 0 || f[0] == "Z"
+}
+
+// TestSwitchoverAndFailback: a planned switchover loses nothing: A's
+// volume is fenced (detached), a final backup taken, and B activates from
+// exactly that backup with status.rpo 0 and A's last writes on its device.
+// Failback: B backs its now-live volume up to its own target under its
+// own name; A gets a DisasterRecoveryVolume for it, activates, and holds
+// B's data (including what was written on B after the switchover).
+func TestSwitchoverAndFailback(t *testing.T) {
+	setup(t)
+	const src = "sw-a"
+	vol := &v1.Volume{ObjectMeta: metav1.ObjectMeta{Name: src}}
+	vol.Spec.Size = *resource.NewQuantity(64*mib, resource.BinarySI)
+	vol.Spec.PolicyRef = "gold"
+	require.NoError(t, siteA.k8s.Create(bg, vol))
+	dev := attach(t, siteA, src, "dev-node-2")
+	writeRandom(t, dev, 0, 8*mib)
+	first, _ := backup(t, src, "sw-a-1")
+
+	drv := &v1.DisasterRecoveryVolume{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "sw"}}
+	drv.Spec = v1.DisasterRecoveryVolumeSpec{BackupTargetRef: "shared", SourceVolume: src, PolicyRef: "gold",
+		PollInterval: &metav1.Duration{Duration: 5 * time.Second}, Claim: v1.ClaimTemplate{Name: "sw-data"}}
+	require.NoError(t, siteB.k8s.Create(bg, drv))
+	waitHeld(t, drv, first)
+
+	// The last writes before fencing, then the fence and the final backup.
+	writeRandom(t, dev, 30*mib, 4*mib)
+	want := sha256.Sum256(readDevice(t, dev))
+	detachVolume(t, siteA, src)
+	final, _ := backup(t, src, "sw-a-final")
+	patchDRV(t, drv, func(d *v1.DisasterRecoveryVolume) { d.Spec.Activate = true })
+	standby := dr.VolumeName("default", "sw")
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		d := getDRV(c, drv)
+		assert.Equal(c, v1.DRActive, d.Status.Phase)
+		assert.Equal(c, final, d.Status.LastRestoredBackup)
+		if assert.NotNil(c, d.Status.RPO) {
+			assert.Zero(c, d.Status.RPO.Duration, "a fenced final backup loses nothing")
+		}
+	}, wait, tick)
+	bdev := attach(t, siteB, standby, "dev-node-1")
+	require.Equal(t, want, sha256.Sum256(readDevice(t, bdev)), "the writes before fencing are on the new primary")
+
+	// Failback: B writes, fences and backs up to its own target; A follows
+	// it with a DisasterRecoveryVolume activated at once.
+	writeRandom(t, bdev, 50*mib, 2*mib)
+	wantBack := sha256.Sum256(readDevice(t, bdev))
+	detachVolume(t, siteB, standby)
+	back, _ := backupAt(t, siteB, "failback", standby, "sw-b-final")
+	adrv := &v1.DisasterRecoveryVolume{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "sw-back"}}
+	adrv.Spec = v1.DisasterRecoveryVolumeSpec{BackupTargetRef: "failback", SourceVolume: standby, PolicyRef: "gold", Activate: true,
+		PollInterval: &metav1.Duration{Duration: 5 * time.Second}, Claim: v1.ClaimTemplate{Name: "sw-data"}}
+	require.NoError(t, siteA.k8s.Create(bg, adrv))
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		d := getDRVAt(c, siteA, adrv)
+		assert.Equal(c, v1.DRActive, d.Status.Phase)
+		assert.Equal(c, back, d.Status.LastRestoredBackup)
+		if assert.NotNil(c, d.Status.RPO) {
+			assert.Zero(c, d.Status.RPO.Duration)
+		}
+		pvc := &corev1.PersistentVolumeClaim{}
+		assert.NoError(c, siteA.k8s.Get(bg, client.ObjectKey{Namespace: "default", Name: "sw-data"}, pvc))
+		assert.Equal(c, corev1.ClaimBound, pvc.Status.Phase)
+	}, wait, tick)
+	adev := attach(t, siteA, dr.VolumeName("default", "sw-back"), "dev-node-1")
+	require.Equal(t, wantBack, sha256.Sum256(readDevice(t, adev)), "A holds B's data after failback")
+}
+
+// detachVolume clears spec.nodeID and waits until the volume is detached.
+func detachVolume(t *testing.T, s *site, name string) {
+	t.Helper()
+	v := getVolume(t, s, name)
+	patch := client.MergeFrom(v.DeepCopy())
+	v.Spec.NodeID = ""
+	require.NoError(t, s.k8s.Patch(bg, v, patch))
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		assert.Equal(c, v1.VolumeDetached, getVolume(c, s, name).Status.State)
+	}, wait, tick)
 }

@@ -119,7 +119,7 @@ func startDev(tmp string) (func() error, error) {
 		return nil, err
 	}
 	cmd := exec.Command(cairnBin, "dev", "--data-dir", dataDir, "--bin-dir", testutil.BinDir(),
-		"--samples=false", "--nodes", fmt.Sprint(suiteNodes), "--no-scheduler", "--dr-site")
+		"--samples=false", "--nodes", fmt.Sprint(suiteNodes), "--dr-site")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
