@@ -176,7 +176,9 @@ func (r *VolumeReconciler) createReplica(ctx context.Context, s *volumeScope, no
 		},
 		Spec: v1.ReplicaSpec{VolumeName: s.vol.Name, NodeID: node, Size: s.vol.Spec.Size},
 	}
-	if s.restoring() {
+	// A standby's replicas are all filled from its backup: without an
+	// engine, nothing would rebuild an empty one.
+	if s.restoring() || (s.vol.Spec.Standby && s.vol.Spec.FromBackup != nil) {
 		src := *s.vol.Spec.FromBackup
 		src.Backup = s.vol.Status.RestoredBackup
 		rep.Spec.Restore = &src

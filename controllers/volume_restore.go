@@ -112,7 +112,9 @@ func (s *volumeScope) restoreProgress() (done int, failed *v1.Replica) {
 		}
 		if rep.Status.RestoredBackup == s.vol.Status.RestoredBackup {
 			done++
-		} else if meta.IsStatusConditionTrue(rep.Status.Conditions, v1.ConditionStalled) {
+		} else if c := meta.FindStatusCondition(rep.Status.Conditions, v1.ConditionStalled); c != nil && c.Status == metav1.ConditionTrue && c.ObservedGeneration == rep.Generation {
+			// A stall reported for an earlier spec.restore (a standby
+			// since pointed at another backup) is not this restore's.
 			failed = rep
 		}
 	}

@@ -23,7 +23,7 @@ const (
 )
 
 // VolumeSpec is a replicated block volume.
-// +kubebuilder:validation:XValidation:rule="has(self.fromBackup) == has(oldSelf.fromBackup) && (!has(self.fromBackup) || self.fromBackup == oldSelf.fromBackup)",message="fromBackup is set only when the volume is created and cannot change"
+// +kubebuilder:validation:XValidation:rule="has(self.fromBackup) == has(oldSelf.fromBackup) && (!has(self.fromBackup) || self.fromBackup == oldSelf.fromBackup || (has(oldSelf.standby) && oldSelf.standby && self.fromBackup.backupTargetRef == oldSelf.fromBackup.backupTargetRef && self.fromBackup.volume == oldSelf.fromBackup.volume))",message="fromBackup is set only when the volume is created and cannot change (a standby may only move fromBackup.backup to another backup of the same source)"
 type VolumeSpec struct {
 	// size of the volume in bytes (a quantity such as 10Gi); a positive
 	// multiple of 4096. It can grow but never shrink.
@@ -151,7 +151,8 @@ type VolumeStatus struct {
 	LastBackupTime *metav1.Time `json:"lastBackupTime,omitempty"`
 
 	// restoredBackup is the backup spec.fromBackup resolved to (the newest
-	// complete one when spec.fromBackup.backup is empty), fixed once chosen;
+	// complete one when spec.fromBackup.backup is empty), fixed once chosen
+	// except on a standby, where it follows spec.fromBackup.backup;
 	// condition Restored says when every replica holds it.
 	// +optional
 	RestoredBackup string `json:"restoredBackup,omitempty"`

@@ -42,6 +42,11 @@ const (
 	// (the value is its name); LabelBackup one taken for a Backup object.
 	LabelSnapshot = "storage.cairn.dev/snapshot"
 	LabelBackup   = "storage.cairn.dev/backup"
+	// LabelFenced is recorded (value "true") with a backup in the target
+	// when its volume was detached while the snapshot was taken: nothing
+	// written after that backup was acknowledged, so a DR standby
+	// activating from it loses nothing (RPO 0, a planned switchover).
+	LabelFenced = "storage.cairn.dev/fenced"
 	// TokenKey is the key of the volume token in its Secret.
 	TokenKey = "token"
 	// NodeLeasePrefix prefixes a node agent's heartbeat Lease name.

@@ -37,6 +37,8 @@ type devOptions struct {
 	verbosity   int
 	// dashboard is the manager's dashboard; dev picks its loopback address.
 	dashboard dashboard.Options
+	// drSite also starts the second local cluster dr-site (dev_drsite.go).
+	drSite bool
 }
 
 func newDevCmd() *cobra.Command {
@@ -64,6 +66,7 @@ everything; a second run reuses the data directory.`,
 	_ = f.MarkHidden("no-scheduler")
 	f.BoolVar(&o.dashboard.Actions, "dashboard-actions", true, "allow the dashboard's actions (dev serves it on loopback only)")
 	f.StringVar(&o.dashboard.ProxySecretFile, "dashboard-proxy-secret-file", "", "trust a proxy sending this secret to name callers (see docs/dashboard.md)")
+	f.BoolVar(&o.drSite, "dr-site", false, "also start a second local cluster, dr-site (state and kubeconfig under --data-dir/dr-site), that keeps the samples' DisasterRecoveryVolume following the primary's backups")
 	return cmd
 }
 
@@ -81,13 +84,14 @@ type devRun struct {
 	s3         *devS3
 	metrics    string // the manager's metrics address
 	applied    int
+	drSite     *devDRSite
 	stops      []func()
 }
 
 func runDev(ctx context.Context, o devOptions) error {
 	d := &devRun{opts: o}
 	defer d.cleanup()
-	for _, phase := range []func(context.Context) error{d.prepare, d.startControlPlane, d.startManager, d.startNodes, d.startS3, d.applySamples} {
+	for _, phase := range []func(context.Context) error{d.prepare, d.startControlPlane, d.startManager, d.startNodes, d.startS3, d.applySamples, d.startDRSite} {
 		if err := phase(ctx); err != nil {
 			return err
 		}
@@ -183,6 +187,11 @@ func (d *devRun) startManager(ctx context.Context) error {
 	if d.opts.dashboard.Addr, err = freeLoopbackAddr(); err != nil {
 		return err
 	}
+	if d.opts.drSite {
+		// The dashboard shows the DR site's pairs too (its kubeconfig
+		// appears once startDRSite has run).
+		d.opts.dashboard.Sites = []dashboard.Site{{Name: "dr-site", Kubeconfig: filepath.Join(d.dataDir, "dr-site", "kubeconfig")}}
+	}
 	mo := managerOptions{metricsAddr: d.metrics, probeAddr: "0", noScheduler: d.opts.noScheduler, csiEndpoint: "unix://" + d.csiControllerSocket(),
 		dashboard: d.opts.dashboard}
 	mgr, err := newManager(d.cluster.Config, mo, d.cluster.WebhookOptions())
@@ -229,6 +238,7 @@ func (d *devRun) applySamples(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	objs = d.primarySamples(objs)
 	if err := d.localTargets(objs); err != nil {
 		return err
 	}
@@ -280,14 +290,14 @@ Cairn dev is running.
   samples      %d objects applied from config/samples
   S3 target    %s
   CSI          %s (nodes: %s)
-
+%s
 Look around with any Kubernetes client:
   export KUBECONFIG=%s
   %s get cairn
 
 Press Ctrl-C to stop.
 `, d.cluster.Config.Host, d.kubeconfig, wh.Host, wh.Port, d.metrics, d.opts.dashboard.Addr, len(d.nodes), d.dataDir, d.applied, d.s3Line(),
-		d.csiControllerSocket(), filepath.Join(d.dataDir, "nodes", "NAME", devNodeCSISocket), d.kubeconfig, d.kubectl())
+		d.csiControllerSocket(), filepath.Join(d.dataDir, "nodes", "NAME", devNodeCSISocket), d.drSiteBanner(), d.kubeconfig, d.kubectl())
 }
 
 // s3Line describes the local S3 target.

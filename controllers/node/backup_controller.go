@@ -231,6 +231,10 @@ func (r *BackupReconciler) startUpload(ctx context.Context, s *backupScope) (*jo
 		return nil, err
 	}
 	vol, snap, name := s.obj.Spec.VolumeName, s.snap, s.obj.Name
+	labels := map[string]string{cairnv1.LabelBackup: name}
+	if s.eng.Spec.Frontend == frontendNone {
+		labels[cairnv1.LabelFenced] = "true" // detached: nothing writes the volume
+	}
 	log.FromContext(ctx).Info("Backup started", "snapshot", snap, "replica", addr, "target", s.obj.Spec.BackupTargetRef)
 	return r.Agent.jobs.start(backupKey(name), snap, func() { r.Agent.notify(backupKey(name)) }, func(ctx context.Context, j *job) error {
 		c, err := replica.Dial(ctx, addr, tok)
@@ -239,7 +243,7 @@ func (r *BackupReconciler) startUpload(ctx context.Context, s *backupScope) (*jo
 		}
 		defer c.Close()
 		info, err := store.BackupReplica(ctx, replica.NewRemote(ctx, c), backupstore.ReplicaBackupOptions{
-			Volume: vol, Snapshot: snap, Labels: map[string]string{cairnv1.LabelBackup: name}, Progress: j.progress,
+			Volume: vol, Snapshot: snap, Labels: labels, Progress: j.progress,
 		})
 		j.result = info
 		return err

@@ -59,7 +59,9 @@ type replicaScope struct {
 	restorePercent int32
 	// restored is the backup the replica was filled from.
 	restored string
-	err      error
+	// lastRestore is an incremental update completed in this reconcile.
+	lastRestore *cairnv1.ReplicaRestoreResult
+	err         error
 }
 
 // SetupWithManager watches the node's Replicas, Engines of any node (a
