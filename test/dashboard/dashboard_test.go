@@ -96,7 +96,8 @@ func TestReplicaKillShowsLive(t *testing.T) {
 }
 
 // TestBackupNow: the operator, named by the trusted proxy and allowed by
-// RBAC, clicks "Backup now" on a volume's page: a Backup appears there
+// RBAC, clicks "Snapshot now" on a volume's page and sees the snapshot
+// join the chain ready; then clicks "Backup now": a Backup appears there
 // and becomes Ready and Completed without a reload, as in the cluster.
 // Then "Restore" into a new volume and "Verify" show their progress and
 // end restored and verified.
@@ -109,8 +110,19 @@ func TestBackupNow(t *testing.T) {
 
 	ctx := tab(t, operator)
 	open(t, ctx, "/volumes/"+vol)
-	submit(t, ctx, "#backup-now", nil, "#notice")
+	submit(t, ctx, "#snapshot-now", nil, "#notice")
 	notice := text(t, ctx, "#notice")
+	require.Regexp(t, `^Snapshot \S+ created$`, notice)
+	snap := strings.Fields(notice)[1]
+	waitJS(t, ctx, fmt.Sprintf(`document.querySelector('li[data-snapshot=%q]')?.dataset.ready === "true"`, snap))
+	s := &v1.Snapshot{}
+	require.NoError(t, k8s.Get(bg, client.ObjectKey{Name: snap}, s))
+	assert.Equal(t, vol, s.Spec.VolumeName)
+	assert.True(t, s.Status.ReadyToUse)
+
+	open(t, ctx, "/volumes/"+vol)
+	submit(t, ctx, "#backup-now", nil, "#notice")
+	notice = text(t, ctx, "#notice")
 	require.Regexp(t, `^Backup \S+ created$`, notice)
 	name := strings.Fields(notice)[1]
 	require.Equal(t, []string{name}, backupsOf(t, vol))
