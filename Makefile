@@ -5,9 +5,10 @@ SHELL := /usr/bin/env bash -o pipefail
 BIN := $(CURDIR)/bin
 CONTROLLER_GEN := $(BIN)/controller-gen
 GO_TEST_FLAGS ?= -timeout 40m
-# The manager's role comes from the top-level controllers package and the CSI controller (csi); the node
-# agent (controllers/node) gets its own least-privilege role in config/rbac/node.
-CRD_PATHS := paths="./api/..." paths="./controllers" paths="./controllers/scheduler" paths="./csi" paths="./internal/webhook/..."
+# The manager's role comes from the top-level controllers package, the scheduler, the DR controller, the CSI
+# controller (csi) and the dashboard; the node agent (controllers/node) gets its own least-privilege role in
+# config/rbac/node.
+CRD_PATHS := paths="./api/..." paths="./controllers" paths="./controllers/scheduler" paths="./controllers/dr" paths="./csi" paths="./dashboard" paths="./internal/webhook/..."
 
 .DEFAULT_GOAL := help
 
@@ -20,7 +21,7 @@ help: ## Show this help.
 ##@ Development
 
 .PHONY: deps
-deps: ## Install the Debian packages the tests drive (fio, qemu-utils, nbdkit, libnbd-bin, awscli, restic, e2fsprogs).
+deps: ## Install the Debian packages the tests drive (fio, qemu-utils, nbdkit, libnbd-bin, awscli, restic, e2fsprogs, chromium).
 	./hack/install-deps.sh
 
 .PHONY: tools

@@ -68,13 +68,21 @@ func (r *BackupReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 	case b.DeletionTimestamp.IsZero() || !has:
 		return ctrl.Result{}, nil
 	}
-	if err := r.deleteRemote(ctx, b); err != nil {
+	if err := r.deleteRemote(ctx, b); errors.Is(err, backupstore.ErrPinned) {
+		// A DR standby (maybe in another cluster) still needs it; its pin
+		// expires if that site is gone.
+		r.Recorder.Eventf(b, nil, corev1.EventTypeNormal, "Pinned", "Delete", "backup kept in the target while a DR standby needs it: %v", err)
+		return ctrl.Result{RequeueAfter: pinnedRetry}, nil
+	} else if err != nil {
 		return ctrl.Result{}, err
 	}
 	patch := client.MergeFrom(b.DeepCopy())
 	controllerutil.RemoveFinalizer(b, v1.FinalizerBackupData)
 	return ctrl.Result{}, client.IgnoreNotFound(r.Patch(ctx, b, patch))
 }
+
+// pinnedRetry is how often the deletion of a pinned backup is retried.
+const pinnedRetry = time.Minute
 
 // deleteRemote deletes the backup (and the blocks no other backup uses)
 // from the target; a backup never completed, or already gone, is fine.

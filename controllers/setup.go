@@ -11,6 +11,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	cairnv1 "github.com/cairnstore/cairn/api/v1alpha1"
+	"github.com/cairnstore/cairn/controllers/dr"
 	"github.com/cairnstore/cairn/controllers/scheduler"
 	"github.com/cairnstore/cairn/controllers/targets"
 )
@@ -60,9 +61,10 @@ func Setup(mgr ctrl.Manager, opts ...Options) error {
 		&VolumePolicyReconciler{Client: c},
 		&BackupTargetReconciler{Client: c, Recorder: mgr.GetEventRecorder("cairn-backuptarget"), Stores: stores},
 		&BackupReconciler{Client: c, Recorder: mgr.GetEventRecorder("cairn-backup"), Stores: stores},
+		&dr.Reconciler{Client: c, Recorder: mgr.GetEventRecorder("cairn-dr"), Stores: stores},
 	}
 	if !o.NoScheduler {
-		rs = append(rs, &scheduler.Reconciler{Client: c, Recorder: mgr.GetEventRecorder("cairn-scheduler")})
+		rs = append(rs, &scheduler.Reconciler{Client: c, Recorder: mgr.GetEventRecorder("cairn-scheduler"), Stores: stores})
 	}
 	for _, r := range rs {
 		if err := r.SetupWithManager(mgr); err != nil {

@@ -31,7 +31,7 @@ import (
 // +kubebuilder:rbac:groups=storage.cairn.dev,resources=volumes,verbs=get;list;watch;update;patch
 // +kubebuilder:rbac:groups=storage.cairn.dev,resources=volumes/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=storage.cairn.dev,resources=volumes/finalizers,verbs=update
-// +kubebuilder:rbac:groups=storage.cairn.dev,resources=replicas,verbs=get;list;watch;create;delete
+// +kubebuilder:rbac:groups=storage.cairn.dev,resources=replicas,verbs=get;list;watch;create;patch;delete
 // +kubebuilder:rbac:groups=storage.cairn.dev,resources=engines,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=storage.cairn.dev,resources=volumepolicies,verbs=get;list;watch
 // +kubebuilder:rbac:groups=storage.cairn.dev,resources=backuptargets,verbs=get;list;watch
@@ -100,7 +100,7 @@ func (r *VolumeReconciler) Reconcile(ctx context.Context, req ctrl.Request) (res
 	if !vol.DeletionTimestamp.IsZero() {
 		return r.reconcileDelete(ctx, s)
 	}
-	return runPhases(ctx, s, r.resolvePolicy, r.loadState, r.loadWork, r.ensureToken, r.loadCopies, r.resolveRestore, r.resolveCopy, r.ensureReplicas, r.ensureEngine, r.observe)
+	return runPhases(ctx, s, r.resolvePolicy, r.loadState, r.loadWork, r.ensureToken, r.loadCopies, r.followStandby, r.resolveRestore, r.resolveCopy, r.ensureReplicas, r.ensureEngine, r.observe)
 }
 
 // recordChanges emits an event and a log line when the volume's robustness

@@ -180,7 +180,9 @@ func (r *VolumeReconciler) createReplica(ctx context.Context, s *volumeScope, no
 	case s.copying():
 		src := *s.vol.Status.RestoredSnapshot
 		rep.Spec.CopyFrom = &src
-	case s.restoring():
+	// A standby's replicas are all filled from its backup: without an
+	// engine, nothing would rebuild an empty one.
+	case s.restoring() || (s.vol.Spec.Standby && s.vol.Spec.FromBackup != nil):
 		src := *s.vol.Spec.FromBackup
 		src.Backup = s.vol.Status.RestoredBackup
 		rep.Spec.Restore = &src

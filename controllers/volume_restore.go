@@ -114,7 +114,9 @@ func (s *volumeScope) restoreProgress() (done int, failed *v1.Replica) {
 		}
 		if rep.Spec.Restore != nil && rep.Status.RestoredBackup == s.vol.Status.RestoredBackup || rep.Spec.CopyFrom != nil && rep.Status.CopiedSnapshot == s.copiedSnapshot() {
 			done++
-		} else if meta.IsStatusConditionTrue(rep.Status.Conditions, v1.ConditionStalled) {
+		} else if c := meta.FindStatusCondition(rep.Status.Conditions, v1.ConditionStalled); c != nil && c.Status == metav1.ConditionTrue && c.ObservedGeneration == rep.Generation {
+			// A stall reported for an earlier spec.restore (a standby
+			// since pointed at another backup) is not this restore's.
 			failed = rep
 		}
 	}

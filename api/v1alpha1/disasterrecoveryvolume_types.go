@@ -106,6 +106,13 @@ type DisasterRecoveryVolumeStatus struct {
 	// lag is how far the standby trails the source's newest backup.
 	// +optional
 	Lag *metav1.Duration `json:"lag,omitempty"`
+
+	// rpo is, once activated, how much of the source's writes activation
+	// may have lost: 0s when the backup activated from was taken while the
+	// source volume was fenced (detached; a planned switchover), else the
+	// time from that backup's creation to the activation.
+	// +optional
+	RPO *metav1.Duration `json:"rpo,omitempty"`
 }
 
 // DisasterRecoveryVolume is a standby copy of another cluster's volume,

@@ -43,6 +43,30 @@ type ReplicaSpec struct {
 	CopyFrom *SnapshotSource `json:"copyFrom,omitempty"`
 }
 
+// ReplicaRestoreResult summarises one completed restore into a replica.
+type ReplicaRestoreResult struct {
+	// backup restored.
+	// +required
+	Backup string `json:"backup"`
+	// since is the backup the replica held before (empty when an earlier
+	// update was interrupted: its blocks were then rewritten too).
+	// +optional
+	Since string `json:"since,omitempty"`
+	// incremental is true when only differing blocks were written.
+	// +optional
+	Incremental bool `json:"incremental,omitempty"`
+	// bytesWritten is how many bytes of blocks were written or zeroed.
+	// +optional
+	BytesWritten int64 `json:"bytesWritten,omitempty"`
+	// bytesFetched is how many (stored, compressed) bytes were read from
+	// the target.
+	// +optional
+	BytesFetched int64 `json:"bytesFetched,omitempty"`
+	// duration is how long the update took on the node.
+	// +optional
+	Duration *metav1.Duration `json:"duration,omitempty"`
+}
+
 // ReplicaStatus is the observed state of a replica.
 type ReplicaStatus struct {
 	// observedGeneration is the generation the status describes.
@@ -71,6 +95,11 @@ type ReplicaStatus struct {
 	// +kubebuilder:validation:Minimum=0
 	// +kubebuilder:validation:Maximum=100
 	RestoreProgress int32 `json:"restoreProgress,omitempty"`
+	// lastRestore is what the replica's last incremental update (a DR
+	// standby applying its source's next backup) wrote: only the blocks
+	// that differ from the backup it held.
+	// +optional
+	LastRestore *ReplicaRestoreResult `json:"lastRestore,omitempty"`
 	// address the replica server listens on (host:port). The node agent
 	// picks the port once and keeps it, so the address is reported before
 	// the process first runs and survives restarts.

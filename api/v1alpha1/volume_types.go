@@ -23,7 +23,7 @@ const (
 )
 
 // VolumeSpec is a replicated block volume.
-// +kubebuilder:validation:XValidation:rule="has(self.fromBackup) == has(oldSelf.fromBackup) && (!has(self.fromBackup) || self.fromBackup == oldSelf.fromBackup)",message="fromBackup is set only when the volume is created and cannot change"
+// +kubebuilder:validation:XValidation:rule="has(self.fromBackup) == has(oldSelf.fromBackup) && (!has(self.fromBackup) || self.fromBackup == oldSelf.fromBackup || (has(oldSelf.standby) && oldSelf.standby && self.fromBackup.backupTargetRef == oldSelf.fromBackup.backupTargetRef && self.fromBackup.volume == oldSelf.fromBackup.volume))",message="fromBackup is set only when the volume is created and cannot change (a standby may only move fromBackup.backup to another backup of the same source)"
 // +kubebuilder:validation:XValidation:rule="has(self.fromSnapshot) == has(oldSelf.fromSnapshot) && (!has(self.fromSnapshot) || self.fromSnapshot == oldSelf.fromSnapshot)",message="fromSnapshot is set only when the volume is created and cannot change"
 // +kubebuilder:validation:XValidation:rule="has(self.fromVolume) == has(oldSelf.fromVolume) && (!has(self.fromVolume) || self.fromVolume == oldSelf.fromVolume)",message="fromVolume is set only when the volume is created and cannot change"
 // +kubebuilder:validation:XValidation:rule="(has(self.fromBackup) ? 1 : 0) + (has(self.fromSnapshot) ? 1 : 0) + (has(self.fromVolume) ? 1 : 0) <= 1",message="at most one of fromBackup, fromSnapshot and fromVolume may be set"
@@ -166,7 +166,8 @@ type VolumeStatus struct {
 	LastBackupTime *metav1.Time `json:"lastBackupTime,omitempty"`
 
 	// restoredBackup is the backup spec.fromBackup resolved to (the newest
-	// complete one when spec.fromBackup.backup is empty), fixed once chosen;
+	// complete one when spec.fromBackup.backup is empty), fixed once chosen
+	// except on a standby, where it follows spec.fromBackup.backup;
 	// condition Restored says when every replica holds it.
 	// +optional
 	RestoredBackup string `json:"restoredBackup,omitempty"`

@@ -45,6 +45,11 @@ const (
 	// LabelClone marks a Snapshot Cairn took to fill a clone (the value
 	// is the clone Volume's name); it is removed once the clone is filled.
 	LabelClone = "storage.cairn.dev/clone"
+	// LabelFenced is recorded (value "true") with a backup in the target
+	// when its volume was detached while the snapshot was taken: nothing
+	// written after that backup was acknowledged, so a DR standby
+	// activating from it loses nothing (RPO 0, a planned switchover).
+	LabelFenced = "storage.cairn.dev/fenced"
 	// TokenKey is the key of the volume token in its Secret.
 	TokenKey = "token"
 	// NodeLeasePrefix prefixes a node agent's heartbeat Lease name.

@@ -20,6 +20,7 @@ import (
 
 	v1 "github.com/cairnstore/cairn/api/v1alpha1"
 	"github.com/cairnstore/cairn/config"
+	"github.com/cairnstore/cairn/dashboard"
 	"github.com/cairnstore/cairn/internal/localcluster"
 	"github.com/cairnstore/cairn/internal/netx"
 )
@@ -34,6 +35,10 @@ type devOptions struct {
 	noScheduler bool
 	nodes       int
 	verbosity   int
+	// dashboard is the manager's dashboard; dev picks its loopback address.
+	dashboard dashboard.Options
+	// drSite also starts the second local cluster dr-site (dev_drsite.go).
+	drSite bool
 }
 
 func newDevCmd() *cobra.Command {
@@ -59,6 +64,9 @@ everything; a second run reuses the data directory.`,
 	f.IntVarP(&o.verbosity, "v", "v", 0, "log verbosity (0 info, 1+ debug)")
 	f.BoolVar(&o.noScheduler, "no-scheduler", false, "run without the RecurringSnapshot scheduler (for tests that drive their own with an injected clock)")
 	_ = f.MarkHidden("no-scheduler")
+	f.BoolVar(&o.dashboard.Actions, "dashboard-actions", true, "allow the dashboard's actions (dev serves it on loopback only)")
+	f.StringVar(&o.dashboard.ProxySecretFile, "dashboard-proxy-secret-file", "", "trust a proxy sending this secret to name callers (see docs/dashboard.md)")
+	f.BoolVar(&o.drSite, "dr-site", false, "also start a second local cluster, dr-site (state and kubeconfig under --data-dir/dr-site), that keeps the samples' DisasterRecoveryVolume following the primary's backups")
 	return cmd
 }
 
@@ -76,13 +84,14 @@ type devRun struct {
 	s3         *devS3
 	metrics    string // the manager's metrics address
 	applied    int
+	drSite     *devDRSite
 	stops      []func()
 }
 
 func runDev(ctx context.Context, o devOptions) error {
 	d := &devRun{opts: o}
 	defer d.cleanup()
-	for _, phase := range []func(context.Context) error{d.prepare, d.startControlPlane, d.startManager, d.startNodes, d.startS3, d.applySamples} {
+	for _, phase := range []func(context.Context) error{d.prepare, d.startControlPlane, d.startManager, d.startNodes, d.startS3, d.applySamples, d.startDRSite} {
 		if err := phase(ctx); err != nil {
 			return err
 		}
@@ -175,7 +184,16 @@ func (d *devRun) startManager(ctx context.Context) error {
 		return err
 	}
 	d.metrics = fmt.Sprintf("127.0.0.1:%d", port)
-	mo := managerOptions{metricsAddr: d.metrics, probeAddr: "0", noScheduler: d.opts.noScheduler, csiEndpoint: "unix://" + d.csiControllerSocket()}
+	if d.opts.dashboard.Addr, err = freeLoopbackAddr(); err != nil {
+		return err
+	}
+	if d.opts.drSite {
+		// The dashboard shows the DR site's pairs too (its kubeconfig
+		// appears once startDRSite has run).
+		d.opts.dashboard.Sites = []dashboard.Site{{Name: "dr-site", Kubeconfig: filepath.Join(d.dataDir, "dr-site", "kubeconfig")}}
+	}
+	mo := managerOptions{metricsAddr: d.metrics, probeAddr: "0", noScheduler: d.opts.noScheduler, csiEndpoint: "unix://" + d.csiControllerSocket(),
+		dashboard: d.opts.dashboard}
 	mgr, err := newManager(d.cluster.Config, mo, d.cluster.WebhookOptions())
 	if err != nil {
 		return err
@@ -220,6 +238,7 @@ func (d *devRun) applySamples(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	objs = d.primarySamples(objs)
 	if err := d.localTargets(objs); err != nil {
 		return err
 	}
@@ -266,18 +285,19 @@ Cairn dev is running.
   kubeconfig   %s
   manager      in-process (validating webhook on %s:%d)
   metrics      http://%s/metrics
+  dashboard    http://%s/
   nodes        %d node agents (logs in %s/nodes/NAME/node.log)
   samples      %d objects applied from config/samples
   S3 target    %s
   CSI          %s (nodes: %s)
-
+%s
 Look around with any Kubernetes client:
   export KUBECONFIG=%s
   %s get cairn
 
 Press Ctrl-C to stop.
-`, d.cluster.Config.Host, d.kubeconfig, wh.Host, wh.Port, d.metrics, len(d.nodes), d.dataDir, d.applied, d.s3Line(),
-		d.csiControllerSocket(), filepath.Join(d.dataDir, "nodes", "NAME", devNodeCSISocket), d.kubeconfig, d.kubectl())
+`, d.cluster.Config.Host, d.kubeconfig, wh.Host, wh.Port, d.metrics, d.opts.dashboard.Addr, len(d.nodes), d.dataDir, d.applied, d.s3Line(),
+		d.csiControllerSocket(), filepath.Join(d.dataDir, "nodes", "NAME", devNodeCSISocket), d.drSiteBanner(), d.kubeconfig, d.kubectl())
 }
 
 // s3Line describes the local S3 target.
@@ -410,6 +430,12 @@ func pidsOf(left []string) []string {
 		pids = append(pids, strings.TrimSuffix(l[strings.Index(l, "pid ")+4:], ")"))
 	}
 	return pids
+}
+
+// freeLoopbackAddr is 127.0.0.1 with a free port.
+func freeLoopbackAddr() (string, error) {
+	port, err := netx.FreePort("127.0.0.1")
+	return fmt.Sprintf("127.0.0.1:%d", port), err
 }
 
 func writeKubeconfig(c *localcluster.Cluster, path string) error {

@@ -3,10 +3,12 @@ package main
 import (
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/go-logr/logr"
 	"github.com/go-logr/zapr"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"k8s.io/client-go/rest"
@@ -17,6 +19,7 @@ import (
 
 	"github.com/cairnstore/cairn/controllers"
 	"github.com/cairnstore/cairn/csi"
+	"github.com/cairnstore/cairn/dashboard"
 	cairnwebhook "github.com/cairnstore/cairn/internal/webhook"
 )
 
@@ -34,6 +37,8 @@ type managerOptions struct {
 	noScheduler   bool
 	// csiEndpoint, when set, serves the CSI identity and controller services.
 	csiEndpoint string
+	// dashboard configures the web dashboard (off without an address).
+	dashboard dashboard.Options
 }
 
 func newManagerCmd() *cobra.Command {
@@ -59,6 +64,7 @@ func newManagerCmd() *cobra.Command {
 	f.StringVar(&o.webhookCert, "webhook-cert-dir", "/tmp/k8s-webhook-server/serving-certs", "directory holding tls.crt and tls.key for the webhook")
 	f.IntVarP(&o.verbosity, "v", "v", 0, "log verbosity (0 info, 1+ debug)")
 	f.StringVar(&o.csiEndpoint, "csi-endpoint", "", "unix:///path of the CSI controller socket (empty: no CSI service)")
+	addDashboardFlags(f, &o.dashboard)
 	return cmd
 }
 
@@ -89,6 +95,9 @@ func newManager(cfg *rest.Config, o managerOptions, wh webhook.Options) (ctrl.Ma
 			return nil, err
 		}
 	}
+	if err := dashboard.Add(mgr, o.dashboard); err != nil {
+		return nil, err
+	}
 	if o.probeAddr != "0" {
 		if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
 			return nil, err
@@ -99,6 +108,41 @@ func newManager(cfg *rest.Config, o managerOptions, wh webhook.Options) (ctrl.Ma
 	}
 	return mgr, nil
 }
+
+// addDashboardFlags adds the dashboard's flags (docs/dashboard.md).
+func addDashboardFlags(f *pflag.FlagSet, o *dashboard.Options) {
+	f.StringVar(&o.Addr, "dashboard-addr", "", "host:port the web dashboard serves on (empty: no dashboard); plain HTTP only on loopback")
+	f.StringVar(&o.TLSCertFile, "dashboard-tls-cert-file", "", "certificate for serving the dashboard over HTTPS")
+	f.StringVar(&o.TLSKeyFile, "dashboard-tls-key-file", "", "key for serving the dashboard over HTTPS")
+	f.BoolVar(&o.Actions, "dashboard-actions", false, "allow the dashboard's actions (snapshot now, backup now, restore, verify)")
+	f.StringVar(&o.ProxySecretFile, "dashboard-proxy-secret-file", "", "file holding the secret a trusted proxy sends in "+dashboard.HeaderProxySecret+"; callers it names in "+dashboard.HeaderUser+"/"+dashboard.HeaderGroup+" are checked with a SubjectAccessReview")
+	f.Var(siteFlag{&o.Sites}, "dashboard-dr-site", "NAME=KUBECONFIG of another cluster whose DisasterRecoveryVolumes the dashboard shows (repeatable)")
+}
+
+// siteFlag collects repeated NAME=KUBECONFIG values.
+type siteFlag struct{ sites *[]dashboard.Site }
+
+func (f siteFlag) String() string {
+	if f.sites == nil {
+		return ""
+	}
+	var out []string
+	for _, s := range *f.sites {
+		out = append(out, s.Name+"="+s.Kubeconfig)
+	}
+	return strings.Join(out, ",")
+}
+
+func (f siteFlag) Set(v string) error {
+	name, path, ok := strings.Cut(v, "=")
+	if !ok || name == "" || path == "" {
+		return fmt.Errorf("want NAME=KUBECONFIG, got %q", v)
+	}
+	*f.sites = append(*f.sites, dashboard.Site{Name: name, Kubeconfig: path})
+	return nil
+}
+
+func (f siteFlag) Type() string { return "name=kubeconfig" }
 
 // newLogger returns a zap-backed logr logger writing JSON to stderr.
 func newLogger(verbosity int) logr.Logger {

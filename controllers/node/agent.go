@@ -363,6 +363,9 @@ func (a *Agent) removeReplicaData(_ context.Context, name string) error {
 	if err := os.Remove(a.stateFile(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
+	if err := a.removeHeld(name); err != nil {
+		return err
+	}
 	a.opts.Log.Info("Replica data deleted", "replica", name, "dir", dir)
 	return nil
 }

@@ -111,6 +111,16 @@ func (r *BackupReconciler) Reconcile(ctx context.Context, req ctrl.Request) (res
 	if cl == nil || err != nil {
 		return ctrl.Result{}, err
 	}
+	// With no upload of it running here, read the backup from the API
+	// server before acting: the cache can lag this agent's own completion,
+	// and a stale copy would start the backup again or write its retry
+	// conditions over the Completed status (seen from the dashboard: a
+	// Completed backup left Ready=False "Retrying").
+	if r.Agent.jobs.get(backupKey(b.Name)) == nil {
+		if err := r.APIReader.Get(ctx, req.NamespacedName, b); err != nil || !runnable(b) {
+			return ctrl.Result{}, client.IgnoreNotFound(err)
+		}
+	}
 	ctx = log.IntoContext(ctx, log.FromContext(ctx).WithValues("backup", b.Name, "volume", b.Spec.VolumeName))
 	s := &backupScope{obj: b, eng: eng, cl: cl}
 	p := newStatusPatcher(r.Client, b)
@@ -221,6 +231,10 @@ func (r *BackupReconciler) startUpload(ctx context.Context, s *backupScope) (*jo
 		return nil, err
 	}
 	vol, snap, name := s.obj.Spec.VolumeName, s.snap, s.obj.Name
+	labels := map[string]string{cairnv1.LabelBackup: name}
+	if s.eng.Spec.Frontend == frontendNone {
+		labels[cairnv1.LabelFenced] = "true" // detached: nothing writes the volume
+	}
 	log.FromContext(ctx).Info("Backup started", "snapshot", snap, "replica", addr, "target", s.obj.Spec.BackupTargetRef)
 	return r.Agent.jobs.start(backupKey(name), snap, func() { r.Agent.notify(backupKey(name)) }, func(ctx context.Context, j *job) error {
 		c, err := replica.Dial(ctx, addr, tok)
@@ -229,7 +243,7 @@ func (r *BackupReconciler) startUpload(ctx context.Context, s *backupScope) (*jo
 		}
 		defer c.Close()
 		info, err := store.BackupReplica(ctx, replica.NewRemote(ctx, c), backupstore.ReplicaBackupOptions{
-			Volume: vol, Snapshot: snap, Labels: map[string]string{cairnv1.LabelBackup: name}, Progress: j.progress,
+			Volume: vol, Snapshot: snap, Labels: labels, Progress: j.progress,
 		})
 		j.result = info
 		return err

@@ -63,7 +63,9 @@ type replicaScope struct {
 	// copied is its VOLUME/SNAPSHOT once the replica holds it.
 	copying bool
 	copied  string
-	err     error
+	// lastRestore is an incremental update completed in this reconcile.
+	lastRestore *cairnv1.ReplicaRestoreResult
+	err         error
 }
 
 // SetupWithManager watches the node's Replicas, Engines of any node (a

@@ -32,6 +32,9 @@ func setReplicaStatus(s *replicaScope) ctrl.Result {
 		st.CopiedSnapshot = s.copied
 	}
 	st.RestoreProgress = s.restorePercent
+	if s.lastRestore != nil {
+		st.LastRestore = s.lastRestore
+	}
 	h, state, res := replicaHealth(s)
 	st.State = state
 	applyHealth(&st.Conditions, &st.ObservedGeneration, s.obj.Generation, h)

@@ -46,8 +46,7 @@ func (r *ReplicaReconciler) reconcileRestore(ctx context.Context, s *replicaScop
 	}
 	name := s.obj.Name
 	if _, err := os.Stat(r.Agent.replicaDir(name)); err == nil {
-		s.restored = src.Backup
-		return ctrl.Result{}, nil
+		return r.reconcileFollow(ctx, s)
 	}
 	job := r.Agent.jobs.get(restoreKey(name))
 	if job == nil || job.what != src.Backup {
@@ -104,6 +103,9 @@ func (a *Agent) restoreReplica(ctx context.Context, name string, store *backupst
 		return err
 	}
 	err := a.restoreInto(ctx, tmp, store, src, progress)
+	if err == nil {
+		err = a.recordRestored(ctx, name, store, src)
+	}
 	if err == nil {
 		err = os.Rename(tmp, a.replicaDir(name))
 	}

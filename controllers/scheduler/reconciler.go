@@ -14,6 +14,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/recorder"
 
 	v1 "github.com/cairnstore/cairn/api/v1alpha1"
+	"github.com/cairnstore/cairn/controllers/targets"
 	"github.com/cairnstore/cairn/policies"
 )
 
@@ -41,6 +42,9 @@ type Reconciler struct {
 	Recorder  recorder.EventRecorder
 	// Now is the clock (default time.Now); tests move it instead of waiting.
 	Now func() time.Time
+	// Stores opens backup targets to read the pins DR standbys of other
+	// clusters hold; nil reads none.
+	Stores *targets.Cache
 
 	// accept, when set, limits the reconciler to the schedules it accepts
 	// (tests run one reconciler per test on a shared manager).

@@ -44,7 +44,9 @@ func (r *Reconciler) prune(ctx context.Context, s *scope) (ctrl.Result, error) {
 	if err != nil {
 		return ctrl.Result{}, err
 	}
-	victims := pruneSet(s.objs.all, *s.rs.Spec.Retention, s.now, s.sched.Location(), p.pinned)
+	remote := r.newTargetPins(ctx)
+	pinned := func(o *runObject) bool { return p.pinned(o) || remote.has(o) }
+	victims := pruneSet(s.objs.all, *s.rs.Spec.Retention, s.now, s.sched.Location(), pinned)
 	var names []string
 	for _, o := range victims {
 		uid := o.obj.GetUID()

@@ -14,6 +14,7 @@
 //	volumes/<volume>/catalogue                  complete backups of the volume (envelope 'C')
 //	volumes/<volume>/backups/<backup>.manifest  every block of the volume at one backup (envelope 'M')
 //	locks/<lock id>.json                        lock objects with expiry (JSON)
+//	pins/<volume>/<backup>/<holder>.json        leases on a backup a DR standby still needs (JSON, see pin.go)
 //	probe/<random hex>                          written, read back and deleted at once by the
 //	                                            BackupTarget controller's probe (never by a read-only user)
 //

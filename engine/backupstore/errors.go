@@ -63,6 +63,9 @@ var (
 	// ErrLocked is returned when a lock cannot be taken before the wait
 	// deadline because another holder keeps a conflicting lock.
 	ErrLocked = errors.New("backupstore: target is locked")
+	// ErrPinned is returned by Delete for a backup a live pin holds (a DR
+	// standby still needs it); it can be deleted once the pin is gone.
+	ErrPinned = errors.New("backupstore: backup is pinned")
 	// ErrLockLost is returned when a lock could not be refreshed before it
 	// expired; the operation is aborted because its protection lapsed.
 	ErrLockLost = errors.New("backupstore: lock lost")

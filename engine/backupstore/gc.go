@@ -22,7 +22,8 @@ type DeleteResult struct {
 // Delete removes a backup: first from its volume's catalogue (it is no
 // longer listed or restorable), then, under the exclusive block-set lock,
 // the blocks that no other backup in the target references, then its
-// manifest. Blocks shared with any backup of any volume stay.
+// manifest. Blocks shared with any backup of any volume stay. A backup a
+// live pin holds is not deleted (ErrPinned).
 func (s *Store) Delete(ctx context.Context, volume, backup string) (DeleteResult, error) {
 	var res DeleteResult
 	if err := s.checkWritable(); err != nil {
@@ -32,6 +33,9 @@ func (s *Store) Delete(ctx context.Context, volume, backup string) (DeleteResult
 		return res, err
 	}
 	if err := validName("backup", backup); err != nil {
+		return res, err
+	}
+	if err := s.checkUnpinned(ctx, volume, backup); err != nil {
 		return res, err
 	}
 	err := s.updateCatalogue(ctx, volume, "delete "+volume+"/"+backup, func(_ context.Context, c *catalogue) error {

@@ -43,15 +43,21 @@ type RestoreOptions struct {
 	Since string
 	// Progress, if set, is called as blocks complete.
 	Progress func(Progress)
+
+	// held, set by ApplyReplica, is what the sink holds, kept by the
+	// caller (it takes the place of Since).
+	held *Held
 }
 
 // RestoreResult summarises a restore.
 type RestoreResult struct {
 	Backup BackupInfo
 	// Incremental is true when only blocks differing from Since were written.
-	Incremental    bool
-	BlocksWritten  int
-	BlocksZeroed   int
+	Incremental   bool
+	BlocksWritten int
+	BlocksZeroed  int
+	// BytesWritten counts the bytes of the blocks written or zeroed.
+	BytesWritten   int64
 	BytesFetched   int64
 	ObjectsFetched int
 }
@@ -80,13 +86,16 @@ func (s *Store) Restore(ctx context.Context, opts RestoreOptions) (RestoreResult
 		return res, err
 	}
 	res.Backup = info
-	if opts.Since == info.ID {
+	if opts.Since == info.ID || (opts.held != nil && opts.held.Backup == info.ID) {
 		res.Incremental = true
 		return res, nil // the sink already holds it
 	}
 	prev, err := s.sinceManifest(ctx, opts.Volume, opts.Since, m)
 	if err != nil {
 		return res, fmt.Errorf("restore %s/%s: previous backup %s: %w", opts.Volume, info.ID, opts.Since, err)
+	}
+	if opts.held != nil && opts.held.BlockSize == m.BlockSize {
+		prev = opts.held.manifest()
 	}
 	res.Incremental = prev != nil
 	r := &restoreRun{s: s, opts: opts, m: m, res: &res}
@@ -193,6 +202,7 @@ func (r *restoreRun) writeZeros() error {
 			return fmt.Errorf("zero block %d: %w", i, err)
 		}
 		r.pr.add(int64(n), 1, 0)
+		r.res.BytesWritten += int64(n)
 	}
 	r.res.BlocksZeroed = len(r.zeros)
 	return nil
@@ -263,6 +273,9 @@ func (r *restoreRun) place(id BlockID, data []byte, stored int) error {
 			return fmt.Errorf("write block %d: %w", i, err)
 		}
 		r.pr.add(int64(n), 1, 0)
+		r.mu.Lock()
+		r.res.BytesWritten += int64(n)
+		r.mu.Unlock()
 	}
 	r.mu.Lock()
 	r.res.BlocksWritten += len(r.want[id])

@@ -24,6 +24,7 @@ var installHints = map[string]string{
 	"versitygw":      "make tools (builds bin/versitygw)",
 	"etcd":           "make tools (builds bin/etcd)",
 	"kube-apiserver": "make tools (builds bin/kube-apiserver)",
+	"chromium":       "apt-get install -y chromium (or run hack/install-deps.sh)",
 }
 
 // RepoRoot returns the repository root (the directory holding go.mod).

@@ -1,0 +1,235 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+
+	v1 "github.com/cairnstore/cairn/api/v1alpha1"
+	"github.com/cairnstore/cairn/config"
+	"github.com/cairnstore/cairn/controllers"
+	"github.com/cairnstore/cairn/controllers/targets"
+	"github.com/cairnstore/cairn/internal/localcluster"
+	"github.com/cairnstore/cairn/internal/netx"
+)
+
+// The second local cluster of `cairn dev --dr-site`: its own etcd,
+// kube-apiserver and kube-controller-manager, a `cairn manager` child and
+// node agents, all under DATA/dr-site, reading the primary's backups from
+// the shared versitygw through a read-only BackupTarget "primary". The
+// samples' DisasterRecoveryVolume runs there (not on the primary), so
+// flipping its activate in the dr-site is the failover.
+type devDRSite struct {
+	dir        string
+	kubeconfig string
+	cluster    *localcluster.Cluster
+	client     client.Client
+	manager    *exec.Cmd
+	mgrDone    chan struct{}
+	metrics    string
+	nodes      []*devNode
+	applied    int
+}
+
+// drSiteKinds are the samples applied to the DR site.
+var drSiteKinds = map[string]bool{"BackupTarget": true, "VolumePolicy": true, "DisasterRecoveryVolume": true}
+
+// startDRSite starts the DR site when --dr-site is given.
+func (d *devRun) startDRSite(ctx context.Context) error {
+	if !d.opts.drSite {
+		return nil
+	}
+	s := &devDRSite{dir: filepath.Join(d.dataDir, "dr-site")}
+	d.drSite = s
+	if err := os.MkdirAll(s.dir, 0o700); err != nil {
+		return err
+	}
+	fmt.Printf("Starting the dr-site cluster (state in %s)...\n", s.dir)
+	for _, phase := range []func(context.Context, *devRun) error{s.startControlPlane, s.startManager, s.startNodes, s.applySamples} {
+		if err := phase(ctx, d); err != nil {
+			return fmt.Errorf("dr-site: %w", err)
+		}
+	}
+	return nil
+}
+
+func (s *devDRSite) startControlPlane(_ context.Context, d *devRun) error {
+	cluster, err := localcluster.Start(localcluster.Options{BinDir: devBinDir(d.opts.binDir), EtcdDataDir: filepath.Join(s.dir, "etcd"),
+		Out: d.logFile, ControllerManager: true, StateDir: s.dir})
+	if err != nil {
+		return err
+	}
+	s.cluster = cluster
+	d.onStop(func() {
+		fmt.Println("Stopping the dr-site control plane...")
+		if err := cluster.Stop(); err != nil {
+			fmt.Fprintln(os.Stderr, "stop dr-site control plane:", err)
+		}
+	})
+	s.kubeconfig = filepath.Join(s.dir, "kubeconfig")
+	if err := writeKubeconfig(cluster, s.kubeconfig); err != nil {
+		return err
+	}
+	s.client, err = client.New(cluster.Config, client.Options{Scheme: controllers.NewScheme()})
+	return err
+}
+
+// startManager runs `cairn manager` as a child against the DR site (two
+// managers cannot share one process: controller names are global), serving
+// the webhook the local cluster registered, and waits for the webhook.
+func (s *devDRSite) startManager(ctx context.Context, d *devRun) error {
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	port, err := netx.FreePort("127.0.0.1")
+	if err != nil {
+		return err
+	}
+	s.metrics = fmt.Sprintf("127.0.0.1:%d", port)
+	wh := s.cluster.WebhookOptions()
+	logf, err := os.OpenFile(filepath.Join(s.dir, "manager.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	cmd := exec.Command(exe, "manager", "--leader-elect=false", "--metrics-bind-address", s.metrics, "--health-probe-bind-address", "0",
+		"--webhook-port", strconv.Itoa(wh.Port), "--webhook-cert-dir", wh.CertDir,
+		"--csi-endpoint", "unix://"+filepath.Join(s.dir, "csi", "controller.sock"))
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+s.kubeconfig)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+	if err := os.MkdirAll(filepath.Join(s.dir, "csi"), 0o700); err != nil {
+		return err
+	}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start manager: %w", err)
+	}
+	s.manager, s.mgrDone = cmd, make(chan struct{})
+	go func() { _ = cmd.Wait(); close(s.mgrDone) }()
+	d.onStop(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-s.mgrDone:
+		case <-time.After(30 * time.Second):
+			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			<-s.mgrDone
+		}
+	})
+	addr := fmt.Sprintf("%s:%d", wh.Host, wh.Port)
+	for !netx.Listening(ctx, addr, 200*time.Millisecond) {
+		select {
+		case <-s.mgrDone:
+			return fmt.Errorf("manager exited at start (see %s)", logf.Name())
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+// startNodes creates cairn-system and the S3 Secret, and starts the DR
+// site's node agents under DATA/dr-site/nodes.
+func (s *devDRSite) startNodes(ctx context.Context, d *devRun) error {
+	if err := ensureSystemNamespace(ctx, s.client); err != nil {
+		return err
+	}
+	if d.s3 != nil {
+		sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: v1.SystemNamespace, Name: devS3Secret}}
+		if _, err := controllerutil.CreateOrUpdate(ctx, s.client, sec, func() error {
+			sec.Data = map[string][]byte{targets.SecretAccessKeyID: []byte(d.s3.access), targets.SecretSecretAccessKey: []byte(d.s3.secret)}
+			return nil
+		}); err != nil {
+			return err
+		}
+	}
+	nodes, err := startDevNodes(s.dir, s.kubeconfig, d.opts.nodes)
+	if err != nil {
+		return err
+	}
+	s.nodes = nodes
+	d.onStop(func() {
+		fmt.Println("Stopping the dr-site node agents...")
+		stopDevNodes(nodes)
+	})
+	return nil
+}
+
+// applySamples applies the samples' BackupTarget (read-only, at the
+// primary's backups), VolumePolicies and DisasterRecoveryVolume.
+func (s *devDRSite) applySamples(ctx context.Context, d *devRun) error {
+	if !d.opts.samples {
+		return nil
+	}
+	objs, err := localcluster.Build(config.Samples, "samples")
+	if err != nil {
+		return err
+	}
+	var mine []*unstructured.Unstructured
+	for _, o := range objs {
+		if drSiteKinds[o.GetKind()] {
+			mine = append(mine, o)
+		}
+	}
+	if err := d.localTargets(mine); err != nil {
+		return err
+	}
+	for _, o := range mine {
+		if o.GetKind() == "BackupTarget" {
+			if err := unstructured.SetNestedField(o.Object, true, "spec", "readOnly"); err != nil {
+				return err
+			}
+		}
+	}
+	if err := localcluster.Apply(ctx, s.client, "cairn-dev", mine); err != nil {
+		return fmt.Errorf("apply samples: %w", err)
+	}
+	s.applied = len(mine)
+	return nil
+}
+
+// primarySamples leaves the DisasterRecoveryVolume out of the primary's
+// samples when a DR site runs it.
+func (d *devRun) primarySamples(objs []*unstructured.Unstructured) []*unstructured.Unstructured {
+	if !d.opts.drSite {
+		return objs
+	}
+	var out []*unstructured.Unstructured
+	for _, o := range objs {
+		if o.GetKind() != "DisasterRecoveryVolume" {
+			out = append(out, o)
+		}
+	}
+	return out
+}
+
+// drSiteBanner is the DR site's part of the banner: labelled lines.
+func (d *devRun) drSiteBanner() string {
+	s := d.drSite
+	if s == nil {
+		return ""
+	}
+	return fmt.Sprintf(`
+dr-site (second cluster, reads the primary's backups from the same S3 target):
+  dr-site API server   %s
+  dr-site kubeconfig   %s
+  dr-site manager      %s (log %s)
+  dr-site metrics      http://%s/metrics
+  dr-site nodes        %d node agents (logs in %s/nodes/NAME/node.log)
+  dr-site samples      %d objects applied (BackupTarget primary read-only, VolumePolicies, DisasterRecoveryVolume)
+  dr-site failover     KUBECONFIG=%s %s patch drv -n default pg-data-dr --type merge -p '{"spec":{"activate":true}}'
+`, s.cluster.Config.Host, s.kubeconfig, "child process", filepath.Join(s.dir, "manager.log"), s.metrics, len(s.nodes), s.dir, s.applied,
+		s.kubeconfig, d.kubectl())
+}

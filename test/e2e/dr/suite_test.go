@@ -1,0 +1,238 @@
+// Package dr runs disaster recovery end to end across two local clusters:
+// `cairn dev --dr-site` starts site A (the primary: etcd, kube-apiserver,
+// kube-controller-manager, the manager, node agents) and site B (the same,
+// its manager a child process, under DATA/dr-site), both using the one
+// versitygw dev runs. Volumes written through A's block devices are backed
+// up to the shared bucket; B's DisasterRecoveryVolumes follow and activate.
+package dr
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/client-go/tools/clientcmd"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	v1 "github.com/cairnstore/cairn/api/v1alpha1"
+	"github.com/cairnstore/cairn/controllers"
+	"github.com/cairnstore/cairn/internal/testutil"
+)
+
+// site is one of the two clusters.
+type site struct {
+	name       string
+	k8s        client.Client
+	kubeconfig string
+	dir        string // its data directory (nodes under dir/nodes)
+}
+
+var (
+	siteA, siteB *site
+	dataDir      string
+	cairnBin     string
+	s3Endpoint   string
+	devOut       *os.File
+	// started are processes tests started again (agents, B's manager);
+	// the suite stops them.
+	started []*exec.Cmd
+)
+
+const suiteNodes = 2
+
+func TestMain(m *testing.M) { os.Exit(runSuite(m)) }
+
+func runSuite(m *testing.M) int {
+	ctrl.SetLogger(logr.Discard())
+	if why := missing(); why != "" {
+		fmt.Fprintln(os.Stderr, "e2e/dr:", why)
+		if testutil.OnCI() {
+			return 1
+		}
+		fmt.Fprintln(os.Stderr, "skipping the DR end-to-end suite (not on CI)")
+		return 0
+	}
+	tmp, err := os.MkdirTemp("", "cairn-e2e-dr-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(tmp)
+	dataDir = filepath.Join(tmp, "dev")
+	stop, err := startDev(tmp)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e/dr:", err)
+		return 1
+	}
+	code := m.Run()
+	if code != 0 {
+		printLogTails()
+	}
+	for _, cmd := range started {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		_ = cmd.Wait()
+	}
+	if err := stop(); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e/dr: stop cairn dev:", err)
+		code = 1
+	}
+	return code
+}
+
+// missing names what the suite cannot run without, or "".
+func missing() string {
+	if os.Geteuid() != 0 {
+		return "needs root (loop devices, FUSE)"
+	}
+	for _, tool := range []string{"etcd", "kube-apiserver", "kube-controller-manager", "versitygw"} {
+		if _, err := os.Stat(filepath.Join(testutil.BinDir(), tool)); err != nil {
+			return tool + " not built: run `make tools`"
+		}
+	}
+	if _, err := exec.LookPath("losetup"); err != nil {
+		return "losetup not installed: run hack/install-deps.sh"
+	}
+	return ""
+}
+
+// startDev builds cairn, starts `cairn dev --dr-site` and waits until both
+// sites' nodes are Ready; the returned func stops it with SIGINT.
+func startDev(tmp string) (func() error, error) {
+	cairnBin = filepath.Join(tmp, "cairn")
+	build := exec.Command("go", "build", "-o", cairnBin, "./cmd/cairn")
+	build.Dir = testutil.RepoRoot()
+	if out, err := build.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("go build: %v: %s", err, out)
+	}
+	var err error
+	if devOut, err = os.Create(filepath.Join(tmp, "dev.log")); err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(cairnBin, "dev", "--data-dir", dataDir, "--bin-dir", testutil.BinDir(),
+		"--samples=false", "--nodes", fmt.Sprint(suiteNodes), "--dr-site")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	cmd.Stderr = devOut
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	stop := func() error {
+		_ = cmd.Process.Signal(syscall.SIGINT)
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		select {
+		case err := <-done:
+			return err
+		case <-time.After(3 * time.Minute):
+			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			return fmt.Errorf("cairn dev did not stop within 3 minutes of SIGINT")
+		}
+	}
+	lines, err := waitReady(stdout)
+	if err == nil {
+		s3Endpoint = strings.Fields(lines["S3 target"])[0]
+		siteA, err = connect("A", lines["kubeconfig"], dataDir)
+	}
+	if err == nil {
+		siteB, err = connect("B", lines["dr-site kubeconfig"], filepath.Join(dataDir, "dr-site"))
+	}
+	if err != nil {
+		_ = stop()
+		return nil, fmt.Errorf("%w (log: %s)", err, devOut.Name())
+	}
+	return stop, nil
+}
+
+// waitReady reads dev's output until it says it runs, and returns its
+// labelled lines (label -> value).
+func waitReady(stdout interface{ Read([]byte) (int, error) }) (map[string]string, error) {
+	ready := make(chan map[string]string, 1)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		lines := map[string]string{}
+		for sc.Scan() {
+			line := sc.Text()
+			fmt.Fprintln(devOut, line)
+			if label, value, ok := strings.Cut(strings.TrimSpace(line), "   "); ok {
+				lines[strings.TrimSpace(label)] = strings.TrimSpace(value)
+			}
+			if strings.HasPrefix(line, "Press Ctrl-C to stop.") {
+				ready <- lines
+			}
+		}
+		close(ready)
+	}()
+	select {
+	case lines, ok := <-ready:
+		if !ok {
+			return nil, fmt.Errorf("cairn dev exited before it was ready")
+		}
+		return lines, nil
+	case <-time.After(8 * time.Minute):
+		return nil, fmt.Errorf("cairn dev not ready after 8 minutes")
+	}
+}
+
+// connect makes a site's client and waits for its nodes to be Ready.
+func connect(name, kubeconfig, dir string) (*site, error) {
+	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("site %s kubeconfig %q: %w", name, kubeconfig, err)
+	}
+	c, err := client.New(cfg, client.Options{Scheme: controllers.NewScheme()})
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	for {
+		var nodes v1.CairnNodeList
+		if err := c.List(ctx, &nodes); err == nil {
+			ready := 0
+			for _, n := range nodes.Items {
+				if meta.IsStatusConditionTrue(n.Status.Conditions, v1.ConditionReady) {
+					ready++
+				}
+			}
+			if ready == suiteNodes {
+				return &site{name: name, k8s: c, kubeconfig: kubeconfig, dir: dir}, nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("site %s: %d nodes not Ready within 3 minutes", name, suiteNodes)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// printLogTails prints the end of both sites' agent and manager logs.
+func printLogTails() {
+	var logs []string
+	for _, pattern := range []string{"nodes/*/node.log", "dr-site/nodes/*/node.log", "dr-site/manager.log"} {
+		m, _ := filepath.Glob(filepath.Join(dataDir, pattern))
+		logs = append(logs, m...)
+	}
+	logs = append(logs, devOut.Name())
+	for _, l := range logs {
+		b, err := os.ReadFile(l)
+		if err != nil {
+			continue
+		}
+		lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+		fmt.Fprintf(os.Stderr, "==> %s (last %d of %d lines) <==\n%s\n", l, min(20, len(lines)), len(lines), strings.Join(lines[max(0, len(lines)-20):], "\n"))
+	}
+}
