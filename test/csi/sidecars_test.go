@@ -101,7 +101,7 @@ func TestSidecarsFilesystem(t *testing.T) {
 	}
 
 	growOnline(t, ctx, pvc, dir)
-	deletePodAndWaitDetached(t, ctx, pod, dir)
+	deletePodAndWaitDetached(t, ctx, pod, pvc, dir)
 }
 
 // growOnline grows the published PVC to 256Mi and waits until the
@@ -152,7 +152,7 @@ func TestSidecarsBlock(t *testing.T) {
 	directIO(t, dev, 8<<20, got, false)
 	require.True(t, bytes.Equal(want, got), "raw block data read back differs")
 
-	deletePodAndWaitDetached(t, ctx, pod, dev)
+	deletePodAndWaitDetached(t, ctx, pod, pvc, dev)
 }
 
 // directIO writes or reads buf at off with O_DIRECT (through the engine,
@@ -184,13 +184,7 @@ func directIO(t *testing.T, path string, off int64, buf []byte, write bool) {
 // are not built.
 func requireSidecars(t *testing.T) {
 	for _, name := range []string{"csi-provisioner", "csi-attacher", "csi-snapshotter", "csi-resizer", "snapshot-controller"} {
-		if _, err := os.Stat(filepath.Join(testutil.BinDir(), name)); err != nil {
-			msg := name + " not built, so cairn dev runs no CSI sidecars: run `make tools`"
-			if testutil.OnCI() {
-				t.Fatal(msg)
-			}
-			t.Skip(msg)
-		}
+		testutil.RequireTool(t, name)
 	}
 }
 
@@ -316,9 +310,9 @@ func waitPublished(t *testing.T, ctx context.Context, pod *corev1.Pod, volume st
 }
 
 // deletePodAndWaitDetached deletes the pod as a user would (graceful) and
-// waits until the stand-in unpublished it, deleted the pod and the
-// attacher detached the volume.
-func deletePodAndWaitDetached(t *testing.T, ctx context.Context, pod *corev1.Pod, path string) {
+// waits until the stand-in unpublished it and deleted the pod, and the
+// attacher detached the claim's volume from the pod's node.
+func deletePodAndWaitDetached(t *testing.T, ctx context.Context, pod *corev1.Pod, pvc *corev1.PersistentVolumeClaim, path string) {
 	require.NoError(t, k8s.Delete(ctx, pod))
 	waitFor(t, ctx, "pod "+pod.Name+" deleted", func() (bool, error) {
 		err := k8s.Get(ctx, client.ObjectKeyFromObject(pod), &corev1.Pod{})
@@ -326,18 +320,30 @@ func deletePodAndWaitDetached(t *testing.T, ctx context.Context, pod *corev1.Pod
 	})
 	_, err := os.Stat(path)
 	require.True(t, os.IsNotExist(err), "%s is gone after the pod (%v)", path, err)
-	waitFor(t, ctx, "VolumeAttachments of pod "+pod.Name+" deleted", func() (bool, error) {
+	waitFor(t, ctx, "VolumeAttachment of "+pvc.Spec.VolumeName+" on "+pod.Spec.NodeName+" deleted", func() (bool, error) {
 		var vas storagev1.VolumeAttachmentList
 		if err := k8s.List(ctx, &vas); err != nil {
 			return false, err
 		}
 		for _, va := range vas.Items {
-			if va.Spec.NodeName == pod.Spec.NodeName {
+			if va.Spec.NodeName == pod.Spec.NodeName && ptrValue(va.Spec.Source.PersistentVolumeName) == pvc.Spec.VolumeName {
 				return false, nil
 			}
 		}
 		return true, nil
 	})
+	pv := &corev1.PersistentVolume{}
+	require.NoError(t, k8s.Get(ctx, clientKey(pvc.Spec.VolumeName), pv))
+	vol := &v1.Volume{}
+	require.NoError(t, k8s.Get(ctx, clientKey(pv.Spec.CSI.VolumeHandle), vol))
+	require.Empty(t, vol.Spec.NodeID, "the volume is detached")
+}
+
+func ptrValue(p *string) string {
+	if p == nil {
+		return ""
+	}
+	return *p
 }
 
 // writeFiles writes n files of random data and syncs them to the device.
