@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 
 	corev1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
@@ -23,8 +24,36 @@ func (r *podReconciler) terminate(ctx context.Context, n *node, pod *corev1.Pod)
 		r.recorder.Eventf(pod, nil, corev1.EventTypeWarning, "FailedUnmount", "Unpublish", "%v", err)
 		return err
 	}
+	if err := r.releaseAttachments(ctx, n, pod); err != nil {
+		return err
+	}
 	err := r.client.Delete(ctx, pod, client.GracePeriodSeconds(0), client.Preconditions{UID: &pod.UID})
 	return client.IgnoreNotFound(err)
+}
+
+// releaseAttachments deletes the VolumeAttachments made for the pod's
+// claims that were never published (still attaching) when no other pod on
+// the node uses the claim.
+func (r *podReconciler) releaseAttachments(ctx context.Context, n *node, pod *corev1.Pod) error {
+	for _, v := range claims(pod) {
+		claim := v.PersistentVolumeClaim.ClaimName
+		_, pv, msg, err := r.boundPV(ctx, pod.Namespace, claim)
+		if err != nil || msg != "" {
+			continue
+		}
+		others := r.podsWhere(ctx, pod.Namespace, func(p *corev1.Pod) bool {
+			return p.UID != pod.UID && p.Spec.NodeName == n.Name && p.DeletionTimestamp.IsZero() &&
+				slices.ContainsFunc(claims(p), func(v corev1.Volume) bool { return v.PersistentVolumeClaim.ClaimName == claim })
+		})
+		if len(others) > 0 {
+			continue
+		}
+		va := &storagev1.VolumeAttachment{ObjectMeta: metav1.ObjectMeta{Name: attachmentName(pv.Spec.CSI.VolumeHandle, r.driver, n.Name)}}
+		if err := client.IgnoreNotFound(r.client.Delete(ctx, va)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // resolve records where a pod's volumes are published when the stand-in
