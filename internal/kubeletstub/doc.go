@@ -25,5 +25,11 @@
 // What a pod's volumes are published at is kept in memory: a pod deleted
 // with grace period 0 while the stand-in runs is cleaned up, one deleted
 // while it does not run leaves its mounts (the kubelet would find them on
-// disk).
+// disk). Stopping the stand-in unpublishes and unstages everything and
+// deletes the VolumeAttachments, as a node going down loses its mounts;
+// the next start attaches and publishes the pods' volumes afresh.
+//
+// Expansion: the claim's NodeExpandVolume runs where it is published, so a
+// filesystem grows online (ext4 needs CAP_SYS_RESOURCE for that, xfs
+// CAP_SYS_ADMIN).
 package kubeletstub

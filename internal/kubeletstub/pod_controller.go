@@ -43,9 +43,12 @@ func (s *Stub) setup(mgr ctrl.Manager) error {
 	if err != nil {
 		return err
 	}
+	// A pod publishing a claim that waits for node expansion finishes it.
+	rz := &resizer{Stub: s, recorder: r.recorder}
 	return ctrl.NewControllerManagedBy(mgr).Named("kubelet-stub-resize").
 		For(&corev1.PersistentVolumeClaim{}).
-		Complete(reconcile.Func(s.reconcileResize))
+		Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(claimsOfPod)).
+		Complete(rz)
 }
 
 // Reconcile publishes a pod's volumes, or tears them down and deletes the
@@ -118,6 +121,9 @@ func (r *podReconciler) publishVolume(ctx context.Context, n *node, pod *corev1.
 	if err != nil {
 		return "", err
 	}
+	if !va.DeletionTimestamp.IsZero() {
+		return fmt.Sprintf("waiting for VolumeAttachment %s to be detached before attaching again", va.Name), nil
+	}
 	if !va.Status.Attached {
 		if e := va.Status.AttachError; e != nil {
 			return fmt.Sprintf("VolumeAttachment %s: %s", va.Name, e.Message), nil
@@ -133,7 +139,7 @@ func (r *podReconciler) publishVolume(ctx context.Context, n *node, pod *corev1.
 		log.FromContext(ctx).Info("Published volume", "pod", client.ObjectKeyFromObject(pod), "pvc", pvc.Name, "path", p.target)
 		r.recorder.Eventf(pod, pvc, corev1.EventTypeNormal, "VolumePublished", "Publish", "PVC %s published at %s", pvc.Name, p.target)
 	}
-	return "", r.expandIfPending(ctx, n, p, pvc, pv)
+	return "", nil
 }
 
 // boundPV returns a bound claim and its CSI PV of this driver, or a
@@ -230,6 +236,15 @@ func (s *Stub) paths(uid types.UID) string {
 	}
 	sort.Strings(out)
 	return strings.Join(out, ", ")
+}
+
+// claimsOfPod maps a pod to its claims.
+func claimsOfPod(_ context.Context, o client.Object) []reconcile.Request {
+	var out []reconcile.Request
+	for _, v := range claims(o.(*corev1.Pod)) {
+		out = append(out, reconcile.Request{NamespacedName: client.ObjectKey{Namespace: o.GetNamespace(), Name: v.PersistentVolumeClaim.ClaimName}})
+	}
+	return out
 }
 
 // podsOfAttachment maps a VolumeAttachment to the pods on its node.

@@ -8,12 +8,19 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/recorder"
 )
 
-// reconcileResize finishes an online expansion the external-resizer left
-// to the node: NodeExpandVolume where the claim is published. A claim
-// published nowhere is expanded when a pod next publishes it.
-func (s *Stub) reconcileResize(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
+// resizer finishes an expansion the external-resizer left to the node:
+// NodeExpandVolume where the claim is published (online), or when a pod
+// next publishes it.
+type resizer struct {
+	*Stub
+	recorder recorder.EventRecorder
+}
+
+// Reconcile expands a claim waiting for the node, where it is published.
+func (s *resizer) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
 	pvc := &corev1.PersistentVolumeClaim{}
 	if err := s.client.Get(ctx, req.NamespacedName, pvc); err != nil || !nodeResizePending(pvc) {
 		return reconcile.Result{}, client.IgnoreNotFound(err)
@@ -26,7 +33,11 @@ func (s *Stub) reconcileResize(ctx context.Context, req reconcile.Request) (reco
 	if p == nil {
 		return reconcile.Result{}, nil
 	}
-	return reconcile.Result{}, s.expandIfPending(ctx, n, p, pvc, pv)
+	if err := s.expandIfPending(ctx, n, p, pvc, pv); err != nil {
+		s.recorder.Eventf(pvc, nil, corev1.EventTypeWarning, "VolumeResizeFailed", "NodeExpand", "on node %s: %v", n.Name, err)
+		return reconcile.Result{}, err
+	}
+	return reconcile.Result{}, nil
 }
 
 // nodeResizePending reports whether the resizer waits for the node to

@@ -10,6 +10,8 @@ import (
 	"github.com/go-logr/logr"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	storagev1 "k8s.io/api/storage/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
@@ -89,6 +91,7 @@ func Start(ctx context.Context, o Options) (stop func(), err error) {
 		if err := <-done; err != nil {
 			o.Log.Error(err, "Kubelet stand-in stopped")
 		}
+		s.unmountAll(o.Log)
 		s.close()
 	}, nil
 }
@@ -127,4 +130,27 @@ type waitingNode struct{ csipb.NodeClient }
 
 func (w waitingNode) NodeGetInfo(ctx context.Context, r *csipb.NodeGetInfoRequest, opts ...grpc.CallOption) (*csipb.NodeGetInfoResponse, error) {
 	return w.NodeClient.NodeGetInfo(ctx, r, append(opts, grpc.WaitForReady(true))...)
+}
+
+// unmountAll unpublishes and unstages everything published and deletes
+// the VolumeAttachments, as a node going down loses its mounts and
+// devices: the node agents can then detach the devices, and the next start
+// attaches the pods' volumes afresh (a device path from before is stale).
+func (s *Stub) unmountAll(l logr.Logger) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, rec := range s.published {
+		for _, p := range rec.volumes {
+			if err := unpublish(ctx, s.nodes[rec.node], p, true); err != nil {
+				l.Error(err, "Unmount on stop", "pod", rec.key, "pv", p.pv)
+				continue
+			}
+			va := &storagev1.VolumeAttachment{ObjectMeta: metav1.ObjectMeta{Name: attachmentName(p.handle, s.driver, rec.node)}}
+			if err := client.IgnoreNotFound(s.client.Delete(ctx, va)); err != nil {
+				l.Error(err, "Delete VolumeAttachment on stop", "volumeAttachment", va.Name)
+			}
+		}
+	}
 }

@@ -69,7 +69,7 @@ func TestSidecarsFilesystem(t *testing.T) {
 	defer printSidecarLogsOnFailure(t)
 	setupSidecarClasses(t, ctx)
 
-	pvc := newPVC("fs-data", "128Mi", corev1.PersistentVolumeFilesystem, nil)
+	pvc := newPVC("fs-data", "320Mi", corev1.PersistentVolumeFilesystem, nil)
 	createCleanup(t, ctx, pvc)
 	waitBound(t, ctx, pvc)
 	pod := newPod("fs-writer", "dev-node-1", pvc.Name, false)
@@ -87,7 +87,7 @@ func TestSidecarsFilesystem(t *testing.T) {
 		return ready, nil
 	})
 
-	restored := newPVC("fs-restored", "128Mi", corev1.PersistentVolumeFilesystem, &corev1.TypedLocalObjectReference{
+	restored := newPVC("fs-restored", "320Mi", corev1.PersistentVolumeFilesystem, &corev1.TypedLocalObjectReference{
 		APIGroup: ptr("snapshot.storage.k8s.io"), Kind: "VolumeSnapshot", Name: snap.GetName()})
 	createCleanup(t, ctx, restored)
 	waitBound(t, ctx, restored)
@@ -104,22 +104,22 @@ func TestSidecarsFilesystem(t *testing.T) {
 	deletePodAndWaitDetached(t, ctx, pod, pvc, dir)
 }
 
-// growOnline grows the published PVC to 256Mi and waits until the
+// growOnline grows the published PVC to 512Mi and waits until the
 // resizer and the stand-in report it and the mounted filesystem has grown.
 func growOnline(t *testing.T, ctx context.Context, pvc *corev1.PersistentVolumeClaim, dir string) {
 	before := fsBytes(t, dir)
 	require.NoError(t, k8s.Get(ctx, client.ObjectKeyFromObject(pvc), pvc))
 	patch := client.MergeFrom(pvc.DeepCopy())
-	pvc.Spec.Resources.Requests[corev1.ResourceStorage] = resource.MustParse("256Mi")
+	pvc.Spec.Resources.Requests[corev1.ResourceStorage] = resource.MustParse("512Mi")
 	require.NoError(t, k8s.Patch(ctx, pvc, patch))
-	want := resource.MustParse("256Mi")
-	waitFor(t, ctx, "PVC capacity 256Mi", func() (bool, error) {
+	want := resource.MustParse("512Mi")
+	waitFor(t, ctx, "PVC capacity 512Mi", func() (bool, error) {
 		err := k8s.Get(ctx, client.ObjectKeyFromObject(pvc), pvc)
 		got := pvc.Status.Capacity[corev1.ResourceStorage]
 		return err == nil && got.Cmp(want) == 0, err
 	})
 	after := fsBytes(t, dir)
-	require.Greater(t, after, before+100<<20, "the mounted filesystem grew from %d bytes", before)
+	require.Greater(t, after, before+150<<20, "the mounted filesystem grew from %d bytes", before)
 	// The files written before are still there on the grown filesystem.
 	entries, err := os.ReadDir(dir)
 	require.NoError(t, err)
@@ -189,8 +189,11 @@ func requireSidecars(t *testing.T) {
 }
 
 // setupSidecarClasses creates, once for all sidecar tests, the namespace,
-// a VolumePolicy with one replica (its StorageClass) and a backup-type
-// VolumeSnapshotClass writing to the suite's BackupTarget.
+// a VolumePolicy with one replica (its StorageClass, xfs) and a backup-type
+// VolumeSnapshotClass writing to the suite's BackupTarget. xfs because
+// growing a mounted ext4 needs CAP_SYS_RESOURCE, which the test machines'
+// containers do not grant (resize2fs: Permission denied); xfs_growfs needs
+// only CAP_SYS_ADMIN. An xfs filesystem is at least 300MB.
 func setupSidecarClasses(t *testing.T, ctx context.Context) {
 	classesOnce.Do(func() {
 		classesErr = createClasses(ctx)
@@ -206,7 +209,7 @@ func createClasses(ctx context.Context) error {
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: sidecarNS}}
 	p := &v1.VolumePolicy{ObjectMeta: metav1.ObjectMeta{Name: sidecarPolicy}}
 	p.Spec.Replicas = 1
-	p.Spec.StorageClass = &v1.StorageClassTemplate{Name: sidecarClass}
+	p.Spec.StorageClass = &v1.StorageClassTemplate{Name: sidecarClass, FSType: "xfs"}
 	vsc := &unstructured.Unstructured{}
 	vsc.SetGroupVersionKind(snapshotClassGVK)
 	vsc.SetName(backupClass)
