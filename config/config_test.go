@@ -95,6 +95,22 @@ func TestDefaultRunsCSI(t *testing.T) {
 	}
 }
 
+// TestSnapshotCRDsBuild: config/snapshot-crds lists the six (group)
+// snapshot CRDs hack/snapshot-crds.sh copied.
+func TestSnapshotCRDsBuild(t *testing.T) {
+	objs, err := localcluster.Build(os.DirFS("."), "snapshot-crds")
+	require.NoError(t, err)
+	var names []string
+	for _, o := range objs {
+		require.Equal(t, "CustomResourceDefinition", o.GetKind())
+		names = append(names, o.GetName())
+	}
+	require.ElementsMatch(t, []string{
+		"volumesnapshots.snapshot.storage.k8s.io", "volumesnapshotcontents.snapshot.storage.k8s.io", "volumesnapshotclasses.snapshot.storage.k8s.io",
+		"volumegroupsnapshots.groupsnapshot.storage.k8s.io", "volumegroupsnapshotcontents.groupsnapshot.storage.k8s.io",
+		"volumegroupsnapshotclasses.groupsnapshot.storage.k8s.io"}, names)
+}
+
 // container is what TestDefaultRunsCSI checks of a container: its args and
 // mount paths by volume.
 type container struct {

@@ -27,8 +27,8 @@ var Samples embed.FS
 //go:embed csi/csidriver.yaml
 var CSIDriver []byte
 
-// SnapshotCRDs holds snapshot-crds/*.yaml: the VolumeSnapshot CRDs of the
+// SnapshotCRDs holds snapshot-crds/*.yaml: the (group) snapshot CRDs of the
 // pinned external-snapshotter (hack/snapshot-crds.sh).
 //
-//go:embed snapshot-crds/snapshot.storage.k8s.io_*.yaml
+//go:embed snapshot-crds/*.storage.k8s.io_*.yaml
 var SnapshotCRDs embed.FS

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Copies the VolumeSnapshot, VolumeSnapshotContent and VolumeSnapshotClass
-# CRDs into config/snapshot-crds from github.com/kubernetes-csi/external-snapshotter/client/v8
+# CRDs, and their VolumeGroupSnapshot counterparts (the snapshot-controller
+# waits for them: group snapshots are GA and on by default), into config/snapshot-crds from github.com/kubernetes-csi/external-snapshotter/client/v8
 # at the version hack/tools/csi-snapshotter pins, so the CRDs always match the
 # snapshotter and snapshot-controller built from that module. Run it after
 # changing that version; it reads only the module cache (downloading the
@@ -11,8 +12,14 @@ MOD=github.com/kubernetes-csi/external-snapshotter/client/v8
 src=$(cd hack/tools/csi-snapshotter && go mod download -json "$MOD" >/dev/null && go list -m -f '{{.Dir}}' "$MOD")
 version=$(cd hack/tools/csi-snapshotter && go list -m -f '{{.Version}}' "$MOD")
 dst=config/snapshot-crds
-for kind in volumesnapshotclasses volumesnapshotcontents volumesnapshots; do
-  install -m 0644 "$src/config/crd/snapshot.storage.k8s.io_$kind.yaml" "$dst/snapshot.storage.k8s.io_$kind.yaml"
+files=()
+for group in snapshot groupsnapshot; do
+  prefix=${group%snapshot}
+  for kind in volume${prefix}snapshotclasses volume${prefix}snapshotcontents volume${prefix}snapshots; do
+    f=$group.storage.k8s.io_$kind.yaml
+    install -m 0644 "$src/config/crd/$f" "$dst/$f"
+    files+=("$f")
+  done
 done
 cat > "$dst/kustomization.yaml" <<KUST
 # The VolumeSnapshot CRDs from $MOD $version (hack/snapshot-crds.sh).
@@ -21,8 +28,6 @@ cat > "$dst/kustomization.yaml" <<KUST
 apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
 resources:
-  - snapshot.storage.k8s.io_volumesnapshotclasses.yaml
-  - snapshot.storage.k8s.io_volumesnapshotcontents.yaml
-  - snapshot.storage.k8s.io_volumesnapshots.yaml
+$(printf '  - %s\n' "${files[@]}")
 KUST
 echo "copied the snapshot CRDs of $MOD $version into $dst"

@@ -12,9 +12,9 @@ import (
 )
 
 // InstallSnapshotCRDs installs the VolumeSnapshot, VolumeSnapshotContent
-// and VolumeSnapshotClass CRDs the CSI snapshotter and snapshot-controller
-// need (embedded from config/snapshot-crds) and waits until they are
-// served.
+// and VolumeSnapshotClass CRDs and their group counterparts, which the CSI
+// snapshotter and snapshot-controller need (embedded from
+// config/snapshot-crds), and waits until they are served.
 func (c *Cluster) InstallSnapshotCRDs() error {
 	var crds []*apiextensionsv1.CustomResourceDefinition
 	paths, err := fs.Glob(config.SnapshotCRDs, "snapshot-crds/*.yaml")
