@@ -20,3 +20,15 @@ var Webhooks embed.FS
 //
 //go:embed samples
 var Samples embed.FS
+
+// CSIDriver holds csi/csidriver.yaml, the CSIDriver object `cairn dev`
+// installs as a cluster would.
+//
+//go:embed csi/csidriver.yaml
+var CSIDriver []byte
+
+// SnapshotCRDs holds snapshot-crds/*.yaml: the (group) snapshot CRDs of the
+// pinned external-snapshotter (hack/snapshot-crds.sh).
+//
+//go:embed snapshot-crds/*.storage.k8s.io_*.yaml
+var SnapshotCRDs embed.FS

@@ -171,6 +171,7 @@ func TestVolumeLifecycle(t *testing.T) {
 	require.NoError(t, k8s.Get(bg, client.ObjectKey{Name: "lc-gold"}, sc))
 	require.Equal(t, "csi.cairn.dev", sc.Provisioner)
 	require.Equal(t, map[string]string{"policy": "lc-gold", "csi.storage.k8s.io/fstype": "xfs"}, sc.Parameters)
+	require.Equal(t, storagev1.VolumeBindingImmediate, *sc.VolumeBindingMode, "a PVC binds without a consumer")
 	require.EventuallyWithT(t, func(c *assert.CollectT) {
 		pol := &v1.VolumePolicy{}
 		assert.NoError(c, k8s.Get(bg, client.ObjectKey{Name: p.Name}, pol))

@@ -138,13 +138,26 @@ func (r *VolumePolicyReconciler) ensureStorageClass(ctx context.Context, p *v1.V
 		return "", err
 	case !metav1.IsControlledBy(cur, p):
 		return fmt.Sprintf("StorageClass %s exists and is not managed by this policy; rename one of them", tmpl.Name), nil
-	case cur.Provisioner != want.Provisioner || !maps.Equal(cur.Parameters, want.Parameters) || *cur.ReclaimPolicy != *want.ReclaimPolicy:
+	case cur.Provisioner != want.Provisioner || !maps.Equal(cur.Parameters, want.Parameters) || *cur.ReclaimPolicy != *want.ReclaimPolicy ||
+		!equalBinding(cur.VolumeBindingMode, want.VolumeBindingMode):
 		return "", r.Delete(ctx, cur) // immutable fields changed: recreated on the delete event
 	}
 	patch := client.MergeFrom(cur.DeepCopy())
 	cur.AllowVolumeExpansion = want.AllowVolumeExpansion
 	cur.Annotations = want.Annotations
 	return "", r.Patch(ctx, cur, patch)
+}
+
+// equalBinding compares two binding modes; unset is Immediate (the API
+// server's default).
+func equalBinding(a, b *storagev1.VolumeBindingMode) bool {
+	mode := func(m *storagev1.VolumeBindingMode) storagev1.VolumeBindingMode {
+		if m == nil {
+			return storagev1.VolumeBindingImmediate
+		}
+		return *m
+	}
+	return mode(a) == mode(b)
 }
 
 func desiredStorageClass(p *v1.VolumePolicy) *storagev1.StorageClass {
@@ -158,7 +171,10 @@ func desiredStorageClass(p *v1.VolumePolicy) *storagev1.StorageClass {
 	if fs == "" {
 		fs = "ext4"
 	}
-	binding := storagev1.VolumeBindingWaitForFirstConsumer
+	// Immediate: a Cairn volume is usable on every node (CreateVolume
+	// reports no accessible topology), so waiting for a consumer would only
+	// keep a PVC Pending until a scheduler places a pod.
+	binding := storagev1.VolumeBindingImmediate
 	sc := &storagev1.StorageClass{
 		ObjectMeta:           metav1.ObjectMeta{Name: t.Name, Labels: map[string]string{"storage.cairn.dev/policy": p.Name}},
 		Provisioner:          Driver,

@@ -71,7 +71,8 @@
 // NodeStage checks the device named in publish_context devicePath (a block
 // device, else FailedPrecondition), runs mkfs only when blkid finds no
 // filesystem (an existing one is mounted as it is) and mounts it at the
-// staging path; a staging path already mounted is left as it is (a
+// staging path (xfs with nouuid: a restored copy shares its source's
+// UUID, possibly mounted on the same host); a staging path already mounted is left as it is (a
 // repeated call, also after an agent restart). Block volumes are not
 // staged. NodePublish bind-mounts the staging mount at the target
 // directory, or the device node at the target file for raw block;

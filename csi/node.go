@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
@@ -142,7 +143,13 @@ func (n *Node) stageMount(ctx context.Context, dev, path string, cap *csi.Volume
 			return internal(err)
 		}
 	}
-	opts := cap.GetMount().GetMountFlags()
+	opts := slices.Clone(cap.GetMount().GetMountFlags())
+	// A volume restored from a snapshot or backup of an xfs volume has its
+	// source's UUID, and xfs refuses to mount a second filesystem with a
+	// UUID already mounted on the host.
+	if fs == "xfs" && !slices.Contains(opts, "nouuid") {
+		opts = append(opts, "nouuid")
+	}
 	if readOnlyMode(cap) {
 		opts = append(opts, "ro")
 	}

@@ -82,6 +82,7 @@ type devRun struct {
 	client     client.Client
 	nodes      []*devNode
 	s3         *devS3
+	csi        *devCSI
 	metrics    string // the manager's metrics address
 	applied    int
 	drSite     *devDRSite
@@ -91,7 +92,7 @@ type devRun struct {
 func runDev(ctx context.Context, o devOptions) error {
 	d := &devRun{opts: o}
 	defer d.cleanup()
-	for _, phase := range []func(context.Context) error{d.prepare, d.startControlPlane, d.startManager, d.startNodes, d.startS3, d.applySamples, d.startDRSite} {
+	for _, phase := range []func(context.Context) error{d.prepare, d.startControlPlane, d.startManager, d.startNodes, d.startCSI, d.startS3, d.applySamples, d.startDRSite} {
 		if err := phase(ctx); err != nil {
 			return err
 		}
@@ -290,14 +291,14 @@ Cairn dev is running.
   samples      %d objects applied from config/samples
   S3 target    %s
   CSI          %s (nodes: %s)
-%s
+%s%s
 Look around with any Kubernetes client:
   export KUBECONFIG=%s
   %s get cairn
 
 Press Ctrl-C to stop.
 `, d.cluster.Config.Host, d.kubeconfig, wh.Host, wh.Port, d.metrics, d.opts.dashboard.Addr, len(d.nodes), d.dataDir, d.applied, d.s3Line(),
-		d.csiControllerSocket(), filepath.Join(d.dataDir, "nodes", "NAME", devNodeCSISocket), d.drSiteBanner(), d.kubeconfig, d.kubectl())
+		d.csiControllerSocket(), filepath.Join(d.dataDir, "nodes", "NAME", devNodeCSISocket), d.csiBanner(), d.drSiteBanner(), d.kubeconfig, d.kubectl())
 }
 
 // s3Line describes the local S3 target.

@@ -22,8 +22,8 @@ const devNodeCSISocket = "csi.sock"
 // devZones are the zones simulated nodes get, round robin.
 var devZones = []string{"a", "b", "c"}
 
-// devNode is one simulated node: a `cairn node` child process with its own
-// data directory under DATA/nodes/NAME.
+// devNode is a child process of dev: a simulated node (a `cairn node` with
+// its own data directory under DATA/nodes/NAME) or a CSI sidecar.
 type devNode struct {
 	name string
 	cmd  *exec.Cmd
@@ -62,26 +62,32 @@ func startDevNode(exe, name, dir, zone, kubeconfig string) (*devNode, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	logf, err := os.OpenFile(filepath.Join(dir, "node.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	cmd := exec.Command(exe, "node", "--name", name, "--data-dir", dir, "--zone", zone, "--kubeconfig", kubeconfig,
+		"--csi-endpoint", "unix://"+filepath.Join(dir, devNodeCSISocket))
+	return startDevChild(name, cmd, filepath.Join(dir, "node.log"))
+}
+
+// startDevChild starts a child process of dev in its own process group,
+// killed with dev (Pdeathsig), its output appended to logPath.
+func startDevChild(name string, cmd *exec.Cmd, logPath string) (*devNode, error) {
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, err
 	}
 	defer logf.Close()
-	cmd := exec.Command(exe, "node", "--name", name, "--data-dir", dir, "--zone", zone, "--kubeconfig", kubeconfig,
-		"--csi-endpoint", "unix://"+filepath.Join(dir, devNodeCSISocket))
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start node agent %s: %w", name, err)
+		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
 	d := &devNode{name: name, cmd: cmd, done: make(chan struct{})}
 	go func() { _ = cmd.Wait(); close(d.done) }()
 	return d, nil
 }
 
-// stopDevNodes asks every agent to stop its children and exit (SIGTERM),
-// and kills those still running after 90 seconds (an agent takes up to a
-// minute to flush and stop its children).
+// stopDevNodes asks every child to exit (SIGTERM; an agent stops its own
+// children first), and kills those still running after 90 seconds (an
+// agent takes up to a minute to flush and stop its children).
 func stopDevNodes(nodes []*devNode) {
 	for _, n := range nodes {
 		_ = n.cmd.Process.Signal(syscall.SIGTERM)

@@ -82,6 +82,7 @@ func TestDevSmoke(t *testing.T) {
 	out, err = get.CombinedOutput()
 	require.NoError(t, err, "%s get cairn: %s", printedKubectl, out)
 	require.Contains(t, string(out), "pg-data")
+	checkDevPVC(t, kubeconfig)
 
 	// A second run on the same data directory is refused at once.
 	second := exec.Command(bin, "dev", "--data-dir", dataDir, "--bin-dir", testutil.BinDir())

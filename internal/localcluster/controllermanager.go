@@ -14,12 +14,17 @@ import (
 
 // ControllerManagerControllers are the kube-controller-manager controllers
 // Cairn relies on: owner-reference garbage collection, PV/PVC binding and
-// expansion, and namespace deletion.
+// expansion, namespace deletion, and the PVC and PV protection controllers
+// that remove the finalizers the API server's StorageObjectInUseProtection
+// admission puts on every claim and volume (without them a deleted PVC
+// never goes).
 var ControllerManagerControllers = []string{
 	"garbage-collector-controller",
 	"persistentvolume-binder-controller",
 	"persistentvolume-expander-controller",
 	"namespace-controller",
+	"persistentvolumeclaim-protection-controller",
+	"persistentvolume-protection-controller",
 }
 
 // startControllerManager runs kube-controller-manager from binDir against
