@@ -153,40 +153,18 @@
 //
 // # Protocol
 //
-// One TCP or unix-socket connection carries pipelined requests; replies
-// come back in completion order, matched by request id.
-//
-//	client                                   server
-//	  | <------ "CAIRNRP1" ver u32, nonce_s[32] |
-//	  | "CAIRNRP1" ver, nonce_c[32],           |
-//	  |   HMAC-SHA256(token, "cairn-replica-client"|nonce_s|nonce_c) --> |
-//	  | <------ status u8, HMAC(token, "cairn-replica-server"|...)    |
-//	  | req{op,id=1} req{op,id=2} ...  ------> |  (handled concurrently)
-//	  | <------ resp{id=2} resp{id=1} ...      |
-//
-// The token never crosses the wire; a wrong one gets status 1 and the
-// connection is closed, and the client checks the server's proof too.
-// Request header, 32 bytes little endian:
-//
-//	op u8 | flags u8 = 0 | reserved u16 = 0 | payload u32 | id u64 | offset u64 | length u64
-//
-// Response header, 16 bytes: op u8 | status u8 | reserved u16 = 0 |
-// payload u32 | id u64. Status 0 is success; any other status is a
-// sentinel error (see errors.go and statusErrors), the payload is the
-// message, and the client returns a *RemoteError that unwraps to the
-// sentinel. A payload is at most MaxIO (4 MiB) + 256 bytes; a larger
-// length or non-zero reserved bits is a malformed frame and closes that
-// connection only. An unknown op, an out-of-range or oversized I/O gets an
-// error reply and the connection stays up.
+// The server speaks the replica protocol of package replica/wire, which
+// describes the framing, handshake, opcodes and limits; Client is its
+// client. The payload formats of the operations:
 //
 // I/O ops: Read (1, reply payload = data), Write (2, payload = data),
 // Flush (3), Trim (4) and WriteZeroes (5) (offset/length), Ping (6).
 // Control ops take and return JSON: Info (16), SetGeneration (17, offset =
-// generation), Grow (25, offset = new size), Snapshot (18), Revert (19), RemoveSnapshot (20), Checksum
-// (22), Scrub (23); Diff (21), ChangedSince (24, JSON {"generation": g})
-// and LayerExtents (32) return binary extents (offset u64, length u64) for
-// a window [offset, offset+length) of at most 1 GiB, which the client
-// pages through. Rebuild: ReadLayer (33, payload
+// generation), Grow (25, offset = new size), Snapshot (18), Revert (19),
+// RemoveSnapshot (20), Checksum (22), Scrub (23); Diff (21), ChangedSince
+// (24, JSON {"generation": g}) and LayerExtents (32) return binary extents
+// (offset u64, length u64) for a window [offset, offset+length) of at most
+// 1 GiB, which the client pages through. Rebuild: ReadLayer (33, payload
 // = u8 name length + name), ResetForRebuild (34), WriteLayer (35, payload
 // = name prefix + data), CommitLayer (36) and WriteLayerExtents (37), the
 // vectored WriteLayer:
