@@ -86,13 +86,25 @@ func mapErr(err error) error {
 	return err
 }
 
+// ioCtx is the context of a request on the I/O connection: once sent, a
+// request is not abandoned when ctx ends (that would close the connection
+// to free the caller's buffer, and drop a healthy replica); the I/O
+// timeout's watchdog bounds it instead.
+func ioCtx(ctx context.Context) context.Context { return context.WithoutCancel(ctx) }
+
 func (r *Replica) ReadAt(ctx context.Context, p []byte, off int64) error {
-	_, err := r.data.ReadAt(ctx, p, off)
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	_, err := r.data.ReadAt(ioCtx(ctx), p, off)
 	return mapErr(err)
 }
 
 func (r *Replica) WriteAt(ctx context.Context, p []byte, off int64) error {
-	_, err := r.data.WriteAt(ctx, p, off)
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	_, err := r.data.WriteAt(ioCtx(ctx), p, off)
 	return mapErr(err)
 }
 
@@ -150,7 +162,10 @@ func (r *Replica) LayerExtents(ctx context.Context, layer string) ([]replica.Ext
 
 // ReadLayer reads one layer's data (rebuild source side).
 func (r *Replica) ReadLayer(ctx context.Context, layer string, p []byte, off int64) error {
-	_, err := r.data.ReadLayer(ctx, layer, p, off)
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	_, err := r.data.ReadLayer(ioCtx(ctx), layer, p, off)
 	return mapErr(err)
 }
 
@@ -164,7 +179,10 @@ func (r *Replica) ResetForRebuild(ctx context.Context, keep []string, receive []
 
 // WriteLayer writes into a layer being received.
 func (r *Replica) WriteLayer(ctx context.Context, layer string, p []byte, off int64) error {
-	return mapErr(r.data.WriteLayer(ctx, layer, p, off))
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return mapErr(r.data.WriteLayer(ioCtx(ctx), layer, p, off))
 }
 
 // WriteLayerExtents writes many block-aligned extents of a layer being
