@@ -63,9 +63,11 @@
 // finds an odd newest generation resyncs: one newest replica serves reads,
 // the others take writes and are compared with it and repaired, chunk by
 // chunk under the range locks, while I/O continues (resync.go): over the
-// regions the replicas tracked as written since the session began, or,
-// when a replica restarted since and lost that tracking, over the union of
-// their head extents (only heads can differ).
+// regions the replicas tracked as written since the session began (the
+// tracking survives replica restarts, replica.cbt), or, when a replica
+// cannot tell (its machine crashed while it was open, or it was reverted
+// or rebuilt since), over the union of their head extents (only heads can
+// differ).
 //
 // # I/O barrier
 //
@@ -97,7 +99,8 @@
 // member that takes every write, and only those regions are compared and
 // repaired under the range locks, as after an unclean shutdown
 // (RebuildResult.CaughtUp). Otherwise, or when the source does not track
-// that far back (it restarted since), the layers are rebuilt:
+// that far back (more generations passed than it keeps, or its machine
+// crashed), the layers are rebuilt:
 //
 //  1. Barrier: flush and snapshot the healthy replicas (a "cairn-rebuild-"
 //     snapshot freezes the head); the target keeps the snapshot layers it

@@ -383,7 +383,7 @@ func (v *Volume) startCatchUp(m *member, r *Replica, info replica.Info) (*member
 	}
 	ext, err := src.r.ChangedSince(ctx, info.Generation, v.Size())
 	if err != nil {
-		return nil, nil // not tracked that far back (source restarted)
+		return nil, nil // not tracked that far back
 	}
 	// a replica that missed a Grow takes it before it joins (the new
 	// range is zeroes on it; what was written there since is in ext)

@@ -38,8 +38,10 @@ import (
 //     regions written since the session began (Info.SessionStart,
 //     ChangedSince; kept through unclean reopens), so the resync compares
 //     the volume on the source and on each target over the union of those
-//     regions; if any of them restarted (tracking is in memory) or was
-//     rebuilt since, over the union of their whole head extents. It goes a
+//     regions (the tracking survives replica restarts); if any of them
+//     cannot tell (its machine crashed while it was open, or it was
+//     reverted or rebuilt since), over the union of their whole head
+//     extents. It goes a
 //     chunk at a time under the chunk's range lock and writes the source's
 //     blocks where a target differs. Status.LastResync reports the amount
 //     compared and whether tracking bounded it.

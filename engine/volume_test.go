@@ -320,7 +320,7 @@ func TestReturningReplicas(t *testing.T) {
 	require.Equal(t, []string{"old", "while-away", res.Layers[1]}, c)
 	firstRebuild := res.Layers[1]
 
-	// 2. Away (restarted, so it lost its own tracking) with the chain
+	// 2. Away (restarted; its own tracking is not what counts) with the chain
 	// unchanged: only what the source tracked as written is repaired.
 	rs[1].stop()
 	write(30)
