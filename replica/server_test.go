@@ -307,3 +307,24 @@ func TestTCPListen(t *testing.T) {
 	require.EqualValues(t, 1<<20, in.Size)
 	_ = fmt.Sprint()
 }
+
+// TestClientManyInFlight: more concurrent requests than a connection
+// starts with slots for all complete (the slots grow).
+func TestClientManyInFlight(t *testing.T) {
+	r := newTestReplica(t, 1<<20)
+	c := dialTest(t, startServer(t, r))
+	var wg sync.WaitGroup
+	errs := make(chan error, 3000)
+	for range 3000 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs <- c.Ping(context.Background())
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
+}

@@ -78,7 +78,8 @@ type Owner interface {
 
 // Limits of one connection.
 const (
-	maxSlots       = 1024     // requests in flight
+	initialSlots   = 1024     // request slots a connection starts with
+	maxSlots       = 1 << 16  // requests in flight at most
 	copySmallLimit = 16 << 10 // payloads up to this are copied into the batch buffer
 )
 
@@ -87,12 +88,9 @@ const (
 func NewConn(conn net.Conn, addr string) *Conn {
 	c := &Conn{
 		conn: conn, addr: addr,
-		slots: make([]*Request, maxSlots), seq: make([]uint32, maxSlots), free: make([]uint32, maxSlots),
 		wake: make(chan struct{}, 1), done: make(chan struct{}), finished: make(chan struct{}),
 	}
-	for i := range c.free {
-		c.free[i] = uint32(maxSlots - 1 - i)
-	}
+	c.growSlots(initialSlots)
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() { defer wg.Done(); c.writeLoop() }()
@@ -110,10 +108,24 @@ func (c *Conn) Addr() string { return c.addr }
 // Done is closed when the connection has failed or was closed.
 func (c *Conn) Done() <-chan struct{} { return c.done }
 
+// growSlots adds request slots up to n in all. Callers hold mu (or own
+// c alone).
+func (c *Conn) growSlots(n int) {
+	old := len(c.slots)
+	c.slots = append(c.slots, make([]*Request, n-old)...)
+	c.seq = append(c.seq, make([]uint32, n-old)...)
+	for i := n - 1; i >= old; i-- {
+		c.free = append(c.free, uint32(i))
+	}
+}
+
 // Submit queues a request. If the connection has failed, the request
 // completes with the error before Submit returns.
 func (c *Conn) Submit(r *Request) {
 	c.mu.Lock()
+	if len(c.free) == 0 && len(c.slots) < maxSlots {
+		c.growSlots(min(2*len(c.slots), maxSlots))
+	}
 	if c.err != nil || len(c.free) == 0 {
 		err := c.err
 		c.mu.Unlock()
@@ -231,15 +243,15 @@ func (c *Conn) readLoop() {
 			return
 		}
 		h, err := DecodeRespHeader(hdr[:])
-		if err == nil && uint32(h.ID) >= maxSlots {
-			err = fmt.Errorf("%w: bad reply id %#x", ErrProtocol, h.ID)
-		}
 		if err != nil {
 			c.fail(err)
 			return
 		}
 		c.mu.Lock()
-		r := c.slots[uint32(h.ID)]
+		var r *Request
+		if s := uint32(h.ID); int(s) < len(c.slots) {
+			r = c.slots[s]
+		}
 		if r == nil || r.id != h.ID {
 			c.mu.Unlock()
 			c.fail(fmt.Errorf("%w: reply for unknown request %#x", ErrProtocol, h.ID))

@@ -44,7 +44,8 @@
 // one buffer, larger payloads as their own iovecs), and one reader
 // goroutine completes requests by calling their Owner, so a request costs
 // no goroutine, channel or timer of its own. Request ids carry a slot
-// (low 32 bits, at most 1024 in flight) and a per-slot sequence (high 32
+// (low 32 bits; a connection starts with 1024 and grows to at most 65536
+// requests in flight) and a per-slot sequence (high 32
 // bits), so a stray reply is detected. With SetTimeout, one watchdog per
 // connection fails the connection when a request waits longer.
 package wire
