@@ -25,17 +25,21 @@
 // replica request and per-request contexts and channels were half of the
 // engine's CPU). So a frontend request costs no goroutine of its own:
 //
-//	NBD reader --Submit--> fanout (RLock, range locks) --legs--> dataConn queue per replica
+//	NBD reader --Submit--> fanout (RLock, range locks) --legs--> wire.Conn queue per replica
 //	                                 writer goroutine: one writev for everything queued
 //	NBD writer <--Done---- last leg  <--------- reader goroutine: bufio, completes legs
 //	(one flush per burst of replies)
 //
 // Volume.Submit (AsyncBackend) takes that path when every member is
 // healthy; rebuilds, resyncs, failures being handled and requests above
-// replica.MaxIO take the synchronous path on a goroutine. dataConn is the
-// engine's own connection for I/O (replica wire protocol v1); control
-// operations use replica.Client on a second connection. Timeouts are one
-// watchdog per connection, not a timer per request.
+// replica.MaxIO take the synchronous path on a goroutine. A Replica holds
+// two replica.Client connections, both on the protocol's one client
+// implementation (replica/wire.Conn): one for I/O, whose legs the fast
+// path submits without waiting and which fails when a request waits
+// longer than Config.IOTimeout (one watchdog per connection, not a timer
+// per request), and one for control operations, which may run long
+// (rebuild copies) and are bounded by their contexts. The control
+// endpoint's HTTP API is package engine/control.
 //
 // # Failure and generations
 //
@@ -59,9 +63,11 @@
 // finds an odd newest generation resyncs: one newest replica serves reads,
 // the others take writes and are compared with it and repaired, chunk by
 // chunk under the range locks, while I/O continues (resync.go): over the
-// regions the replicas tracked as written since the session began, or,
-// when a replica restarted since and lost that tracking, over the union of
-// their head extents (only heads can differ).
+// regions the replicas tracked as written since the session began (the
+// tracking survives replica restarts, replica.cbt), or, when a replica
+// cannot tell (its machine crashed while it was open, or it was reverted
+// or rebuilt since), over the union of their head extents (only heads can
+// differ).
 //
 // # I/O barrier
 //
@@ -93,7 +99,8 @@
 // member that takes every write, and only those regions are compared and
 // repaired under the range locks, as after an unclean shutdown
 // (RebuildResult.CaughtUp). Otherwise, or when the source does not track
-// that far back (it restarted since), the layers are rebuilt:
+// that far back (more generations passed than it keeps, or its machine
+// crashed), the layers are rebuilt:
 //
 //  1. Barrier: flush and snapshot the healthy replicas (a "cairn-rebuild-"
 //     snapshot freezes the head); the target keeps the snapshot layers it
@@ -142,7 +149,7 @@
 //
 // # Control and metrics
 //
-// ControlServer serves status, snapshots, revert, add/remove replica and
+// control.Server (package engine/control) serves status, snapshots, revert, add/remove replica and
 // Prometheus metrics (Metrics: per-volume operations, bytes, errors, latency
 // histograms, replica modes, generation, rebuild bytes) over HTTP on a unix
 // socket or TCP. Package engine/daemon wires volume, frontend and control

@@ -1,8 +1,6 @@
 package engine
 
 import (
-	"net/http"
-	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -72,38 +70,4 @@ func TestGrowOnline(t *testing.T) {
 	fresh[0].size = grown
 	requireSame(t, m.data, fresh[0].contents(), "new replica after the grow")
 	require.Equal(t, Healthy, v.Status().Robustness)
-}
-
-// TestGrowControlAPI: POST /v1/size needs the bearer token, refuses a
-// shrink and a size not a multiple of 4096 with 400, and grows the volume;
-// ControlClient.Grow maps the errors back.
-func TestGrowControlAPI(t *testing.T) {
-	const size = 1 << 20
-	v := openTestVolume(t, size, newTestReplicas(t, 2, size))
-	srv := httptest.NewServer((&ControlServer{Volume: v, Token: "tok"}).Handler())
-	defer srv.Close()
-	post := func(auth, body string) int {
-		req, err := http.NewRequest(http.MethodPost, srv.URL+"/v1/size", strings.NewReader(body))
-		require.NoError(t, err)
-		if auth != "" {
-			req.Header.Set("Authorization", "Bearer "+auth)
-		}
-		resp, err := srv.Client().Do(req)
-		require.NoError(t, err)
-		resp.Body.Close()
-		return resp.StatusCode
-	}
-	require.Equal(t, http.StatusUnauthorized, post("", `{"size": 2097152}`))
-	require.Equal(t, http.StatusBadRequest, post("tok", `{"size": 524288}`))
-	require.Equal(t, http.StatusBadRequest, post("tok", `{"size": 2097153}`))
-	require.Equal(t, http.StatusBadRequest, post("tok", `{"size": "big"}`))
-	require.Equal(t, int64(size), v.Size())
-
-	c := NewControlClient(strings.TrimPrefix(srv.URL, "http://"), "tok")
-	require.ErrorIs(t, c.Grow(bg, size/2), ErrShrink)
-	require.ErrorIs(t, c.Grow(bg, size+1), ErrInvalid)
-	require.NoError(t, c.Grow(bg, 2*size))
-	st, err := c.Status(bg)
-	require.NoError(t, err)
-	require.Equal(t, int64(2*size), st.Size)
 }

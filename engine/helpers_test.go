@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"os"
 	"path/filepath"
 	"sync"
@@ -14,6 +15,7 @@ import (
 	"github.com/go-logr/logr/testr"
 	"github.com/stretchr/testify/require"
 
+	"github.com/cairnstore/cairn/internal/netx"
 	"github.com/cairnstore/cairn/replica"
 )
 
@@ -117,6 +119,84 @@ func (tr *testReplica) contents() []byte {
 	_, err := r.ReadAt(buf, 0)
 	require.NoError(tr.t, err)
 	return buf
+}
+
+// stallProxy forwards a unix socket to a replica until stall is called;
+// from then on it holds every byte (a replica host that stopped
+// answering), until the test ends.
+type stallProxy struct {
+	addr string
+	mu   sync.Mutex
+	open chan struct{} // closed while forwarding
+}
+
+func newStallProxy(t *testing.T, target string) *stallProxy {
+	t.Helper()
+	p := &stallProxy{addr: "unix:" + filepath.Join(sockDir(t), "proxy.sock"), open: make(chan struct{})}
+	close(p.open)
+	ln, err := netx.Listen(p.addr)
+	require.NoError(t, err)
+	var conns []net.Conn
+	var cmu sync.Mutex
+	t.Cleanup(func() {
+		ln.Close()
+		p.mu.Lock()
+		select {
+		case <-p.open:
+		default:
+			close(p.open)
+		}
+		p.mu.Unlock()
+		cmu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		cmu.Unlock()
+	})
+	go func() {
+		for {
+			in, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			out, err := netx.Dial(context.Background(), target)
+			if err != nil {
+				in.Close()
+				continue
+			}
+			cmu.Lock()
+			conns = append(conns, in, out)
+			cmu.Unlock()
+			go p.pipe(in, out)
+			go p.pipe(out, in)
+		}
+	}()
+	return p
+}
+
+func (p *stallProxy) stall() {
+	p.mu.Lock()
+	p.open = make(chan struct{})
+	p.mu.Unlock()
+}
+
+func (p *stallProxy) pipe(dst, src net.Conn) {
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := src.Read(buf)
+		if err != nil {
+			dst.Close()
+			return
+		}
+		p.mu.Lock()
+		open := p.open
+		p.mu.Unlock()
+		<-open
+		if _, err := dst.Write(buf[:n]); err != nil {
+			src.Close()
+			return
+		}
+	}
 }
 
 func addrs(rs []*testReplica) []string {

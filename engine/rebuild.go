@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/cairnstore/cairn/replica"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -193,7 +194,7 @@ func (v *Volume) pruneRebuildSnapshots() {
 
 // rebuildSnapshotsToPrune returns the rebuild snapshots of a chain (oldest
 // first) except the newest one.
-func rebuildSnapshotsToPrune(chain []SnapshotInfo) []string {
+func rebuildSnapshotsToPrune(chain []replica.SnapshotInfo) []string {
 	var names []string
 	for _, s := range chain {
 		if strings.HasPrefix(s.Name, rebuildSnapshotPrefix) && s.Labels["cairn.dev/purpose"] == "rebuild" {
@@ -241,10 +242,10 @@ func (v *Volume) addMember(addr string) (*member, error) {
 // dialTarget connects to a rebuild target and checks it is not larger
 // than the volume (a smaller one is grown when it joins, under the
 // barrier); any failure is ErrReplicaRefused.
-func (v *Volume) dialTarget(ctx context.Context, addr string) (Replica, ReplicaInfo, error) {
+func (v *Volume) dialTarget(ctx context.Context, addr string) (*Replica, replica.Info, error) {
 	r, err := v.dial(ctx, addr)
 	if err != nil {
-		return nil, ReplicaInfo{}, fmt.Errorf("%w: %s: unreachable: %v", ErrReplicaRefused, addr, err)
+		return nil, replica.Info{}, fmt.Errorf("%w: %s: unreachable: %v", ErrReplicaRefused, addr, err)
 	}
 	info, err := r.Info(ctx)
 	switch {
@@ -255,7 +256,7 @@ func (v *Volume) dialTarget(ctx context.Context, addr string) (Replica, ReplicaI
 	}
 	if err != nil {
 		r.Close()
-		return nil, ReplicaInfo{}, err
+		return nil, replica.Info{}, err
 	}
 	return r, info, nil
 }
@@ -268,7 +269,7 @@ func (v *Volume) setReason(m *member, reason string) {
 
 // startRebuild runs step 1 under the barrier and returns the source and the
 // layers the target must receive, oldest first.
-func (v *Volume) startRebuild(ctx context.Context, m *member, r Replica, tinfo ReplicaInfo, snap string) (*member, []string, error) {
+func (v *Volume) startRebuild(ctx context.Context, m *member, r *Replica, tinfo replica.Info, snap string) (*member, []string, error) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	fail := func(err error) (*member, []string, error) {
@@ -314,7 +315,7 @@ func (v *Volume) startRebuild(ctx context.Context, m *member, r Replica, tinfo R
 // already holds (same name and snapshot uid, committed, in the same order
 // from the bottom) and those it must receive. The uid label tells apart a
 // snapshot that was removed and created again under the same name.
-func commonPrefix(target, source []SnapshotInfo) (keep []string, receive []SnapshotInfo) {
+func commonPrefix(target, source []replica.SnapshotInfo) (keep []string, receive []replica.SnapshotInfo) {
 	i := 0
 	for ; i < len(target) && i < len(source); i++ {
 		t, s := target[i], source[i]
@@ -344,7 +345,7 @@ func (v *Volume) abortRebuild(m *member, err error) error {
 // like a resync after a crash. ok is false (and r untouched) when it does
 // not apply: different chain, no tracking that far back; the caller then
 // rebuilds from layers.
-func (v *Volume) catchUp(m *member, r Replica, info ReplicaInfo) (ok bool, repaired int64, err error) {
+func (v *Volume) catchUp(m *member, r *Replica, info replica.Info) (ok bool, repaired int64, err error) {
 	src, ext := v.startCatchUp(m, r, info)
 	if src == nil {
 		return false, 0, nil
@@ -364,7 +365,7 @@ func (v *Volume) catchUp(m *member, r Replica, info ReplicaInfo) (ok bool, repai
 // startCatchUp checks under the barrier that catchUp applies and, if so,
 // joins m as a resyncing member; it returns the source and the regions to
 // repair, or a nil source.
-func (v *Volume) startCatchUp(m *member, r Replica, info ReplicaInfo) (*member, []Extent) {
+func (v *Volume) startCatchUp(m *member, r *Replica, info replica.Info) (*member, []replica.Extent) {
 	if info.Rebuilding || info.Generation == 0 {
 		return nil, nil
 	}
@@ -374,19 +375,15 @@ func (v *Volume) startCatchUp(m *member, r Replica, info ReplicaInfo) (*member, 
 	if src == nil || v.closed || info.Generation >= v.gen {
 		return nil, nil
 	}
-	ct, tracks := src.r.(changeTracking)
-	if !tracks {
-		return nil, nil
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), v.cfg.ControlTimeout)
 	defer cancel()
 	sinfo, err := src.r.Info(ctx)
 	if err != nil || !sameChain(sinfo.Snapshots, info.Snapshots) {
 		return nil, nil
 	}
-	ext, err := ct.ChangedSince(ctx, info.Generation, v.Size())
+	ext, err := src.r.ChangedSince(ctx, info.Generation, v.Size())
 	if err != nil {
-		return nil, nil // not tracked that far back (source restarted)
+		return nil, nil // not tracked that far back
 	}
 	// a replica that missed a Grow takes it before it joins (the new
 	// range is zeroes on it; what was written there since is in ext)
@@ -399,7 +396,7 @@ func (v *Volume) startCatchUp(m *member, r Replica, info ReplicaInfo) (*member, 
 
 // joinLocked makes r the connection of m, which takes every write from now
 // on in mode (rebuilding or resyncing). Callers hold mu for writing.
-func (v *Volume) joinLocked(m *member, r Replica, mode ReplicaMode, reason string) {
+func (v *Volume) joinLocked(m *member, r *Replica, mode ReplicaMode, reason string) {
 	if m.r != nil && m.r != r && m.mode != ModeFailed {
 		m.r.Close()
 	}
@@ -413,12 +410,6 @@ func (v *Volume) joinLocked(m *member, r Replica, mode ReplicaMode, reason strin
 
 // rebuildCopyHook, when set (tests), runs before each layer copy.
 var rebuildCopyHook func()
-
-// layerPuller is a rebuild target that can fetch a layer from the source
-// replica itself (replicaClient).
-type layerPuller interface {
-	PullLayer(ctx context.Context, layer, source string, off, length int64) (int64, error)
-}
 
 // errPullUnavailable: the target cannot pull from the source (it cannot
 // reach the address the engine uses, or predates PullLayer); the engine
@@ -445,13 +436,11 @@ func (v *Volume) copyLayer(ctx context.Context, src, m *member, layer string) (n
 		total += e.Length
 	}
 	m.toCopy.Add(total)
-	if p, ok := m.r.(layerPuller); ok {
-		n, err := v.pullLayer(ctx, p, src, m, layer)
-		if !errors.Is(err, errPullUnavailable) {
-			return n, false, err
-		}
-		v.log.Info("Rebuild target cannot pull from the source; relaying", "replica", m.addr, "source", src.addr, "err", err.Error())
+	n, err = v.pullLayer(ctx, m.r, src, m, layer)
+	if !errors.Is(err, errPullUnavailable) {
+		return n, false, err
 	}
+	v.log.Info("Rebuild target cannot pull from the source; relaying", "replica", m.addr, "source", src.addr, "err", err.Error())
 	n, err = v.relayLayer(ctx, src, m, layer, extents)
 	return n, true, err
 }
@@ -459,7 +448,7 @@ func (v *Volume) copyLayer(ctx context.Context, src, m *member, layer string) (n
 // pullLayer has the target pull layer from src window by window. It fails
 // with errPullUnavailable, having copied nothing, when the target cannot
 // pull at all.
-func (v *Volume) pullLayer(ctx context.Context, p layerPuller, src, m *member, layer string) (int64, error) {
+func (v *Volume) pullLayer(ctx context.Context, p *Replica, src, m *member, layer string) (int64, error) {
 	var copied int64
 	size := v.Size()
 	for w := int64(0); w < size; w += pullWindow {
@@ -483,13 +472,13 @@ func (v *Volume) pullLayer(ctx context.Context, p layerPuller, src, m *member, l
 // relayLayer copies one layer's extents from src to the target through the
 // engine, in chunks of at most copyChunk, with RebuildWorkers requests in
 // flight.
-func (v *Volume) relayLayer(ctx context.Context, src, m *member, layer string, extents []Extent) (int64, error) {
+func (v *Volume) relayLayer(ctx context.Context, src, m *member, layer string, extents []replica.Extent) (int64, error) {
 	// A job is a span of at most copyChunk bytes read with one ReadLayer;
 	// only its extents are written (a hole written as zeroes would hide
 	// the layers below).
 	type job struct {
 		off, n int64
-		ext    []Extent
+		ext    []replica.Extent
 	}
 	jobs := make(chan job, 2*v.cfg.RebuildWorkers)
 	ctx, stop := context.WithCancel(ctx)
@@ -574,7 +563,7 @@ feed:
 				cur.off = off
 			}
 			n = min(n, cur.off+copyChunk-off)
-			cur.ext = append(cur.ext, Extent{Offset: off, Length: n})
+			cur.ext = append(cur.ext, replica.Extent{Offset: off, Length: n})
 			cur.n = off + n - cur.off
 			off += n
 		}

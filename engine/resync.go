@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/cairnstore/cairn/replica"
 	"slices"
 	"sync"
 	"time"
@@ -37,8 +38,10 @@ import (
 //     regions written since the session began (Info.SessionStart,
 //     ChangedSince; kept through unclean reopens), so the resync compares
 //     the volume on the source and on each target over the union of those
-//     regions; if any of them restarted (tracking is in memory) or was
-//     rebuilt since, over the union of their whole head extents. It goes a
+//     regions (the tracking survives replica restarts); if any of them
+//     cannot tell (its machine crashed while it was open, or it was
+//     reverted or rebuilt since), over the union of their whole head
+//     extents. It goes a
 //     chunk at a time under the chunk's range lock and writes the source's
 //     blocks where a target differs. Status.LastResync reports the amount
 //     compared and whether tracking bounded it.
@@ -63,7 +66,7 @@ func (v *Volume) startResyncLocked(ctx context.Context) {
 	src := v.view.healthy[0]
 	cctx, cancel := context.WithTimeout(ctx, v.cfg.ControlTimeout)
 	defer cancel()
-	infos := map[*member]ReplicaInfo{}
+	infos := map[*member]replica.Info{}
 	var imu sync.Mutex
 	errs := v.parallel(v.view.healthy, func(m *member) error {
 		info, err := m.r.Info(cctx)
@@ -94,7 +97,7 @@ func (v *Volume) startResyncLocked(ctx context.Context) {
 	}
 }
 
-func sameChain(a, b []SnapshotInfo) bool {
+func sameChain(a, b []replica.SnapshotInfo) bool {
 	if len(a) != len(b) {
 		return false
 	}
@@ -171,27 +174,20 @@ type ResyncResult struct {
 	Tracked bool `json:"tracked"`
 }
 
-// changeTracking is implemented by replicas that report the head regions
-// changed since a generation (replicaClient).
-type changeTracking interface {
-	ChangedSince(ctx context.Context, gen uint64, size int64) ([]Extent, error)
-}
-
 // resyncRegions returns what a resync must compare: the union, over the
 // source and targets, of the regions each has changed since the session
 // it was opened in began (only writes of that session, cut short by the
 // crash or still unrepaired from an earlier one, can differ). If any of
 // them cannot tell (restarted, rebuilt or reverted since), the union of
 // their whole head layers.
-func (v *Volume) resyncRegions(ctx context.Context, ms []*member) (ext []Extent, tracked bool, err error) {
+func (v *Volume) resyncRegions(ctx context.Context, ms []*member) (ext []replica.Extent, tracked bool, err error) {
 	tracked = true
 	for _, m := range ms {
-		ct, ok := m.r.(changeTracking)
-		if !ok || m.sessionStart == 0 {
+		if m.sessionStart == 0 {
 			tracked = false
 			break
 		}
-		e, err := ct.ChangedSince(ctx, m.sessionStart, v.Size())
+		e, err := m.r.ChangedSince(ctx, m.sessionStart, v.Size())
 		if err != nil {
 			v.log.Info("Replica cannot bound the resync; comparing whole heads", "replica", m.addr, "err", err.Error())
 			tracked = false
@@ -229,7 +225,7 @@ func (v *Volume) resyncPass(src *member, targets []*member) (int64, error) {
 // repairRegions compares every target with src over the extents all and
 // rewrites the blocks that differ, a chunk at a time under the chunk's
 // range lock; it returns the bytes rewritten and records LastResync.
-func (v *Volume) repairRegions(src *member, targets []*member, all []Extent, tracked bool) (int64, error) {
+func (v *Volume) repairRegions(src *member, targets []*member, all []replica.Extent, tracked bool) (int64, error) {
 	var total int64
 	for _, e := range all {
 		total += e.Length
@@ -384,11 +380,11 @@ func (v *Volume) markCleanLocked() {
 }
 
 // mergeExtents sorts and merges overlapping or adjacent extents.
-func mergeExtents(ext []Extent) []Extent {
+func mergeExtents(ext []replica.Extent) []replica.Extent {
 	if len(ext) < 2 {
 		return ext
 	}
-	slices.SortFunc(ext, func(a, b Extent) int { return cmp.Compare(a.Offset, b.Offset) })
+	slices.SortFunc(ext, func(a, b replica.Extent) int { return cmp.Compare(a.Offset, b.Offset) })
 	w := 0
 	for _, e := range ext[1:] {
 		if e.Offset <= ext[w].Offset+ext[w].Length {

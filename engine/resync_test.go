@@ -65,8 +65,9 @@ func TestUncleanShutdownResyncsReplicas(t *testing.T) {
 	require.NoError(t, v3.Close())
 	require.Equal(t, uint64(0), rs[0].generation()%2)
 
-	// A second crash, after which the replica processes restart: they lost
-	// their change tracking, so the resync compares their whole heads.
+	// A second crash, after which the replica processes restart: their
+	// change tracking survives (replica.cbt), so the resync still compares
+	// only the session's regions.
 	crash()
 	for _, r := range rs {
 		r.stop()
@@ -75,7 +76,9 @@ func TestUncleanShutdownResyncsReplicas(t *testing.T) {
 	v4 := resyncWhileWriting(t, rs)
 	st = v4.Status()
 	require.NotNil(t, st.LastResync)
-	require.False(t, st.LastResync.Tracked, "%+v", st.LastResync)
+	require.True(t, st.LastResync.Tracked, "%+v", st.LastResync)
+	require.LessOrEqual(t, st.LastResync.Compared, int64(hot+64<<10))
+	require.Positive(t, st.LastResync.Repaired)
 	require.NoError(t, v4.Close())
 }
 

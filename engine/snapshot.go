@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/cairnstore/cairn/replica"
 	"maps"
 	"regexp"
 	"slices"
@@ -228,7 +229,7 @@ func (v *Volume) removeSnapshot(name string) error {
 }
 
 // Snapshots lists the snapshots of the volume (from a healthy replica).
-func (v *Volume) Snapshots(ctx context.Context) ([]SnapshotInfo, error) {
+func (v *Volume) Snapshots(ctx context.Context) ([]replica.SnapshotInfo, error) {
 	v.mu.RLock()
 	m := pickReader(v.view.healthy)
 	v.mu.RUnlock()

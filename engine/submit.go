@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/cairnstore/cairn/replica"
+	"github.com/cairnstore/cairn/replica/wire"
 )
 
 // IOOp is the operation of an asynchronous Request.
@@ -72,7 +73,8 @@ type fanout struct {
 var fanoutPool = sync.Pool{New: func() any {
 	f := &fanout{}
 	for i := range f.legs {
-		f.legs[i].owner = f
+		l := &f.legs[i]
+		l.f, l.Owner = f, l
 	}
 	return f
 }}
@@ -130,7 +132,7 @@ func (v *Volume) Submit(rq *Request) {
 			return
 		}
 		m.inflight.Add(1)
-		f.setLeg(0, m, rpOpRead, rq.Buf, rq.Off, n)
+		f.setLeg(0, m, wire.OpRead, rq.Buf, rq.Off, n)
 		f.n = 1
 	} else {
 		if o != opFlush {
@@ -140,13 +142,13 @@ func (v *Volume) Submit(rq *Request) {
 		for i, m := range vw.healthy {
 			switch o {
 			case opWrite:
-				f.setLeg(i, m, rpOpWrite, rq.Buf, rq.Off, n)
+				f.setLeg(i, m, wire.OpWrite, rq.Buf, rq.Off, n)
 			case opFlush:
-				f.setLeg(i, m, rpOpFlush, nil, 0, 0)
+				f.setLeg(i, m, wire.OpFlush, nil, 0, 0)
 			case opTrim:
-				f.setLeg(i, m, rpOpTrim, nil, rq.Off, n)
+				f.setLeg(i, m, wire.OpTrim, nil, rq.Off, n)
 			case opZero:
-				f.setLeg(i, m, rpOpZeroes, nil, rq.Off, n)
+				f.setLeg(i, m, wire.OpWriteZeroes, nil, rq.Off, n)
 			}
 		}
 		f.n = len(vw.healthy)
@@ -160,43 +162,18 @@ func (v *Volume) Submit(rq *Request) {
 			f.ioDone(l, errors.New("replica already failed"))
 			continue
 		}
-		if ar, ok := l.m.r.(asyncReplica); ok {
-			ar.submit(l)
-			continue
-		}
-		go v.legSync(l)
+		l.m.r.submit(l)
 	}
 	f.ioDone(nil, nil)
 }
 
 func (f *fanout) setLeg(i int, m *member, o uint8, data []byte, off, n int64) {
 	l := &f.legs[i]
-	l.m, l.op, l.data, l.off, l.length, l.name = m, o, data, uint64(off), uint64(n), nil
+	l.m, l.Op, l.Data, l.Off, l.Length, l.Prefix = m, o, data, uint64(off), uint64(n), nil
 }
 
-// legSync runs a leg through the Replica methods (replicas without a
-// pipelined I/O path, such as test wrappers).
-func (v *Volume) legSync(l *ioLeg) {
-	ctx, cancel := v.ioCtx()
-	defer cancel()
-	var err error
-	r, off, n := l.m.r, int64(l.off), int64(l.length)
-	switch l.op {
-	case rpOpRead:
-		err = r.ReadAt(ctx, l.data, off)
-	case rpOpWrite:
-		err = r.WriteAt(ctx, l.data, off)
-	case rpOpFlush:
-		err = r.Flush(ctx)
-	case rpOpTrim:
-		err = r.Trim(ctx, off, n)
-	case rpOpZeroes:
-		err = r.WriteZeroes(ctx, off, n)
-	}
-	l.owner.ioDone(l, err)
-}
-
-// ioDone implements ioOwner; a nil leg is Submit's own reference.
+// ioDone completes one leg (ioLeg.Done); a nil leg is Submit's own
+// reference.
 func (f *fanout) ioDone(l *ioLeg, err error) {
 	if l != nil {
 		if err != nil {
@@ -241,7 +218,7 @@ func (f *fanout) bytes() int64 {
 
 func (f *fanout) release() {
 	for i := 0; i < f.n; i++ {
-		f.legs[i].m, f.legs[i].data = nil, nil
+		f.legs[i].m, f.legs[i].Data, f.legs[i].Reply = nil, nil, nil
 	}
 	f.v, f.rq, f.n = nil, nil, 0
 	fanoutPool.Put(f)

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cairnstore/cairn/internal/netx"
 	"github.com/go-logr/logr"
 )
 
@@ -45,7 +46,7 @@ type Config struct {
 type member struct {
 	addr   string
 	local  bool
-	r      Replica
+	r      *Replica
 	mode   ReplicaMode // guarded by Volume.mu
 	reason string      // why failed/stale, guarded by Volume.mu
 	gen    uint64      // last generation known to be stored on it
@@ -117,7 +118,7 @@ func Open(ctx context.Context, cfg Config) (*Volume, error) {
 		cfg.RebuildWorkers = 16
 	}
 	if cfg.Local == nil {
-		cfg.Local = func(addr string) bool { return strings.HasPrefix(addr, "unix:") }
+		cfg.Local = netx.IsUnix
 	}
 	v := &Volume{cfg: cfg, log: cfg.Log.WithValues("volume", cfg.Name)}
 	v.size.Store(cfg.Size)
@@ -201,14 +202,12 @@ func (v *Volume) probe(ctx context.Context, m *member) {
 }
 
 // dial connects to a replica and gives its I/O path the volume's timeout.
-func (v *Volume) dial(ctx context.Context, addr string) (Replica, error) {
+func (v *Volume) dial(ctx context.Context, addr string) (*Replica, error) {
 	r, err := v.cfg.Dial(ctx, addr)
 	if err != nil {
 		return nil, err
 	}
-	if ar, ok := r.(asyncReplica); ok {
-		ar.setIOTimeout(v.cfg.IOTimeout)
-	}
+	r.setIOTimeout(v.cfg.IOTimeout)
 	return r, nil
 }
 
@@ -442,7 +441,7 @@ type mutation struct {
 	sync bool // flush
 }
 
-func (mu *mutation) apply(ctx context.Context, r Replica) error {
+func (mu *mutation) apply(ctx context.Context, r *Replica) error {
 	switch mu.op {
 	case opWrite:
 		return r.WriteAt(ctx, mu.p, mu.off)

@@ -63,6 +63,9 @@ func TestBenchReplica(t *testing.T) {
 		dir := t.TempDir()
 		r, err := Create(filepath.Join(dir, "r"), volSize)
 		require.NoError(t, err)
+		// an engine opens the volume so: every write also records its
+		// region in a fresh change tracker, as in production
+		require.NoError(t, r.SetGeneration(1))
 		f, err := os.OpenFile(filepath.Join(dir, "raw"), os.O_RDWR|os.O_CREATE, 0o640)
 		require.NoError(t, err)
 		require.NoError(t, f.Truncate(volSize))

@@ -11,8 +11,10 @@ import (
 // then on. ChangedSince(g) returns them, so a replica that left the
 // volume at generation g and comes back copies only those regions from a
 // healthy one instead of a rebuild snapshot's whole layers. The bitmaps
-// live in memory only: after a restart, a revert or a rebuild reset,
-// ChangedSince reports ErrNotFound and the engine falls back to a rebuild.
+// persist in replica.cbt (cbtfile.go) and survive restarts; after a
+// revert, a rebuild reset or a crash of the machine (not just the
+// process) while the replica was open, ChangedSince reports ErrNotFound
+// and the engine falls back to a rebuild or a whole-head comparison.
 //
 // The tracker started when the generation goes from even (closed
 // cleanly) to odd (an engine opened the volume) is the session tracker,
@@ -29,6 +31,10 @@ const (
 type changeTracker struct {
 	gen  uint64
 	bits []atomic.Uint64
+	// cf is the file the bitmap is persisted in (nil: memory only, as
+	// for the merge tracker), in slot.
+	cf   *cbtFile
+	slot int
 }
 
 func newChangeTracker(gen uint64, size int64) *changeTracker {
@@ -36,14 +42,30 @@ func newChangeTracker(gen uint64, size int64) *changeTracker {
 	return &changeTracker{gen: gen, bits: make([]atomic.Uint64, (regions+63)/64)}
 }
 
-// mark sets the bits of the regions overlapping [off, end).
-func (t *changeTracker) mark(off, end int64) {
-	for r := off >> cbtRegionShift; r <= (end-1)>>cbtRegionShift; r++ {
-		w, b := &t.bits[r/64], uint64(1)<<(r%64)
-		if w.Load()&b == 0 {
-			w.Or(b)
+// mark sets the bits of the regions overlapping [off, end). A persisted
+// tracker writes each word that gains bits to its file first (see
+// cbtFile.setBits); the fast path, every bit already set, is one atomic
+// load per 64 regions.
+func (t *changeTracker) mark(off, end int64) error {
+	if end <= off {
+		return nil
+	}
+	r0, r1 := off>>cbtRegionShift, (end-1)>>cbtRegionShift
+	for w := r0 / 64; w <= r1/64; w++ {
+		lo, hi := max(r0, w*64)%64, min(r1, w*64+63)%64
+		mask := (^uint64(0) >> (63 - hi)) &^ (uint64(1)<<lo - 1)
+		if t.bits[w].Load()&mask == mask {
+			continue
+		}
+		if t.cf == nil {
+			t.bits[w].Or(mask)
+			continue
+		}
+		if err := t.cf.setBits(t, w, mask); err != nil {
+			return err
 		}
 	}
+	return nil
 }
 
 // extents returns the marked regions within [off, end) as merged extents
@@ -92,14 +114,18 @@ func dropOldTrackers(ts []*changeTracker, session uint64) []*changeTracker {
 }
 
 // markChanged records a change of the head in [off, end) in every
-// tracker. Callers hold mu (shared is enough).
-func (r *Replica) markChanged(off, end int64) {
+// tracker, before the change is made: a change the trackers' file cannot
+// record is not made (ioErr). Callers hold mu (shared is enough).
+func (r *Replica) markChanged(off, end int64) error {
 	for _, t := range r.trackers {
-		t.mark(off, end)
+		if err := t.mark(off, end); err != nil {
+			return err
+		}
 	}
 	if r.mergeTrk != nil {
-		r.mergeTrk.mark(off, end)
+		return r.mergeTrk.mark(off, end)
 	}
+	return nil
 }
 
 // ChangedSince returns, within [off, off+length), the extents (64 KiB

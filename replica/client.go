@@ -1,333 +1,145 @@
 package replica
 
 import (
-	"bufio"
 	"context"
-	"crypto/hmac"
-	"crypto/rand"
-	"encoding/binary"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
-	"net"
-	"strings"
-	"sync"
+	"sync/atomic"
 	"time"
+
+	"github.com/cairnstore/cairn/replica/wire"
 )
 
-// Client is a connection to a replica server. All methods are safe for
-// concurrent use: requests from many goroutines are pipelined on the one
-// connection and complete out of order. A context that ends makes the
-// call return ctx.Err() (the request may still be executed by the server).
+// Client is a connection to a replica server, on the protocol's one
+// client implementation (wire.Conn). All methods are safe for concurrent
+// use: requests from many goroutines are pipelined on the one connection
+// and complete out of order. A context that ends makes the call return
+// ctx.Err(); the request may still be executed by the server, and when the
+// request still holds the caller's buffer (a read or write) the
+// connection is closed so that the buffer is free when the call returns.
 // When the connection fails every pending and later call fails with an
 // error wrapping ErrClosed; the caller dials again.
 type Client struct {
-	conn net.Conn
-	addr string
-
-	wmu sync.Mutex // serializes frame writes
-
-	mu      sync.Mutex
-	pending map[uint64]*call
-	nextID  uint64
-	err     error // set once the connection failed or was closed
-	done    chan struct{}
-}
-
-type call struct {
-	id      uint64
-	op      uint8
-	dst     []byte // read destination; nil for other ops
-	payload []byte // response payload when not read into dst
-	status  uint8
-	err     error
-	done    chan struct{}
+	c *wire.Conn
 }
 
 // Dial connects to the replica server at addr ("host:port" or
 // "unix:/path") and authenticates with token.
 func Dial(ctx context.Context, addr, token string) (*Client, error) {
-	conn, err := DialConn(ctx, addr, token)
+	conn, err := wire.Dial(ctx, addr, token)
 	if err != nil {
 		return nil, err
 	}
-	c := &Client{conn: conn, addr: addr, pending: map[uint64]*call{}, done: make(chan struct{})}
-	go c.readLoop()
-	return c, nil
-}
-
-// DialConn connects to the replica server at addr ("host:port" or
-// "unix:/path") and authenticates with token, returning the connection
-// ready for request frames: for clients that speak the I/O protocol
-// themselves (the engine's batched data path).
-func DialConn(ctx context.Context, addr, token string) (net.Conn, error) {
-	if token == "" {
-		return nil, fmt.Errorf("%w: empty token", ErrInvalid)
-	}
-	var d net.Dialer
-	var conn net.Conn
-	var err error
-	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
-		conn, err = d.DialContext(ctx, "unix", path)
-	} else {
-		conn, err = d.DialContext(ctx, "tcp", addr)
-	}
-	if err != nil {
-		return nil, err
-	}
-	if tc, ok := conn.(*net.TCPConn); ok {
-		tc.SetNoDelay(true)
-	}
-	if err := clientHandshake(ctx, conn, []byte(token)); err != nil {
-		conn.Close()
-		return nil, err
-	}
-	return conn, nil
-}
-
-func clientHandshake(ctx context.Context, conn net.Conn, token []byte) error {
-	deadline := time.Now().Add(handshakeTimeout)
-	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
-		deadline = d
-	}
-	conn.SetDeadline(deadline)
-	defer conn.SetDeadline(time.Time{})
-	hello := make([]byte, 12+nonceSize)
-	if err := readFull(conn, hello); err != nil {
-		return fmt.Errorf("replica handshake: %w", err)
-	}
-	if string(hello[:8]) != protoMagic || binary.LittleEndian.Uint32(hello[8:]) != protoVersion {
-		return fmt.Errorf("%w: peer is not a cairn replica (protocol %d)", ErrProtocol, protoVersion)
-	}
-	sNonce := hello[12:]
-	msg := make([]byte, 12+nonceSize+macSize)
-	copy(msg, protoMagic)
-	binary.LittleEndian.PutUint32(msg[8:], protoVersion)
-	cNonce := msg[12 : 12+nonceSize]
-	rand.Read(cNonce)
-	copy(msg[12+nonceSize:], authMAC(token, "client", sNonce, cNonce))
-	if _, err := conn.Write(msg); err != nil {
-		return fmt.Errorf("replica handshake: %w", err)
-	}
-	reply := make([]byte, 1+macSize)
-	if err := readFull(conn, reply); err != nil {
-		return fmt.Errorf("%w: server closed the connection during authentication: %v", ErrAuth, err)
-	}
-	if reply[0] != 0 {
-		return fmt.Errorf("%w: server refused the token", ErrAuth)
-	}
-	if !hmac.Equal(reply[1:], authMAC(token, "server", sNonce, cNonce)) {
-		return fmt.Errorf("%w: server does not know the token", ErrAuth)
-	}
-	return nil
+	return &Client{c: wire.NewConn(conn, addr)}, nil
 }
 
 // Close closes the connection; pending calls fail with ErrClosed.
-func (c *Client) Close() error {
-	c.fail(ErrClosed)
-	return nil
-}
+func (c *Client) Close() error { return c.c.Close() }
 
 // Addr returns the address the client dialed.
-func (c *Client) Addr() string { return c.addr }
+func (c *Client) Addr() string { return c.c.Addr() }
 
 // Done is closed when the connection is gone.
-func (c *Client) Done() <-chan struct{} { return c.done }
+func (c *Client) Done() <-chan struct{} { return c.c.Done() }
 
-func (c *Client) fail(err error) {
-	c.mu.Lock()
-	if c.err != nil {
-		c.mu.Unlock()
-		return
-	}
-	if !errors.Is(err, ErrClosed) {
-		err = fmt.Errorf("%w: connection to %s lost: %v", ErrClosed, c.addr, err)
-	}
-	c.err = err
-	pending := c.pending
-	c.pending = nil
-	close(c.done)
-	c.mu.Unlock()
-	c.conn.Close()
-	for _, cl := range pending {
-		cl.err = err
-		close(cl.done)
-	}
+// Submit queues a request without waiting: the asynchronous I/O path (the
+// engine's). The request's owner gets the result.
+func (c *Client) Submit(r *wire.Request) { c.c.Submit(r) }
+
+// SetIOTimeout makes the connection fail when a request waits longer than
+// d for its reply (0: never, the default).
+func (c *Client) SetIOTimeout(d time.Duration) { c.c.SetTimeout(d) }
+
+// waiter is the owner of a synchronous call's requests.
+type waiter struct {
+	ch  chan struct{}
+	err atomic.Pointer[error]
+	n   atomic.Int32
 }
 
-func (c *Client) readLoop() {
-	br := bufio.NewReaderSize(c.conn, 256<<10)
-	hdr := make([]byte, respHeaderSize)
-	for {
-		if err := readFull(br, hdr); err != nil {
-			c.fail(err)
-			return
-		}
-		h, err := decodeRespHeader(hdr)
-		if err != nil {
-			c.fail(err)
-			return
-		}
-		c.mu.Lock()
-		cl := c.pending[h.ID]
-		delete(c.pending, h.ID)
-		c.mu.Unlock()
-		if cl == nil { // cancelled call: discard its payload
-			if _, err := io.CopyN(io.Discard, br, int64(h.Payload)); err != nil {
-				c.fail(err)
-				return
-			}
-			continue
-		}
-		cl.status = h.Status
-		var dst []byte
-		if h.Status == 0 && cl.dst != nil && int(h.Payload) == len(cl.dst) {
-			dst = cl.dst
-		} else {
-			dst = make([]byte, h.Payload)
-			cl.payload = dst
-		}
-		if err := readFull(br, dst); err != nil {
-			cl.err = fmt.Errorf("%w: connection lost: %v", ErrClosed, err)
-			close(cl.done)
-			c.fail(err)
-			return
-		}
-		if h.Status == 0 && cl.dst != nil && int(h.Payload) != len(cl.dst) {
-			cl.err = fmt.Errorf("%w: short read reply", ErrProtocol)
-		}
-		close(cl.done)
-	}
-}
-
-// start sends one request; wait collects its reply.
-func (c *Client) start(op uint8, off, length uint64, dst []byte, payload ...[]byte) (*call, error) {
-	cl := &call{op: op, dst: dst, done: make(chan struct{})}
-	var size int
-	for _, p := range payload {
-		size += len(p)
-	}
-	if size > maxPayload {
-		return nil, fmt.Errorf("%w: payload of %d bytes", ErrTooLarge, size)
-	}
-	hdr := make([]byte, reqHeaderSize)
-	c.mu.Lock()
-	if c.err != nil {
-		err := c.err
-		c.mu.Unlock()
-		return nil, err
-	}
-	c.nextID++
-	id := c.nextID
-	cl.id = id
-	c.pending[id] = cl
-	c.mu.Unlock()
-	h := reqHeader{Op: op, Payload: uint32(size), ID: id, Offset: off, Length: length}
-	h.encode(hdr)
-	bufs := net.Buffers(append([][]byte{hdr}, payload...))
-	c.wmu.Lock()
-	_, err := bufs.WriteTo(c.conn)
-	c.wmu.Unlock()
+func (w *waiter) Done(_ *wire.Request, err error) {
 	if err != nil {
-		c.fail(err)
-		c.mu.Lock()
-		err = c.err
-		c.mu.Unlock()
-		return nil, err
+		w.err.CompareAndSwap(nil, &err)
 	}
-	return cl, nil
+	if w.n.Add(-1) == 0 {
+		close(w.ch)
+	}
 }
 
-func (c *Client) wait(ctx context.Context, cl *call) error {
+// run submits reqs (pipelined) and waits for all of them; the first error
+// wins.
+func (c *Client) run(ctx context.Context, reqs ...*wire.Request) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	w := &waiter{ch: make(chan struct{})}
+	w.n.Store(int32(len(reqs)))
+	buffers := false
+	for _, r := range reqs {
+		r.Owner = w
+		buffers = buffers || len(r.Data) > 0
+		c.c.Submit(r)
+	}
 	select {
-	case <-cl.done:
+	case <-w.ch:
 	case <-ctx.Done():
-		// still pending: forget it, the reader discards its reply
-		c.mu.Lock()
-		owned := c.pending[cl.id] == cl
-		if owned {
-			delete(c.pending, cl.id)
-		}
-		c.mu.Unlock()
-		if owned {
+		if !buffers {
 			return ctx.Err()
 		}
-		<-cl.done // the reader is delivering it right now
+		c.c.Fail(ctx.Err())
+		<-w.ch
+		return ctx.Err()
 	}
-	if cl.err != nil {
-		return cl.err
-	}
-	if cl.status != 0 {
-		return &RemoteError{Status: cl.status, Message: string(cl.payload)}
+	if p := w.err.Load(); p != nil {
+		return *p
 	}
 	return nil
 }
 
-func (c *Client) do(ctx context.Context, op uint8, off, length uint64, dst []byte, payload ...[]byte) (*call, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	cl, err := c.start(op, off, length, dst, payload...)
-	if err != nil {
-		return nil, err
-	}
-	return cl, c.wait(ctx, cl)
-}
-
+// ctl runs one control request with an optional JSON body and decodes the
+// JSON reply into resp.
 func (c *Client) ctl(ctx context.Context, op uint8, off, length uint64, req *ctlRequest, resp any) error {
-	var payload []byte
+	r := &wire.Request{Op: op, Off: off, Length: length}
 	if req != nil {
 		var err error
-		if payload, err = json.Marshal(req); err != nil {
+		if r.Prefix, err = json.Marshal(req); err != nil {
 			return err
 		}
+		if len(r.Prefix) > wire.MaxControlPayload {
+			return fmt.Errorf("%w: control payload of %d bytes", ErrTooLarge, len(r.Prefix))
+		}
 	}
-	cl, err := c.do(ctx, op, off, length, nil, payload)
-	if err != nil {
+	if err := c.run(ctx, r); err != nil {
 		return err
 	}
 	if resp != nil {
-		if err := json.Unmarshal(cl.payload, resp); err != nil {
+		if err := json.Unmarshal(r.Reply, resp); err != nil {
 			return fmt.Errorf("%w: bad reply: %v", ErrProtocol, err)
 		}
 	}
 	return nil
 }
 
-// pieces splits [off, off+n) into frames of at most MaxIO bytes, issues
-// them all (pipelined) and waits for every reply.
-func (c *Client) pieces(ctx context.Context, n int, each func(lo, hi int) (*call, error)) error {
-	var calls []*call
-	var first error
-	for lo := 0; lo < n || (n == 0 && lo == 0); lo += MaxIO {
-		cl, err := each(lo, min(n, lo+MaxIO))
-		if err != nil {
-			first = err
-			break
-		}
-		calls = append(calls, cl)
-		if n == 0 {
+// io splits a read or write of p at off into frames of at most MaxIO
+// bytes, issues them all (pipelined) and waits for every reply.
+func (c *Client) io(ctx context.Context, op uint8, prefix, p []byte, off int64) error {
+	if off < 0 {
+		return fmt.Errorf("%w: negative offset", ErrOutOfRange)
+	}
+	reqs := make([]*wire.Request, 0, max(1, (len(p)+MaxIO-1)/MaxIO))
+	for lo := 0; lo < len(p) || lo == 0; lo += MaxIO {
+		hi := min(len(p), lo+MaxIO)
+		reqs = append(reqs, &wire.Request{Op: op, Off: uint64(off) + uint64(lo), Length: uint64(hi - lo), Prefix: prefix, Data: p[lo:hi]})
+		if hi == len(p) {
 			break
 		}
 	}
-	for _, cl := range calls {
-		if err := c.wait(ctx, cl); err != nil && first == nil {
-			first = err
-		}
-	}
-	return first
+	return c.run(ctx, reqs...)
 }
 
 // ReadAt reads len(p) bytes at off.
 func (c *Client) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
-	if off < 0 {
-		return 0, fmt.Errorf("%w: negative offset", ErrOutOfRange)
-	}
-	err := c.pieces(ctx, len(p), func(lo, hi int) (*call, error) {
-		return c.start(opRead, uint64(off)+uint64(lo), uint64(hi-lo), p[lo:hi])
-	})
-	if err != nil {
+	if err := c.io(ctx, wire.OpRead, nil, p, off); err != nil {
 		return 0, err
 	}
 	return len(p), nil
@@ -335,58 +147,46 @@ func (c *Client) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
 
 // WriteAt writes p at off. The write is durable after a later Flush.
 func (c *Client) WriteAt(ctx context.Context, p []byte, off int64) (int, error) {
-	if off < 0 {
-		return 0, fmt.Errorf("%w: negative offset", ErrOutOfRange)
-	}
-	err := c.pieces(ctx, len(p), func(lo, hi int) (*call, error) {
-		return c.start(opWrite, uint64(off)+uint64(lo), uint64(hi-lo), nil, p[lo:hi])
-	})
-	if err != nil {
+	if err := c.io(ctx, wire.OpWrite, nil, p, off); err != nil {
 		return 0, err
 	}
 	return len(p), nil
 }
 
-// Flush makes every write acknowledged before it durable.
-func (c *Client) Flush(ctx context.Context) error {
-	_, err := c.do(ctx, opFlush, 0, 0, nil)
-	return err
-}
-
-// Trim discards whole blocks of [off, off+length) (see Replica.Trim).
-func (c *Client) Trim(ctx context.Context, off, length int64) error {
+// rangeOp runs an operation on [off, off+length) without payload.
+func (c *Client) rangeOp(ctx context.Context, op uint8, off, length int64) error {
 	if off < 0 || length < 0 {
 		return fmt.Errorf("%w: negative offset or length", ErrOutOfRange)
 	}
-	_, err := c.do(ctx, opTrim, uint64(off), uint64(length), nil)
-	return err
+	return c.run(ctx, &wire.Request{Op: op, Off: uint64(off), Length: uint64(length)})
+}
+
+// Flush makes every write acknowledged before it durable.
+func (c *Client) Flush(ctx context.Context) error { return c.rangeOp(ctx, wire.OpFlush, 0, 0) }
+
+// Trim discards whole blocks of [off, off+length) (see Replica.Trim).
+func (c *Client) Trim(ctx context.Context, off, length int64) error {
+	return c.rangeOp(ctx, wire.OpTrim, off, length)
 }
 
 // WriteZeroes makes [off, off+length) read as zeroes.
 func (c *Client) WriteZeroes(ctx context.Context, off, length int64) error {
-	if off < 0 || length < 0 {
-		return fmt.Errorf("%w: negative offset or length", ErrOutOfRange)
-	}
-	_, err := c.do(ctx, opWriteZeroes, uint64(off), uint64(length), nil)
-	return err
+	return c.rangeOp(ctx, wire.OpWriteZeroes, off, length)
 }
 
 // Ping round-trips an empty request.
-func (c *Client) Ping(ctx context.Context) error {
-	_, err := c.do(ctx, opPing, 0, 0, nil)
-	return err
-}
+func (c *Client) Ping(ctx context.Context) error { return c.rangeOp(ctx, wire.OpPing, 0, 0) }
 
 // Info returns the replica's size, generation and snapshot chain.
 func (c *Client) Info(ctx context.Context) (Info, error) {
 	var in Info
-	err := c.ctl(ctx, opInfo, 0, 0, nil, &in)
+	err := c.ctl(ctx, wire.OpInfo, 0, 0, nil, &in)
 	return in, err
 }
 
 // SetGeneration durably stores the generation (never lower than before).
 func (c *Client) SetGeneration(ctx context.Context, g uint64) error {
-	return c.ctl(ctx, opSetGeneration, g, 0, nil, nil)
+	return c.ctl(ctx, wire.OpSetGeneration, g, 0, nil, nil)
 }
 
 // Grow raises the volume size to size (see Replica.Grow).
@@ -394,29 +194,29 @@ func (c *Client) Grow(ctx context.Context, size int64) error {
 	if size <= 0 {
 		return fmt.Errorf("%w: size %d", ErrInvalid, size)
 	}
-	return c.ctl(ctx, opGrow, uint64(size), 0, nil, nil)
+	return c.ctl(ctx, wire.OpGrow, uint64(size), 0, nil, nil)
 }
 
 // Snapshot freezes the head as snapshot name (see Replica.Snapshot).
 func (c *Client) Snapshot(ctx context.Context, name string, labels map[string]string) error {
-	return c.ctl(ctx, opSnapshot, 0, 0, &ctlRequest{Name: name, Labels: labels}, nil)
+	return c.ctl(ctx, wire.OpSnapshot, 0, 0, &ctlRequest{Name: name, Labels: labels}, nil)
 }
 
 // Revert makes the volume read as snapshot name (see Replica.Revert).
 func (c *Client) Revert(ctx context.Context, name string) error {
-	return c.ctl(ctx, opRevert, 0, 0, &ctlRequest{Name: name}, nil)
+	return c.ctl(ctx, wire.OpRevert, 0, 0, &ctlRequest{Name: name}, nil)
 }
 
 // RemoveSnapshot deletes a snapshot, coalescing it into its child.
 func (c *Client) RemoveSnapshot(ctx context.Context, name string) error {
-	return c.ctl(ctx, opRemoveSnapshot, 0, 0, &ctlRequest{Name: name}, nil)
+	return c.ctl(ctx, wire.OpRemoveSnapshot, 0, 0, &ctlRequest{Name: name}, nil)
 }
 
 // Checksum computes (and for snapshots stores) a layer checksum; "" is
 // the head.
 func (c *Client) Checksum(ctx context.Context, layer string) (string, error) {
 	var resp checksumResponse
-	err := c.ctl(ctx, opChecksum, 0, 0, &ctlRequest{Name: layer}, &resp)
+	err := c.ctl(ctx, wire.OpChecksum, 0, 0, &ctlRequest{Name: layer}, &resp)
 	return resp.Checksum, err
 }
 
@@ -424,7 +224,7 @@ func (c *Client) Checksum(ctx context.Context, layer string) (string, error) {
 // Corruption is reported in the report and as an ErrCorrupt error.
 func (c *Client) Scrub(ctx context.Context) (ScrubReport, error) {
 	var rep ScrubReport
-	if err := c.ctl(ctx, opScrub, 0, 0, nil, &rep); err != nil {
+	if err := c.ctl(ctx, wire.OpScrub, 0, 0, nil, &rep); err != nil {
 		return rep, err
 	}
 	if len(rep.Corrupt) > 0 {
@@ -433,7 +233,8 @@ func (c *Client) Scrub(ctx context.Context) (ScrubReport, error) {
 	return rep, nil
 }
 
-// extents pages an extent query through windows of extentWindow bytes.
+// extents pages an extent query through windows of wire.ExtentWindow
+// bytes.
 func (c *Client) extents(ctx context.Context, op uint8, req *ctlRequest, off, length int64) ([]Extent, error) {
 	if off < 0 || length < 0 {
 		return nil, fmt.Errorf("%w: negative offset or length", ErrOutOfRange)
@@ -444,13 +245,13 @@ func (c *Client) extents(ctx context.Context, op uint8, req *ctlRequest, off, le
 	}
 	out := []Extent{}
 	end := off + length
-	for w := off; w < end || (length == 0 && w == off); w += extentWindow {
-		n := min(end-w, extentWindow)
-		cl, err := c.do(ctx, op, uint64(w), uint64(n), nil, payload)
-		if err != nil {
+	for w := off; w < end || (length == 0 && w == off); w += wire.ExtentWindow {
+		n := min(end-w, wire.ExtentWindow)
+		r := &wire.Request{Op: op, Off: uint64(w), Length: uint64(n), Prefix: payload}
+		if err := c.run(ctx, r); err != nil {
 			return nil, err
 		}
-		ext, err := decodeExtents(cl.payload)
+		ext, err := decodeExtents(r.Reply)
 		if err != nil {
 			return nil, err
 		}
@@ -471,20 +272,20 @@ func (c *Client) extents(ctx context.Context, op uint8, req *ctlRequest, off, le
 // Diff returns the extents changed between snapshots from and to (see
 // Replica.Diff); size is the volume size (from Info).
 func (c *Client) Diff(ctx context.Context, from, to string, size int64) ([]Extent, error) {
-	return c.extents(ctx, opDiff, &ctlRequest{From: from, To: to}, 0, size)
+	return c.extents(ctx, wire.OpDiff, &ctlRequest{From: from, To: to}, 0, size)
 }
 
 // ChangedSince returns the extents the head changed in since generation
 // gen (see Replica.ChangedSince); size is the volume size (from Info).
 // ErrNotFound means the server does not track that far back: rebuild.
 func (c *Client) ChangedSince(ctx context.Context, gen uint64, size int64) ([]Extent, error) {
-	return c.extents(ctx, opChangedSince, &ctlRequest{Generation: gen}, 0, size)
+	return c.extents(ctx, wire.OpChangedSince, &ctlRequest{Generation: gen}, 0, size)
 }
 
 // LayerExtents returns the allocated extents of one layer in
 // [off, off+length) (rebuild source side).
 func (c *Client) LayerExtents(ctx context.Context, layer string, off, length int64) ([]Extent, error) {
-	return c.extents(ctx, opLayerExtents, &ctlRequest{Name: layer}, off, length)
+	return c.extents(ctx, wire.OpLayerExtents, &ctlRequest{Name: layer}, off, length)
 }
 
 // PullLayer has the replica copy the allocated extents of layer within
@@ -497,23 +298,25 @@ func (c *Client) PullLayer(ctx context.Context, layer, source string, off, lengt
 		return 0, fmt.Errorf("%w: negative range", ErrOutOfRange)
 	}
 	var resp pullResponse
-	err := c.ctl(ctx, opPullLayer, uint64(off), uint64(length), &ctlRequest{Name: layer, Source: source}, &resp)
+	err := c.ctl(ctx, wire.OpPullLayer, uint64(off), uint64(length), &ctlRequest{Name: layer, Source: source}, &resp)
 	return resp.Bytes, err
+}
+
+// layerPrefix checks a layer name and returns its payload prefix.
+func layerPrefix(layer string) ([]byte, error) {
+	if len(layer) > 255 {
+		return nil, fmt.Errorf("%w: layer name too long", ErrInvalid)
+	}
+	return wire.LayerPrefix(layer), nil
 }
 
 // ReadLayer reads the raw content of one layer (rebuild source side).
 func (c *Client) ReadLayer(ctx context.Context, layer string, p []byte, off int64) (int, error) {
-	if off < 0 {
-		return 0, fmt.Errorf("%w: negative offset", ErrOutOfRange)
-	}
-	if len(layer) > 255 {
-		return 0, fmt.Errorf("%w: layer name too long", ErrInvalid)
-	}
-	name := layerPayload(layer)
-	err := c.pieces(ctx, len(p), func(lo, hi int) (*call, error) {
-		return c.start(opReadLayer, uint64(off)+uint64(lo), uint64(hi-lo), p[lo:hi], name)
-	})
+	name, err := layerPrefix(layer)
 	if err != nil {
+		return 0, err
+	}
+	if err := c.io(ctx, wire.OpReadLayer, name, p, off); err != nil {
 		return 0, err
 	}
 	return len(p), nil
@@ -521,21 +324,16 @@ func (c *Client) ReadLayer(ctx context.Context, layer string, p []byte, off int6
 
 // ResetForRebuild prepares a rebuild target (see Replica.ResetForRebuild).
 func (c *Client) ResetForRebuild(ctx context.Context, keep []string, receive []SnapshotInfo) error {
-	return c.ctl(ctx, opResetForRebuild, 0, 0, &ctlRequest{Keep: keep, Receive: receive}, nil)
+	return c.ctl(ctx, wire.OpResetForRebuild, 0, 0, &ctlRequest{Keep: keep, Receive: receive}, nil)
 }
 
 // WriteLayer writes block-aligned data into a layer being received.
 func (c *Client) WriteLayer(ctx context.Context, layer string, p []byte, off int64) error {
-	if off < 0 {
-		return fmt.Errorf("%w: negative offset", ErrOutOfRange)
+	name, err := layerPrefix(layer)
+	if err != nil {
+		return err
 	}
-	if len(layer) > 255 {
-		return fmt.Errorf("%w: layer name too long", ErrInvalid)
-	}
-	name := layerPayload(layer)
-	return c.pieces(ctx, len(p), func(lo, hi int) (*call, error) {
-		return c.start(opWriteLayer, uint64(off)+uint64(lo), uint64(hi-lo), nil, name, p[lo:hi])
-	})
+	return c.io(ctx, wire.OpWriteLayer, name, p, off)
 }
 
 // WriteLayerExtents writes many block-aligned extents into a layer being
@@ -543,8 +341,9 @@ func (c *Client) WriteLayer(ctx context.Context, layer string, p []byte, off int
 // back. Extents are packed into as few frames as the frame size allows
 // (an extent larger than a frame is split), and the frames are pipelined.
 func (c *Client) WriteLayerExtents(ctx context.Context, layer string, extents []Extent, data []byte) error {
-	if len(layer) > 255 {
-		return fmt.Errorf("%w: layer name too long", ErrInvalid)
+	name, err := layerPrefix(layer)
+	if err != nil {
+		return err
 	}
 	var total int64
 	for _, e := range extents {
@@ -556,25 +355,18 @@ func (c *Client) WriteLayerExtents(ctx context.Context, layer string, extents []
 	if total != int64(len(data)) {
 		return fmt.Errorf("%w: extents cover %d bytes but %d bytes of data", ErrInvalid, total, len(data))
 	}
-	name := layerPayload(layer)
-	var calls []*call
-	var first error
+	var reqs []*wire.Request
 	var batch []Extent
 	var lo, hi int64 // data of the batch: data[lo:hi]
 	send := func() {
-		if len(batch) == 0 || first != nil {
-			return
-		}
-		cl, err := c.start(opWriteLayerExtents, 0, uint64(len(batch)), nil, name, encodeExtents(batch), data[lo:hi])
-		if err != nil {
-			first = err
-		} else {
-			calls = append(calls, cl)
+		if len(batch) > 0 {
+			prefix := encodeExtents(append([]byte(nil), name...), batch)
+			reqs = append(reqs, &wire.Request{Op: wire.OpWriteLayerExtents, Length: uint64(len(batch)), Prefix: prefix, Data: data[lo:hi]})
 		}
 		batch, lo = batch[:0], hi
 	}
 	for _, e := range extents {
-		for e.Length > 0 && first == nil {
+		for e.Length > 0 {
 			room := int64(MaxIO) - int64(16*(len(batch)+1)) - (hi - lo)
 			if room < BlockSize {
 				send()
@@ -590,15 +382,13 @@ func (c *Client) WriteLayerExtents(ctx context.Context, layer string, extents []
 		}
 	}
 	send()
-	for _, cl := range calls {
-		if err := c.wait(ctx, cl); err != nil && first == nil {
-			first = err
-		}
+	if len(reqs) == 0 {
+		return nil
 	}
-	return first
+	return c.run(ctx, reqs...)
 }
 
 // CommitLayer seals a received layer (see Replica.CommitLayer).
 func (c *Client) CommitLayer(ctx context.Context, layer string) error {
-	return c.ctl(ctx, opCommitLayer, 0, 0, &ctlRequest{Name: layer}, nil)
+	return c.ctl(ctx, wire.OpCommitLayer, 0, 0, &ctlRequest{Name: layer}, nil)
 }

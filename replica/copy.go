@@ -5,6 +5,8 @@ import (
 	"fmt"
 
 	"golang.org/x/sync/errgroup"
+
+	"github.com/cairnstore/cairn/replica/wire"
 )
 
 const (
@@ -88,7 +90,7 @@ func copyRange(ctx context.Context, src *Client, dst layerSink, layer string, of
 	if len(layer) > 255 {
 		return 0, fmt.Errorf("%w: layer name too long", ErrInvalid)
 	}
-	name := layerPayload(layer)
+	name := wire.LayerPrefix(layer)
 	var copied int64
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(parallel)
@@ -132,33 +134,19 @@ func copyFrame(ctx context.Context, src *Client, dst layerSink, layer string, na
 	data := getBuf(int(b.bytes))
 	defer putBuf(data)
 	bufs := make([][]byte, len(b.spans))
-	calls := make([]*call, len(b.spans))
 	defer func() {
 		for _, buf := range bufs {
 			putBuf(buf)
 		}
 	}()
-	var first error
+	reqs := make([]*wire.Request, len(b.spans))
 	for i, s := range b.spans {
 		bufs[i] = getBuf(int(s.end - s.off))
-		cl, err := src.start(opReadLayer, uint64(s.off), uint64(s.end-s.off), bufs[i], name)
-		if err != nil {
-			first = fmt.Errorf("read layer %q at %d: %w", layer, s.off, err)
-			break
-		}
-		calls[i] = cl
+		reqs[i] = &wire.Request{Op: wire.OpReadLayer, Off: uint64(s.off), Length: uint64(s.end - s.off), Prefix: name, Data: bufs[i]}
 	}
-	// wait for every started read: their buffers are in use until then
-	for i, cl := range calls {
-		if cl == nil {
-			continue
-		}
-		if err := src.wait(ctx, cl); err != nil && first == nil {
-			first = fmt.Errorf("read layer %q at %d: %w", layer, b.spans[i].off, err)
-		}
-	}
-	if first != nil {
-		return first
+	// run returns once every read is done: the buffers are in use until then
+	if err := src.run(ctx, reqs...); err != nil {
+		return fmt.Errorf("read layer %q at %d: %w", layer, b.spans[0].off, err)
 	}
 	var d int64
 	for i, s := range b.spans {

@@ -229,11 +229,15 @@ func TestCrashOracle(t *testing.T) {
 // TestCrashSIGKILL kills a writer child at random points 50 times; every
 // reopen must succeed and every write acknowledged by a flush must read
 // back (the one unacknowledged iteration may be partly done: see
-// crashStateError).
+// crashStateError). The change tracking of the session started before the
+// first child must survive every kill: each block that differs from the
+// volume at its start, written in flight or not, lies in a region
+// ChangedSince reports.
 func TestCrashSIGKILL(t *testing.T) {
 	dir := t.TempDir()
 	r, err := Create(dir, crashSize)
 	require.NoError(t, err)
+	require.NoError(t, r.SetGeneration(1)) // a session starts: track it
 	require.NoError(t, r.Close())
 	base := make([]byte, crashSize)
 	rng := rand.New(rand.NewPCG(5, 5))
@@ -275,6 +279,7 @@ func TestCrashSIGKILL(t *testing.T) {
 		if err := crashStateError(got, want, crashOps(seed, last+1)); err != nil {
 			t.Fatalf("round %d (acked %d): %v", round, last, err)
 		}
+		requireTracked(t, r, 1, got, make([]byte, crashSize))
 		for _, s := range r.Snapshots() {
 			sr, err := r.OpenSnapshot(s.Name)
 			require.NoError(t, err)

@@ -141,52 +141,69 @@
 //
 // # Changed-block tracking
 //
-// SetGeneration(g) also starts an in-memory bitmap (one bit per 64 KiB
-// region, 2 MiB per TiB) of the regions the head changes from then on; the
-// newest four are kept. ChangedSince(g) returns the regions of the newest
-// bitmap started at or before g: a superset of what a replica that left
-// at generation g missed, so it can catch up by copying those regions of
-// the head view, without a rebuild snapshot. Bitmaps are not durable and
-// are dropped by Revert and ResetForRebuild; then ChangedSince fails with
-// ErrNotFound and the engine rebuilds. The engine must raise the
-// generation before acknowledging any write a departed replica missed.
+// SetGeneration(g) also starts a bitmap (one bit per 64 KiB region, 2 MiB
+// per TiB) of the regions the head changes from then on; the newest four
+// are kept, plus the session's (the one started when the generation went
+// from even, a clean close, to odd). ChangedSince(g) returns the regions of
+// the newest bitmap started at or before g: a superset of what a replica
+// that left at generation g missed, so it can catch up by copying those
+// regions of the head view, without a rebuild snapshot; and after an
+// unclean engine stop the engine compares only the session's regions.
+//
+// The bitmaps persist in replica.cbt, so both stay proportional to what
+// changed across replica restarts:
+//
+//	0        4 KiB     8 KiB              8 KiB + S        8 KiB + 5S
+//	+--------+---------+------------------+-- ... ---------+
+//	| hdr A  | hdr B   | slot 0 bitmap    | slots 1..4     |
+//	+--------+---------+------------------+-- ... ---------+
+//
+// A header is a durable frame (magic "CAIRNCB1", CRC32C) with JSON: a
+// sequence number, the volume size the slots are laid out for, the
+// trackers (generation -> slot), the session generation, the boot id of
+// the process that has the file open (/proc/sys/kernel/random/boot_id)
+// and whether it is open. Commits alternate between the copies and
+// fdatasync; Open takes the valid copy with the higher sequence. A slot
+// (S = bitmap size rounded up to 4 KiB) holds one bitmap as little-endian
+// 64-bit words.
+//
+// Crash safety: a region's bit is written to the file (pwrite of its
+// word, under a lock so the file's words only gain bits) before the bit is
+// set in memory and before the write, trim or zeroing of the head that
+// needs it is issued; a bit already set in memory is therefore in the
+// file. The cost is one 8-byte pwrite the first time a tracker sees a
+// region; every later write finds its bits set with one atomic load. A
+// process that dies (SIGKILL, panic) leaves every word it wrote in the page
+// cache ahead of the data, so the bitmaps reopened in the same boot
+// report every change that reached the head, and may report more (a bit
+// set for a write that never happened), never less. Close fdatasyncs the
+// file and marks it closed; a file left open by a process of an earlier
+// boot (a machine crash may have lost words the data outlived) is not
+// trusted: its trackers are dropped and ChangedSince reports ErrNotFound,
+// so the engine falls back to comparing whole heads or copying layers. The
+// file is allocated in full when created, so recording a change never
+// needs free space; if it cannot be opened or created, Open deletes it and
+// keeps the trackers in memory only. A new tracker is committed before its generation is stored (Open drops
+// trackers newer than the stored generation); Revert and ResetForRebuild
+// commit an empty tracker list before replacing the head; Grow rewrites the
+// file for the new size (temp file, rename) before writes can reach the
+// new range. The engine must raise the generation before acknowledging any
+// write a departed replica missed.
 //
 // # Protocol
 //
-// One TCP or unix-socket connection carries pipelined requests; replies
-// come back in completion order, matched by request id.
-//
-//	client                                   server
-//	  | <------ "CAIRNRP1" ver u32, nonce_s[32] |
-//	  | "CAIRNRP1" ver, nonce_c[32],           |
-//	  |   HMAC-SHA256(token, "cairn-replica-client"|nonce_s|nonce_c) --> |
-//	  | <------ status u8, HMAC(token, "cairn-replica-server"|...)    |
-//	  | req{op,id=1} req{op,id=2} ...  ------> |  (handled concurrently)
-//	  | <------ resp{id=2} resp{id=1} ...      |
-//
-// The token never crosses the wire; a wrong one gets status 1 and the
-// connection is closed, and the client checks the server's proof too.
-// Request header, 32 bytes little endian:
-//
-//	op u8 | flags u8 = 0 | reserved u16 = 0 | payload u32 | id u64 | offset u64 | length u64
-//
-// Response header, 16 bytes: op u8 | status u8 | reserved u16 = 0 |
-// payload u32 | id u64. Status 0 is success; any other status is a
-// sentinel error (see errors.go and statusErrors), the payload is the
-// message, and the client returns a *RemoteError that unwraps to the
-// sentinel. A payload is at most MaxIO (4 MiB) + 256 bytes; a larger
-// length or non-zero reserved bits is a malformed frame and closes that
-// connection only. An unknown op, an out-of-range or oversized I/O gets an
-// error reply and the connection stays up.
+// The server speaks the replica protocol of package replica/wire, which
+// describes the framing, handshake, opcodes and limits; Client is its
+// client. The payload formats of the operations:
 //
 // I/O ops: Read (1, reply payload = data), Write (2, payload = data),
 // Flush (3), Trim (4) and WriteZeroes (5) (offset/length), Ping (6).
 // Control ops take and return JSON: Info (16), SetGeneration (17, offset =
-// generation), Grow (25, offset = new size), Snapshot (18), Revert (19), RemoveSnapshot (20), Checksum
-// (22), Scrub (23); Diff (21), ChangedSince (24, JSON {"generation": g})
-// and LayerExtents (32) return binary extents (offset u64, length u64) for
-// a window [offset, offset+length) of at most 1 GiB, which the client
-// pages through. Rebuild: ReadLayer (33, payload
+// generation), Grow (25, offset = new size), Snapshot (18), Revert (19),
+// RemoveSnapshot (20), Checksum (22), Scrub (23); Diff (21), ChangedSince
+// (24, JSON {"generation": g}) and LayerExtents (32) return binary extents
+// (offset u64, length u64) for a window [offset, offset+length) of at most
+// 1 GiB, which the client pages through. Rebuild: ReadLayer (33, payload
 // = u8 name length + name), ResetForRebuild (34), WriteLayer (35, payload
 // = name prefix + data), CommitLayer (36) and WriteLayerExtents (37), the
 // vectored WriteLayer:

@@ -6,13 +6,14 @@ import (
 	"encoding/json"
 	"testing"
 
+	"github.com/cairnstore/cairn/replica/wire"
 	"github.com/stretchr/testify/require"
 )
 
-func frame(h reqHeader, payload []byte) []byte {
-	b := make([]byte, reqHeaderSize)
+func frame(h wire.ReqHeader, payload []byte) []byte {
+	b := make([]byte, wire.ReqHeaderSize)
 	h.Payload = uint32(len(payload))
-	h.encode(b)
+	h.Encode(b)
 	return append(b, payload...)
 }
 
@@ -21,18 +22,18 @@ func frame(h reqHeader, payload []byte) []byte {
 // input may panic, over-allocate or produce an oversized reply.
 func FuzzFrames(f *testing.F) {
 	ctl, _ := json.Marshal(ctlRequest{Name: "s1", Labels: map[string]string{"a": "b"}})
-	f.Add(frame(reqHeader{Op: opPing, ID: 1}, nil))
-	f.Add(frame(reqHeader{Op: opWrite, ID: 2, Offset: 100, Length: 5}, []byte("hello")))
-	f.Add(append(frame(reqHeader{Op: opRead, ID: 3, Offset: 4090, Length: 10}, nil),
-		frame(reqHeader{Op: opTrim, ID: 4, Length: 8192}, nil)...))
-	f.Add(frame(reqHeader{Op: opSnapshot, ID: 5}, ctl))
-	f.Add(frame(reqHeader{Op: opDiff, ID: 6, Length: 1 << 16}, []byte(`{"from":"s1"}`)))
-	f.Add(frame(reqHeader{Op: opReadLayer, ID: 7, Length: 4096}, []byte{0}))
-	f.Add(frame(reqHeader{Op: opWriteLayer, ID: 8, Length: 4096}, append([]byte{2, 's', '1'}, make([]byte, 4096)...)))
-	f.Add(frame(reqHeader{Op: 200, ID: 9}, []byte("x")))
-	ext := encodeExtents([]Extent{{0, 4096}, {8192, 4096}})
-	f.Add(frame(reqHeader{Op: opWriteLayerExtents, ID: 10, Length: 2}, append(append([]byte{2, 's', '1'}, ext...), make([]byte, 8192)...)))
-	f.Add(frame(reqHeader{Op: opChangedSince, ID: 11, Length: 1 << 20}, []byte(`{"generation":1}`)))
+	f.Add(frame(wire.ReqHeader{Op: wire.OpPing, ID: 1}, nil))
+	f.Add(frame(wire.ReqHeader{Op: wire.OpWrite, ID: 2, Offset: 100, Length: 5}, []byte("hello")))
+	f.Add(append(frame(wire.ReqHeader{Op: wire.OpRead, ID: 3, Offset: 4090, Length: 10}, nil),
+		frame(wire.ReqHeader{Op: wire.OpTrim, ID: 4, Length: 8192}, nil)...))
+	f.Add(frame(wire.ReqHeader{Op: wire.OpSnapshot, ID: 5}, ctl))
+	f.Add(frame(wire.ReqHeader{Op: wire.OpDiff, ID: 6, Length: 1 << 16}, []byte(`{"from":"s1"}`)))
+	f.Add(frame(wire.ReqHeader{Op: wire.OpReadLayer, ID: 7, Length: 4096}, []byte{0}))
+	f.Add(frame(wire.ReqHeader{Op: wire.OpWriteLayer, ID: 8, Length: 4096}, append([]byte{2, 's', '1'}, make([]byte, 4096)...)))
+	f.Add(frame(wire.ReqHeader{Op: 200, ID: 9}, []byte("x")))
+	ext := encodeExtents(nil, []Extent{{0, 4096}, {8192, 4096}})
+	f.Add(frame(wire.ReqHeader{Op: wire.OpWriteLayerExtents, ID: 10, Length: 2}, append(append([]byte{2, 's', '1'}, ext...), make([]byte, 8192)...)))
+	f.Add(frame(wire.ReqHeader{Op: wire.OpChangedSince, ID: 11, Length: 1 << 20}, []byte(`{"generation":1}`)))
 	f.Add([]byte{1, 0, 0, 0, 0xff, 0xff, 0xff, 0xff})
 	// One replica serves every input. It lives in the fuzz target's own
 	// temp dir and is closed (waiting for background work such as the
@@ -49,17 +50,17 @@ func FuzzFrames(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, stream []byte) {
 		rd := bytes.NewReader(stream)
-		hdr := make([]byte, reqHeaderSize)
+		hdr := make([]byte, wire.ReqHeaderSize)
 		for {
 			h, payload, _, err := readRequest(rd, hdr)
 			if err != nil {
 				return
 			}
-			if h.Payload > maxPayload || len(payload) != int(h.Payload) {
+			if h.Payload > wire.MaxPayload || len(payload) != int(h.Payload) {
 				t.Fatalf("decoder accepted payload %d", h.Payload)
 			}
 			resp := fuzzServer.handle(context.Background(), h, payload)
-			if len(resp.payload) > maxPayload {
+			if len(resp.payload) > wire.MaxPayload {
 				t.Fatalf("reply of %d bytes", len(resp.payload))
 			}
 			if resp.h.ID != h.ID {
@@ -106,13 +107,13 @@ func FuzzMetadata(f *testing.F) {
 
 // FuzzResponseHeader covers the client's decoder.
 func FuzzResponseHeader(f *testing.F) {
-	b := make([]byte, respHeaderSize)
-	(&respHeader{Op: opRead, Status: 3, Payload: 10, ID: 99}).encode(b)
+	b := make([]byte, wire.RespHeaderSize)
+	(&wire.RespHeader{Op: wire.OpRead, Status: 3, Payload: 10, ID: 99}).Encode(b)
 	f.Add(b)
 	f.Add([]byte{1, 2, 3})
 	f.Fuzz(func(t *testing.T, b []byte) {
-		h, err := decodeRespHeader(b)
-		if err == nil && h.Payload > maxPayload {
+		h, err := wire.DecodeRespHeader(b)
+		if err == nil && h.Payload > wire.MaxPayload {
 			t.Fatalf("accepted payload %d", h.Payload)
 		}
 		if _, err := decodeExtents(b); err == nil && len(b)%16 != 0 {

@@ -57,6 +57,12 @@ func (r *Replica) Grow(newSize int64) error {
 	for _, t := range r.trackers {
 		t.grow(newSize)
 	}
+	// the trackers' file is laid out for the old size: writes to the new
+	// range must not land in it before it is rewritten
+	if err := r.cbt.rewrite(newSize, r.trackers, r.sessionGen, cbtBootID()); err != nil {
+		r.broken = fmt.Errorf("grow to %d bytes: %w", newSize, err)
+		return err
+	}
 	r.size, r.blocks = newSize, newSize/BlockSize
 	r.setChain(m, r.layers)
 	r.refillSpare()

@@ -194,10 +194,12 @@ func (r *Replica) writeLocked(p []byte, off int64) (int, error) {
 	if err := hook("write"); err != nil {
 		return 0, ioErr("write", err)
 	}
+	if err := r.markChanged(wOff, wOff+int64(len(buf))); err != nil {
+		return 0, err
+	}
 	simWrite(head.path, head.fd, wOff, int64(len(buf)))
 	err := pwriteFull(head.fd, buf, wOff)
 	r.markDirty()
-	r.markChanged(wOff, wOff+int64(len(buf)))
 	if err != nil {
 		r.resyncHead(b0, b1)
 		return 0, ioErr("write", err)
@@ -312,8 +314,10 @@ func (r *Replica) zeroBlocks(b0, b1 int64) error {
 	hp := uint16(n)
 	g := r.rl.lock(b0, b1)
 	defer g.unlock()
+	if err := r.markChanged(b0*BlockSize, b1*BlockSize); err != nil {
+		return err
+	}
 	defer r.markDirty() // punched holes and zero blocks alike
-	defer r.markChanged(b0*BlockSize, b1*BlockSize)
 	off, end := b0*BlockSize, b1*BlockSize
 	// Blocks a lower layer holds data for must be covered by zero data in
 	// the head; elsewhere a hole reads as zeroes. While layers are being

@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/cairnstore/cairn/internal/testutil"
+	"github.com/cairnstore/cairn/replica/wire"
 )
 
 // startLimitServer serves r with s on a unix socket; the returned channel
@@ -151,14 +152,14 @@ func TestUnreadRepliesBoundMemory(t *testing.T) {
 	require.NoError(t, err)
 	addr, _ := startLimitServer(t, s)
 	before := heapInuse()
-	c, err := DialConn(context.Background(), addr, testToken)
+	c, err := wire.Dial(context.Background(), addr, testToken)
 	require.NoError(t, err)
 	// 256 reads of 4 MiB: 1 GiB of replies if nothing held the reader back.
 	go func() {
-		hdr := make([]byte, reqHeaderSize)
+		hdr := make([]byte, wire.ReqHeaderSize)
 		for i := range 256 {
-			h := reqHeader{Op: opRead, ID: uint64(i), Offset: uint64(i%16) * MaxIO, Length: MaxIO}
-			h.encode(hdr)
+			h := wire.ReqHeader{Op: wire.OpRead, ID: uint64(i), Offset: uint64(i%16) * MaxIO, Length: MaxIO}
+			h.Encode(hdr)
 			if _, err := c.Write(hdr); err != nil {
 				return
 			}

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/cairnstore/cairn/replica/wire"
 	"github.com/stretchr/testify/require"
 )
 
@@ -244,9 +245,8 @@ func TestWriteLayerExtentsBadInput(t *testing.T) {
 	require.ErrorIs(t, r.WriteLayerExtents("b", []Extent{{0, BlockSize}, {-4096, BlockSize}}, blk), ErrOutOfRange)
 	// a frame whose extent count exceeds its payload is refused, the
 	// connection stays up
-	cl, err := c.start(opWriteLayerExtents, 0, 1<<40, nil, layerPayload("b"), blk)
-	require.NoError(t, err)
-	require.ErrorIs(t, c.wait(ctx, cl), ErrInvalid)
+	bad := &wire.Request{Op: wire.OpWriteLayerExtents, Length: 1 << 40, Prefix: wire.LayerPrefix("b"), Data: blk}
+	require.ErrorIs(t, c.run(ctx, bad), ErrInvalid)
 	// nothing was written by the refused requests
 	ext, err := r.LayerExtents("b", 0, size)
 	require.NoError(t, err)
@@ -302,17 +302,17 @@ func TestWriteLayerExtentsFrameAlignsData(t *testing.T) {
 				ext[i] = Extent{Offset: int64(i) * 2 * BlockSize, Length: BlockSize}
 			}
 			data := bytes.Repeat([]byte{0xa5}, n*BlockSize)
-			payload := append(append(layerPayload(name), encodeExtents(ext)...), data...)
-			frame := make([]byte, reqHeaderSize, reqHeaderSize+len(payload))
-			h := reqHeader{Op: opWriteLayerExtents, Payload: uint32(len(payload)), ID: 7, Length: uint64(n)}
-			h.encode(frame)
+			payload := append(append(wire.LayerPrefix(name), encodeExtents(nil, ext)...), data...)
+			frame := make([]byte, wire.ReqHeaderSize, wire.ReqHeaderSize+len(payload))
+			h := wire.ReqHeader{Op: wire.OpWriteLayerExtents, Payload: uint32(len(payload)), ID: 7, Length: uint64(n)}
+			h.Encode(frame)
 			frame = append(frame, payload...)
 
-			got, p, pooled, err := readRequest(bytes.NewReader(frame), make([]byte, reqHeaderSize))
+			got, p, pooled, err := readRequest(bytes.NewReader(frame), make([]byte, wire.ReqHeaderSize))
 			require.NoError(t, err)
 			require.Equal(t, h, got)
 			require.Equal(t, payload, p)
-			gotName, rest, err := splitLayerPayload(p)
+			gotName, rest, err := wire.SplitLayerPayload(p)
 			require.NoError(t, err)
 			require.Equal(t, name, gotName)
 			gotExt, gotData, err := splitExtentsPayload(rest, uint64(n))

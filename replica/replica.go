@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -40,7 +41,9 @@ type Replica struct {
 	idx        *index
 	ms         *metaStore
 	// trackers are the changed-block bitmaps (cbt.go), replaced under mu
+	// (and opMu); cbt is the file they persist in
 	trackers []*changeTracker
+	cbt      *cbtFile
 	// sessionGen is Info().SessionStart: the generation whose tracker
 	// covers the engine session (0: none). Under mu.
 	sessionGen uint64
@@ -293,6 +296,10 @@ func openLocked(dir string, lockf *os.File) (*Replica, error) {
 	}
 	r.idx = idx
 	r.setChain(m, layers)
+	if r.cbt, r.trackers, r.sessionGen, err = openTrackers(dir, m.Size, m.Generation); err != nil {
+		closeAll()
+		return nil, ioErr("open change trackers", err)
+	}
 	// with one metadata copy unreadable the other may be one commit old:
 	// keep files it does not know until a clean open
 	if !degraded {
@@ -585,19 +592,30 @@ func (r *Replica) SetGeneration(g uint64) error {
 	}
 	m := r.meta.clone()
 	m.Generation = g
+	// track the head's changes from generation g on: the tracker is in
+	// the file before the generation is stored (a file listing a tracker
+	// newer than the stored generation drops it at open)
+	t := newChangeTracker(g, r.size)
+	session := r.sessionGen
+	if cur%2 == 0 && g%2 == 1 {
+		// an engine opened the volume after a clean close: this tracker
+		// covers its whole session, through any unclean reopen
+		session = g
+	}
+	trackers := dropOldTrackers(append(slices.Clone(r.trackers), t), session)
+	t.cf, t.slot = r.cbt, freeSlot(r.trackers)
+	if err := r.cbt.resetSlot(t.slot); err != nil {
+		return err
+	}
+	if err := r.cbt.commit(trackers, session, cbtBootID(), true); err != nil {
+		return err
+	}
 	if err := r.writeMeta(m); err != nil {
 		return err
 	}
 	r.mu.Lock()
 	r.meta = m
-	// track the head's changes from generation g on
-	r.trackers = append(r.trackers, newChangeTracker(g, r.size))
-	if cur%2 == 0 && g%2 == 1 {
-		// an engine opened the volume after a clean close: this tracker
-		// covers its whole session, through any unclean reopen
-		r.sessionGen = g
-	}
-	r.trackers = dropOldTrackers(r.trackers, r.sessionGen)
+	r.trackers, r.sessionGen = trackers, session
 	r.mu.Unlock()
 	return nil
 }
@@ -691,6 +709,9 @@ func (r *Replica) Close() error {
 		}
 	}
 	if err := r.ms.close(); err != nil && first == nil {
+		first = err
+	}
+	if err := r.cbt.close(r.trackers, r.sessionGen); err != nil && first == nil {
 		first = err
 	}
 	r.lockf.Close()

@@ -3,10 +3,6 @@ package replica
 import (
 	"bufio"
 	"context"
-	"crypto/hmac"
-	"crypto/rand"
-	"crypto/sha256"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,10 +14,8 @@ import (
 	"time"
 
 	"github.com/cairnstore/cairn/internal/netx"
+	"github.com/cairnstore/cairn/replica/wire"
 )
-
-// handshakeTimeout bounds the authentication exchange.
-const handshakeTimeout = 10 * time.Second
 
 // In-flight byte budgets: a connection stops reading requests while the
 // requests and replies it holds exceed maxConnBytes, and all connections
@@ -92,56 +86,13 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 // inFlightBytes is the number of bytes all connections hold.
 func (s *Server) inFlightBytes() int64 { return s.bytes.InUse() }
 
-func authMAC(token []byte, side string, sNonce, cNonce []byte) []byte {
-	m := hmac.New(sha256.New, token)
-	m.Write([]byte("cairn-replica-" + side))
-	m.Write(sNonce)
-	m.Write(cNonce)
-	return m.Sum(nil)
-}
-
-// serverHandshake runs the challenge: the server sends a nonce, the client
-// answers with its own nonce and an HMAC-SHA256 over both keyed by the
-// token, and the server proves knowledge of the token in return. The token
-// itself never crosses the wire.
+// serverHandshake authenticates the client (wire.ServerHandshake).
 func (s *Server) serverHandshake(c net.Conn, authed func()) error {
-	c.SetDeadline(time.Now().Add(handshakeTimeout))
-	defer c.SetDeadline(time.Time{})
-	hello := make([]byte, 12+nonceSize)
-	copy(hello, protoMagic)
-	binary.LittleEndian.PutUint32(hello[8:], protoVersion)
-	sNonce := hello[12:]
-	rand.Read(sNonce)
-	if _, err := c.Write(hello); err != nil {
-		return err
-	}
-	resp := make([]byte, 12+nonceSize+macSize)
-	if err := readFull(c, resp); err != nil {
-		return err
-	}
-	if string(resp[:8]) != protoMagic || binary.LittleEndian.Uint32(resp[8:]) != protoVersion {
-		reply := make([]byte, 1+macSize)
-		reply[0] = 1
-		c.Write(reply)
-		return fmt.Errorf("%w: bad hello", ErrProtocol)
-	}
-	cNonce := resp[12 : 12+nonceSize]
-	if !hmac.Equal(resp[12+nonceSize:], authMAC(s.token, "client", sNonce, cNonce)) {
-		reply := make([]byte, 1+macSize)
-		reply[0] = 1
-		c.Write(reply)
-		return ErrAuth
-	}
-	// The connection stops counting as unauthenticated before the client
-	// learns it is in, so the client never sees its own slot still taken.
-	authed()
-	reply := append([]byte{0}, authMAC(s.token, "server", sNonce, cNonce)...)
-	_, err := c.Write(reply)
-	return err
+	return wire.ServerHandshake(c, s.token, authed)
 }
 
 type response struct {
-	h       respHeader
+	h       wire.RespHeader
 	payload []byte
 	release func()
 	// held is the number of budget bytes the request holds.
@@ -160,7 +111,7 @@ func (s *Server) serveConn(c net.Conn, authed func()) error {
 		budget.Release(n)
 		s.bytes.Release(n)
 	}
-	out := make(chan response, maxInflight)
+	out := make(chan response, wire.MaxInflight)
 	writerDone := make(chan error, 1)
 	go func() { writerDone <- writeResponses(c, out, unhold) }()
 
@@ -168,12 +119,12 @@ func (s *Server) serveConn(c net.Conn, authed func()) error {
 	connCtx, connGone := context.WithCancel(context.Background())
 	defer connGone()
 	var handlers sync.WaitGroup
-	sem := make(chan struct{}, maxInflight)
+	sem := make(chan struct{}, wire.MaxInflight)
 	br := bufio.NewReaderSize(c, 64<<10)
-	hdr := make([]byte, reqHeaderSize)
+	hdr := make([]byte, wire.ReqHeaderSize)
 	var rerr error
 	for {
-		var h reqHeader
+		var h wire.ReqHeader
 		var payload, pooled []byte
 		if h, rerr = readHeader(br, hdr); rerr != nil {
 			break // EOF, or a malformed frame: drop this connection only
@@ -209,9 +160,9 @@ func (s *Server) serveConn(c net.Conn, authed func()) error {
 
 // requestBytes is what a request holds in memory until its reply is
 // written: its payload, the data a read returns and the reply header.
-func requestBytes(h reqHeader) int64 {
-	n := int64(h.Payload) + respHeaderSize
-	if h.Op == opRead || h.Op == opReadLayer {
+func requestBytes(h wire.ReqHeader) int64 {
+	n := int64(h.Payload) + wire.RespHeaderSize
+	if wire.ReadsInto(h.Op) {
 		n += int64(min(h.Length, MaxIO))
 	}
 	return n
@@ -230,9 +181,9 @@ func (s *Server) hold(ctx context.Context, conn *netx.Budget, n int64) error {
 	return nil
 }
 
-// readRequest reads one request frame; hdr is a reqHeaderSize scratch
+// readRequest reads one request frame; hdr is a wire.ReqHeaderSize scratch
 // buffer. See readPayload for payload and pooled.
-func readRequest(r io.Reader, hdr []byte) (h reqHeader, payload, pooled []byte, err error) {
+func readRequest(r io.Reader, hdr []byte) (h wire.ReqHeader, payload, pooled []byte, err error) {
 	if h, err = readHeader(r, hdr); err != nil {
 		return h, nil, nil, err
 	}
@@ -241,11 +192,11 @@ func readRequest(r io.Reader, hdr []byte) (h reqHeader, payload, pooled []byte, 
 }
 
 // readHeader reads and decodes a request header into the scratch hdr.
-func readHeader(r io.Reader, hdr []byte) (reqHeader, error) {
-	if err := readFull(r, hdr); err != nil {
-		return reqHeader{}, err
+func readHeader(r io.Reader, hdr []byte) (wire.ReqHeader, error) {
+	if _, err := io.ReadFull(r, hdr); err != nil {
+		return wire.ReqHeader{}, err
 	}
-	return decodeReqHeader(hdr)
+	return wire.DecodeReqHeader(hdr)
 }
 
 // readPayload reads the payload of the request h. It lives in pooled, a
@@ -253,11 +204,11 @@ func readHeader(r io.Reader, hdr []byte) (reqHeader, error) {
 // A WriteLayerExtents payload is placed so that its data starts
 // page-aligned: the replica can then write a rebuild's data with O_DIRECT
 // straight from the frame.
-func readPayload(r io.Reader, h reqHeader) (payload, pooled []byte, err error) {
+func readPayload(r io.Reader, h wire.ReqHeader) (payload, pooled []byte, err error) {
 	n := int(h.Payload)
-	if h.Op != opWriteLayerExtents || n < 1 || h.Length > uint64(n)/16 {
+	if h.Op != wire.OpWriteLayerExtents || n < 1 || h.Length > uint64(n)/16 {
 		pooled = getBuf(n)
-		if err := readFull(r, pooled); err != nil {
+		if _, err := io.ReadFull(r, pooled); err != nil {
 			putBuf(pooled)
 			return nil, nil, err
 		}
@@ -265,7 +216,7 @@ func readPayload(r io.Reader, h reqHeader) (payload, pooled []byte, err error) {
 	}
 	// name length byte | name | extents x 16 | data
 	var nameLen [1]byte
-	if err := readFull(r, nameLen[:]); err != nil {
+	if _, err := io.ReadFull(r, nameLen[:]); err != nil {
 		return nil, nil, err
 	}
 	prefix := 1 + int(nameLen[0]) + 16*int(h.Length)
@@ -273,7 +224,7 @@ func readPayload(r io.Reader, h reqHeader) (payload, pooled []byte, err error) {
 	pooled = getBuf(n + pad)
 	payload = pooled[pad : pad+n]
 	payload[0] = nameLen[0]
-	if err := readFull(r, payload[1:]); err != nil {
+	if _, err := io.ReadFull(r, payload[1:]); err != nil {
 		putBuf(pooled)
 		return nil, nil, err
 	}
@@ -284,12 +235,12 @@ func readPayload(r io.Reader, h reqHeader) (payload, pooled []byte, err error) {
 // more are queued, and gives back each response's held bytes with unhold.
 func writeResponses(c net.Conn, out <-chan response, unhold func(int64)) error {
 	bw := bufio.NewWriterSize(c, 256<<10)
-	hdr := make([]byte, respHeaderSize)
+	hdr := make([]byte, wire.RespHeaderSize)
 	var err error
 	for r := range out {
 		if err == nil {
 			r.h.Payload = uint32(len(r.payload))
-			r.h.encode(hdr)
+			r.h.Encode(hdr)
 			if _, err = bw.Write(hdr); err == nil {
 				_, err = bw.Write(r.payload)
 			}
@@ -308,19 +259,19 @@ func writeResponses(c net.Conn, out <-chan response, unhold func(int64)) error {
 	return err
 }
 
-func errResponse(h reqHeader, err error) response {
+func errResponse(h wire.ReqHeader, err error) response {
 	msg := err.Error()
 	if len(msg) > 4096 {
 		msg = msg[:4096]
 	}
-	return response{h: respHeader{Op: h.Op, Status: statusOf(err), ID: h.ID}, payload: []byte(msg)}
+	return response{h: wire.RespHeader{Op: h.Op, Status: wire.StatusOf(err), ID: h.ID}, payload: []byte(msg)}
 }
 
-func okResponse(h reqHeader, payload []byte) response {
-	return response{h: respHeader{Op: h.Op, ID: h.ID}, payload: payload}
+func okResponse(h wire.ReqHeader, payload []byte) response {
+	return response{h: wire.RespHeader{Op: h.Op, ID: h.ID}, payload: payload}
 }
 
-func jsonResponse(h reqHeader, v any, err error) response {
+func jsonResponse(h wire.ReqHeader, v any, err error) response {
 	if err != nil {
 		return errResponse(h, err)
 	}
@@ -360,32 +311,7 @@ func toInt64(v uint64) (int64, error) {
 	return int64(v), nil
 }
 
-// extentWindow bounds the range of one LayerExtents/Diff request so the
-// reply always fits a frame (at most one extent per two blocks).
-const extentWindow = 1 << 30
-
-func encodeExtents(ext []Extent) []byte {
-	b := make([]byte, 16*len(ext))
-	for i, e := range ext {
-		binary.LittleEndian.PutUint64(b[16*i:], uint64(e.Offset))
-		binary.LittleEndian.PutUint64(b[16*i+8:], uint64(e.Length))
-	}
-	return b
-}
-
-func decodeExtents(b []byte) ([]Extent, error) {
-	if len(b)%16 != 0 {
-		return nil, fmt.Errorf("%w: extent list of %d bytes", ErrProtocol, len(b))
-	}
-	ext := make([]Extent, len(b)/16)
-	for i := range ext {
-		ext[i].Offset = int64(binary.LittleEndian.Uint64(b[16*i:]))
-		ext[i].Length = int64(binary.LittleEndian.Uint64(b[16*i+8:]))
-	}
-	return ext, nil
-}
-
-func (s *Server) handle(ctx context.Context, h reqHeader, payload []byte) response {
+func (s *Server) handle(ctx context.Context, h wire.ReqHeader, payload []byte) response {
 	r := s.r
 	off, err := toInt64(h.Offset)
 	if err != nil {
@@ -396,8 +322,8 @@ func (s *Server) handle(ctx context.Context, h reqHeader, payload []byte) respon
 		return errResponse(h, err)
 	}
 	var ctl ctlRequest
-	if h.Op >= opInfo && h.Op != opReadLayer && h.Op != opWriteLayer && h.Op != opWriteLayerExtents && len(payload) > 0 {
-		if len(payload) > maxControlPayload {
+	if wire.IsControl(h.Op) && len(payload) > 0 {
+		if len(payload) > wire.MaxControlPayload {
 			return errResponse(h, fmt.Errorf("%w: control payload of %d bytes", ErrTooLarge, len(payload)))
 		}
 		if err := json.Unmarshal(payload, &ctl); err != nil {
@@ -405,7 +331,7 @@ func (s *Server) handle(ctx context.Context, h reqHeader, payload []byte) respon
 		}
 	}
 	switch h.Op {
-	case opRead:
+	case wire.OpRead:
 		if length > MaxIO {
 			return errResponse(h, fmt.Errorf("%w: read of %d bytes (max %d)", ErrTooLarge, length, MaxIO))
 		}
@@ -417,7 +343,7 @@ func (s *Server) handle(ctx context.Context, h reqHeader, payload []byte) respon
 		resp := okResponse(h, buf)
 		resp.release = func() { putBuf(buf) }
 		return resp
-	case opWrite:
+	case wire.OpWrite:
 		if int64(len(payload)) != length {
 			return errResponse(h, fmt.Errorf("%w: write length %d but %d bytes of data", ErrInvalid, length, len(payload)))
 		}
@@ -425,35 +351,35 @@ func (s *Server) handle(ctx context.Context, h reqHeader, payload []byte) respon
 			return errResponse(h, err)
 		}
 		return okResponse(h, nil)
-	case opFlush:
+	case wire.OpFlush:
 		return jsonResponse(h, nil, r.Flush())
-	case opTrim:
+	case wire.OpTrim:
 		return jsonResponse(h, nil, r.Trim(off, length))
-	case opWriteZeroes:
+	case wire.OpWriteZeroes:
 		return jsonResponse(h, nil, r.WriteZeroes(off, length))
-	case opPing:
+	case wire.OpPing:
 		return okResponse(h, nil)
-	case opInfo:
+	case wire.OpInfo:
 		return jsonResponse(h, r.Info(), nil)
-	case opSetGeneration:
+	case wire.OpSetGeneration:
 		return jsonResponse(h, nil, r.SetGeneration(h.Offset))
-	case opGrow:
+	case wire.OpGrow:
 		return jsonResponse(h, nil, r.Grow(off))
-	case opSnapshot:
+	case wire.OpSnapshot:
 		return jsonResponse(h, nil, r.Snapshot(ctl.Name, ctl.Labels))
-	case opRevert:
+	case wire.OpRevert:
 		return jsonResponse(h, nil, r.Revert(ctl.Name))
-	case opRemoveSnapshot:
+	case wire.OpRemoveSnapshot:
 		return jsonResponse(h, nil, r.RemoveSnapshot(ctl.Name))
-	case opDiff, opLayerExtents, opChangedSince:
-		if length > extentWindow {
-			return errResponse(h, fmt.Errorf("%w: extent window of %d bytes (max %d)", ErrTooLarge, length, extentWindow))
+	case wire.OpDiff, wire.OpLayerExtents, wire.OpChangedSince:
+		if length > wire.ExtentWindow {
+			return errResponse(h, fmt.Errorf("%w: extent window of %d bytes (max %d)", ErrTooLarge, length, wire.ExtentWindow))
 		}
 		var ext []Extent
 		switch h.Op {
-		case opDiff:
+		case wire.OpDiff:
 			ext, err = r.DiffRange(ctl.From, ctl.To, off, length)
-		case opChangedSince:
+		case wire.OpChangedSince:
 			ext, err = r.ChangedSince(ctl.Generation, off, length)
 		default:
 			ext, err = r.LayerExtents(ctl.Name, off, length)
@@ -461,18 +387,18 @@ func (s *Server) handle(ctx context.Context, h reqHeader, payload []byte) respon
 		if err != nil {
 			return errResponse(h, err)
 		}
-		return okResponse(h, encodeExtents(ext))
-	case opChecksum:
+		return okResponse(h, encodeExtents(nil, ext))
+	case wire.OpChecksum:
 		sum, err := r.Checksum(ctl.Name)
 		return jsonResponse(h, checksumResponse{Checksum: sum}, err)
-	case opScrub:
+	case wire.OpScrub:
 		rep, err := r.Scrub()
 		if err != nil && !errors.Is(err, ErrCorrupt) {
 			return errResponse(h, err)
 		}
 		return jsonResponse(h, rep, nil) // corruption is in the report
-	case opReadLayer:
-		name, _, err := splitLayerPayload(payload)
+	case wire.OpReadLayer:
+		name, _, err := wire.SplitLayerPayload(payload)
 		if err != nil {
 			return errResponse(h, err)
 		}
@@ -487,16 +413,16 @@ func (s *Server) handle(ctx context.Context, h reqHeader, payload []byte) respon
 		resp := okResponse(h, buf)
 		resp.release = func() { putBuf(buf) }
 		return resp
-	case opResetForRebuild:
+	case wire.OpResetForRebuild:
 		return jsonResponse(h, nil, r.ResetForRebuild(ctl.Keep, ctl.Receive))
-	case opWriteLayer:
-		name, data, err := splitLayerPayload(payload)
+	case wire.OpWriteLayer:
+		name, data, err := wire.SplitLayerPayload(payload)
 		if err != nil {
 			return errResponse(h, err)
 		}
 		return jsonResponse(h, nil, r.WriteLayer(name, data, off))
-	case opWriteLayerExtents:
-		name, body, err := splitLayerPayload(payload)
+	case wire.OpWriteLayerExtents:
+		name, body, err := wire.SplitLayerPayload(payload)
 		if err != nil {
 			return errResponse(h, err)
 		}
@@ -505,9 +431,9 @@ func (s *Server) handle(ctx context.Context, h reqHeader, payload []byte) respon
 			return errResponse(h, err)
 		}
 		return jsonResponse(h, nil, r.WriteLayerExtents(name, ext, data))
-	case opCommitLayer:
+	case wire.OpCommitLayer:
 		return jsonResponse(h, nil, r.CommitLayer(ctl.Name))
-	case opPullLayer:
+	case wire.OpPullLayer:
 		n, err := s.pullLayer(ctx, ctl.Name, ctl.Source, off, length)
 		return jsonResponse(h, pullResponse{Bytes: n}, err)
 	}
@@ -551,7 +477,7 @@ func (s *Server) pullLayer(ctx context.Context, layer, source string, off, lengt
 // pullParallel is the number of frames a pull keeps in flight.
 const pullParallel = 8
 
-// Buffer pool by power-of-two size class, up to maxPayload.
+// Buffer pool by power-of-two size class, up to wire.MaxPayload.
 var bufPools [24]sync.Pool
 
 func sizeClass(n int) int {

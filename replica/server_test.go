@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cairnstore/cairn/replica/wire"
 	"github.com/stretchr/testify/require"
 )
 
@@ -161,14 +162,14 @@ func TestWrongTokenRefused(t *testing.T) {
 	conn, err := net.Dial("unix", addr[len("unix:"):])
 	require.NoError(t, err)
 	defer conn.Close()
-	hdr := make([]byte, reqHeaderSize+12+nonceSize+macSize)
-	(&reqHeader{Op: opRead, ID: 1, Length: 4096}).encode(hdr)
+	hdr := make([]byte, wire.ReqHeaderSize+12+wire.NonceSize+wire.MACSize)
+	(&wire.ReqHeader{Op: wire.OpRead, ID: 1, Length: 4096}).Encode(hdr)
 	conn.Write(hdr)
 	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
 	b, _ := io.ReadAll(conn)
 	// hello (44 bytes) then a refusal (33 bytes), then close; no data
-	require.Equal(t, 12+nonceSize+1+macSize, len(b))
-	require.EqualValues(t, 1, b[12+nonceSize])
+	require.Equal(t, 12+wire.NonceSize+1+wire.MACSize, len(b))
+	require.EqualValues(t, 1, b[12+wire.NonceSize])
 }
 
 // rawConn authenticates and returns a raw connection for bad-frame tests.
@@ -176,16 +177,16 @@ func rawConn(t *testing.T, addr string) net.Conn {
 	conn, err := net.Dial("unix", addr[len("unix:"):])
 	require.NoError(t, err)
 	t.Cleanup(func() { conn.Close() })
-	require.NoError(t, clientHandshake(context.Background(), conn, []byte(testToken)))
+	require.NoError(t, wire.ClientHandshake(context.Background(), conn, []byte(testToken)))
 	conn.SetDeadline(time.Now().Add(10 * time.Second))
 	return conn
 }
 
-func readResp(t *testing.T, conn net.Conn) (respHeader, []byte) {
-	b := make([]byte, respHeaderSize)
+func readResp(t *testing.T, conn net.Conn) (wire.RespHeader, []byte) {
+	b := make([]byte, wire.RespHeaderSize)
 	_, err := io.ReadFull(conn, b)
 	require.NoError(t, err)
-	h, err := decodeRespHeader(b)
+	h, err := wire.DecodeRespHeader(b)
 	require.NoError(t, err)
 	p := make([]byte, h.Payload)
 	_, err = io.ReadFull(conn, p)
@@ -201,43 +202,43 @@ func TestBadFrames(t *testing.T) {
 
 	t.Run("unknown op gets an error reply", func(t *testing.T) {
 		conn := rawConn(t, addr)
-		b := make([]byte, reqHeaderSize)
-		(&reqHeader{Op: 99, ID: 7}).encode(b)
+		b := make([]byte, wire.ReqHeaderSize)
+		(&wire.ReqHeader{Op: 99, ID: 7}).Encode(b)
 		conn.Write(b)
 		h, p := readResp(t, conn)
 		require.EqualValues(t, 7, h.ID)
-		require.Equal(t, statusOf(ErrUnknownOp), h.Status)
+		require.Equal(t, wire.StatusOf(ErrUnknownOp), h.Status)
 		require.Contains(t, string(p), "unknown operation")
-		(&reqHeader{Op: opPing, ID: 8}).encode(b)
+		(&wire.ReqHeader{Op: wire.OpPing, ID: 8}).Encode(b)
 		conn.Write(b)
 		h, _ = readResp(t, conn)
 		require.EqualValues(t, 0, h.Status)
 	})
 	t.Run("oversized read gets an error reply", func(t *testing.T) {
 		conn := rawConn(t, addr)
-		b := make([]byte, reqHeaderSize)
-		(&reqHeader{Op: opRead, ID: 1, Length: MaxIO + 1}).encode(b)
+		b := make([]byte, wire.ReqHeaderSize)
+		(&wire.ReqHeader{Op: wire.OpRead, ID: 1, Length: MaxIO + 1}).Encode(b)
 		conn.Write(b)
 		h, _ := readResp(t, conn)
-		require.Equal(t, statusOf(ErrTooLarge), h.Status)
+		require.Equal(t, wire.StatusOf(ErrTooLarge), h.Status)
 	})
 	t.Run("write length mismatch", func(t *testing.T) {
 		conn := rawConn(t, addr)
-		b := make([]byte, reqHeaderSize+10)
-		(&reqHeader{Op: opWrite, ID: 1, Length: 20, Payload: 10}).encode(b)
+		b := make([]byte, wire.ReqHeaderSize+10)
+		(&wire.ReqHeader{Op: wire.OpWrite, ID: 1, Length: 20, Payload: 10}).Encode(b)
 		conn.Write(b)
 		h, _ := readResp(t, conn)
-		require.Equal(t, statusOf(ErrInvalid), h.Status)
+		require.Equal(t, wire.StatusOf(ErrInvalid), h.Status)
 	})
 	for name, mutate := range map[string]func([]byte){
-		"oversized frame": func(b []byte) { binary.LittleEndian.PutUint32(b[4:], maxPayload+1) },
+		"oversized frame": func(b []byte) { binary.LittleEndian.PutUint32(b[4:], wire.MaxPayload+1) },
 		"reserved bits":   func(b []byte) { b[2] = 1 },
 		"flags":           func(b []byte) { b[1] = 0x80 },
 	} {
 		t.Run(name+" closes only that connection", func(t *testing.T) {
 			conn := rawConn(t, addr)
-			b := make([]byte, reqHeaderSize)
-			(&reqHeader{Op: opPing, ID: 1}).encode(b)
+			b := make([]byte, wire.ReqHeaderSize)
+			(&wire.ReqHeader{Op: wire.OpPing, ID: 1}).Encode(b)
 			mutate(b)
 			conn.Write(b)
 			n, err := conn.Read(make([]byte, 1))
@@ -248,7 +249,7 @@ func TestBadFrames(t *testing.T) {
 	}
 	t.Run("garbage and truncated frame", func(t *testing.T) {
 		conn := rawConn(t, addr)
-		conn.Write([]byte{opWrite, 0, 0, 0, 10, 0})
+		conn.Write([]byte{wire.OpWrite, 0, 0, 0, 10, 0})
 		conn.(*net.UnixConn).CloseWrite()
 		n, _ := conn.Read(make([]byte, 1))
 		require.Zero(t, n)
@@ -305,4 +306,25 @@ func TestTCPListen(t *testing.T) {
 	require.NoError(t, err)
 	require.EqualValues(t, 1<<20, in.Size)
 	_ = fmt.Sprint()
+}
+
+// TestClientManyInFlight: more concurrent requests than a connection
+// starts with slots for all complete (the slots grow).
+func TestClientManyInFlight(t *testing.T) {
+	r := newTestReplica(t, 1<<20)
+	c := dialTest(t, startServer(t, r))
+	var wg sync.WaitGroup
+	errs := make(chan error, 3000)
+	for range 3000 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs <- c.Ping(context.Background())
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
 }

@@ -156,13 +156,19 @@ func (r *Replica) replaceTop(keep int, receive []SnapshotInfo) error {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	// the head's content is replaced wholesale: no tracker covers it, in
+	// the file first
+	if err := r.cbt.commit(nil, 0, cbtBootID(), true); err != nil {
+		cleanup()
+		return err
+	}
 	if err := r.writeMeta(m); err != nil {
 		cleanup()
 		return err
 	}
 	dropped := r.layers[keep:]
 	r.idx = idx
-	r.trackers, r.sessionGen = nil, 0 // the head's content was replaced wholesale
+	r.trackers, r.sessionGen = nil, 0
 	r.setChain(m, layers)
 	for _, l := range dropped {
 		l.f.Close()

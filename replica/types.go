@@ -3,6 +3,8 @@ package replica
 import (
 	"io"
 	"time"
+
+	"github.com/cairnstore/cairn/replica/wire"
 )
 
 // BlockSize is the allocation and index granularity of a replica (4 KiB).
@@ -12,7 +14,7 @@ const BlockSize = 4096
 // MaxIO is the largest payload of one protocol frame. The Client splits
 // larger reads and writes into several frames; the local Replica accepts any
 // size.
-const MaxIO = 4 << 20
+const MaxIO = wire.MaxIO
 
 // Extent is a byte range [Offset, Offset+Length) of the volume.
 type Extent struct {

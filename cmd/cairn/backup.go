@@ -10,7 +10,6 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"strconv"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -222,23 +221,6 @@ func humanBytes(n int64) string {
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
 
-// parseSize parses 65536, 64k, 64Ki, 2M, 2MiB.
-func parseSize(s string) (int, error) {
-	t := strings.TrimSuffix(strings.TrimSuffix(strings.ToLower(strings.TrimSpace(s)), "b"), "i")
-	mult := 1
-	switch {
-	case strings.HasSuffix(t, "k"):
-		mult, t = 1<<10, strings.TrimSuffix(t, "k")
-	case strings.HasSuffix(t, "m"):
-		mult, t = 1<<20, strings.TrimSuffix(t, "m")
-	}
-	n, err := strconv.Atoi(t)
-	if err != nil || n <= 0 {
-		return 0, fmt.Errorf("bad size %q (e.g. 2Mi, 512Ki, 65536)", s)
-	}
-	return n * mult, nil
-}
-
 func (f *backupFlags) print(w io.Writer, v any, text func(w io.Writer)) error {
 	if f.output == "json" {
 		enc := json.NewEncoder(w)
@@ -269,10 +251,14 @@ func newBackupCreateCmd(f *backupFlags) *cobra.Command {
 			}
 			bs := 0
 			if blockSize != "" {
-				var err error
-				if bs, err = parseSize(blockSize); err != nil {
+				n, err := parseSize("--block-size", blockSize)
+				if err != nil {
 					return err
 				}
+				if n > 1<<30 {
+					return fmt.Errorf("--block-size: %q is too large", blockSize)
+				}
+				bs = int(n)
 			}
 			comp, err := backupstore.ParseCompression(compression)
 			if err != nil {

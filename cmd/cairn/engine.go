@@ -1,10 +1,7 @@
 package main
 
 import (
-	"fmt"
 	"os/signal"
-	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
@@ -35,7 +32,7 @@ replicas and is acknowledged when all of them have it; reads go to the healthies
 
 The control endpoint serves /v1/status, /v1/snapshots, /v1/replicas, /v1/size (grow) and /metrics.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			n, err := parseVolumeSize(size)
+			n, err := parseSize("--size", size)
 			if err != nil {
 				return err
 			}
@@ -66,21 +63,4 @@ The control endpoint serves /v1/status, /v1/snapshots, /v1/replicas, /v1/size (g
 	f.DurationVar(&o.IOTimeout, "io-timeout", 10*time.Second, "drop a replica whose I/O takes longer than this")
 	f.DurationVar(&o.RebuildInterval, "rebuild-interval", 10*time.Second, "retry stale and failed replicas this often (0 disables)")
 	return cmd
-}
-
-// parseVolumeSize accepts plain bytes or a binary suffix (Ki, Mi, Gi, Ti).
-func parseVolumeSize(s string) (int64, error) {
-	mult := int64(1)
-	for i, suf := range []string{"Ki", "Mi", "Gi", "Ti"} {
-		if strings.HasSuffix(s, suf) {
-			mult = 1 << (10 * (i + 1))
-			s = strings.TrimSuffix(s, suf)
-			break
-		}
-	}
-	n, err := strconv.ParseInt(s, 10, 64)
-	if err != nil || n <= 0 {
-		return 0, fmt.Errorf("--size: %q is not a positive size", s)
-	}
-	return n * mult, nil
 }

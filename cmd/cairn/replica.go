@@ -3,12 +3,9 @@ package main
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
-	"strconv"
-	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -38,7 +35,7 @@ ps) with the volume and replica it serves.`,
 			if dir == "" || size == "" || listen == "" || tokenFile == "" {
 				return errors.New("--dir, --size, --listen and --token-file are required")
 			}
-			n, err := parseReplicaSize(size)
+			n, err := parseSize("--size", size)
 			if err != nil {
 				return err
 			}
@@ -90,20 +87,4 @@ func runReplica(ctx context.Context, log *slog.Logger, dir string, size int64, l
 	}
 	log.Info("Replica stopped")
 	return nil
-}
-
-// parseReplicaSize parses a byte count with an optional binary suffix.
-func parseReplicaSize(s string) (int64, error) {
-	mult := int64(1)
-	for i, suf := range []string{"Ki", "Mi", "Gi", "Ti", "Pi"} {
-		if v, ok := strings.CutSuffix(s, suf); ok {
-			s, mult = v, int64(1)<<(10*(i+1))
-			break
-		}
-	}
-	n, err := strconv.ParseInt(s, 10, 64)
-	if err != nil || n <= 0 || n > (1<<62)/mult {
-		return 0, fmt.Errorf("invalid --size %q", s)
-	}
-	return n * mult, nil
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/cairnstore/cairn/controllers/targets"
 	"github.com/cairnstore/cairn/engine"
 	"github.com/cairnstore/cairn/engine/backupstore"
+	"github.com/cairnstore/cairn/engine/control"
 	"github.com/cairnstore/cairn/internal/secretfile"
 	"github.com/cairnstore/cairn/replica"
 )
@@ -56,7 +57,7 @@ type BackupReconciler struct {
 type backupScope struct {
 	obj  *cairnv1.Backup
 	eng  *cairnv1.Engine
-	cl   *engine.ControlClient
+	cl   *control.Client
 	snap string // the replica snapshot backed up
 }
 

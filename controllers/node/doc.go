@@ -39,7 +39,7 @@
 // smaller member when it opens), so a restarted replica opens at its grown
 // size (Reconciling reason ResizePending while a larger spec.size waits for
 // that). A running Engine whose spec.size grows is grown online
-// (ControlClient.Grow, then fuse.RefreshLoopCapacity on the loop device;
+// (control.Client.Grow, then fuse.RefreshLoopCapacity on the loop device;
 // Reconciling reason Growing meanwhile). Deleting the Replica
 // stops the child, deletes DIR/replicas/R and its state, then removes the
 // finalizer.

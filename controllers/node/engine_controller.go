@@ -25,7 +25,9 @@ import (
 
 	cairnv1 "github.com/cairnstore/cairn/api/v1alpha1"
 	"github.com/cairnstore/cairn/engine"
+	"github.com/cairnstore/cairn/engine/control"
 	"github.com/cairnstore/cairn/engine/fuse"
+	"github.com/cairnstore/cairn/internal/netx"
 )
 
 // +kubebuilder:rbac:groups=storage.cairn.dev,resources=engines,verbs=get;list;watch;update;patch
@@ -358,7 +360,7 @@ func memberChanges(want []string, st *engine.Status) (add, remove []string) {
 }
 
 // control returns the cached control client of vol.
-func (r *EngineReconciler) control(vol, tokenFile string) (*engine.ControlClient, error) {
+func (r *EngineReconciler) control(vol, tokenFile string) (*control.Client, error) {
 	return r.Agent.controls.get(r.Agent.controlAddr(vol), vol, tokenFile)
 }
 
@@ -405,4 +407,5 @@ func (r *EngineReconciler) teardown(ctx context.Context, vol string) error {
 	return nil
 }
 
-func trimUnix(addr string) string { return addr[len("unix:"):] }
+// trimUnix returns the socket path of a "unix:PATH" address.
+func trimUnix(addr string) string { _, path := netx.SplitAddr(addr); return path }

@@ -5,8 +5,8 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"github.com/cairnstore/cairn/engine"
 	"github.com/cairnstore/cairn/engine/backupstore"
+	"github.com/cairnstore/cairn/engine/control"
 	"github.com/cairnstore/cairn/internal/secretfile"
 )
 
@@ -101,12 +101,12 @@ func (t *jobTable) stopAll() {
 // controlClients caches one engine control client per volume.
 type controlClients struct {
 	mu sync.Mutex
-	m  map[string]*engine.ControlClient
+	m  map[string]*control.Client
 }
 
 // get returns vol's client for the control endpoint at addr, reading the
 // token from tokenFile the first time.
-func (c *controlClients) get(addr, vol, tokenFile string) (*engine.ControlClient, error) {
+func (c *controlClients) get(addr, vol, tokenFile string) (*control.Client, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if cl, ok := c.m[vol]; ok {
@@ -117,9 +117,9 @@ func (c *controlClients) get(addr, vol, tokenFile string) (*engine.ControlClient
 		return nil, err
 	}
 	if c.m == nil {
-		c.m = map[string]*engine.ControlClient{}
+		c.m = map[string]*control.Client{}
 	}
-	cl := engine.NewControlClient(addr, tok)
+	cl := control.NewClient(addr, tok)
 	c.m[vol] = cl
 	return cl, nil
 }

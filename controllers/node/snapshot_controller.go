@@ -21,6 +21,7 @@ import (
 
 	cairnv1 "github.com/cairnstore/cairn/api/v1alpha1"
 	"github.com/cairnstore/cairn/engine"
+	"github.com/cairnstore/cairn/engine/control"
 )
 
 // +kubebuilder:rbac:groups=storage.cairn.dev,resources=snapshots,verbs=get;list;watch;update;patch
@@ -98,7 +99,7 @@ func (r *SnapshotReconciler) Reconcile(ctx context.Context, req ctrl.Request) (r
 
 // take snapshots the volume on every replica; a snapshot of that name
 // already there (a retry after a lost status update) counts as taken.
-func (r *SnapshotReconciler) take(ctx context.Context, cl *engine.ControlClient, snap *cairnv1.Snapshot) (ctrl.Result, error) {
+func (r *SnapshotReconciler) take(ctx context.Context, cl *control.Client, snap *cairnv1.Snapshot) (ctrl.Result, error) {
 	st := &snap.Status
 	err := cl.Snapshot(ctx, snap.Name, map[string]string{cairnv1.LabelSnapshot: snap.Name})
 	switch {
@@ -122,7 +123,7 @@ func (r *SnapshotReconciler) take(ctx context.Context, cl *engine.ControlClient,
 }
 
 // remove deletes the snapshot from the replicas, then the finalizer.
-func (r *SnapshotReconciler) remove(ctx context.Context, cl *engine.ControlClient, snap *cairnv1.Snapshot) error {
+func (r *SnapshotReconciler) remove(ctx context.Context, cl *control.Client, snap *cairnv1.Snapshot) error {
 	if !controllerutil.ContainsFinalizer(snap, cairnv1.FinalizerSnapshot) {
 		return nil
 	}
@@ -137,7 +138,7 @@ func (r *SnapshotReconciler) remove(ctx context.Context, cl *engine.ControlClien
 
 // localEngine returns the control client of vol's engine when it runs on
 // this node (nil otherwise) and the Engine object.
-func (a *Agent) localEngine(ctx context.Context, c client.Reader, secrets client.Reader, vol string) (*engine.ControlClient, *cairnv1.Engine, error) {
+func (a *Agent) localEngine(ctx context.Context, c client.Reader, secrets client.Reader, vol string) (*control.Client, *cairnv1.Engine, error) {
 	eng := &cairnv1.Engine{}
 	err := c.Get(ctx, client.ObjectKey{Name: vol}, eng)
 	if apierrors.IsNotFound(err) {

@@ -30,6 +30,22 @@ func benchSeconds() int {
 	return 60
 }
 
+// benchWanted filters workloads and targets by CAIRN_BENCH_WORKLOADS and
+// CAIRN_BENCH_TARGETS (comma-separated substrings; empty keeps all), for
+// quick before/after comparisons of one case.
+func benchWanted(env, name string) bool {
+	v := os.Getenv(env)
+	if v == "" {
+		return true
+	}
+	for _, s := range strings.Split(v, ",") {
+		if strings.Contains(name, s) {
+			return true
+		}
+	}
+	return false
+}
+
 func benchRuns() int {
 	if s, err := strconv.Atoi(os.Getenv("CAIRN_BENCH_RUNS")); err == nil && s >= 3 {
 		return s
@@ -109,6 +125,9 @@ func TestBenchEngine(t *testing.T) {
 	}
 	var targets []target
 	for _, n := range []int{1, 3} {
+		if !benchWanted("CAIRN_BENCH_TARGETS", fmt.Sprintf("cairn %d replica(s)", n)) {
+			continue
+		}
 		rs := startReplicas(t, n, size)
 		o := nbdOptions(t, size, rs)
 		o.RebuildInterval = 0
@@ -117,6 +136,9 @@ func TestBenchEngine(t *testing.T) {
 			[]string{"--ioengine=nbd", "--uri=nbd+unix:///vol1?socket=" + e.nbdSock}})
 	}
 	for _, cache := range []string{"none", "writeback"} {
+		if !benchWanted("CAIRN_BENCH_TARGETS", "qemu-nbd --cache="+cache) {
+			continue
+		}
 		raw := filepath.Join(t.TempDir(), "raw-"+cache+".img")
 		require.NoError(t, exec.Command("truncate", "-s", strconv.Itoa(size), raw).Run())
 		qsock := filepath.Join(sockDir(t), "q.sock")
@@ -130,9 +152,11 @@ func TestBenchEngine(t *testing.T) {
 		require.Eventually(t, func() bool { _, err := os.Stat(qsock); return err == nil }, 10*time.Second, 20*time.Millisecond)
 		targets = append(targets, target{"qemu-nbd --cache=" + cache, []string{"--ioengine=nbd", "--uri=nbd+unix:///vol1?socket=" + qsock}})
 	}
-	raw := filepath.Join(t.TempDir(), "raw.img")
-	require.NoError(t, exec.Command("truncate", "-s", strconv.Itoa(size), raw).Run())
-	targets = append(targets, target{"fio direct raw file", []string{"--ioengine=libaio", "--direct=1", "--filename=" + raw}})
+	if benchWanted("CAIRN_BENCH_TARGETS", "fio direct raw file") {
+		raw := filepath.Join(t.TempDir(), "raw.img")
+		require.NoError(t, exec.Command("truncate", "-s", strconv.Itoa(size), raw).Run())
+		targets = append(targets, target{"fio direct raw file", []string{"--ioengine=libaio", "--direct=1", "--filename=" + raw}})
+	}
 
 	// Lay out every target fully so reads hit data.
 	for _, tg := range targets {
@@ -142,6 +166,9 @@ func TestBenchEngine(t *testing.T) {
 	iops := map[string]map[string]stats{}
 	bws := map[string]map[string]stats{}
 	for _, w := range workloads {
+		if !benchWanted("CAIRN_BENCH_WORKLOADS", w.name) {
+			continue
+		}
 		is, bs := map[string][]float64{}, map[string][]float64{}
 		for r := 0; r < runs; r++ {
 			for _, tg := range targets {
@@ -166,6 +193,9 @@ func TestBenchEngine(t *testing.T) {
 		"  All data fits in the page cache (1 GiB per file); nothing is flushed during a run.\n\n")
 	fmt.Printf("%-18s %-26s %-24s %-22s %-10s %s\n", "workload", "target", "IOPS", "MiB/s", "x none", "x writeback (medians)")
 	for _, w := range workloads {
+		if iops[w.name] == nil {
+			continue
+		}
 		ref := iops[w.name]["qemu-nbd --cache=none"].med
 		refWB := iops[w.name]["qemu-nbd --cache=writeback"].med
 		for _, tg := range targets {

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/cairnstore/cairn/engine"
+	"github.com/cairnstore/cairn/engine/control"
 	"github.com/cairnstore/cairn/engine/fuse"
 	"github.com/cairnstore/cairn/engine/nbd"
 	"github.com/cairnstore/cairn/internal/netx"
@@ -162,7 +163,7 @@ func Run(ctx context.Context, o Options) error {
 		if err != nil {
 			return fmt.Errorf("control listen %s: %w", o.Control, err)
 		}
-		cs := &engine.ControlServer{Volume: v, Token: token, Gatherer: reg}
+		cs := &control.Server{Volume: v, Token: token, Gatherer: reg}
 		go func() { errc <- cs.Serve(ctx, ln) }()
 		log.Info("Serving control endpoint", "address", o.Control)
 	}

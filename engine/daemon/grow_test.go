@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cairnstore/cairn/engine"
+	"github.com/cairnstore/cairn/engine/control"
 	"github.com/cairnstore/cairn/engine/fuse"
 	"github.com/cairnstore/cairn/internal/testutil"
 )
@@ -50,7 +51,7 @@ func TestFUSELoopGrowExt4Online(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("engine not ready")
 	}
-	ctl := engine.NewControlClient(o.Control, testToken)
+	ctl := control.NewClient(o.Control, testToken)
 	file := filepath.Join(mnt, "vol1")
 	dev, err := fuse.AttachLoop(context.Background(), file)
 	require.NoError(t, err)

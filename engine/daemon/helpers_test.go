@@ -19,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/cairnstore/cairn/engine"
+	"github.com/cairnstore/cairn/engine/control"
 	"github.com/cairnstore/cairn/replica"
 )
 
@@ -212,7 +213,7 @@ type engineProc struct {
 	*proc
 	nbdSock string
 	ctlSock string
-	ctl     *engine.ControlClient
+	ctl     *control.Client
 }
 
 func startEngine(t *testing.T, o Options) *engineProc {
@@ -220,7 +221,7 @@ func startEngine(t *testing.T, o Options) *engineProc {
 	b, err := json.Marshal(o)
 	require.NoError(t, err)
 	p := startProc(t, "CAIRN_TEST_HELPER=engine", "CAIRN_ENGINE_OPTS="+string(b))
-	e := &engineProc{proc: p, nbdSock: o.Listen[len("unix:"):], ctlSock: o.Control[len("unix:"):], ctl: engine.NewControlClient(o.Control, testToken)}
+	e := &engineProc{proc: p, nbdSock: o.Listen[len("unix:"):], ctlSock: o.Control[len("unix:"):], ctl: control.NewClient(o.Control, testToken)}
 	e.waitReady()
 	return e
 }

@@ -20,10 +20,30 @@ import (
 // TCP host:port. A unix socket is created with mode 0600 whatever the
 // umask, and a stale socket file at path is replaced.
 func Listen(addr string) (net.Listener, error) {
-	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
+	if network, path := SplitAddr(addr); network == "unix" {
 		return listenUnix(path)
 	}
 	return net.Listen("tcp", addr)
+}
+
+// SplitAddr returns the network and address of a Cairn address:
+// ("unix", PATH) for "unix:PATH", ("tcp", addr) for anything else.
+func SplitAddr(addr string) (network, address string) {
+	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
+		return "unix", path
+	}
+	return "tcp", addr
+}
+
+// IsUnix reports whether addr names a unix socket ("unix:PATH").
+func IsUnix(addr string) bool { return strings.HasPrefix(addr, "unix:") }
+
+// Dial connects to addr ("unix:PATH" or host:port), the counterpart of
+// Listen.
+func Dial(ctx context.Context, addr string) (net.Conn, error) {
+	var d net.Dialer
+	network, address := SplitAddr(addr)
+	return d.DialContext(ctx, network, address)
 }
 
 // maxSocketPath is the longest socket path bind accepts (sun_path).

@@ -1,4 +1,8 @@
-package engine
+// Package control is a volume engine's control endpoint: an HTTP/JSON API
+// on a unix socket or TCP address (Server) and its client (Client), used
+// by the node agent to read status and manage snapshots,
+// replicas and size.
+package control
 
 import (
 	"bytes"
@@ -17,13 +21,15 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/cairnstore/cairn/engine"
 	"github.com/cairnstore/cairn/internal/netx"
+	"github.com/cairnstore/cairn/replica"
 )
 
 // The control endpoint is HTTP/JSON on a unix socket or TCP address:
 //
-//	GET    /v1/status                      Status
-//	GET    /v1/snapshots                   []SnapshotInfo
+//	GET    /v1/status                      engine.Status
+//	GET    /v1/snapshots                   []replica.SnapshotInfo
 //	POST   /v1/snapshots                   {"name","labels"}  create (I/O barrier)
 //	DELETE /v1/snapshots/{name}            remove
 //	POST   /v1/snapshots/{name}/revert     revert (volume detached)
@@ -35,9 +41,9 @@ import (
 // /v1 requests carry "Authorization: Bearer TOKEN" with the volume token.
 // Errors are {"error": message, "code": kind}.
 
-// ControlServer serves a volume's control endpoint.
-type ControlServer struct {
-	Volume *Volume
+// Server serves a volume's control endpoint.
+type Server struct {
+	Volume *engine.Volume
 	Token  string
 	// Gatherer serves /metrics when set.
 	Gatherer prometheus.Gatherer
@@ -72,19 +78,19 @@ var errorCodes = []struct {
 	code   string
 	status int
 }{
-	{ErrInvalid, "Invalid", http.StatusBadRequest},
-	{ErrShrink, "Shrink", http.StatusBadRequest},
-	{ErrNotFound, "NotFound", http.StatusNotFound},
-	{ErrSnapshotExists, "AlreadyExists", http.StatusConflict},
-	{ErrBusy, "Busy", http.StatusConflict},
-	{ErrAttached, "Attached", http.StatusConflict},
-	{ErrReplicaRefused, "ReplicaRefused", http.StatusUnprocessableEntity},
-	{ErrNoHealthyReplica, "NoHealthyReplica", http.StatusServiceUnavailable},
-	{ErrClosed, "Closed", http.StatusServiceUnavailable},
+	{engine.ErrInvalid, "Invalid", http.StatusBadRequest},
+	{engine.ErrShrink, "Shrink", http.StatusBadRequest},
+	{engine.ErrNotFound, "NotFound", http.StatusNotFound},
+	{engine.ErrSnapshotExists, "AlreadyExists", http.StatusConflict},
+	{engine.ErrBusy, "Busy", http.StatusConflict},
+	{engine.ErrAttached, "Attached", http.StatusConflict},
+	{engine.ErrReplicaRefused, "ReplicaRefused", http.StatusUnprocessableEntity},
+	{engine.ErrNoHealthyReplica, "NoHealthyReplica", http.StatusServiceUnavailable},
+	{engine.ErrClosed, "Closed", http.StatusServiceUnavailable},
 }
 
 // Handler returns the HTTP handler.
-func (s *ControlServer) Handler() http.Handler {
+func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	v := s.Volume
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
@@ -101,7 +107,7 @@ func (s *ControlServer) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/snapshots", func(w http.ResponseWriter, r *http.Request) {
 		var req SnapshotRequest
 		if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&req); err != nil {
-			writeErr(w, fmt.Errorf("%w: %v", ErrInvalid, err))
+			writeErr(w, fmt.Errorf("%w: %v", engine.ErrInvalid, err))
 			return
 		}
 		if err := v.Snapshot(r.Context(), req.Name, req.Labels); err != nil {
@@ -127,7 +133,7 @@ func (s *ControlServer) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/size", func(w http.ResponseWriter, r *http.Request) {
 		var req SizeRequest
 		if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&req); err != nil {
-			writeErr(w, fmt.Errorf("%w: body must be {\"size\": N}: %v", ErrInvalid, err))
+			writeErr(w, fmt.Errorf("%w: body must be {\"size\": N}: %v", engine.ErrInvalid, err))
 			return
 		}
 		if err := v.Grow(r.Context(), req.Size); err != nil {
@@ -139,7 +145,7 @@ func (s *ControlServer) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/replicas", func(w http.ResponseWriter, r *http.Request) {
 		var req ReplicaRequest
 		if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&req); err != nil || req.Address == "" {
-			writeErr(w, fmt.Errorf("%w: body must be {\"address\": ...}", ErrInvalid))
+			writeErr(w, fmt.Errorf("%w: body must be {\"address\": ...}", engine.ErrInvalid))
 			return
 		}
 		if req.Wait {
@@ -152,7 +158,7 @@ func (s *ControlServer) Handler() http.Handler {
 			return
 		}
 		if cur := v.Rebuilding(); cur != "" {
-			writeErr(w, fmt.Errorf("%w: rebuilding %s", ErrBusy, cur))
+			writeErr(w, fmt.Errorf("%w: rebuilding %s", engine.ErrBusy, cur))
 			return
 		}
 		go func() { _, _ = v.Rebuild(context.Background(), req.Address) }()
@@ -204,7 +210,7 @@ const (
 // Serve serves the control endpoint on ln until ctx is done. Connections
 // beyond maxControlConns are closed at once, and slow or idle ones time
 // out, so that clients cannot exhaust the process's file descriptors.
-func (s *ControlServer) Serve(ctx context.Context, ln net.Listener) error {
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	ln = netx.LimitListener(ln, maxControlConns)
 	srv := &http.Server{
 		Handler:           s.Handler(),
@@ -240,28 +246,27 @@ func writeErr(w http.ResponseWriter, err error) {
 	writeJSON(w, http.StatusInternalServerError, errorBody{Error: err.Error(), Code: "Internal"})
 }
 
-// ControlClient talks to an engine's control endpoint.
-type ControlClient struct {
+// Client talks to an engine's control endpoint.
+type Client struct {
 	base  string
 	token string
 	hc    *http.Client
 }
 
-// NewControlClient returns a client for "unix:PATH" or "host:port".
-func NewControlClient(addr, token string) *ControlClient {
+// NewClient returns a client for "unix:PATH" or "host:port".
+func NewClient(addr, token string) *Client {
 	tr := &http.Transport{}
 	base := "http://" + addr
-	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
+	if netx.IsUnix(addr) {
 		tr.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", path)
+			return netx.Dial(ctx, addr)
 		}
 		base = "http://engine"
 	}
-	return &ControlClient{base: base, token: token, hc: &http.Client{Transport: tr}}
+	return &Client{base: base, token: token, hc: &http.Client{Transport: tr}}
 }
 
-func (c *ControlClient) do(ctx context.Context, method, path string, in, out any) error {
+func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
 	var body io.Reader
 	if in != nil {
 		b, err := json.Marshal(in)
@@ -306,52 +311,52 @@ func (c *ControlClient) do(ctx context.Context, method, path string, in, out any
 }
 
 // Status returns the volume status.
-func (c *ControlClient) Status(ctx context.Context) (Status, error) {
-	var st Status
+func (c *Client) Status(ctx context.Context) (engine.Status, error) {
+	var st engine.Status
 	err := c.do(ctx, http.MethodGet, "/v1/status", nil, &st)
 	return st, err
 }
 
 // Snapshots lists the volume's snapshots.
-func (c *ControlClient) Snapshots(ctx context.Context) ([]SnapshotInfo, error) {
-	var s []SnapshotInfo
+func (c *Client) Snapshots(ctx context.Context) ([]replica.SnapshotInfo, error) {
+	var s []replica.SnapshotInfo
 	err := c.do(ctx, http.MethodGet, "/v1/snapshots", nil, &s)
 	return s, err
 }
 
 // Snapshot creates a snapshot.
-func (c *ControlClient) Snapshot(ctx context.Context, name string, labels map[string]string) error {
+func (c *Client) Snapshot(ctx context.Context, name string, labels map[string]string) error {
 	return c.do(ctx, http.MethodPost, "/v1/snapshots", SnapshotRequest{Name: name, Labels: labels}, nil)
 }
 
 // RemoveSnapshot removes a snapshot.
-func (c *ControlClient) RemoveSnapshot(ctx context.Context, name string) error {
+func (c *Client) RemoveSnapshot(ctx context.Context, name string) error {
 	return c.do(ctx, http.MethodDelete, "/v1/snapshots/"+url.PathEscape(name), nil, nil)
 }
 
 // Revert reverts the (detached) volume to a snapshot.
-func (c *ControlClient) Revert(ctx context.Context, name string) error {
+func (c *Client) Revert(ctx context.Context, name string) error {
 	return c.do(ctx, http.MethodPost, "/v1/snapshots/"+url.PathEscape(name)+"/revert", nil, nil)
 }
 
 // Grow grows the volume to size bytes (Volume.Grow). A smaller size fails
-// with ErrShrink, a size not a multiple of 4096 with ErrInvalid.
-func (c *ControlClient) Grow(ctx context.Context, size int64) error {
+// with engine.ErrShrink, a size not a multiple of 4096 with engine.ErrInvalid.
+func (c *Client) Grow(ctx context.Context, size int64) error {
 	return c.do(ctx, http.MethodPost, "/v1/size", SizeRequest{Size: size}, nil)
 }
 
 // AddReplica adds or rebuilds a replica; with wait it returns the result
 // of the rebuild, otherwise it returns once the rebuild started.
-func (c *ControlClient) AddReplica(ctx context.Context, addr string, wait bool) (*RebuildResult, error) {
+func (c *Client) AddReplica(ctx context.Context, addr string, wait bool) (*engine.RebuildResult, error) {
 	if !wait {
 		return nil, c.do(ctx, http.MethodPost, "/v1/replicas", ReplicaRequest{Address: addr}, nil)
 	}
-	var res RebuildResult
+	var res engine.RebuildResult
 	err := c.do(ctx, http.MethodPost, "/v1/replicas", ReplicaRequest{Address: addr, Wait: true}, &res)
 	return &res, err
 }
 
 // RemoveReplica removes a replica from the volume.
-func (c *ControlClient) RemoveReplica(ctx context.Context, addr string) error {
+func (c *Client) RemoveReplica(ctx context.Context, addr string) error {
 	return c.do(ctx, http.MethodDelete, "/v1/replicas?address="+url.QueryEscape(addr), nil, nil)
 }

@@ -1,0 +1,51 @@
+// Package wire is the replica protocol: framing, opcodes, limits, status
+// codes and sentinel errors, the token handshake, and Conn, the one
+// client-side connection (pipelined, batched writes, out-of-order
+// completion) that replica.Client and through it the engine's I/O path
+// use. The server side is replica.Server; the payloads of the operations
+// are described in package replica.
+//
+// # Connection
+//
+// One TCP or unix-socket connection carries pipelined requests; replies
+// come back in completion order, matched by request id.
+//
+//	client                                   server
+//	  | <------ "CAIRNRP1" ver u32, nonce_s[32] |
+//	  | "CAIRNRP1" ver, nonce_c[32],           |
+//	  |   HMAC-SHA256(token, "cairn-replica-client"|nonce_s|nonce_c) --> |
+//	  | <------ status u8, HMAC(token, "cairn-replica-server"|...)    |
+//	  | req{op,id=1} req{op,id=2} ...  ------> |  (handled concurrently)
+//	  | <------ resp{id=2} resp{id=1} ...      |
+//
+// The token never crosses the wire; a wrong one gets status 1 and the
+// connection is closed, and the client checks the server's proof too.
+//
+// # Frames
+//
+// Request header, 32 bytes little endian:
+//
+//	op u8 | flags u8 = 0 | reserved u16 = 0 | payload u32 | id u64 | offset u64 | length u64
+//
+// Response header, 16 bytes: op u8 | status u8 | reserved u16 = 0 |
+// payload u32 | id u64. Status 0 is success; any other status is a
+// sentinel error (errors.go), the payload is the message, and the client
+// returns a *RemoteError that unwraps to the sentinel. A payload is at
+// most MaxIO (4 MiB) + 256 bytes; a larger length or non-zero reserved
+// bits is a malformed frame and closes that connection only. An unknown
+// op, an out-of-range or oversized I/O gets an error reply and the
+// connection stays up. A server handles at most MaxInflight requests of
+// one connection at once.
+//
+// # Client connection
+//
+// Conn queues requests; one writer goroutine sends everything queued with
+// a single vectored write (headers and payloads up to 16 KiB copied into
+// one buffer, larger payloads as their own iovecs), and one reader
+// goroutine completes requests by calling their Owner, so a request costs
+// no goroutine, channel or timer of its own. Request ids carry a slot
+// (low 32 bits; a connection starts with 1024 and grows to at most 65536
+// requests in flight) and a per-slot sequence (high 32
+// bits), so a stray reply is detected. With SetTimeout, one watchdog per
+// connection fails the connection when a request waits longer.
+package wire
