@@ -97,7 +97,12 @@ func (d *devRun) startKubeletStub(ctx context.Context) error {
 // startSidecars runs each sidecar with its own kubeconfig, leader election
 // off, its log in DATA/csi/NAME.log.
 func (d *devRun) startSidecars() error {
+	// The manager creates the socket's directory when it starts serving,
+	// which may not have happened yet.
 	dir := filepath.Dir(d.csiControllerSocket())
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
 	var procs []*devNode
 	d.onStop(func() {
 		fmt.Println("Stopping the CSI sidecars...")
