@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -74,6 +76,12 @@ func TestFollowAndFailover(t *testing.T) {
 		require.False(t, got.Before(created[0].Truncate(time.Second)) || got.After(created[1]), "lastRestoredBackupTime %v within the backup's run %v", got, created)
 		require.LessOrEqual(t, st.Lag.Duration, time.Since(got)+time.Second, "lag counts from the backup's creation")
 		require.GreaterOrEqual(t, st.Lag.Duration, time.Duration(0))
+		resp, err := http.Get(metricsB)
+		require.NoError(t, err)
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		require.NoError(t, err)
+		require.Contains(t, string(body), `cairn_dr_lag_seconds{name="pg",namespace="default"}`)
 	})
 
 	t.Run("restart of B's manager and agents", func(t *testing.T) {
