@@ -80,7 +80,9 @@ type BackupTargetSpec struct {
 	PollInterval *metav1.Duration `json:"pollInterval,omitempty"`
 
 	// readOnly forbids Cairn from writing to or deleting from the target; a DR
-	// site uses the primary site's target this way.
+	// site uses the primary site's target this way. The one exception are
+	// the small expiring pins (pins/...) a DR standby writes on the backup it
+	// is about to apply, so the primary does not delete it meanwhile.
 	// +optional
 	// +kubebuilder:default=false
 	ReadOnly bool `json:"readOnly,omitempty"`

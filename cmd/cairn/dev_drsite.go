@@ -43,7 +43,7 @@ type devDRSite struct {
 }
 
 // drSiteKinds are the samples applied to the DR site.
-var drSiteKinds = map[string]bool{"BackupTarget": true, "VolumePolicy": true, "DisasterRecoveryVolume": true}
+var drSiteKinds = map[string]bool{"BackupTarget": true, "RecurringSnapshot": true, "VolumePolicy": true, "DisasterRecoveryVolume": true}
 
 // startDRSite starts the DR site when --dr-site is given.
 func (d *devRun) startDRSite(ctx context.Context) error {
@@ -168,7 +168,8 @@ func (s *devDRSite) startNodes(ctx context.Context, d *devRun) error {
 }
 
 // applySamples applies the samples' BackupTarget (read-only, at the
-// primary's backups), VolumePolicies and DisasterRecoveryVolume.
+// primary's backups), RecurringSnapshots (suspended), VolumePolicies and
+// DisasterRecoveryVolume.
 func (s *devDRSite) applySamples(ctx context.Context, d *devRun) error {
 	if !d.opts.samples {
 		return nil
@@ -186,11 +187,15 @@ func (s *devDRSite) applySamples(ctx context.Context, d *devRun) error {
 	if err := d.localTargets(mine); err != nil {
 		return err
 	}
+	// As examples/overlays/dr-site: the primary's target read-only, and
+	// no backups of the site's own until failover.
 	for _, o := range mine {
-		if o.GetKind() == "BackupTarget" {
-			if err := unstructured.SetNestedField(o.Object, true, "spec", "readOnly"); err != nil {
-				return err
-			}
+		field := map[string]string{"BackupTarget": "readOnly", "RecurringSnapshot": "suspend"}[o.GetKind()]
+		if field == "" {
+			continue
+		}
+		if err := unstructured.SetNestedField(o.Object, true, "spec", field); err != nil {
+			return err
 		}
 	}
 	if err := localcluster.Apply(ctx, s.client, "cairn-dev", mine); err != nil {
@@ -228,7 +233,7 @@ dr-site (second cluster, reads the primary's backups from the same S3 target):
   dr-site manager      %s (log %s)
   dr-site metrics      http://%s/metrics
   dr-site nodes        %d node agents (logs in %s/nodes/NAME/node.log)
-  dr-site samples      %d objects applied (BackupTarget primary read-only, VolumePolicies, DisasterRecoveryVolume)
+  dr-site samples      %d objects applied (BackupTarget primary read-only, RecurringSnapshots suspended, VolumePolicies, DisasterRecoveryVolume)
   dr-site failover     KUBECONFIG=%s %s patch drv -n default pg-data-dr --type merge -p '{"spec":{"activate":true}}'
 `, s.cluster.Config.Host, s.kubeconfig, "child process", filepath.Join(s.dir, "manager.log"), s.metrics, len(s.nodes), s.dir, s.applied,
 		s.kubeconfig, d.kubectl())

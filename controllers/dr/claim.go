@@ -26,8 +26,13 @@ func (r *Reconciler) bindClaim(ctx context.Context, s *scope) (ctrl.Result, erro
 	if !s.drv.Spec.Activate || s.vol.Spec.Standby {
 		return ctrl.Result{}, nil
 	}
+	// The backup it went live from; lag and its metric stopped at
+	// activation.
 	if held, created, ok := holds(s.vol); ok {
-		r.recordHeld(s, held, created)
+		s.drv.Status.LastRestoredBackup = held
+		if !created.IsZero() {
+			s.drv.Status.LastRestoredBackupTime = &metav1.Time{Time: created}
+		}
 	}
 	class, err := r.storageClass(ctx, s.drv)
 	if err != nil {

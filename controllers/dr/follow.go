@@ -186,7 +186,7 @@ func holds(vol *v1.Volume) (string, time.Time, bool) {
 }
 
 // recordHeld writes the held backup, its time and the lag into status and
-// the lag metric.
+// the lag metric (while following and at activation).
 func (r *Reconciler) recordHeld(s *scope, backup string, created time.Time) {
 	st := &s.drv.Status
 	if st.Phase != v1.DRActive && st.Phase != v1.DRActivating {

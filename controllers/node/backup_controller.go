@@ -95,6 +95,15 @@ func runnable(b *cairnv1.Backup) bool {
 	return b.Spec.BackupID == "" && b.DeletionTimestamp.IsZero() && b.Status.State != backupCompleted && b.Status.State != backupFailed
 }
 
+// stillRunnable re-reads the Backup past the cache before an upload starts.
+func (r *BackupReconciler) stillRunnable(ctx context.Context, b *cairnv1.Backup) (bool, error) {
+	fresh := &cairnv1.Backup{}
+	if err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(b), fresh); err != nil {
+		return false, client.IgnoreNotFound(err)
+	}
+	return runnable(fresh), nil
+}
+
 // Reconcile advances one backup: snapshot, upload (polled), completion.
 func (r *BackupReconciler) Reconcile(ctx context.Context, req ctrl.Request) (res ctrl.Result, retErr error) {
 	b := &cairnv1.Backup{}
@@ -188,6 +197,12 @@ func (r *BackupReconciler) upload(ctx context.Context, s *backupScope) (ctrl.Res
 	key := backupKey(s.obj.Name)
 	j := r.Agent.jobs.get(key)
 	if j == nil {
+		// The cache may not show yet that this backup just completed (its
+		// job is gone then): a second upload, cancelled as soon as the
+		// cache catches up, would leave an uncommitted manifest behind.
+		if fresh, err := r.stillRunnable(ctx, s.obj); err != nil || !fresh {
+			return ctrl.Result{}, err
+		}
 		var err error
 		if j, err = r.startUpload(ctx, s); err != nil {
 			return ctrl.Result{}, err

@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -74,6 +76,7 @@ func TestFollowAndFailover(t *testing.T) {
 		require.False(t, got.Before(created[0].Truncate(time.Second)) || got.After(created[1]), "lastRestoredBackupTime %v within the backup's run %v", got, created)
 		require.LessOrEqual(t, st.Lag.Duration, time.Since(got)+time.Second, "lag counts from the backup's creation")
 		require.GreaterOrEqual(t, st.Lag.Duration, time.Duration(0))
+		require.Contains(t, metrics(t), `cairn_dr_lag_seconds{name="pg",namespace="default"}`)
 	})
 
 	t.Run("restart of B's manager and agents", func(t *testing.T) {
@@ -165,6 +168,18 @@ func TestFollowAndFailover(t *testing.T) {
 	}, wait, tick)
 	bdev := attach(t, siteB, standby, "dev-node-2")
 	require.Equal(t, want, sha256.Sum256(readDevice(t, bdev)), "B's volume holds A's data at its last backup")
+	require.NotContains(t, metrics(t), `cairn_dr_lag_seconds{name="pg",`, "an active volume has no lag")
+}
+
+// metrics reads B's manager's metrics.
+func metrics(t *testing.T) string {
+	t.Helper()
+	resp, err := http.Get(metricsB)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	return string(body)
 }
 
 // setup creates, once in each site, the target "shared" (A's, read-only

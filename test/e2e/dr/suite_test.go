@@ -42,6 +42,7 @@ var (
 	dataDir      string
 	cairnBin     string
 	s3Endpoint   string
+	metricsB     string // URL of B's manager metrics
 	devOut       *os.File
 	// started are processes tests started again (agents, B's manager);
 	// the suite stops them.
@@ -144,6 +145,7 @@ func startDev(tmp string) (func() error, error) {
 	lines, err := waitReady(stdout)
 	if err == nil {
 		s3Endpoint = strings.Fields(lines["S3 target"])[0]
+		metricsB = lines["dr-site metrics"]
 		siteA, err = connect("A", lines["kubeconfig"], dataDir)
 	}
 	if err == nil {
