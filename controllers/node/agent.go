@@ -344,6 +344,7 @@ func (a *Agent) removeOrphans(ctx context.Context, r client.Reader) error {
 // directory and state file.
 func (a *Agent) removeReplicaData(_ context.Context, name string) error {
 	a.jobs.stop(restoreKey(name))
+	a.jobs.stop(applyKey(name))
 	if err := os.RemoveAll(a.restoreDir(name)); err != nil {
 		return err
 	}

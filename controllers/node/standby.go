@@ -86,9 +86,15 @@ func (a *Agent) recordRestored(ctx context.Context, name string, store *backupst
 // incrementally (in a job, polled like a restore).
 func (r *ReplicaReconciler) reconcileFollow(ctx context.Context, s *replicaScope) (ctrl.Result, error) {
 	src, name := s.obj.Spec.Restore, s.obj.Name
+	// A full restore that renamed the replica into place before its job
+	// was polled has nothing left to report: its held record names the
+	// backup it wrote.
+	if job := r.Agent.jobs.get(restoreKey(name)); job != nil && job.finished() {
+		r.Agent.jobs.stop(restoreKey(name))
+	}
 	// A finished apply is reported before the record is read: the record
 	// already names the backup the apply wrote.
-	if job := r.Agent.jobs.get(restoreKey(name)); job != nil && job.what == src.Backup {
+	if job := r.Agent.jobs.get(applyKey(name)); job != nil && job.what == src.Backup {
 		return r.pollApply(ctx, s, job)
 	}
 	held, err := r.Agent.loadHeld(name)
@@ -100,6 +106,7 @@ func (r *ReplicaReconciler) reconcileFollow(ctx context.Context, s *replicaScope
 		return ctrl.Result{}, nil
 	}
 	r.Agent.jobs.stop(restoreKey(name))
+	r.Agent.jobs.stop(applyKey(name))
 	store, err := r.Agent.stores.Open(ctx, r.APIReader, string(src.BackupTargetRef), targets.DefaultTimeout)
 	if err != nil {
 		return ctrl.Result{}, fmt.Errorf("%w: %w", errRestoreWaiting, err)
@@ -115,7 +122,7 @@ func (r *ReplicaReconciler) pollApply(ctx context.Context, s *replicaScope, job 
 		s.restoring, s.restorePercent = true, job.percent.Load()
 		return ctrl.Result{RequeueAfter: restorePoll}, nil
 	}
-	r.Agent.jobs.stop(restoreKey(s.obj.Name))
+	r.Agent.jobs.stop(applyKey(s.obj.Name))
 	switch {
 	case errors.Is(job.err, backupstore.ErrCorrupt), errors.Is(job.err, backupstore.ErrBackupNotFound), errors.Is(job.err, backupstore.ErrFormat),
 		errors.Is(job.err, backupstore.ErrSizeMismatch), errors.Is(job.err, backupstore.ErrMissingBlock):
@@ -134,7 +141,7 @@ func (r *ReplicaReconciler) pollApply(ctx context.Context, s *replicaScope, job 
 // startApply runs one incremental apply in the background, recording the
 // held blocks before and after it writes.
 func (a *Agent) startApply(name string, store *backupstore.Store, src *cairnv1.BackupSource, held *backupstore.Held) *job {
-	return a.jobs.start(restoreKey(name), src.Backup, func() { a.notify(replicaPrefix + name) }, func(ctx context.Context, j *job) error {
+	return a.jobs.start(applyKey(name), src.Backup, func() { a.notify(replicaPrefix + name) }, func(ctx context.Context, j *job) error {
 		start := time.Now()
 		res, now, err := store.ApplyReplica(ctx, backupstore.ApplyOptions{
 			Dir: a.replicaDir(name), Volume: src.Volume, Backup: src.Backup, Held: held,
@@ -152,3 +159,7 @@ func (a *Agent) startApply(name string, store *backupstore.Store, src *cairnv1.B
 		return nil
 	})
 }
+
+// applyKey is the job key of a standby replica's incremental apply: apart
+// from restoreKey, so a finished full restore is never taken for an apply.
+func applyKey(replica string) string { return "apply/" + replica }

@@ -36,7 +36,7 @@ func TestVolumeLifecycle(t *testing.T) {
 	createPolicy(t, "e2e-gold", "lifecycle", 3)
 	createVolume(t, vol, "lifecycle", "1Gi")
 	waitVolume(t, vol, v1.VolumeDetached, 3)
-	require.Empty(t, procs("--volume "+vol), "a detached volume runs processes")
+	noProcesses(t, vol)
 
 	dev := attach(t, vol, "dev-node-1", 3)
 	region1.write(t, dev)
@@ -65,7 +65,7 @@ func TestVolumeLifecycle(t *testing.T) {
 
 	// Move to another node: the data follows.
 	detach(t, vol, 3)
-	require.Empty(t, procs("--volume "+vol), "a detached volume runs processes")
+	noProcesses(t, vol)
 	dev = attach(t, vol, "dev-node-3", 3)
 	region1.verify(t, dev)
 	region2.verify(t, dev)
@@ -234,4 +234,14 @@ func restartAgent(t *testing.T, node, zone string) {
 	// The node stays in the cluster for the tests that run after this one;
 	// the suite stops it at the end, as dev stops its own agents.
 	restarted = append(restarted, cmd)
+}
+
+// noProcesses waits until no replica or engine process of the detached
+// volume runs: the agents stop replicas once they see the engine gone,
+// which is after the volume reports Detached.
+func noProcesses(t *testing.T, vol string) {
+	t.Helper()
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		assert.Empty(c, procs("--volume "+vol), "a detached volume runs processes")
+	}, wait, tick)
 }
