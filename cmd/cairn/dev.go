@@ -34,6 +34,8 @@ type devOptions struct {
 	noScheduler bool
 	nodes       int
 	verbosity   int
+	// netns runs each node in its own network namespace (dev_netns.go).
+	netns bool
 }
 
 func newDevCmd() *cobra.Command {
@@ -57,6 +59,7 @@ everything; a second run reuses the data directory.`,
 	f.BoolVar(&o.samples, "samples", true, "apply config/samples once the control plane is up")
 	f.IntVar(&o.nodes, "nodes", 3, "simulated nodes: node agents dev-node-1..N in zones a, b, c, each with its own data directory under --data-dir/nodes")
 	f.IntVarP(&o.verbosity, "v", "v", 0, "log verbosity (0 info, 1+ debug)")
+	f.BoolVar(&o.netns, "netns", false, "run each simulated node (agent, replicas, engines) in its own network namespace on a bridge, so their traffic crosses a real network (root)")
 	f.BoolVar(&o.noScheduler, "no-scheduler", false, "run without the RecurringSnapshot scheduler (for tests that drive their own with an injected clock)")
 	_ = f.MarkHidden("no-scheduler")
 	return cmd
@@ -73,6 +76,7 @@ type devRun struct {
 	mgrDone    chan error
 	client     client.Client
 	nodes      []*devNode
+	network    *devNetwork // with --netns
 	s3         *devS3
 	metrics    string // the manager's metrics address
 	applied    int
@@ -199,7 +203,11 @@ func (d *devRun) startNodes(ctx context.Context) error {
 	if err := ensureSystemNamespace(ctx, d.client); err != nil {
 		return err
 	}
-	nodes, err := startDevNodes(d.dataDir, d.kubeconfig, d.opts.nodes)
+	kubeconfig, command, err := d.nodeNetwork()
+	if err != nil {
+		return err
+	}
+	nodes, err := startDevNodes(d.dataDir, kubeconfig, d.opts.nodes, command)
 	if err != nil {
 		return err
 	}
