@@ -262,3 +262,19 @@ func Load(path string) (*Network, error) {
 	}
 	return &Network{tag: s.Tag, prefix: s.Prefix, nodes: s.Nodes}, nil
 }
+
+// CutHost cuts node off from the host's bridge address (and so from the
+// API server behind it) while it still reaches every other node: a
+// blackhole route in its namespace.
+func (n *Network) CutHost(node string) error { return n.hostRoute(node, "add") }
+
+// HealHost removes CutHost's route.
+func (n *Network) HealHost(node string) error { return n.hostRoute(node, "del") }
+
+func (n *Network) hostRoute(node, op string) error {
+	i, err := n.index(node)
+	if err != nil {
+		return err
+	}
+	return run([][]string{{"-n", n.nsName(i), "route", op, "blackhole", n.HostAddress() + "/32"}})
+}

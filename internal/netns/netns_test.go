@@ -13,7 +13,7 @@ import (
 )
 
 // TestNetwork: a node reaches the host through its veth and the bridge,
-// not while its link is cut, again once healed; a second Setup with the
+// not while its link is cut or the host is cut off, again once healed; a second Setup with the
 // same tag replaces what the first left; Teardown leaves nothing.
 func TestNetwork(t *testing.T) {
 	if os.Geteuid() != 0 {
@@ -31,6 +31,10 @@ func TestNetwork(t *testing.T) {
 	require.NoError(t, n.Cut("b"))
 	require.Error(t, send(t, n, "b"))
 	require.NoError(t, n.Heal("b"))
+	require.NoError(t, send(t, n, "b"))
+	require.NoError(t, n.CutHost("b"))
+	require.Error(t, send(t, n, "b"))
+	require.NoError(t, n.HealHost("b"))
 	require.NoError(t, send(t, n, "b"))
 
 	path := t.TempDir() + "/net.json"
