@@ -36,6 +36,9 @@ type devOptions struct {
 	verbosity   int
 	// netns runs each node in its own network namespace (dev_netns.go).
 	netns bool
+	// managerProcess runs the manager as a supervised child process
+	// (dev_manager.go).
+	managerProcess bool
 }
 
 func newDevCmd() *cobra.Command {
@@ -60,6 +63,7 @@ everything; a second run reuses the data directory.`,
 	f.IntVar(&o.nodes, "nodes", 3, "simulated nodes: node agents dev-node-1..N in zones a, b, c, each with its own data directory under --data-dir/nodes")
 	f.IntVarP(&o.verbosity, "v", "v", 0, "log verbosity (0 info, 1+ debug)")
 	f.BoolVar(&o.netns, "netns", false, "run each simulated node (agent, replicas, engines) in its own network namespace on a bridge, so their traffic crosses a real network (root)")
+	f.BoolVar(&o.managerProcess, "manager-process", false, "run the manager as a child process (`cairn manager`, log in --data-dir/manager.log) that is started again whenever it dies, so tests can SIGKILL it")
 	f.BoolVar(&o.noScheduler, "no-scheduler", false, "run without the RecurringSnapshot scheduler (for tests that drive their own with an injected clock)")
 	_ = f.MarkHidden("no-scheduler")
 	return cmd
@@ -174,6 +178,9 @@ func (d *devRun) startControlPlane(context.Context) error {
 
 // startManager runs the manager in-process and waits for its webhook.
 func (d *devRun) startManager(ctx context.Context) error {
+	if d.opts.managerProcess {
+		return d.startManagerProcess(ctx)
+	}
 	port, err := netx.FreePort("127.0.0.1")
 	if err != nil {
 		return err
