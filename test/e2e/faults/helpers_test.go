@@ -298,9 +298,9 @@ func mounts(vol string) []string {
 	return out
 }
 
-// resynced reads the engine's last rebuild on node from its control
-// socket (/v1/status): the bytes it copied or, for a returning replica
-// caught up, rewrote.
+// resynced reads the engine's last rebuild (or resync) on node from its
+// control socket (/v1/status): the bytes it copied or, for a returning
+// replica caught up, rewrote.
 func resynced(t *testing.T, node, vol string) (int64, bool) {
 	t.Helper()
 	sock := filepath.Join(dev.DataDir, "nodes", node, "run", vol+".ctl")
@@ -315,13 +315,20 @@ func resynced(t *testing.T, node, vol string) (int64, bool) {
 	}
 	defer resp.Body.Close()
 	var st engine.Status
-	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil || st.LastRebuild == nil {
-		t.Logf("engine status: no last rebuild (%v)", err)
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		t.Logf("engine status: %v", err)
 		return 0, false
 	}
-	r := st.LastRebuild
-	t.Logf("engine's last rebuild: replica %s, %d bytes, caught up %v, layers %v, took %v", r.Replica, r.Bytes, r.CaughtUp, r.Layers, r.Finished.Sub(r.Started).Round(time.Millisecond))
-	return r.Bytes, true
+	switch r, s := st.LastRebuild, st.LastResync; {
+	case r != nil:
+		t.Logf("engine's last rebuild: replica %s, %d bytes, caught up %v, layers %v, took %v", r.Replica, r.Bytes, r.CaughtUp, r.Layers, r.Finished.Sub(r.Started).Round(time.Millisecond))
+		return r.Bytes, true
+	case s != nil:
+		t.Logf("engine's last resync: from %s, %d bytes compared, %d repaired, tracked %v", s.Source, s.Compared, s.Repaired, s.Tracked)
+		return s.Repaired, true
+	}
+	t.Logf("engine status: no rebuild or resync since the engine started")
+	return 0, false
 }
 
 // The node agents tests restarted; the suite stops them at the end.

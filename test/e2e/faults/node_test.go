@@ -5,12 +5,15 @@ package faults
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/cairnstore/cairn/api/v1alpha1"
 )
@@ -74,22 +77,35 @@ func TestNodeIsolated(t *testing.T) {
 func TestAgentKilledDuringRebuild(t *testing.T) {
 	const vol = "fault-agent-rebuild"
 	newVolume(t, vol, "512Mi", 2, 5*time.Second)
-	healthy(t, vol, v1.VolumeDetached, 2)
-	blk := attach(t, vol, "dev-node-1", 2)
+	// The engine runs beside one of the two replicas, so the third, the
+	// one rebuilt, lands on another node: killing the engine's own agent
+	// is TestAgentKilledOnEngineNode.
+	engineNode := healthy(t, vol, v1.VolumeDetached, 2).Status.Replicas[0].Node
+	blk := attach(t, vol, engineNode, 2)
 	w := startWriter(t, blk, 8, 32<<20)
 	w.waitPasses(t, 2) // data to rebuild
 
+	before := replicaNames(getVolume(t, vol))
 	setReplicas(t, vol, 3)
+	// Kill the new replica's agent as soon as its process runs: the engine
+	// is rebuilding it (or about to).
 	var rebuilding, node string
 	start := time.Now()
 	require.EventuallyWithT(t, func(c *assert.CollectT) {
-		for _, r := range getVolume(c, vol).Status.Replicas {
-			if r.Mode == "WO" {
-				rebuilding, node = r.Name, r.Node
+		var list v1.ReplicaList
+		assert.NoError(c, k8s.List(bg, &list, client.MatchingLabels{v1.LabelVolume: vol}))
+		for _, r := range list.Items {
+			if !slices.Contains(before, r.Name) && len(procs("cairn replica", "--replica "+r.Name+" ")) == 1 {
+				rebuilding, node = r.Name, r.Spec.NodeID
 			}
 		}
-		assert.NotEmpty(c, rebuilding, "no replica rebuilding")
+		assert.NotEmpty(c, rebuilding, "no new replica running")
 	}, wait, 20*time.Millisecond)
+	for _, r := range getVolume(t, vol).Status.Replicas {
+		if r.Name == rebuilding {
+			t.Logf("killing the agent of %s while its replica %s is %s", node, rebuilding, r.Mode)
+		}
+	}
 	argv := killAgent(t, node)
 	restartAgent(t, node, argv)
 	heal := waitFor(t, "the volume did not converge", func(c *assert.CollectT) {
@@ -101,8 +117,33 @@ func TestAgentKilledDuringRebuild(t *testing.T) {
 	requireOneProcessEach(t, v)
 	w.waitPasses(t, 1)
 	w.finish(t)
-	bytes, ok := resynced(t, "dev-node-1", vol)
+	require.NotEqual(t, engineNode, node)
+	bytes, ok := resynced(t, engineNode, vol)
 	record(t, figures{detect: time.Since(start) - heal, heal: heal, bytesResynced: bytes, resyncReported: ok})
+}
+
+// TestAgentKilledOnEngineNode SIGKILLs the node agent of an attached
+// volume's engine node while fio writes, and starts it again: I/O must go
+// on (the engine is a process of its own) and the volume converge.
+func TestAgentKilledOnEngineNode(t *testing.T) {
+	const vol, node = "fault-agent-engine", "dev-node-1"
+	newVolume(t, vol, "256Mi", 3, 5*time.Second)
+	healthy(t, vol, v1.VolumeDetached, 3)
+	blk := attach(t, vol, node, 3)
+	w := startWriter(t, blk, 4, 16<<20)
+	w.waitPasses(t, 1)
+	argv := killAgent(t, node)
+	restartAgent(t, node, argv)
+	heal := waitFor(t, "the node did not come back", func(c *assert.CollectT) {
+		n := &v1.CairnNode{}
+		assert.NoError(c, k8s.Get(bg, clientKey(node), n))
+		assert.True(c, meta.IsStatusConditionTrue(n.Status.Conditions, v1.ConditionReady))
+	})
+	w.waitPasses(t, 2)
+	v := healthy(t, vol, v1.VolumeAttached, 3)
+	requireOneProcessEach(t, v)
+	w.finish(t)
+	record(t, figures{heal: heal})
 }
 
 // TestAgentKilledDuringAttach SIGKILLs the agent of the node a volume is

@@ -61,7 +61,7 @@ func runSuite(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(tmp)
-	if dev, err = testutil.StartDev(tmp, "--netns", "--nodes", fmt.Sprint(suiteNodes), "--no-scheduler"); err != nil {
+	if dev, err = testutil.StartDev(tmp, "--netns", "--manager-process", "--nodes", fmt.Sprint(suiteNodes), "--no-scheduler"); err != nil {
 		fmt.Fprintln(os.Stderr, "faults:", err)
 		return 1
 	}
