@@ -5,8 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -26,7 +24,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/cairnstore/cairn/api/v1alpha1"
-	"github.com/cairnstore/cairn/engine"
 )
 
 var bg = context.Background()
@@ -298,37 +295,44 @@ func mounts(vol string) []string {
 	return out
 }
 
-// resynced reads the engine's last rebuild (or resync) on node from its
-// control socket (/v1/status): the bytes it copied or, for a returning
-// replica caught up, rewrote.
-func resynced(t *testing.T, node, vol string) (int64, bool) {
+// resynced adds up what the volume's engines logged they copied to
+// replicas ("Rebuild finished": bytes) and rewrote on returning ones
+// ("Resync finished": bytesRepaired), over every engine process the volume
+// had on any node (an engine restarts when its replica set changes).
+func resynced(t *testing.T, vol string) (int64, bool) {
 	t.Helper()
-	sock := filepath.Join(dev.DataDir, "nodes", node, "run", vol+".ctl")
-	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, "unix", sock)
-		}}}
-	resp, err := hc.Get("http://engine/v1/status")
-	if err != nil {
-		t.Logf("engine status: %v", err)
-		return 0, false
+	logs, _ := filepath.Glob(filepath.Join(dev.DataDir, "nodes", "*", "log", "engine-"+vol+".log"))
+	var total int64
+	found := false
+	for _, l := range logs {
+		f, err := os.Open(l)
+		if err != nil {
+			continue
+		}
+		sc := bufio.NewScanner(f)
+		sc.Buffer(nil, 1<<20)
+		for sc.Scan() {
+			var line struct {
+				Msg           string `json:"msg"`
+				Bytes         *int64 `json:"bytes"`
+				BytesRepaired *int64 `json:"bytesRepaired"`
+			}
+			if json.Unmarshal(sc.Bytes(), &line) != nil {
+				continue
+			}
+			switch {
+			case line.Msg == "Rebuild finished" && line.Bytes != nil:
+				total, found = total+*line.Bytes, true
+			case line.Msg == "Resync finished" && line.BytesRepaired != nil:
+				total, found = total+*line.BytesRepaired, true
+			}
+		}
+		f.Close()
 	}
-	defer resp.Body.Close()
-	var st engine.Status
-	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
-		t.Logf("engine status: %v", err)
-		return 0, false
+	if !found {
+		t.Logf("no rebuild or resync in %v", logs)
 	}
-	switch r, s := st.LastRebuild, st.LastResync; {
-	case r != nil:
-		t.Logf("engine's last rebuild: replica %s, %d bytes, caught up %v, layers %v, took %v", r.Replica, r.Bytes, r.CaughtUp, r.Layers, r.Finished.Sub(r.Started).Round(time.Millisecond))
-		return r.Bytes, true
-	case s != nil:
-		t.Logf("engine's last resync: from %s, %d bytes compared, %d repaired, tracked %v", s.Source, s.Compared, s.Repaired, s.Tracked)
-		return s.Repaired, true
-	}
-	t.Logf("engine status: no rebuild or resync since the engine started")
-	return 0, false
+	return total, found
 }
 
 // The node agents tests restarted; the suite stops them at the end.

@@ -65,7 +65,7 @@ func TestNodeIsolated(t *testing.T) {
 	require.NotContains(t, replicaNames(v), victim, "the stale replica was chosen again")
 	w.waitPasses(t, 1)
 	w.finish(t)
-	bytes, ok := resynced(t, "dev-node-1", vol)
+	bytes, ok := resynced(t, vol)
 	t.Logf("replacement healthy %v after the cut; stale data removed %v after the heal", (detect + rebuilt).Round(time.Millisecond), cleaned.Round(time.Millisecond))
 	record(t, figures{detect: detect, heal: rebuilt, bytesResynced: bytes, resyncReported: ok})
 }
@@ -118,7 +118,7 @@ func TestAgentKilledDuringRebuild(t *testing.T) {
 	w.waitPasses(t, 1)
 	w.finish(t)
 	require.NotEqual(t, engineNode, node)
-	bytes, ok := resynced(t, engineNode, vol)
+	bytes, ok := resynced(t, vol)
 	record(t, figures{detect: time.Since(start) - heal, heal: heal, bytesResynced: bytes, resyncReported: ok})
 }
 

@@ -47,6 +47,6 @@ func TestPartitionEngineReplica(t *testing.T) {
 	healthy(t, vol, v1.VolumeAttached, 3)
 	w.waitPasses(t, 1)
 	w.finish(t)
-	bytes, ok := resynced(t, "dev-node-1", vol)
+	bytes, ok := resynced(t, vol)
 	record(t, figures{detect: detect, heal: heal, bytesResynced: bytes, resyncReported: ok})
 }

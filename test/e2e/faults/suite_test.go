@@ -14,6 +14,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -79,6 +80,10 @@ func runSuite(m *testing.M) int {
 	restartedMu.Unlock()
 	if err := dev.Stop(); err != nil {
 		fmt.Fprintln(os.Stderr, "faults: stop cairn dev:", err)
+		code = 1
+	}
+	if err := leftAfterStop(); err != nil {
+		fmt.Fprintln(os.Stderr, "faults:", err)
 		code = 1
 	}
 	if err := printReport(); err != nil {
@@ -203,4 +208,30 @@ func dur(d time.Duration) string {
 		return "-"
 	}
 	return d.Round(10 * time.Millisecond).String()
+}
+
+// leftAfterStop names what a stopped dev left: processes of its data
+// directory, network namespaces or links of its network.
+func leftAfterStop() error {
+	var left []string
+	if pids := procs(); len(pids) > 0 {
+		left = append(left, fmt.Sprintf("processes %v", pids))
+	}
+	tag := netns.Tag(dev.DataDir)
+	nss, _ := os.ReadDir("/run/netns")
+	for _, e := range nss {
+		if strings.HasPrefix(e.Name(), "cairn-"+tag) {
+			left = append(left, "namespace "+e.Name())
+		}
+	}
+	links, _ := net.Interfaces()
+	for _, l := range links {
+		if strings.Contains(l.Name, tag) {
+			left = append(left, "link "+l.Name)
+		}
+	}
+	if len(left) > 0 {
+		return fmt.Errorf("cairn dev left after it stopped: %s", strings.Join(left, ", "))
+	}
+	return nil
 }
