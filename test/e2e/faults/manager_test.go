@@ -3,10 +3,13 @@
 package faults
 
 import (
+	"io/fs"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -25,8 +28,9 @@ import (
 // starts it again) at a random point after each of create, expand,
 // snapshot, backup and delete, for CAIRN_FAULTS_MANAGER_ROUNDS rounds
 // (default 1; make faults runs 10, 50 kills): after each kill everything
-// converges, fio's data verifies, there is one Backup per backup asked for,
-// and the deleted volume leaves nothing behind.
+// converges, fio's data verifies, each backup asked for is one Backup
+// object and one manifest in the target, a deleted backup (deletePolicy
+// Delete) leaves no manifest and the deleted volume nothing behind.
 func TestManagerKilled(t *testing.T) {
 	rounds := 1
 	if s := os.Getenv("CAIRN_FAULTS_MANAGER_ROUNDS"); s != "" {
@@ -37,13 +41,14 @@ func TestManagerKilled(t *testing.T) {
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("kill points drawn with seed %d", seed)
 	rng := rand.New(rand.NewPCG(seed, 0))
-	target := &v1.BackupTarget{ObjectMeta: metav1.ObjectMeta{Name: "fault-mgr"}, Spec: v1.BackupTargetSpec{URL: "file://" + t.TempDir()}}
+	dir := t.TempDir()
+	target := &v1.BackupTarget{ObjectMeta: metav1.ObjectMeta{Name: "fault-mgr"}, Spec: v1.BackupTargetSpec{URL: "file://" + dir}}
 	require.NoError(t, k8s.Create(bg, target))
 	t.Cleanup(func() { _ = k8s.Delete(bg, target) })
 	kills := 0
 	var heal time.Duration
 	for i := range rounds {
-		kills += managerRound(t, "fault-mgr-"+strconv.Itoa(i), rng, &heal)
+		kills += managerRound(t, "fault-mgr-"+strconv.Itoa(i), dir, rng, &heal)
 	}
 	t.Logf("%d manager kills", kills)
 	record(t, figures{heal: heal / time.Duration(kills)})
@@ -51,7 +56,7 @@ func TestManagerKilled(t *testing.T) {
 
 // managerRound runs one volume through its life with a kill after each
 // step; heal adds up the time from each kill to convergence.
-func managerRound(t *testing.T, vol string, rng *rand.Rand, heal *time.Duration) int {
+func managerRound(t *testing.T, vol, target string, rng *rand.Rand, heal *time.Duration) int {
 	kills := 0
 	step := func(what string, do func(), converged func(c *assert.CollectT)) {
 		t.Helper()
@@ -89,7 +94,8 @@ func managerRound(t *testing.T, vol string, rng *rand.Rand, heal *time.Duration)
 	})
 	var backups v1.BackupList
 	require.NoError(t, k8s.List(bg, &backups))
-	require.Equal(t, 1, countFunc(backups.Items, func(b v1.Backup) bool { return b.Spec.VolumeName == vol }), "duplicated backups")
+	require.Equal(t, 1, countFunc(backups.Items, func(b v1.Backup) bool { return b.Spec.VolumeName == vol }), "duplicated Backup objects")
+	require.Len(t, manifests(t, target, vol), 1, "duplicated backups in the target")
 	require.NoError(t, fio(append(r.args(blk), "--verify_only")))
 	step("delete", func() {
 		require.NoError(t, k8s.Delete(bg, b))
@@ -100,6 +106,9 @@ func managerRound(t *testing.T, vol string, rng *rand.Rand, heal *time.Duration)
 		assert.True(c, apierrors.IsNotFound(k8s.Get(bg, client.ObjectKey{Name: vol}, &v1.Volume{})), "volume not deleted")
 	})
 	deleteVolume(t, vol) // nothing leaked
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		assert.Empty(c, manifests(t, target, vol), "the deleted backup (deletePolicy Delete) is still in the target")
+	}, wait, tick)
 	return kills
 }
 
@@ -125,4 +134,18 @@ func countFunc[T any](s []T, f func(T) bool) int {
 		}
 	}
 	return n
+}
+
+// manifests lists the backup manifests of vol in the file target at dir
+// (volumes/VOL/backups/*.manifest, engine/backupstore/doc.go).
+func manifests(t *testing.T, dir, vol string) []string {
+	var out []string
+	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && strings.HasSuffix(path, ".manifest") && strings.Contains(path, "/volumes/"+vol+"/backups/") {
+			out = append(out, path)
+		}
+		return err
+	})
+	require.NoError(t, err)
+	return out
 }
