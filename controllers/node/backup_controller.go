@@ -107,6 +107,15 @@ func (r *BackupReconciler) Reconcile(ctx context.Context, req ctrl.Request) (res
 		r.Agent.jobs.stop(backupKey(b.Name))
 		return ctrl.Result{}, nil
 	}
+	// The job of a finished upload is gone once its status is written, and
+	// the cache may not show that status yet: with no job running, only the
+	// API server says whether the backup still has to run (else it would be
+	// uploaded again, the first copy an orphan in the target).
+	if r.Agent.jobs.get(backupKey(b.Name)) == nil {
+		if run, err := r.stillRunnable(ctx, b); err != nil || !run {
+			return ctrl.Result{}, err
+		}
+	}
 	cl, eng, err := r.Agent.localEngine(ctx, r.Client, r.APIReader, b.Spec.VolumeName)
 	if cl == nil || err != nil {
 		return ctrl.Result{}, err
@@ -204,6 +213,16 @@ func (r *BackupReconciler) upload(ctx context.Context, s *backupScope) (ctrl.Res
 	r.Agent.recorder.Eventf(s.obj, nil, corev1.EventTypeNormal, "Completed", "Backup", "backup %s of %s complete (%d new bytes)", info.ID, s.obj.Spec.VolumeName, info.NewBytes)
 	r.removeOlderBackupSnapshots(ctx, s)
 	return ctrl.Result{}, nil
+}
+
+// stillRunnable reads b from the API server and reports whether it still
+// has to run.
+func (r *BackupReconciler) stillRunnable(ctx context.Context, b *cairnv1.Backup) (bool, error) {
+	fresh := &cairnv1.Backup{}
+	if err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(b), fresh); err != nil {
+		return false, client.IgnoreNotFound(err)
+	}
+	return runnable(fresh), nil
 }
 
 // startUpload opens the target and a healthy replica and starts the job.
