@@ -39,6 +39,11 @@ type devOptions struct {
 	dashboard dashboard.Options
 	// drSite also starts the second local cluster dr-site (dev_drsite.go).
 	drSite bool
+	// netns runs each node in its own network namespace (dev_netns.go).
+	netns bool
+	// managerProcess runs the manager as a supervised child process
+	// (dev_manager.go).
+	managerProcess bool
 }
 
 func newDevCmd() *cobra.Command {
@@ -62,6 +67,8 @@ everything; a second run reuses the data directory.`,
 	f.BoolVar(&o.samples, "samples", true, "apply config/samples once the control plane is up")
 	f.IntVar(&o.nodes, "nodes", 3, "simulated nodes: node agents dev-node-1..N in zones a, b, c, each with its own data directory under --data-dir/nodes")
 	f.IntVarP(&o.verbosity, "v", "v", 0, "log verbosity (0 info, 1+ debug)")
+	f.BoolVar(&o.netns, "netns", false, "run each simulated node (agent, replicas, engines) in its own network namespace on a bridge, so their traffic crosses a real network (root)")
+	f.BoolVar(&o.managerProcess, "manager-process", false, "run the manager as a child process (`cairn manager`, log in --data-dir/manager.log) that is started again whenever it dies, so tests can SIGKILL it")
 	f.BoolVar(&o.noScheduler, "no-scheduler", false, "run without the RecurringSnapshot scheduler (for tests that drive their own with an injected clock)")
 	_ = f.MarkHidden("no-scheduler")
 	f.BoolVar(&o.dashboard.Actions, "dashboard-actions", true, "allow the dashboard's actions (dev serves it on loopback only)")
@@ -81,6 +88,7 @@ type devRun struct {
 	mgrDone    chan error
 	client     client.Client
 	nodes      []*devNode
+	network    *devNetwork // with --netns
 	s3         *devS3
 	csi        *devCSI
 	metrics    string // the manager's metrics address
@@ -180,6 +188,9 @@ func (d *devRun) startControlPlane(context.Context) error {
 
 // startManager runs the manager in-process and waits for its webhook.
 func (d *devRun) startManager(ctx context.Context) error {
+	if d.opts.managerProcess {
+		return d.startManagerProcess(ctx)
+	}
 	port, err := netx.FreePort("127.0.0.1")
 	if err != nil {
 		return err
@@ -218,7 +229,11 @@ func (d *devRun) startNodes(ctx context.Context) error {
 	if err := ensureSystemNamespace(ctx, d.client); err != nil {
 		return err
 	}
-	nodes, err := startDevNodes(d.dataDir, d.kubeconfig, d.opts.nodes)
+	kubeconfig, command, err := d.nodeNetwork()
+	if err != nil {
+		return err
+	}
+	nodes, err := startDevNodes(d.dataDir, kubeconfig, d.opts.nodes, command)
 	if err != nil {
 		return err
 	}

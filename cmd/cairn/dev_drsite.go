@@ -155,7 +155,7 @@ func (s *devDRSite) startNodes(ctx context.Context, d *devRun) error {
 			return err
 		}
 	}
-	nodes, err := startDevNodes(s.dir, s.kubeconfig, d.opts.nodes)
+	nodes, err := startDevNodes(s.dir, s.kubeconfig, d.opts.nodes, plainCommand)
 	if err != nil {
 		return err
 	}

@@ -37,18 +37,29 @@ func ensureSystemNamespace(ctx context.Context, c client.Client) error {
 	return client.IgnoreAlreadyExists(c.Create(ctx, ns))
 }
 
+// devNodeName is the name of the i-th (1-based) simulated node.
+func devNodeName(i int) string { return fmt.Sprintf("dev-node-%d", i) }
+
+// devNodeCommand makes the command that runs a node agent: plain exec,
+// or inside the node's network namespace with --netns (devNetwork.command).
+type devNodeCommand func(node, exe string, args []string) (*exec.Cmd, error)
+
+func plainCommand(_, exe string, args []string) (*exec.Cmd, error) {
+	return exec.Command(exe, args...), nil
+}
+
 // startDevNodes starts n node agents named dev-node-1..n in zones a, b, c
 // against the dev cluster's kubeconfig.
-func startDevNodes(dataDir, kubeconfig string, n int) ([]*devNode, error) {
+func startDevNodes(dataDir, kubeconfig string, n int, command devNodeCommand) ([]*devNode, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
 	var nodes []*devNode
 	for i := 1; i <= n; i++ {
-		name := fmt.Sprintf("dev-node-%d", i)
+		name := devNodeName(i)
 		dir := filepath.Join(dataDir, "nodes", name)
-		node, err := startDevNode(exe, name, dir, devZones[(i-1)%len(devZones)], kubeconfig)
+		node, err := startDevNode(command, exe, name, dir, devZones[(i-1)%len(devZones)], kubeconfig)
 		if err != nil {
 			stopDevNodes(nodes)
 			return nil, err
@@ -58,12 +69,15 @@ func startDevNodes(dataDir, kubeconfig string, n int) ([]*devNode, error) {
 	return nodes, nil
 }
 
-func startDevNode(exe, name, dir, zone, kubeconfig string) (*devNode, error) {
+func startDevNode(command devNodeCommand, exe, name, dir, zone, kubeconfig string) (*devNode, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(exe, "node", "--name", name, "--data-dir", dir, "--zone", zone, "--kubeconfig", kubeconfig,
-		"--csi-endpoint", "unix://"+filepath.Join(dir, devNodeCSISocket))
+	cmd, err := command(name, exe, []string{"node", "--name", name, "--data-dir", dir, "--zone", zone, "--kubeconfig", kubeconfig,
+		"--csi-endpoint", "unix://" + filepath.Join(dir, devNodeCSISocket)})
+	if err != nil {
+		return nil, err
+	}
 	return startDevChild(name, cmd, filepath.Join(dir, "node.log"))
 }
 

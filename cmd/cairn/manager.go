@@ -65,6 +65,8 @@ func newManagerCmd() *cobra.Command {
 	f.IntVarP(&o.verbosity, "v", "v", 0, "log verbosity (0 info, 1+ debug)")
 	f.StringVar(&o.csiEndpoint, "csi-endpoint", "", "unix:///path of the CSI controller socket (empty: no CSI service)")
 	addDashboardFlags(f, &o.dashboard)
+	f.BoolVar(&o.noScheduler, "no-scheduler", false, "run without the RecurringSnapshot scheduler (cairn dev --no-scheduler --manager-process)")
+	_ = f.MarkHidden("no-scheduler")
 	return cmd
 }
 

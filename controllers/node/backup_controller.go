@@ -95,15 +95,6 @@ func runnable(b *cairnv1.Backup) bool {
 	return b.Spec.BackupID == "" && b.DeletionTimestamp.IsZero() && b.Status.State != backupCompleted && b.Status.State != backupFailed
 }
 
-// stillRunnable re-reads the Backup past the cache before an upload starts.
-func (r *BackupReconciler) stillRunnable(ctx context.Context, b *cairnv1.Backup) (bool, error) {
-	fresh := &cairnv1.Backup{}
-	if err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(b), fresh); err != nil {
-		return false, client.IgnoreNotFound(err)
-	}
-	return runnable(fresh), nil
-}
-
 // Reconcile advances one backup: snapshot, upload (polled), completion.
 func (r *BackupReconciler) Reconcile(ctx context.Context, req ctrl.Request) (res ctrl.Result, retErr error) {
 	b := &cairnv1.Backup{}
@@ -123,9 +114,10 @@ func (r *BackupReconciler) Reconcile(ctx context.Context, req ctrl.Request) (res
 	}
 	// With no upload of it running here, read the backup from the API
 	// server before acting: the cache can lag this agent's own completion,
-	// and a stale copy would start the backup again or write its retry
-	// conditions over the Completed status (seen from the dashboard: a
-	// Completed backup left Ready=False "Retrying").
+	// and a stale copy would start the backup again (a second upload,
+	// cancelled once the cache catches up, leaves an uncommitted manifest
+	// behind; a completed one, an orphan in the target) or write its retry
+	// conditions over the Completed status.
 	if r.Agent.jobs.get(backupKey(b.Name)) == nil {
 		if err := r.APIReader.Get(ctx, req.NamespacedName, b); err != nil || !runnable(b) {
 			return ctrl.Result{}, client.IgnoreNotFound(err)
@@ -197,12 +189,6 @@ func (r *BackupReconciler) upload(ctx context.Context, s *backupScope) (ctrl.Res
 	key := backupKey(s.obj.Name)
 	j := r.Agent.jobs.get(key)
 	if j == nil {
-		// The cache may not show yet that this backup just completed (its
-		// job is gone then): a second upload, cancelled as soon as the
-		// cache catches up, would leave an uncommitted manifest behind.
-		if fresh, err := r.stillRunnable(ctx, s.obj); err != nil || !fresh {
-			return ctrl.Result{}, err
-		}
 		var err error
 		if j, err = r.startUpload(ctx, s); err != nil {
 			return ctrl.Result{}, err

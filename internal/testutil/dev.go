@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"io"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -12,59 +13,83 @@ import (
 	"time"
 )
 
-// Dev is a `cairn dev` a test suite started.
+// Dev is a `cairn dev` a test package started in TestMain.
 type Dev struct {
-	// Bin is the cairn binary the suite built.
+	// Bin is the cairn binary built for the run (node agents restarted by
+	// a test run it too).
 	Bin string
-	// DataDir is dev's --data-dir.
-	DataDir string
+	// DataDir is dev's --data-dir; Kubeconfig is the admin kubeconfig it
+	// printed.
+	DataDir, Kubeconfig string
 	// Banner maps each labelled line dev printed ("kubeconfig",
 	// "dashboard", "S3 target", ...) to its value.
 	Banner map[string]string
-	cmd    *exec.Cmd
+	// Out holds dev's output.
+	Out *os.File
+	cmd *exec.Cmd
 }
 
 // bannerLine is "  LABEL   VALUE": two leading spaces, a label, two or
 // more spaces, the value.
 var bannerLine = regexp.MustCompile(`^  (\S.*?)\s{2,}(\S.*)$`)
 
-// StartDev builds cmd/cairn into dir, runs `cairn dev --data-dir dir/dev
-// --bin-dir bin/ args...` in its own process group with its output in log,
-// and returns once it printed that it runs.
-func StartDev(dir string, log io.Writer, args ...string) (*Dev, error) {
-	d := &Dev{Bin: filepath.Join(dir, "cairn"), DataDir: filepath.Join(dir, "dev"), Banner: map[string]string{}}
+// StartDev builds cairn into tmp, starts `cairn dev` on tmp/dev with
+// --bin-dir bin/ and args in its own process group, its output in
+// tmp/dev.log, and waits until it prints that it runs.
+func StartDev(tmp string, args ...string) (*Dev, error) {
+	d := &Dev{Bin: filepath.Join(tmp, "cairn"), DataDir: filepath.Join(tmp, "dev")}
 	build := exec.Command("go", "build", "-o", d.Bin, "./cmd/cairn")
 	build.Dir = RepoRoot()
 	if out, err := build.CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("go build: %v: %s", err, out)
 	}
+	var err error
+	if d.Out, err = os.Create(filepath.Join(tmp, "dev.log")); err != nil {
+		return nil, err
+	}
 	d.cmd = exec.Command(d.Bin, append([]string{"dev", "--data-dir", d.DataDir, "--bin-dir", BinDir()}, args...)...)
 	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	d.cmd.Stderr = log
 	stdout, err := d.cmd.StdoutPipe()
 	if err != nil {
 		return nil, err
 	}
+	d.cmd.Stderr = d.Out
 	if err := d.cmd.Start(); err != nil {
 		return nil, err
 	}
-	if err := d.waitBanner(stdout, log); err != nil {
+	if err := d.waitBanner(stdout); err != nil {
 		_ = d.Stop()
-		return nil, err
+		return nil, fmt.Errorf("%w (log: %s)", err, d.Out.Name())
 	}
+	d.Kubeconfig = d.Banner["kubeconfig"]
 	return d, nil
 }
 
-// waitBanner copies dev's output to log until "Press Ctrl-C to stop.",
-// collecting the labelled lines.
-func (d *Dev) waitBanner(stdout io.Reader, log io.Writer) error {
+// Stop stops dev with SIGINT as a user would, and kills its process group
+// when it has not stopped two minutes later.
+func (d *Dev) Stop() error {
+	_ = d.cmd.Process.Signal(syscall.SIGINT)
+	done := make(chan error, 1)
+	go func() { done <- d.cmd.Wait() }()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(2 * time.Minute):
+		_ = syscall.Kill(-d.cmd.Process.Pid, syscall.SIGKILL)
+		return fmt.Errorf("cairn dev did not stop within 2 minutes of SIGINT")
+	}
+}
+
+// waitBanner copies dev's output to Out until "Press Ctrl-C to stop.",
+// collecting the labelled lines into Banner.
+func (d *Dev) waitBanner(stdout io.Reader) error {
 	ready := make(chan map[string]string, 1)
 	go func() {
 		banner := map[string]string{}
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
 			line := sc.Text()
-			fmt.Fprintln(log, line)
+			fmt.Fprintln(d.Out, line)
 			if m := bannerLine.FindStringSubmatch(line); m != nil {
 				banner[m[1]] = strings.TrimSpace(m[2])
 			}
@@ -86,17 +111,17 @@ func (d *Dev) waitBanner(stdout io.Reader, log io.Writer) error {
 	}
 }
 
-// Stop interrupts dev as a user would (Ctrl-C) and waits for it; after
-// two minutes it kills its process group.
-func (d *Dev) Stop() error {
-	_ = d.cmd.Process.Signal(syscall.SIGINT)
-	done := make(chan error, 1)
-	go func() { done <- d.cmd.Wait() }()
-	select {
-	case err := <-done:
-		return err
-	case <-time.After(2 * time.Minute):
-		_ = syscall.Kill(-d.cmd.Process.Pid, syscall.SIGKILL)
-		return fmt.Errorf("cairn dev did not stop within 2 minutes of SIGINT")
+// PrintLogTails writes the end of every node agent's and child's log to w,
+// so a failure on a machine that is gone afterwards can still be read.
+func (d *Dev) PrintLogTails(w io.Writer) {
+	logs, _ := filepath.Glob(filepath.Join(d.DataDir, "nodes", "*", "node.log"))
+	children, _ := filepath.Glob(filepath.Join(d.DataDir, "nodes", "*", "log", "*.log"))
+	for _, l := range append(logs, children...) {
+		b, err := os.ReadFile(l)
+		if err != nil {
+			continue
+		}
+		lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+		fmt.Fprintf(w, "==> %s (last %d of %d lines) <==\n%s\n", l, min(15, len(lines)), len(lines), strings.Join(lines[max(0, len(lines)-15):], "\n"))
 	}
 }

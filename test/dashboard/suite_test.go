@@ -112,13 +112,10 @@ func setup(tmp, chromium string) (func(), error) {
 	if err := os.WriteFile(secretFile, []byte(secret+"\n"), 0o600); err != nil {
 		return nil, err
 	}
-	log, err := os.Create(filepath.Join(tmp, "dev.log"))
+	var err error
+	dev, err = testutil.StartDev(tmp, "--nodes", fmt.Sprint(suiteNodes), "--dashboard-proxy-secret-file", secretFile)
 	if err != nil {
 		return nil, err
-	}
-	dev, err = testutil.StartDev(tmp, log, "--nodes", fmt.Sprint(suiteNodes), "--dashboard-proxy-secret-file", secretFile)
-	if err != nil {
-		return nil, fmt.Errorf("%w (log: %s)", err, log.Name())
 	}
 	stops = append(stops, func() {
 		if err := dev.Stop(); err != nil {

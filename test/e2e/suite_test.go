@@ -4,14 +4,12 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -40,6 +38,7 @@ var (
 	dataDir  string
 	devOut   *os.File
 	cairnBin string
+	devRun   *testutil.Dev
 	// restarted are node agents tests restarted; the suite stops them.
 	restarted []*exec.Cmd
 )
@@ -66,7 +65,6 @@ func runSuite(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(tmp)
-	dataDir = filepath.Join(tmp, "dev")
 	stop, err := startDev(tmp)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "e2e:", err)
@@ -74,7 +72,7 @@ func runSuite(m *testing.M) int {
 	}
 	code := m.Run()
 	if code != 0 {
-		printLogTails()
+		devRun.PrintLogTails(os.Stderr)
 	}
 	if err := checkEveryObjectsHealth(); err != nil {
 		fmt.Fprintln(os.Stderr, "e2e:", err)
@@ -109,82 +107,19 @@ func missing() string {
 	return ""
 }
 
-// startDev builds cairn, starts `cairn dev` and waits until every node is
-// Ready; the returned func stops it with SIGINT as a user would.
+// startDev starts `cairn dev` (testutil.StartDev) and waits until every
+// node is Ready; the returned func stops it with SIGINT as a user would.
 func startDev(tmp string) (func() error, error) {
-	bin := filepath.Join(tmp, "cairn")
-	cairnBin = bin
-	build := exec.Command("go", "build", "-o", bin, "./cmd/cairn")
-	build.Dir = testutil.RepoRoot()
-	if out, err := build.CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("go build: %v: %s", err, out)
-	}
-	var err error
-	if devOut, err = os.Create(filepath.Join(tmp, "dev.log")); err != nil {
-		return nil, err
-	}
-	cmd := exec.Command(bin, "dev", "--data-dir", dataDir, "--bin-dir", testutil.BinDir(),
-		"--samples=false", "--nodes", fmt.Sprint(suiteNodes), "--no-scheduler")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	stdout, err := cmd.StdoutPipe()
+	dev, err := testutil.StartDev(tmp, "--samples=false", "--nodes", fmt.Sprint(suiteNodes), "--no-scheduler")
 	if err != nil {
 		return nil, err
 	}
-	cmd.Stderr = devOut
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	stop := func() error {
-		_ = cmd.Process.Signal(syscall.SIGINT)
-		done := make(chan error, 1)
-		go func() { done <- cmd.Wait() }()
-		select {
-		case err := <-done:
-			return err
-		case <-time.After(2 * time.Minute):
-			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			return fmt.Errorf("cairn dev did not stop within 2 minutes of SIGINT")
-		}
-	}
-	kubeconfig, err := waitReady(stdout)
-	if err == nil {
-		err = connect(kubeconfig)
-	}
-	if err != nil {
-		_ = stop()
+	cairnBin, dataDir, devOut, devRun = dev.Bin, dev.DataDir, dev.Out, dev
+	if err := connect(dev.Kubeconfig); err != nil {
+		_ = dev.Stop()
 		return nil, fmt.Errorf("%w (log: %s)", err, devOut.Name())
 	}
-	return stop, nil
-}
-
-// waitReady reads dev's output until it says it runs, and returns the
-// kubeconfig it printed.
-func waitReady(stdout interface{ Read([]byte) (int, error) }) (string, error) {
-	ready := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		kubeconfig := ""
-		for sc.Scan() {
-			line := sc.Text()
-			fmt.Fprintln(devOut, line)
-			if f := strings.Fields(line); len(f) == 2 && f[0] == "kubeconfig" {
-				kubeconfig = f[1]
-			}
-			if strings.HasPrefix(line, "Press Ctrl-C to stop.") {
-				ready <- kubeconfig
-			}
-		}
-		close(ready)
-	}()
-	select {
-	case kc, ok := <-ready:
-		if !ok {
-			return "", fmt.Errorf("cairn dev exited before it was ready")
-		}
-		return kc, nil
-	case <-time.After(5 * time.Minute):
-		return "", fmt.Errorf("cairn dev not ready after 5 minutes")
-	}
+	return dev.Stop, nil
 }
 
 // connect makes the suite's client and waits for every node to be Ready.
@@ -255,19 +190,4 @@ func checkEveryObjectsHealth() error {
 	}
 	fmt.Fprintf(os.Stderr, "e2e: Argo CD and kstatus health agree on %d of %d objects\n", checked-len(errs), checked)
 	return errors.Join(errs...)
-}
-
-// printLogTails prints the end of every node agent's and child's log, so a
-// failure on a machine that is gone afterwards can still be read.
-func printLogTails() {
-	logs, _ := filepath.Glob(filepath.Join(dataDir, "nodes", "*", "node.log"))
-	children, _ := filepath.Glob(filepath.Join(dataDir, "nodes", "*", "log", "*.log"))
-	for _, l := range append(logs, children...) {
-		b, err := os.ReadFile(l)
-		if err != nil {
-			continue
-		}
-		lines := strings.Split(strings.TrimSpace(string(b)), "\n")
-		fmt.Fprintf(os.Stderr, "==> %s (last %d of %d lines) <==\n%s\n", l, min(15, len(lines)), len(lines), strings.Join(lines[max(0, len(lines)-15):], "\n"))
-	}
 }

@@ -1,0 +1,52 @@
+package faults
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	v1 "github.com/cairnstore/cairn/api/v1alpha1"
+)
+
+// TestPartitionEngineReplica cuts the link of one replica's node (not the
+// engine's): the engine drops that replica and I/O goes on; after the heal
+// the same replica catches up (no replacement: the replenish wait is
+// longer than the test).
+func TestPartitionEngineReplica(t *testing.T) {
+	const vol = "fault-partition"
+	newVolume(t, vol, "256Mi", 3, time.Hour)
+	healthy(t, vol, v1.VolumeDetached, 3)
+	blk := attach(t, vol, "dev-node-1", 3)
+	victim, node := replicaOn(t, getVolume(t, vol), "dev-node-1")
+
+	w := startWriter(t, blk, 4, 16<<20)
+	w.waitPasses(t, 1)
+	require.NoError(t, network.Cut(node))
+	cut := true
+	defer func() {
+		if cut {
+			_ = network.Heal(node)
+		}
+	}()
+	detect := waitFor(t, "the engine did not drop the cut replica", func(c *assert.CollectT) {
+		v := getVolume(c, vol)
+		assert.Equal(c, v1.RobustnessDegraded, v.Status.Robustness)
+		assert.Contains(c, v.Status.Replicas, v1.VolumeReplicaStatus{Name: victim, Node: node, Mode: "ERR"})
+	})
+	w.waitPasses(t, 2) // I/O goes on without it
+
+	require.NoError(t, network.Heal(node))
+	cut = false
+	heal := waitFor(t, "the replica did not catch up", func(c *assert.CollectT) {
+		v := getVolume(c, vol)
+		assert.Equal(c, v1.RobustnessHealthy, v.Status.Robustness)
+		assert.Contains(c, v.Status.Replicas, v1.VolumeReplicaStatus{Name: victim, Node: node, Mode: "RW"})
+	})
+	healthy(t, vol, v1.VolumeAttached, 3)
+	w.waitPasses(t, 1)
+	w.finish(t)
+	bytes, ok := resynced(t, vol)
+	record(t, figures{detect: detect, heal: heal, bytesResynced: bytes, resyncReported: ok})
+}
