@@ -24,6 +24,7 @@ import (
 
 	v1 "github.com/cairnstore/cairn/api/v1alpha1"
 	"github.com/cairnstore/cairn/config"
+	"github.com/cairnstore/cairn/internal/testutil"
 )
 
 var bg = context.Background()
@@ -171,38 +172,7 @@ func runFio(t *testing.T, args []string) {
 // procs lists the pids of live processes of this suite (their command line
 // names its data directory) whose command line contains every one of words.
 func procs(words ...string) []int {
-	words = append(words, dataDir)
-	var out []int
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil || len(b) == 0 || zombie(pid) {
-			continue
-		}
-		line := strings.ReplaceAll(string(b), "\x00", " ")
-		all := true
-		for _, w := range words {
-			all = all && strings.Contains(line, w)
-		}
-		if all {
-			out = append(out, pid)
-		}
-	}
-	return out
-}
-
-func zombie(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return true
-	}
-	s := string(b)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-	return len(f) == 0 || f[0] == "Z"
+	return testutil.Procs(append(words, dataDir)...)
 }
 
 // childrenOf lists the live direct children of pid.

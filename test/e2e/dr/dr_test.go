@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -26,6 +25,7 @@ import (
 
 	v1 "github.com/cairnstore/cairn/api/v1alpha1"
 	"github.com/cairnstore/cairn/controllers/dr"
+	"github.com/cairnstore/cairn/internal/testutil"
 )
 
 var bg = context.Background()
@@ -386,37 +386,7 @@ func cmdline(t *testing.T, pid int) []string {
 // procs lists live processes of this suite (their command line names its
 // data directory or binary) whose command line contains every word.
 func procs(words ...string) []int {
-	var out []int
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil || len(b) == 0 || zombie(pid) {
-			continue
-		}
-		line := strings.ReplaceAll(string(b), "\x00", " ") + " "
-		all := strings.HasPrefix(line, cairnBin+" ")
-		for _, w := range words {
-			all = all && strings.Contains(line, w)
-		}
-		if all {
-			out = append(out, pid)
-		}
-	}
-	return out
-}
-
-func zombie(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return true
-	}
-	s := string(b)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-	return len(f) == 0 || f[0] == "Z"
+	return testutil.Procs(append(words, cairnBin+" ")...)
 }
 
 // TestSwitchoverAndFailback: a planned switchover loses nothing: A's

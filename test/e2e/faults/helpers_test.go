@@ -24,6 +24,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/cairnstore/cairn/api/v1alpha1"
+	"github.com/cairnstore/cairn/internal/testutil"
 )
 
 var bg = context.Background()
@@ -231,38 +232,7 @@ func (w *writer) finish(t *testing.T) {
 // procs lists live processes of this suite (their command line names its
 // data directory) whose command line contains every one of words.
 func procs(words ...string) []int {
-	words = append(words, dev.DataDir)
-	var out []int
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || zombie(pid) {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil || len(b) == 0 {
-			continue
-		}
-		line := strings.ReplaceAll(string(b), "\x00", " ")
-		all := true
-		for _, w := range words {
-			all = all && strings.Contains(line, w)
-		}
-		if all {
-			out = append(out, pid)
-		}
-	}
-	return out
-}
-
-func zombie(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return true
-	}
-	s := string(b)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-	return len(f) == 0 || f[0] == "Z"
+	return testutil.Procs(append(words, dev.DataDir)...)
 }
 
 // loopDevices lists loop devices whose backing file lies in the suite's
@@ -350,7 +320,7 @@ func killAgent(t *testing.T, node string) []string {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pids[0]))
 	require.NoError(t, err)
 	require.NoError(t, syscall.Kill(pids[0], syscall.SIGKILL))
-	require.Eventually(t, func() bool { return zombie(pids[0]) }, wait, tick)
+	require.Eventually(t, func() bool { return testutil.Zombie(pids[0]) }, wait, tick)
 	return strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
 }
 
