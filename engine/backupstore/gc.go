@@ -233,7 +233,7 @@ func (s *Store) GC(ctx context.Context, opts GCOptions) (GCResult, error) {
 	locks, err := s.Locks(ctx)
 	if err == nil {
 		for _, rec := range locks {
-			if s.lockExpired(rec, time.Now()) {
+			if s.lockExpired(rec, s.opts.ExpiryClock()) {
 				if s.t.Delete(ctx, lockKey(rec.ID)) == nil {
 					res.ExpiredLocks++
 				}

@@ -39,7 +39,7 @@ func forEachTarget(t *testing.T, fn func(t *testing.T, tt testTarget)) {
 func testOptions() Options {
 	return Options{
 		Concurrency:   8,
-		LockTTL:       3 * time.Second,
+		LockTTL:       30 * time.Second,
 		LockClockSkew: -1,
 		LockWait:      10 * time.Second,
 		TargetOptions: TargetOptions{RequestTimeout: 10 * time.Second, ProbeTimeout: 10 * time.Second},

@@ -139,7 +139,7 @@ func (s *Store) conflictingLocks(ctx context.Context, mine lockRecord) ([]lockRe
 	if err != nil {
 		return nil, err
 	}
-	now := time.Now()
+	now := s.opts.ExpiryClock()
 	var out []lockRecord
 	for _, rec := range all {
 		if rec.ID == mine.ID || rec.Scope != mine.Scope {

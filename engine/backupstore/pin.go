@@ -58,7 +58,7 @@ func (s *Store) Unpin(ctx context.Context, volume, backup, holder string) error 
 // out (and removed when the store is writable).
 func (s *Store) Pins(ctx context.Context, volume string) ([]PinInfo, error) {
 	var out []PinInfo
-	now := time.Now()
+	now := s.opts.ExpiryClock()
 	err := s.t.List(ctx, pinPrefix(volume), func(o ObjectInfo) error {
 		if !strings.HasSuffix(o.Key, ".json") {
 			return nil

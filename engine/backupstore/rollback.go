@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"time"
 )
 
 // checkRollback looks for proof that c is older than a catalogue the volume
@@ -85,7 +84,7 @@ func (s *Store) volumeLockHeld(ctx context.Context, volume string) (bool, error)
 	if err != nil {
 		return false, err
 	}
-	now := time.Now()
+	now := s.opts.ExpiryClock()
 	for _, rec := range locks {
 		if rec.Scope == scopeVolumePrefix+volume && !s.lockExpired(rec, now) {
 			return true, nil

@@ -54,6 +54,10 @@ type Options struct {
 	LockWait time.Duration
 	// Holder names this process in lock objects (default host:pid).
 	Holder string
+	// ExpiryClock is the clock other holders' locks and pins are judged
+	// expired by (default time.Now). Tests that simulate crashed holders
+	// set a clock past the TTL instead of sleeping through it.
+	ExpiryClock func() time.Time
 }
 
 // Store is a backup store in one target.
@@ -116,6 +120,9 @@ func OpenStore(ctx context.Context, t Target, opts Options) (*Store, error) {
 	}
 	if opts.LockWait <= 0 {
 		opts.LockWait = time.Minute
+	}
+	if opts.ExpiryClock == nil {
+		opts.ExpiryClock = time.Now
 	}
 	if opts.Holder == "" {
 		host, _ := os.Hostname()

@@ -309,14 +309,17 @@ func TestS3StoppedMidBackup(t *testing.T) {
 	b, err := s.CreateBackup(ctx, BackupOptions{Volume: "v", Source: img, BlockSize: testBlockSize})
 	require.NoError(t, err)
 	require.Less(t, b.NewBlocks, b.Blocks-b.ZeroBlocks, "blocks uploaded before the failure are reused")
-	checkNoOrphansAndRestore(t, s, "v", b.ID, img)
+	checkNoOrphansAndRestore(t, tt, "v", b.ID, img)
 }
 
-// checkNoOrphansAndRestore waits out stale locks, then checks GC finds no
-// orphan blocks and the backup restores byte-exact.
-func checkNoOrphansAndRestore(t *testing.T, s *Store, vol, id string, want *memImage) {
+// checkNoOrphansAndRestore checks, through a store whose clock is past
+// every crashed holder's lock, that GC finds no orphan blocks and the
+// backup restores byte-exact.
+func checkNoOrphansAndRestore(t *testing.T, tt testTarget, vol, id string, want *memImage) {
 	ctx := ctxT(t)
-	time.Sleep(s.opts.LockTTL + 100*time.Millisecond) // crashed holders' locks expire
+	s := tt.open(t, func(o *Options) {
+		o.ExpiryClock = func() time.Time { return time.Now().Add(o.LockTTL + time.Second) }
+	})
 	g, err := s.GC(ctx, GCOptions{DryRun: true})
 	require.NoError(t, err)
 	require.Zero(t, g.UnreferencedBlocks, "orphaned blocks")
@@ -367,7 +370,7 @@ func TestKilledBackupProcess(t *testing.T) {
 
 		b, err := s.CreateBackup(ctx, BackupOptions{Volume: "v", Source: img, BlockSize: testBlockSize})
 		require.NoError(t, err)
-		checkNoOrphansAndRestore(t, s, "v", b.ID, img)
+		checkNoOrphansAndRestore(t, tt, "v", b.ID, img)
 	})
 }
 
@@ -452,7 +455,7 @@ func TestDeleteDuringBackup(t *testing.T) {
 		require.NoError(t, err)
 		require.Positive(t, g.UnreferencedBlocks, "b1's own blocks are collected")
 		require.Equal(t, 1, g.OrphanManifests)
-		checkNoOrphansAndRestore(t, s, "v", r.b.ID, want)
+		checkNoOrphansAndRestore(t, tt, "v", r.b.ID, want)
 	})
 }
 
@@ -791,7 +794,9 @@ func TestLockLostAbortsBackup(t *testing.T) {
 	list, err := s.List(ctx, "v")
 	require.NoError(t, err)
 	require.Empty(t, list, "a backup that lost its lock is not listed")
-	b, err := s.CreateBackup(ctx, BackupOptions{Volume: "v", Source: img, BlockSize: testBlockSize})
+	// The retry runs with the suite's TTL: the short one above exists to
+	// lose a lock, and would lose this one too on a loaded machine.
+	b, err := tt.open(t).CreateBackup(ctx, BackupOptions{Volume: "v", Source: img, BlockSize: testBlockSize})
 	require.NoError(t, err)
-	checkNoOrphansAndRestore(t, s, "v", b.ID, img)
+	checkNoOrphansAndRestore(t, tt, "v", b.ID, img)
 }
