@@ -39,6 +39,9 @@ type devOptions struct {
 	dashboard dashboard.Options
 	// drSite also starts the second local cluster dr-site (dev_drsite.go).
 	drSite bool
+	// examples, demo: the GitOps repository and live view (dev_examples.go).
+	examples string
+	headless bool
 }
 
 func newDevCmd() *cobra.Command {
@@ -53,6 +56,9 @@ everything; a second run reuses the data directory.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			if o.examples != "" {
+				o.samples = false // the examples' policies replace the samples'
+			}
 			return runDev(ctx, o)
 		},
 	}
@@ -67,6 +73,7 @@ everything; a second run reuses the data directory.`,
 	f.BoolVar(&o.dashboard.Actions, "dashboard-actions", true, "allow the dashboard's actions (dev serves it on loopback only)")
 	f.StringVar(&o.dashboard.ProxySecretFile, "dashboard-proxy-secret-file", "", "trust a proxy sending this secret to name callers (see docs/dashboard.md)")
 	f.BoolVar(&o.drSite, "dr-site", false, "also start a second local cluster, dr-site (state and kubeconfig under --data-dir/dr-site), that keeps the samples' DisasterRecoveryVolume following the primary's backups")
+	addExamplesFlags(f, &o)
 	return cmd
 }
 
@@ -86,18 +93,22 @@ type devRun struct {
 	metrics    string // the manager's metrics address
 	applied    int
 	drSite     *devDRSite
+	demo       *devDemo
 	stops      []func()
 }
 
 func runDev(ctx context.Context, o devOptions) error {
 	d := &devRun{opts: o}
 	defer d.cleanup()
-	for _, phase := range []func(context.Context) error{d.prepare, d.startControlPlane, d.startManager, d.startNodes, d.startCSI, d.startS3, d.applySamples, d.startDRSite} {
+	for _, phase := range []func(context.Context) error{d.prepare, d.startControlPlane, d.startManager, d.startNodes, d.startCSI, d.startS3, d.applySamples, d.startDRSite, d.applyExamples} {
 		if err := phase(ctx); err != nil {
 			return err
 		}
 	}
 	d.printBanner()
+	if err := d.startDemo(ctx); err != nil {
+		return err
+	}
 	select {
 	case <-ctx.Done():
 		fmt.Println("\nInterrupted, shutting down...")

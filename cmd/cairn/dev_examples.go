@@ -1,0 +1,81 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+
+	"github.com/spf13/pflag"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/cairnstore/cairn/config"
+	"github.com/cairnstore/cairn/internal/gitapply"
+	"github.com/cairnstore/cairn/internal/localcluster"
+)
+
+// The GitOps story of `make dev`: examples/overlays/dev-primary applied to
+// the primary and dev-dr-site to the dr-site, through the code path of
+// `cairnctl apply -k` (internal/gitapply), after cairn dev's own
+// BackupTarget primary at the local S3 target (the overlays leave it out).
+
+func addExamplesFlags(f *pflag.FlagSet, o *devOptions) {
+	f.StringVar(&o.examples, "examples", "", "a GitOps repository laid out as examples/: apply its overlays dev-primary (and dev-dr-site with --dr-site) instead of the samples, run a writer on demo/demo-data and show a live view")
+	f.BoolVar(&o.headless, "headless", false, "with --examples: print the live view as plain log lines, one per change (default when stdout is not a terminal)")
+}
+
+// applyExamples applies BackupTarget primary and the dev overlays.
+func (d *devRun) applyExamples(ctx context.Context) error {
+	if d.opts.examples == "" {
+		return nil
+	}
+	if err := d.applyOverlay(ctx, d.client, "primary", "dev-primary", false); err != nil {
+		return err
+	}
+	if d.drSite == nil {
+		return nil
+	}
+	return d.applyOverlay(ctx, d.drSite.client, "dr-site", "dev-dr-site", true)
+}
+
+// applyOverlay applies BackupTarget primary (read-only on a DR site), then
+// examples/overlays/OVERLAY, printing each object's outcome.
+func (d *devRun) applyOverlay(ctx context.Context, c client.Client, site, overlay string, readOnly bool) error {
+	if err := d.applyDevTarget(ctx, c, readOnly); err != nil {
+		return fmt.Errorf("%s: BackupTarget primary: %w", site, err)
+	}
+	dir := filepath.Join(d.opts.examples, "overlays", overlay)
+	entries, err := gitapply.Kustomization(ctx, c, dir)
+	if err != nil {
+		return fmt.Errorf("%s: apply %s: %w", site, dir, err)
+	}
+	fmt.Printf("Applied %s to %s (as `cairnctl apply -k %s`):\n", dir, site, dir)
+	for _, e := range entries {
+		fmt.Printf("    %-60s %s\n", e.Object, e.Action)
+	}
+	return nil
+}
+
+// applyDevTarget applies the samples' BackupTarget primary pointed at the
+// local S3 target (or DATA/backups).
+func (d *devRun) applyDevTarget(ctx context.Context, c client.Client, readOnly bool) error {
+	objs, err := localcluster.Build(config.Samples, "samples")
+	if err != nil {
+		return err
+	}
+	var targets []*unstructured.Unstructured
+	for _, o := range objs {
+		if o.GetKind() == "BackupTarget" {
+			targets = append(targets, o)
+		}
+	}
+	if err := d.localTargets(targets); err != nil {
+		return err
+	}
+	for _, o := range targets {
+		if err := unstructured.SetNestedField(o.Object, readOnly, "spec", "readOnly"); err != nil {
+			return err
+		}
+	}
+	return localcluster.Apply(ctx, c, "cairn-dev", targets)
+}
