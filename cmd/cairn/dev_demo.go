@@ -46,6 +46,9 @@ func (d *devRun) startDemo(ctx context.Context) error {
 	d.demo = &devDemo{}
 	fmt.Println(d.failoverHelp())
 	path, err := d.publishWriter(ctx)
+	if ctx.Err() != nil {
+		return nil // interrupted while waiting: runDev stops
+	}
 	if err != nil {
 		return fmt.Errorf("writer: %w", err)
 	}

@@ -24,7 +24,8 @@ func addExamplesFlags(f *pflag.FlagSet, o *devOptions) {
 	f.BoolVar(&o.headless, "headless", false, "with --examples: print the live view as plain log lines, one per change (default when stdout is not a terminal)")
 }
 
-// applyExamples applies BackupTarget primary and the dev overlays.
+// applyExamples applies BackupTarget primary and the dev overlays, and
+// runs CSI in the dr-site too.
 func (d *devRun) applyExamples(ctx context.Context) error {
 	if d.opts.examples == "" {
 		return nil
@@ -32,10 +33,15 @@ func (d *devRun) applyExamples(ctx context.Context) error {
 	if err := d.applyOverlay(ctx, d.client, "primary", "dev-primary", false); err != nil {
 		return err
 	}
-	if d.drSite == nil {
+	s := d.drSite
+	if s == nil {
 		return nil
 	}
-	return d.applyOverlay(ctx, d.drSite.client, "dr-site", "dev-dr-site", true)
+	// The activated volume is published on a dr-site node as on the primary.
+	if err := d.startCSIAt(ctx, csiSite{name: "dr-site", cluster: s.cluster, client: s.client, nodes: s.nodes, dir: s.dir}); err != nil {
+		return fmt.Errorf("dr-site: CSI: %w", err)
+	}
+	return d.applyOverlay(ctx, s.client, "dr-site", "dev-dr-site", true)
 }
 
 // applyOverlay applies BackupTarget primary (read-only on a DR site), then
