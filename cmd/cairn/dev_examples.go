@@ -85,3 +85,14 @@ func (d *devRun) applyDevTarget(ctx context.Context, c client.Client, readOnly b
 	}
 	return localcluster.Apply(ctx, c, "cairn-dev", targets)
 }
+
+// drSiteFailover is the banner's failover command: with --examples the
+// overlay applied with activate: true (see failoverHelp), else a patch of
+// the samples' DisasterRecoveryVolume.
+func (d *devRun) drSiteFailover() string {
+	if d.opts.examples != "" {
+		return fmt.Sprintf("%s apply -k %s --kubeconfig %s (after setting activate: true in %s)", d.cairnctl(),
+			filepath.Join(d.opts.examples, "overlays", "dev-dr-site"), d.drSite.kubeconfig, filepath.Join(d.opts.examples, "overlays", "dev-dr-site", "drvolume.yaml"))
+	}
+	return fmt.Sprintf(`KUBECONFIG=%s %s patch drv -n default pg-data-dr --type merge -p '{"spec":{"activate":true}}'`, d.drSite.kubeconfig, d.kubectl())
+}
