@@ -152,7 +152,7 @@ func (d *devRun) prepare(context.Context) error {
 		return err
 	}
 	d.onStop(func() { d.logFile.Close() })
-	ctrl.SetLogger(newLogger(d.opts.verbosity))
+	ctrl.SetLogger(newLoggerTo(d.logOutput(), d.opts.verbosity))
 	return nil
 }
 

@@ -55,6 +55,9 @@ func (d *devRun) startDemo(ctx context.Context) error {
 	d.demo.path = path
 	fmt.Printf("  writer       pod %s/%s on %s writes %s/%s/*.txt every %s, checksums in %s\n", demoNamespace, demoPod, d.nodes[0].name,
 		path, demoWriterDir, demoInterval, demoManifest)
+	if d.liveView() {
+		fmt.Printf("  logs         %s\n", d.logFile.Name())
+	}
 	wctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{}, 2)
 	go func() { runWriter(wctx, filepath.Join(path, demoWriterDir)); done <- struct{}{} }()

@@ -28,7 +28,7 @@ import (
 const viewInterval = 2 * time.Second
 
 func (d *devRun) runView(ctx context.Context) {
-	tty := !d.opts.headless && term.IsTerminal(int(os.Stdout.Fd()))
+	tty := d.liveView()
 	prev := map[string]string{}
 	drawn, activated := 0, false
 	for {
@@ -49,6 +49,20 @@ func (d *devRun) runView(ctx context.Context) {
 		case <-time.After(viewInterval):
 		}
 	}
+}
+
+// liveView: the view redraws in place on a terminal.
+func (d *devRun) liveView() bool {
+	return d.opts.examples != "" && !d.opts.headless && term.IsTerminal(int(os.Stdout.Fd()))
+}
+
+// logOutput is where dev logs: its control-plane log file under a live
+// view (which log lines would tear), else stderr.
+func (d *devRun) logOutput() *os.File {
+	if d.liveView() {
+		return d.logFile
+	}
+	return os.Stderr
 }
 
 // redraw moves up over the last view and prints the new one.
