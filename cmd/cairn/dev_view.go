@@ -73,7 +73,12 @@ func redraw(lines []string, drawn int) int {
 	}
 	b.WriteString("\x1b[J")
 	fmt.Fprintf(&b, "── %s ──\n", time.Now().Format("15:04:05"))
+	// A wrapped line would take two rows and the next move up would miss it.
+	width, _, err := term.GetSize(int(os.Stdout.Fd()))
 	for _, l := range lines {
+		if r := []rune(l); err == nil && width > 1 && len(r) >= width {
+			l = string(r[:width-1])
+		}
 		b.WriteString(l + "\n")
 	}
 	fmt.Print(b.String())
