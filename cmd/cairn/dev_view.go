@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"regexp"
 	"sort"
@@ -41,7 +42,7 @@ func (d *devRun) runView(ctx context.Context) {
 		if tty {
 			drawn = redraw(lines, drawn)
 		} else {
-			printChanged(lines, prev)
+			printChanged(os.Stdout, lines, prev)
 		}
 		select {
 		case <-ctx.Done():
@@ -89,12 +90,12 @@ func redraw(lines []string, drawn int) int {
 var tickingRPO = regexp.MustCompile(`, rpo [0-9hms.]+$`)
 
 // printChanged prints the lines whose key (text before ":") changed.
-func printChanged(lines []string, prev map[string]string) {
+func printChanged(w io.Writer, lines []string, prev map[string]string) {
 	for _, l := range lines {
 		key, _, _ := strings.Cut(l, ":")
 		if stable := tickingRPO.ReplaceAllString(l, ""); prev[key] != stable {
 			prev[key] = stable
-			fmt.Printf("%s %s\n", time.Now().UTC().Format("15:04:05"), l)
+			fmt.Fprintf(w, "%s %s\n", time.Now().UTC().Format("15:04:05"), l)
 		}
 	}
 }
