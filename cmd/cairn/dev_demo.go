@@ -27,7 +27,7 @@ const (
 	demoNamespace = "demo"
 	demoClaim     = "demo-data"
 	demoPod       = "demo-writer"
-	// DemoWriterDir is the writer's directory on the volume.
+	// demoWriterDir is the writer's directory on the volume.
 	demoWriterDir = "writer"
 	demoManifest  = "MANIFEST.sha256"
 	demoInterval  = 5 * time.Second
