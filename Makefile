@@ -60,8 +60,8 @@ build: ## Build bin/cairn and bin/cairnctl.
 	go build -o $(BIN)/cairnctl ./cmd/cairnctl
 
 .PHONY: dev
-dev: tools build ## Run Cairn on an embedded local control plane (state in .cairn/dev).
-	$(BIN)/cairn dev
+dev: tools build ## Two local clusters (primary, dr-site) with examples/ applied, a writer and a live view (state in .cairn/dev).
+	$(BIN)/cairn dev --dr-site --examples examples
 
 .PHONY: deploy
 deploy: ## Apply config/default to the cluster in $$KUBECONFIG (needs kubectl and cert-manager).

@@ -44,6 +44,9 @@ type devOptions struct {
 	// managerProcess runs the manager as a supervised child process
 	// (dev_manager.go).
 	managerProcess bool
+	// examples, demo: the GitOps repository and live view (dev_examples.go).
+	examples string
+	headless bool
 }
 
 func newDevCmd() *cobra.Command {
@@ -58,6 +61,9 @@ everything; a second run reuses the data directory.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			if o.examples != "" {
+				o.samples = false // the examples' policies replace the samples'
+			}
 			return runDev(ctx, o)
 		},
 	}
@@ -74,6 +80,7 @@ everything; a second run reuses the data directory.`,
 	f.BoolVar(&o.dashboard.Actions, "dashboard-actions", true, "allow the dashboard's actions (dev serves it on loopback only)")
 	f.StringVar(&o.dashboard.ProxySecretFile, "dashboard-proxy-secret-file", "", "trust a proxy sending this secret to name callers (see docs/dashboard.md)")
 	f.BoolVar(&o.drSite, "dr-site", false, "also start a second local cluster, dr-site (state and kubeconfig under --data-dir/dr-site), that keeps the samples' DisasterRecoveryVolume following the primary's backups")
+	addExamplesFlags(f, &o)
 	return cmd
 }
 
@@ -94,18 +101,22 @@ type devRun struct {
 	metrics    string // the manager's metrics address
 	applied    int
 	drSite     *devDRSite
+	demo       *devDemo
 	stops      []func()
 }
 
 func runDev(ctx context.Context, o devOptions) error {
 	d := &devRun{opts: o}
 	defer d.cleanup()
-	for _, phase := range []func(context.Context) error{d.prepare, d.startControlPlane, d.startManager, d.startNodes, d.startCSI, d.startS3, d.applySamples, d.startDRSite} {
+	for _, phase := range []func(context.Context) error{d.prepare, d.startControlPlane, d.startManager, d.startNodes, d.startCSI, d.startS3, d.applySamples, d.startDRSite, d.applyExamples} {
 		if err := phase(ctx); err != nil {
 			return err
 		}
 	}
 	d.printBanner()
+	if err := d.startDemo(ctx); err != nil {
+		return err
+	}
 	select {
 	case <-ctx.Done():
 		fmt.Println("\nInterrupted, shutting down...")
@@ -149,7 +160,7 @@ func (d *devRun) prepare(context.Context) error {
 		return err
 	}
 	d.onStop(func() { d.logFile.Close() })
-	ctrl.SetLogger(newLogger(d.opts.verbosity))
+	ctrl.SetLogger(newLoggerTo(d.logOutput(), d.opts.verbosity))
 	return nil
 }
 

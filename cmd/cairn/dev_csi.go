@@ -10,6 +10,7 @@ import (
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
 
 	"github.com/cairnstore/cairn/config"
@@ -42,9 +43,20 @@ type devCSI struct {
 	missing []string
 }
 
-// startCSI installs the snapshot CRDs and the CSIDriver, registers the
-// simulated nodes and runs the kubelet stand-in on them, then the sidecars
-// against the manager's CSI controller socket.
+// csiSite is a cluster dev runs CSI in: its node agents serve the node
+// service at DIR/nodes/NAME/csi.sock, its manager the controller service
+// at DIR/csi/controller.sock.
+type csiSite struct {
+	name    string
+	cluster *localcluster.Cluster
+	client  client.Client
+	nodes   []*devNode
+	dir     string
+}
+
+func (s csiSite) controllerSocket() string { return filepath.Join(s.dir, "csi", "controller.sock") }
+
+// startCSI runs CSI in the primary.
 func (d *devRun) startCSI(ctx context.Context) error {
 	d.csi = &devCSI{}
 	for _, s := range devSidecars {
@@ -52,41 +64,48 @@ func (d *devRun) startCSI(ctx context.Context) error {
 			d.csi.missing = append(d.csi.missing, s.name)
 		}
 	}
-	if err := d.cluster.InstallSnapshotCRDs(); err != nil {
+	return d.startCSIAt(ctx, csiSite{name: "primary", cluster: d.cluster, client: d.client, nodes: d.nodes, dir: d.dataDir})
+}
+
+// startCSIAt installs the snapshot CRDs and the CSIDriver, registers the
+// site's simulated nodes and runs the kubelet stand-in on them, then the
+// sidecars against the site's CSI controller socket.
+func (d *devRun) startCSIAt(ctx context.Context, site csiSite) error {
+	if err := site.cluster.InstallSnapshotCRDs(); err != nil {
 		return err
 	}
-	if err := d.applyCSIDriver(ctx); err != nil {
+	if err := applyCSIDriver(ctx, site.client); err != nil {
 		return err
 	}
-	if err := d.startKubeletStub(ctx); err != nil {
+	if err := d.startKubeletStub(ctx, site); err != nil {
 		return err
 	}
 	if len(d.csi.missing) > 0 {
 		return nil
 	}
-	return d.startSidecars()
+	return d.startSidecars(site)
 }
 
 // applyCSIDriver applies config/csi/csidriver.yaml, the object a cluster
 // gets from config/default.
-func (d *devRun) applyCSIDriver(ctx context.Context) error {
+func applyCSIDriver(ctx context.Context, c client.Client) error {
 	obj := &unstructured.Unstructured{}
 	if err := yaml.Unmarshal(config.CSIDriver, &obj.Object); err != nil {
 		return fmt.Errorf("decode CSIDriver: %w", err)
 	}
-	return localcluster.Apply(ctx, d.client, "cairn-dev", []*unstructured.Unstructured{obj})
+	return localcluster.Apply(ctx, c, "cairn-dev", []*unstructured.Unstructured{obj})
 }
 
 // startKubeletStub registers every node agent's CSI node service as the
 // kubelet would and publishes the PVCs of pods bound to the nodes.
-func (d *devRun) startKubeletStub(ctx context.Context) error {
+func (d *devRun) startKubeletStub(ctx context.Context, site csiSite) error {
 	var nodes []kubeletstub.Node
-	for _, n := range d.nodes {
-		dir := filepath.Join(d.dataDir, "nodes", n.name)
+	for _, n := range site.nodes {
+		dir := filepath.Join(site.dir, "nodes", n.name)
 		nodes = append(nodes, kubeletstub.Node{Name: n.name, Dir: dir, Socket: filepath.Join(dir, devNodeCSISocket)})
 	}
-	stop, err := kubeletstub.Start(ctx, kubeletstub.Options{Config: d.cluster.Config, Driver: csi.DriverName, Nodes: nodes,
-		Log: ctrl.Log.WithName("kubelet-stub")})
+	stop, err := kubeletstub.Start(ctx, kubeletstub.Options{Config: site.cluster.Config, Driver: csi.DriverName, Nodes: nodes,
+		Log: ctrl.Log.WithName("kubelet-stub").WithValues("site", site.name)})
 	if err != nil {
 		return fmt.Errorf("kubelet stand-in: %w", err)
 	}
@@ -95,21 +114,21 @@ func (d *devRun) startKubeletStub(ctx context.Context) error {
 }
 
 // startSidecars runs each sidecar with its own kubeconfig, leader election
-// off, its log in DATA/csi/NAME.log.
-func (d *devRun) startSidecars() error {
+// off, its log in DIR/csi/NAME.log.
+func (d *devRun) startSidecars(site csiSite) error {
 	// The manager creates the socket's directory when it starts serving,
 	// which may not have happened yet.
-	dir := filepath.Dir(d.csiControllerSocket())
+	dir := filepath.Dir(site.controllerSocket())
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
 	var procs []*devNode
 	d.onStop(func() {
-		fmt.Println("Stopping the CSI sidecars...")
+		fmt.Printf("Stopping the %s CSI sidecars...\n", site.name)
 		stopDevNodes(procs)
 	})
 	for _, s := range devSidecars {
-		kc, err := d.cluster.Kubeconfig("cairn-dev-" + s.name)
+		kc, err := site.cluster.Kubeconfig("cairn-dev-" + s.name)
 		if err != nil {
 			return err
 		}
@@ -119,7 +138,7 @@ func (d *devRun) startSidecars() error {
 		}
 		args := append([]string{"--kubeconfig=" + kcPath, "--leader-election=false"}, s.args...)
 		if s.controller {
-			args = append(args, "--csi-address="+d.csiControllerSocket())
+			args = append(args, "--csi-address="+site.controllerSocket())
 		}
 		cmd := exec.Command(filepath.Join(devBinDir(d.opts.binDir), s.name), args...)
 		p, err := startDevChild(s.name, cmd, filepath.Join(dir, s.name+".log"))

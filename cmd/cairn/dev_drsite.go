@@ -234,7 +234,7 @@ dr-site (second cluster, reads the primary's backups from the same S3 target):
   dr-site metrics      http://%s/metrics
   dr-site nodes        %d node agents (logs in %s/nodes/NAME/node.log)
   dr-site samples      %d objects applied (BackupTarget primary read-only, RecurringSnapshots suspended, VolumePolicies, DisasterRecoveryVolume)
-  dr-site failover     KUBECONFIG=%s %s patch drv -n default pg-data-dr --type merge -p '{"spec":{"activate":true}}'
+  dr-site failover     %s
 `, s.cluster.Config.Host, s.kubeconfig, "child process", filepath.Join(s.dir, "manager.log"), s.metrics, len(s.nodes), s.dir, s.applied,
-		s.kubeconfig, d.kubectl())
+		d.drSiteFailover())
 }

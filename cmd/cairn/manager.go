@@ -147,10 +147,13 @@ func (f siteFlag) Set(v string) error {
 func (f siteFlag) Type() string { return "name=kubeconfig" }
 
 // newLogger returns a zap-backed logr logger writing JSON to stderr.
-func newLogger(verbosity int) logr.Logger {
+func newLogger(verbosity int) logr.Logger { return newLoggerTo(os.Stderr, verbosity) }
+
+// newLoggerTo logs JSON lines to w.
+func newLoggerTo(w *os.File, verbosity int) logr.Logger {
 	level := zap.NewAtomicLevelAt(zapcore.Level(-verbosity))
 	enc := zap.NewProductionEncoderConfig()
 	enc.EncodeTime = zapcore.ISO8601TimeEncoder
-	core := zapcore.NewCore(zapcore.NewJSONEncoder(enc), zapcore.Lock(os.Stderr), level)
+	core := zapcore.NewCore(zapcore.NewJSONEncoder(enc), zapcore.Lock(w), level)
 	return zapr.NewLogger(zap.New(core))
 }

@@ -21,6 +21,7 @@ import (
 
 	v1 "github.com/cairnstore/cairn/api/v1alpha1"
 	"github.com/cairnstore/cairn/internal/actions"
+	"github.com/cairnstore/cairn/internal/gitapply"
 	"github.com/cairnstore/cairn/internal/testutil"
 	"github.com/cairnstore/cairn/internal/webhook/webhooktest"
 )
@@ -151,7 +152,7 @@ func TestValidate(t *testing.T) {
 func TestApplyAndStatus(t *testing.T) {
 	r := ctl(t, "apply", "-k", examples("overlays", "dev-primary"), "-o", "json")
 	require.Equal(t, 0, r.code, r.stderr)
-	var first []applyEntry
+	var first []gitapply.Entry
 	require.NoError(t, json.Unmarshal([]byte(r.stdout), &first))
 	require.Len(t, first, 9)
 	for _, e := range first {

@@ -4,11 +4,9 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/fluxcd/cli-utils/pkg/kstatus/polling"
-	"github.com/fluxcd/pkg/ssa"
 	"github.com/spf13/cobra"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
+	"github.com/cairnstore/cairn/internal/gitapply"
 	"github.com/cairnstore/cairn/internal/validate"
 )
 
@@ -98,12 +96,6 @@ func newValidateCmd(o *globalOptions) *cobra.Command {
 	return cmd
 }
 
-// applyEntry is one object's outcome in apply's output.
-type applyEntry struct {
-	Object string `json:"object"`
-	Action string `json:"action"`
-}
-
 func newApplyCmd(o *globalOptions) *cobra.Command {
 	m := &manifestFlags{}
 	cmd := &cobra.Command{
@@ -136,24 +128,11 @@ func newApplyCmd(o *globalOptions) *cobra.Command {
 	return cmd
 }
 
-// apply server-side applies the manifests with Flux's resource manager.
-func (o *globalOptions) apply(cmd *cobra.Command, ms []validate.Manifest) ([]applyEntry, error) {
+// apply server-side applies the manifests (internal/gitapply).
+func (o *globalOptions) apply(cmd *cobra.Command, ms []validate.Manifest) ([]gitapply.Entry, error) {
 	c, err := o.client()
 	if err != nil {
 		return nil, err
 	}
-	objs := make([]*unstructured.Unstructured, len(ms))
-	for i, m := range ms {
-		objs[i] = m.Object
-	}
-	rm := ssa.NewResourceManager(c, polling.NewStatusPoller(c, c.RESTMapper(), polling.Options{}), ssa.Owner{Field: "cairnctl", Group: "cairn.dev"})
-	cs, err := rm.ApplyAllStaged(cmd.Context(), objs, ssa.DefaultApplyOptions())
-	if err != nil {
-		return nil, err
-	}
-	var out []applyEntry
-	for _, e := range cs.Entries {
-		out = append(out, applyEntry{Object: e.Subject, Action: string(e.Action)})
-	}
-	return out, nil
+	return gitapply.Apply(cmd.Context(), c, ms)
 }

@@ -16,8 +16,10 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
+	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	ctrlconfig "sigs.k8s.io/controller-runtime/pkg/config"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 )
 
@@ -66,7 +68,10 @@ func Start(ctx context.Context, o Options) (stop func(), err error) {
 		return nil, err
 	}
 	mgr, err := ctrl.NewManager(o.Config, ctrl.Options{Scheme: scheme, Logger: o.Log,
-		Metrics: metricsserver.Options{BindAddress: "0"}, HealthProbeBindAddress: "0"})
+		Metrics: metricsserver.Options{BindAddress: "0"}, HealthProbeBindAddress: "0",
+		// cairn dev runs one stand-in per cluster in one process; the
+		// names only matter to metrics, which the stand-in does not serve.
+		Controller: ctrlconfig.Controller{SkipNameValidation: ptr.To(true)}})
 	if err != nil {
 		return nil, err
 	}
