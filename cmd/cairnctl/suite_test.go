@@ -1,16 +1,13 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -85,56 +82,20 @@ func missing() string {
 	return ""
 }
 
-// startDev builds cairn and runs `cairn dev` (no samples, no scheduler)
-// until it prints that it is ready; the returned func stops it with SIGINT.
+// startDev runs `cairn dev` (no samples, no scheduler) through
+// testutil.StartDev and connects the suite's client; the returned func
+// stops dev with SIGINT. A failure to start prints dev's output, which
+// the suite's temporary directory would otherwise take with it.
 func startDev(tmp string) (func() error, error) {
-	bin := filepath.Join(tmp, "cairn")
-	build := exec.Command("go", "build", "-o", bin, "./cmd/cairn")
-	build.Dir = testutil.RepoRoot()
-	if out, err := build.CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("go build: %v: %s", err, out)
-	}
-	logf, err := os.Create(filepath.Join(tmp, "dev.log"))
+	dev, err := testutil.StartDev(tmp, "--samples=false", "--nodes", fmt.Sprint(suiteNodes), "--no-scheduler")
 	if err != nil {
-		return nil, err
-	}
-	cmd := exec.Command(bin, "dev", "--data-dir", filepath.Join(tmp, "dev"), "--bin-dir", testutil.BinDir(),
-		"--samples=false", "--nodes", fmt.Sprint(suiteNodes), "--no-scheduler")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.Stderr = logf
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		return nil, err
-	}
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	stop := func() error {
-		_ = cmd.Process.Signal(syscall.SIGINT)
-		return cmd.Wait()
-	}
-	ready := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		kc := ""
-		for sc.Scan() {
-			fmt.Fprintln(logf, sc.Text())
-			if f := strings.Fields(sc.Text()); len(f) == 2 && f[0] == "kubeconfig" {
-				kc = f[1]
-			}
-			if strings.HasPrefix(sc.Text(), "Press Ctrl-C to stop.") {
-				ready <- kc
-			}
+		if out, rerr := os.ReadFile(filepath.Join(tmp, "dev.log")); rerr == nil {
+			fmt.Fprintf(os.Stderr, "cairn dev output:\n%s\n", out)
 		}
-		close(ready)
-	}()
-	kc, ok := <-ready
-	if !ok {
-		_ = stop()
-		return nil, fmt.Errorf("cairn dev exited before it was ready (log: %s)", logf.Name())
+		return nil, err
 	}
-	kubeconfig = kc
-	cfg, err := clientcmd.BuildConfigFromFlags("", kc)
+	kubeconfig = dev.Kubeconfig
+	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
 	if err == nil {
 		k8s, err = client.New(cfg, client.Options{Scheme: controllers.NewScheme()})
 	}
@@ -144,10 +105,10 @@ func startDev(tmp string) (func() error, error) {
 		err = testutil.StartHealthRecorder(context.Background(), cfg)
 	}
 	if err != nil {
-		_ = stop()
+		_ = dev.Stop()
 		return nil, err
 	}
-	return stop, nil
+	return dev.Stop, nil
 }
 
 // result is one cairnctl run.
