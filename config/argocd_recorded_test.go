@@ -16,13 +16,6 @@ import (
 	"github.com/cairnstore/cairn/internal/testutil"
 )
 
-// notHealthyYet are kinds the end-to-end suites on this branch never see
-// Healthy, with the reason. A kind listed here that has a Healthy
-// recording fails the test, so the list only shrinks.
-var notHealthyYet = map[string]string{
-	"DisasterRecoveryVolume": "its controller is not built on this branch yet (issue 12): only the defaulted status of a new object is recorded; run `make record-health` once it is",
-}
-
 // TestRecordedHealth runs the shipped Argo CD health script over every
 // status recorded from real end-to-end runs (config/argocd/testdata, made
 // by `make record-health`): each object must read as the kstatus status it
@@ -64,10 +57,6 @@ func TestRecordedHealth(t *testing.T) {
 	for _, crd := range crds {
 		kind := crd.Spec.Names.Kind
 		seen := states[kind]
-		if why, ok := notHealthyYet[kind]; ok {
-			require.False(t, seen["Healthy"], "%s is recorded Healthy now: remove it from notHealthyYet (%s)", kind, why)
-			continue
-		}
 		require.True(t, seen["Healthy"], "%s never recorded Healthy: %v", kind, seen)
 		require.Greater(t, len(seen), 1, "%s recorded only %v", kind, seen)
 	}

@@ -198,6 +198,11 @@ func connect(name, kubeconfig, dir string) (*site, error) {
 	if err != nil {
 		return nil, err
 	}
+	// With CAIRN_RECORD_HEALTH set, every state the site's objects pass
+	// through is recorded for config's Argo CD health test.
+	if err := testutil.StartHealthRecorder(context.Background(), cfg); err != nil {
+		return nil, err
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	for {
