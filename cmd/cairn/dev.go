@@ -314,7 +314,7 @@ Cairn dev is running.
   metrics      http://%s/metrics
   dashboard    http://%s/
   nodes        %d node agents (logs in %s/nodes/NAME/node.log)
-  samples      %d objects applied from config/samples
+  samples      %s
   S3 target    %s
   CSI          %s (nodes: %s)
 %s%s
@@ -323,7 +323,7 @@ Look around with any Kubernetes client:
   %s get cairn
 
 Press Ctrl-C to stop.
-`, d.cluster.Config.Host, d.kubeconfig, wh.Host, wh.Port, d.metrics, d.opts.dashboard.Addr, len(d.nodes), d.dataDir, d.applied, d.s3Line(),
+`, d.cluster.Config.Host, d.kubeconfig, wh.Host, wh.Port, d.metrics, d.opts.dashboard.Addr, len(d.nodes), d.dataDir, d.samplesLine("dev-primary", fmt.Sprintf("%d objects applied from config/samples", d.applied)), d.s3Line(),
 		d.csiControllerSocket(), filepath.Join(d.dataDir, "nodes", "NAME", devNodeCSISocket), d.csiBanner(), d.drSiteBanner(), d.kubeconfig, d.kubectl())
 }
 

@@ -233,8 +233,9 @@ dr-site (second cluster, reads the primary's backups from the same S3 target):
   dr-site manager      %s (log %s)
   dr-site metrics      http://%s/metrics
   dr-site nodes        %d node agents (logs in %s/nodes/NAME/node.log)
-  dr-site samples      %d objects applied (BackupTarget primary read-only, RecurringSnapshots suspended, VolumePolicies, DisasterRecoveryVolume)
+  dr-site samples      %s
   dr-site failover     %s
-`, s.cluster.Config.Host, s.kubeconfig, "child process", filepath.Join(s.dir, "manager.log"), s.metrics, len(s.nodes), s.dir, s.applied,
+`, s.cluster.Config.Host, s.kubeconfig, "child process", filepath.Join(s.dir, "manager.log"), s.metrics, len(s.nodes), s.dir,
+		d.samplesLine("dev-dr-site", fmt.Sprintf("%d objects applied (BackupTarget primary read-only, RecurringSnapshots suspended, VolumePolicies, DisasterRecoveryVolume)", s.applied)),
 		d.drSiteFailover())
 }

@@ -96,3 +96,12 @@ func (d *devRun) drSiteFailover() string {
 	}
 	return fmt.Sprintf(`KUBECONFIG=%s %s patch drv -n default pg-data-dr --type merge -p '{"spec":{"activate":true}}'`, d.drSite.kubeconfig, d.kubectl())
 }
+
+// samplesLine is the banner's samples value: what was applied from
+// config/samples, or, with --examples, the overlay applied instead.
+func (d *devRun) samplesLine(overlay, applied string) string {
+	if d.opts.examples == "" {
+		return applied
+	}
+	return fmt.Sprintf("none: %s applied instead (--examples)", filepath.Join(d.opts.examples, "overlays", overlay))
+}
