@@ -119,15 +119,22 @@ func TestStageAfterAgentRestart(t *testing.T) {
 	})
 	conn, err := grpc.NewClient("unix://"+strings.Replace(nodeSock, sanityNode, restartNode, 1), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	require.NoError(t, err)
-	defer conn.Close()
+	// Closed after the cleanups below (they run last-registered first):
+	// a deferred Close ran before them, so unpublish and unstage failed
+	// unseen and left the mounts and the loop device behind.
+	t.Cleanup(func() { _ = conn.Close() })
 	nc := csipb.NewNodeClient(conn)
 	staging, target := filepath.Join(tmp, "stage-restart"), filepath.Join(tmp, "pub-restart")
 	stage := &csipb.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: mountCap, PublishContext: pub.PublishContext}
 	_, err = nc.NodeStageVolume(ctx, stage)
 	require.NoError(t, err)
 	t.Cleanup(func() {
-		_, _ = nc.NodeUnpublishVolume(context.Background(), &csipb.NodeUnpublishVolumeRequest{VolumeId: id, TargetPath: target})
-		_, _ = nc.NodeUnstageVolume(context.Background(), &csipb.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: staging})
+		if _, err := nc.NodeUnpublishVolume(context.Background(), &csipb.NodeUnpublishVolumeRequest{VolumeId: id, TargetPath: target}); err != nil {
+			t.Errorf("NodeUnpublishVolume: %v", err)
+		}
+		if _, err := nc.NodeUnstageVolume(context.Background(), &csipb.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: staging}); err != nil {
+			t.Errorf("NodeUnstageVolume: %v", err)
+		}
 	})
 	_, err = nc.NodePublishVolume(ctx, &csipb.NodePublishVolumeRequest{VolumeId: id, StagingTargetPath: staging, TargetPath: target, VolumeCapability: mountCap, PublishContext: pub.PublishContext})
 	require.NoError(t, err)
