@@ -98,6 +98,34 @@ func (t *fileTarget) GetInto(ctx context.Context, key string, buf []byte, limit 
 	return buf, nil
 }
 
+// GetRange reads n bytes at off of key with one ReadAt.
+func (t *fileTarget) GetRange(ctx context.Context, key string, off, n int64, buf []byte) ([]byte, error) {
+	p, err := t.path(key)
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.Open(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%w: %s", ErrNotFound, key)
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if int64(cap(buf)) < n {
+		buf = make([]byte, n)
+	}
+	buf = buf[:n]
+	got, err := f.ReadAt(buf, off)
+	if int64(got) < n {
+		if err == nil || errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("%w: %s: %d of %d bytes at %d", errShortObject, key, got, n, off)
+		}
+		return nil, fmt.Errorf("backupstore: get %s: %w", key, err)
+	}
+	return buf, nil
+}
+
 func (t *fileTarget) Exists(ctx context.Context, key string) (bool, error) {
 	p, err := t.path(key)
 	if err != nil {
