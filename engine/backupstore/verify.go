@@ -37,7 +37,7 @@ type VerifyReport struct {
 	Backups       int            `json:"backups"`
 	Blocks        int            `json:"blocks"`        // distinct non-zero blocks referenced
 	BlocksChecked int            `json:"blocksChecked"` // after sampling
-	BytesRead     int64          `json:"bytesRead"` // by range reads of packs
+	BytesRead     int64          `json:"bytesRead"`     // by range reads of packs
 	Problems      []BlockProblem `json:"problems,omitempty"`
 }
 
