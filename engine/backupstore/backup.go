@@ -69,7 +69,8 @@ type BackupOptions struct {
 // CreateBackup stores a new backup of a volume and returns its catalogue
 // entry. The backup is listed only after all of its blocks and its manifest
 // are stored; a failure at any point leaves no complete-looking backup
-// behind (blocks already uploaded are reused by a retry, or collected by GC).
+// behind (blocks in packs already stored and indexed are reused by a retry;
+// GC collects what stays unreferenced).
 func (s *Store) CreateBackup(ctx context.Context, opts BackupOptions) (BackupInfo, error) {
 	if err := s.checkWritable(); err != nil {
 		return BackupInfo{}, err

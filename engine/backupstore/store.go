@@ -39,7 +39,9 @@ type Options struct {
 	// Concurrency is the number of blocks in flight (default
 	// max(16, 2*GOMAXPROCS), at most 64): enough requests in flight to
 	// hide object-store latency. Memory is bounded by about
-	// 2 * Concurrency * block size.
+	// 2 * Concurrency * block size plus three packs (PackSize) for a
+	// backup, and max(4, Concurrency/2) range reads of at most 8 MiB (or
+	// one record) plus a block each for a restore or verify.
 	Concurrency int
 	// ZstdLevel is the zstd encoder level (default SpeedFastest).
 	ZstdLevel zstd.EncoderLevel
