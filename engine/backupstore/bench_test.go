@@ -321,8 +321,8 @@ func TestBenchBackup(t *testing.T) {
 				met(median(rest.restic)/median(rest.cairn) >= 1.5), met(median(incUp) <= 2)),
 		)
 	}
-	fmt.Printf("\nBackup benchmark: %.2f GiB per dataset, %d runs, same versitygw, Cairn zstd+AES-256-GCM vs restic %s (repo v2, compression auto)\n",
-		gib, runs, resticVersion(restic))
+	fmt.Printf("\nBackup benchmark: %.2f GiB per dataset, %d runs, same versitygw, Cairn zstd+AES-256-GCM in %d MiB packs vs restic %s (repo v2, compression auto)\n",
+		gib, runs, DefaultPackSize>>20, resticVersion(restic))
 	fmt.Printf("figures are min / median / max; CPU = user+system seconds of the tool's process plus versitygw's during the operation\n\n")
 	f := "%-34s %-22s %-22s %-8s %-22s %-22s %-20s %-20s\n"
 	fmt.Printf(f, "operation", "cairn wall s", "restic wall s", "speedup", "cairn CPU s", "restic CPU s", "cairn peak RSS MiB", "restic peak RSS MiB")
