@@ -263,6 +263,8 @@
 // with, and the file target, which writes temp → fsync → rename → fsync
 // directory). A read-only store (a DR site) writes no locks; a block
 // collected or repacked under it (its pack gone, or its index object
-// replaced after it was listed) fails the restore cleanly with
-// ErrMissingBlock, and the restore is retried, loading the index again.
+// replaced after it was listed) makes the restore read the index again
+// and try once more; if the block is still missing the restore fails
+// cleanly with ErrMissingBlock and is retried later against a newer
+// backup.
 package backupstore

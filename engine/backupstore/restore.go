@@ -99,19 +99,36 @@ func (s *Store) Restore(ctx context.Context, opts RestoreOptions) (RestoreResult
 	if opts.held != nil && opts.held.BlockSize == m.BlockSize {
 		prev = opts.held.manifest()
 	}
-	res.Incremental = prev != nil
-	r := &restoreRun{s: s, opts: opts, m: m, res: &res}
-	r.plan(prev)
-	if r.ix, err = s.loadIndex(ctx); err != nil {
-		return res, fmt.Errorf("restore %s/%s: %w", opts.Volume, info.ID, err)
+	err = s.restoreBlocks(ctx, opts, m, prev, &res)
+	if cause := context.Cause(ctx); err != nil && cause != nil && errors.Is(cause, ErrLockLost) {
+		err = cause
 	}
-	if err := r.run(ctx); err != nil {
-		if cause := context.Cause(ctx); cause != nil && errors.Is(cause, ErrLockLost) {
-			err = cause
-		}
+	if err != nil {
 		return res, fmt.Errorf("restore %s/%s: %w", opts.Volume, info.ID, err)
 	}
 	return res, nil
+}
+
+// restoreBlocks loads the index and writes the blocks of m that differ from
+// prev. A read-only store holds no lock, so a GC may repack or remove packs
+// between its reading the index and the packs: a block then missing is
+// tried once more with the index read again (writing a block twice
+// leaves the same content).
+func (s *Store) restoreBlocks(ctx context.Context, opts RestoreOptions, m, prev *Manifest, res *RestoreResult) error {
+	for attempt := 0; ; attempt++ {
+		*res = RestoreResult{Backup: res.Backup, Incremental: prev != nil}
+		r := &restoreRun{s: s, opts: opts, m: m, res: res}
+		r.plan(prev)
+		var err error
+		if r.ix, err = s.loadIndex(ctx); err != nil {
+			return err
+		}
+		err = r.run(ctx)
+		if err != nil && attempt == 0 && s.opts.ReadOnly && errors.Is(err, ErrMissingBlock) {
+			continue
+		}
+		return err
+	}
 }
 
 // sinceManifest returns the manifest of the backup an incremental restore
