@@ -2,9 +2,11 @@ package backupstore
 
 import (
 	"bytes"
+	"context"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -49,8 +51,20 @@ func TestRepack(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, 40, b2.NewBlocks)
 
-	d, err := s.Delete(ctx, "v", b1.ID)
+	// A read-only reader (no lock) has read the index when the delete
+	// repacks and removes packs under it: it reads the index again and
+	// restores b2 all the same.
+	var d DeleteResult
+	var once sync.Once
+	ro, err := OpenStore(ctx, &hookTarget{Target: s.t, before: func() {
+		once.Do(func() { d, err = s.Delete(ctx, "v", b1.ID) })
+	}}, func() Options { o := tt.opts; o.ReadOnly, o.Concurrency = true, 1; return o }())
 	require.NoError(t, err)
+	roSink := newMemImage(len(img.b))
+	_, rerr := ro.Restore(ctx, RestoreOptions{Volume: "v", Backup: b2.ID, Sink: roSink, SinkZeroed: true})
+	require.NoError(t, err)
+	require.NoError(t, rerr)
+	require.True(t, bytes.Equal(img.b, roSink.b))
 	require.Equal(t, 4, d.PacksDeleted)
 	require.Equal(t, 8, d.PacksRepacked)
 	require.Equal(t, 8*3+16, d.BlocksDeleted)
@@ -71,6 +85,17 @@ func TestRepack(t *testing.T) {
 	g, err := s.GC(ctx, GCOptions{DryRun: true})
 	require.NoError(t, err)
 	require.Zero(t, g.UnreferencedBlocks+g.PacksDeleted+g.PacksRepacked+g.UnindexedPacks)
+}
+
+// hookTarget calls before ahead of every range read.
+type hookTarget struct {
+	Target
+	before func()
+}
+
+func (h *hookTarget) GetRange(ctx context.Context, key string, off, n int64, buf []byte) ([]byte, error) {
+	h.before()
+	return getRange(ctx, h.Target, key, off, n, buf)
 }
 
 // TestGCWaitsForBackup: GC cannot take the block set while a backup holds
