@@ -36,7 +36,8 @@
 // the key. (BLAKE3 rather than SHA-256: three times faster here, and every
 // block is hashed on backup and again on restore.) Identical blocks of any
 // volume are stored once (two backups running at once may both store a new
-// block; the index then locates it at one record, and GC drops the other).
+// block; the index then locates it at one record, and the other is garbage
+// that collection removes with its pack or by repacking it).
 // All-zero blocks are never stored: their id in a manifest is 32 zero
 // bytes.
 //
@@ -63,7 +64,9 @@
 //
 // Index objects ('I', bound to their key) list packs and their records.
 // A backup writes one for every 64 packs it stores and one for the rest
-// before it commits; GC rewrites the ones that list packs it removes and
+// before it commits (concurrent backups hold "blocks" shared and write
+// packs and index objects under fresh random names, so they never touch
+// each other's objects); GC rewrites the ones that list packs it removes and
 // consolidates the index when there are more than 16 objects. Readers load
 // every index object (a process keeps the ones it has read, as an index
 // object is never rewritten in place: a new one gets a new key), about
