@@ -14,7 +14,8 @@ import (
 
 // TestNetwork: a node reaches the host through its veth and the bridge,
 // not while its link is cut or the host is cut off, again once healed; a second Setup with the
-// same tag replaces what the first left; Teardown leaves nothing.
+// same tag replaces what the first left; a Redirect takes a node's
+// connections to a proxy; Teardown leaves nothing.
 func TestNetwork(t *testing.T) {
 	if os.Geteuid() != 0 {
 		if testutil.OnCI() {
@@ -36,6 +37,7 @@ func TestNetwork(t *testing.T) {
 	require.Error(t, send(t, n, "b"))
 	require.NoError(t, n.HealHost("b"))
 	require.NoError(t, send(t, n, "b"))
+	redirect(t, n)
 
 	path := t.TempDir() + "/net.json"
 	require.NoError(t, n.Save(path))
@@ -46,6 +48,44 @@ func TestNetwork(t *testing.T) {
 	require.True(t, os.IsNotExist(err), "namespace left after Teardown")
 	_, err = net.InterfaceByName(n.bridge())
 	require.Error(t, err, "bridge left after Teardown")
+}
+
+// redirect: with a Redirect, a connection from node a to an address
+// nobody listens on (node b's, a closed port) reaches a listener on the
+// bridge; after Unredirect it fails again.
+func redirect(t *testing.T, n *Network) {
+	t.Helper()
+	ln, err := net.Listen("tcp", net.JoinHostPort(n.HostAddress(), "0"))
+	require.NoError(t, err)
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			_, _ = c.Write([]byte("proxied\n"))
+			c.Close()
+		}
+	}()
+	b, err := n.Address("b")
+	require.NoError(t, err)
+	from := net.JoinHostPort(b, "9")
+	dial := func() (string, error) {
+		cmd, err := n.Command("a", "timeout", "2", "bash", "-c", "exec 3<>/dev/tcp/"+b+"/9 && head -1 <&3")
+		require.NoError(t, err)
+		out, err := cmd.Output()
+		return string(out), err
+	}
+	_, err = dial()
+	require.Error(t, err, "port 9 of node b answered without a redirect")
+	require.NoError(t, n.Redirect("a", from, ln.Addr().String()))
+	out, err := dial()
+	require.NoError(t, err)
+	require.Equal(t, "proxied\n", out)
+	require.NoError(t, n.Unredirect("a", from, ln.Addr().String()))
+	_, err = dial()
+	require.Error(t, err, "the redirect outlived Unredirect")
 }
 
 // send connects from node's namespace to a listener on the bridge
