@@ -75,7 +75,7 @@ func managerRound(t *testing.T, vol, target string, rng *rand.Rand, heal *time.D
 		assert.Equal(c, v1.RobustnessHealthy, v.Status.Robustness)
 	})
 	blk = attach(t, vol, "dev-node-2", 2)
-	require.NoError(t, fio(r.args(blk)))
+	require.NoError(t, fio(t.TempDir(), r.args(blk)))
 	step("expand", func() { patchVolume(t, vol, func(v *v1.Volume) { v.Spec.Size = resource.MustParse("512Mi") }) }, func(c *assert.CollectT) {
 		v := getVolume(c, vol)
 		assert.Equal(c, "512Mi", v.Status.ActualSize.String())
@@ -96,7 +96,7 @@ func managerRound(t *testing.T, vol, target string, rng *rand.Rand, heal *time.D
 	require.NoError(t, k8s.List(bg, &backups))
 	require.Equal(t, 1, countFunc(backups.Items, func(b v1.Backup) bool { return b.Spec.VolumeName == vol }), "duplicated Backup objects")
 	require.Len(t, manifests(t, target, vol), 1, "duplicated backups in the target")
-	require.NoError(t, fio(append(r.args(blk), "--verify_only")))
+	require.NoError(t, fio(t.TempDir(), append(r.args(blk), "--verify_only")))
 	step("delete", func() {
 		require.NoError(t, k8s.Delete(bg, b))
 		require.NoError(t, k8s.Delete(bg, snap))
