@@ -54,5 +54,6 @@ func TestBackupToDevS3(t *testing.T) {
 		assert.True(c, apierrors.IsNotFound(k8s.Get(bg, client.ObjectKeyFromObject(b), &v1.Backup{})), "backup not deleted")
 		assert.Empty(c, manifests(t, bucket, vol), "the deleted backup is still in the bucket")
 	}, wait, tick)
-	record(t, figures{heal: took})
+	t.Logf("backup to S3 completed in %v", took.Round(time.Millisecond))
+	record(t, figures{})
 }
