@@ -13,13 +13,15 @@ import (
 //
 // Each replica keeps a moving average of the latency of its mutation
 // requests (writes, trims, write-zeroes, flushes: every healthy replica
-// takes each of them, so the averages are comparable); reads go to one
-// replica and are not counted. A replica is slow while its average is at
-// least Latency and more than Factor times the smallest average of the
-// other healthy replicas. A replica that stays slow for For is dropped
-// like a failed one (generation bumped on the survivors) with a reason
-// naming both averages. It is never the last healthy replica: with no
-// other healthy replica there is nothing to compare with.
+// takes each of them, so the averages are comparable). Reads go to one
+// replica and are not counted, nor are rebuilding and resyncing replicas
+// (their repair traffic slows them for a while by design). A healthy
+// replica is slow while its average is at least Latency and more than
+// Factor times the smallest average of the other healthy replicas. A
+// replica that stays slow for For is dropped like a failed one
+// (generation bumped on the survivors) with a reason naming both
+// averages. It is never the last healthy replica: with no other healthy
+// replica there is nothing to compare with.
 //
 // A dropped slow replica is rebuilt (caught up) by RunAutoRebuild like any
 // returning one, but not before For has passed, doubling with each further

@@ -527,7 +527,7 @@ func (v *Volume) mutate(mu *mutation) error {
 		defer cancel()
 		start := time.Now()
 		err := mu.apply(ctx, m.r)
-		if err == nil {
+		if err == nil && m.mode == ModeHealthy {
 			now := time.Now()
 			v.observeMutation(m, now.Sub(start), now)
 		}

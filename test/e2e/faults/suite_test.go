@@ -106,7 +106,7 @@ func missing() string {
 			return tool + " not built: run `make tools`"
 		}
 	}
-	for _, tool := range []string{"fio", "losetup", "ip", "nsenter", "mkfs.ext4"} {
+	for _, tool := range []string{"fio", "losetup", "ip", "nsenter", "mkfs.ext4", "iptables"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			return tool + " not installed: run hack/install-deps.sh"
 		}
