@@ -24,6 +24,12 @@ type DeleteResult struct {
 // the blocks that no other backup in the target references, then its
 // manifest. Blocks shared with any backup of any volume stay. A backup a
 // live pin holds is not deleted (ErrPinned).
+//
+// A Delete cut short after its catalogue write (its process killed) is
+// finished by the next Delete of the same backup: unlisted, but with its
+// manifest still there and not ahead of the catalogue (so not a commit
+// in flight or interrupted, see checkRollback), its blocks and manifest
+// are removed as if it were listed.
 func (s *Store) Delete(ctx context.Context, volume, backup string) (DeleteResult, error) {
 	var res DeleteResult
 	if err := s.checkWritable(); err != nil {
@@ -47,11 +53,12 @@ func (s *Store) Delete(ctx context.Context, volume, backup string) (DeleteResult
 		}
 		return fmt.Errorf("%w: %s/%s", ErrBackupNotFound, volume, backup)
 	})
-	if err != nil {
+	unlisted := errors.Is(err, ErrBackupNotFound)
+	if err != nil && !unlisted {
 		return res, err
 	}
 	l, lctx, err := s.acquire(ctx, scopeBlocks, true, "delete "+volume+"/"+backup, s.opts.LockWait)
-	if errors.Is(err, ErrLocked) {
+	if errors.Is(err, ErrLocked) && !unlisted {
 		res.Deferred = true
 		return res, nil
 	}
@@ -61,10 +68,25 @@ func (s *Store) Delete(ctx context.Context, volume, backup string) (DeleteResult
 	defer l.release()
 	m, err := s.readManifest(lctx, volume, backup)
 	if errors.Is(err, ErrBackupNotFound) {
+		if unlisted {
+			return res, fmt.Errorf("%w: %s/%s", ErrBackupNotFound, volume, backup)
+		}
 		return res, nil // manifest already gone (a concurrent gc)
 	}
 	if err != nil {
 		return res, err
+	}
+	if unlisted {
+		// Finish an interrupted Delete, never a commit: under the
+		// exclusive block-set lock no backup runs, and a manifest ahead
+		// of its catalogue is an interrupted commit (gc decides).
+		c, err := s.readCatalogueObject(lctx, volume)
+		if err != nil {
+			return res, err
+		}
+		if m.Generation > c.Generation {
+			return res, fmt.Errorf("%w: %s/%s (an uncommitted manifest; see gc --discard-uncommitted)", ErrBackupNotFound, volume, backup)
+		}
 	}
 	refs, err := s.referencedBlocks(lctx)
 	if err != nil {

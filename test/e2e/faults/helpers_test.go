@@ -322,7 +322,8 @@ var (
 // restartAgent.
 func killAgent(t *testing.T, node string) []string {
 	t.Helper()
-	pids := procs("node --name "+node+" ", "--data-dir")
+	// The primary's agent: a dr-site (make faults) has nodes of the same names.
+	pids := procs("node --name "+node+" ", "--data-dir "+filepath.Join(dev.DataDir, "nodes", node)+" ")
 	require.Len(t, pids, 1, "agent of %s", node)
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pids[0]))
 	require.NoError(t, err)
