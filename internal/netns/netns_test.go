@@ -28,15 +28,15 @@ func TestNetwork(t *testing.T) {
 	require.NoError(t, err)
 	n, err := Setup(tag, []string{"a", "b"}) // over the first one's leftovers
 	require.NoError(t, err)
-	require.NoError(t, send(t, n, "b"))
+	require.NoError(t, send(t, n, "b", reachable))
 	require.NoError(t, n.Cut("b"))
-	require.Error(t, send(t, n, "b"))
+	require.Error(t, send(t, n, "b", unreachable))
 	require.NoError(t, n.Heal("b"))
-	require.NoError(t, send(t, n, "b"))
+	require.NoError(t, send(t, n, "b", reachable))
 	require.NoError(t, n.CutHost("b"))
-	require.Error(t, send(t, n, "b"))
+	require.Error(t, send(t, n, "b", unreachable))
 	require.NoError(t, n.HealHost("b"))
-	require.NoError(t, send(t, n, "b"))
+	require.NoError(t, send(t, n, "b", reachable))
 	redirect(t, n)
 
 	path := t.TempDir() + "/net.json"
@@ -71,26 +71,32 @@ func redirect(t *testing.T, n *Network) {
 	b, err := n.Address("b")
 	require.NoError(t, err)
 	from := net.JoinHostPort(b, "9")
-	dial := func() (string, error) {
-		cmd, err := n.Command("a", "timeout", "2", "bash", "-c", "exec 3<>/dev/tcp/"+b+"/9 && head -1 <&3")
+	dial := func(limit string) (string, error) {
+		cmd, err := n.Command("a", "timeout", limit, "bash", "-c", "exec 3<>/dev/tcp/"+b+"/9 && head -1 <&3")
 		require.NoError(t, err)
 		out, err := cmd.Output()
 		return string(out), err
 	}
-	_, err = dial()
+	_, err = dial(unreachable)
 	require.Error(t, err, "port 9 of node b answered without a redirect")
 	require.NoError(t, n.Redirect("a", from, ln.Addr().String()))
-	out, err := dial()
+	out, err := dial(reachable)
 	require.NoError(t, err)
 	require.Equal(t, "proxied\n", out)
 	require.NoError(t, n.Unredirect("a", from, ln.Addr().String()))
-	_, err = dial()
+	_, err = dial(unreachable)
 	require.Error(t, err, "the redirect outlived Unredirect")
 }
 
+// Limits for a connection from a namespace (nsenter, bash, connect): one
+// that must fail gets 2 seconds, long enough for a reachable listener to
+// answer on an idle link; one that must succeed gets the time a loaded
+// machine may take to start the processes.
+const unreachable, reachable = "2", "60"
+
 // send connects from node's namespace to a listener on the bridge
-// (bash's /dev/tcp, with a 2-second limit) and checks the line arrives.
-func send(t *testing.T, n *Network, node string) error {
+// (bash's /dev/tcp, within limit seconds) and checks the line arrives.
+func send(t *testing.T, n *Network, node, limit string) error {
 	t.Helper()
 	ln, err := net.Listen("tcp", net.JoinHostPort(n.HostAddress(), "0"))
 	require.NoError(t, err)
@@ -106,7 +112,7 @@ func send(t *testing.T, n *Network, node string) error {
 		got <- line
 	}()
 	host, port, _ := net.SplitHostPort(ln.Addr().String())
-	cmd, err := n.Command(node, "timeout", "2", "bash", "-c", "echo hello > /dev/tcp/"+host+"/"+port)
+	cmd, err := n.Command(node, "timeout", limit, "bash", "-c", "echo hello > /dev/tcp/"+host+"/"+port)
 	require.NoError(t, err)
 	if err := cmd.Run(); err != nil {
 		return err
