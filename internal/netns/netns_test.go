@@ -24,6 +24,7 @@ func TestNetwork(t *testing.T) {
 		t.Skip("needs root (network namespaces)")
 	}
 	tag := Tag(t.TempDir())
+	t.Cleanup(func() { _ = Clean(tag) }) // also when the test fails
 	_, err := Setup(tag, []string{"a", "b"})
 	require.NoError(t, err)
 	n, err := Setup(tag, []string{"a", "b"}) // over the first one's leftovers
