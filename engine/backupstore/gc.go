@@ -29,6 +29,12 @@ type DeleteResult struct {
 // repacks packs that are mostly such blocks), then its manifest. Blocks
 // shared with any backup of any volume stay. A backup a
 // live pin holds is not deleted (ErrPinned).
+//
+// A Delete cut short after its catalogue write (its process killed) is
+// finished by the next Delete of the same backup: unlisted, but with its
+// manifest still there and not ahead of the catalogue (so not a commit
+// in flight or interrupted, see checkRollback), its blocks and manifest
+// are removed as if it were listed.
 func (s *Store) Delete(ctx context.Context, volume, backup string) (DeleteResult, error) {
 	var res DeleteResult
 	if err := s.checkWritable(); err != nil {
@@ -52,11 +58,12 @@ func (s *Store) Delete(ctx context.Context, volume, backup string) (DeleteResult
 		}
 		return fmt.Errorf("%w: %s/%s", ErrBackupNotFound, volume, backup)
 	})
-	if err != nil {
+	unlisted := errors.Is(err, ErrBackupNotFound)
+	if err != nil && !unlisted {
 		return res, err
 	}
 	l, lctx, err := s.acquire(ctx, scopeBlocks, true, "delete "+volume+"/"+backup, s.opts.LockWait)
-	if errors.Is(err, ErrLocked) {
+	if errors.Is(err, ErrLocked) && !unlisted {
 		res.Deferred = true
 		return res, nil
 	}
@@ -64,6 +71,11 @@ func (s *Store) Delete(ctx context.Context, volume, backup string) (DeleteResult
 		return res, fmt.Errorf("delete %s/%s: backup unlisted, blocks left for gc: %w", volume, backup, err)
 	}
 	defer l.release()
+	if unlisted {
+		if err := s.checkInterruptedDelete(lctx, volume, backup); err != nil {
+			return res, err
+		}
+	}
 	c, err := s.collect(lctx, l, false, false)
 	if err != nil {
 		return res, fmt.Errorf("delete %s/%s: backup unlisted, blocks left for gc: %w", volume, backup, err)
@@ -76,6 +88,26 @@ func (s *Store) Delete(ctx context.Context, volume, backup string) (DeleteResult
 		return res, err
 	}
 	return res, nil
+}
+
+// checkInterruptedDelete allows a Delete of an unlisted backup only to
+// finish an interrupted Delete, never a commit: under the exclusive
+// block-set lock no backup runs, and a manifest ahead of its catalogue is
+// an interrupted commit (gc decides). A missing manifest is
+// ErrBackupNotFound.
+func (s *Store) checkInterruptedDelete(ctx context.Context, volume, backup string) error {
+	m, err := s.readManifest(ctx, volume, backup)
+	if err != nil {
+		return err
+	}
+	c, err := s.readCatalogueObject(ctx, volume)
+	if err != nil {
+		return err
+	}
+	if m.Generation > c.Generation {
+		return fmt.Errorf("%w: %s/%s (an uncommitted manifest; see gc --discard-uncommitted)", ErrBackupNotFound, volume, backup)
+	}
+	return nil
 }
 
 // referencedBlocks returns every block referenced by a listed backup of any

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync/atomic"
@@ -843,4 +844,55 @@ func TestLockLostAbortsBackup(t *testing.T) {
 	b, err := tt.open(t).CreateBackup(ctx, BackupOptions{Volume: "v", Source: img, BlockSize: testBlockSize})
 	require.NoError(t, err)
 	checkNoOrphansAndRestore(t, tt, "v", b.ID, img)
+}
+
+// TestDeleteFinishesInterruptedDelete: a Delete cut short after its
+// catalogue write (a killed manager) leaves the manifest and the blocks
+// only it used; the next Delete of that backup removes them. A manifest
+// ahead of its catalogue (a commit cut short) is never taken for one.
+func TestDeleteFinishesInterruptedDelete(t *testing.T) {
+	tt := newFileTarget(t)
+	ctx := ctxT(t)
+	s := tt.open(t)
+	a := newMemImage(4 << 20)
+	fillMixed(a, 71)
+	_, err := s.CreateBackup(ctx, BackupOptions{Volume: "a", Source: a, BlockSize: testBlockSize})
+	require.NoError(t, err)
+	mutate(a, 72, 3)
+	b2, err := s.CreateBackup(ctx, BackupOptions{Volume: "a", Source: a, BlockSize: testBlockSize})
+	require.NoError(t, err)
+	require.NotZero(t, b2.NewBlocks)
+
+	// The first half of a Delete of b2: unlisted, nothing else removed.
+	require.NoError(t, s.updateCatalogue(ctx, "a", "test", func(_ context.Context, c *catalogue) error {
+		c.Backups = slices.DeleteFunc(c.Backups, func(b BackupInfo) bool { return b.ID == b2.ID })
+		return nil
+	}))
+	g, err := s.GC(ctx, GCOptions{DryRun: true})
+	require.NoError(t, err)
+	require.Equal(t, 1, g.OrphanManifests)
+	require.Equal(t, b2.NewBlocks, g.UnreferencedBlocks)
+
+	d, err := s.Delete(ctx, "a", b2.ID)
+	require.NoError(t, err)
+	require.Equal(t, b2.NewBlocks, d.BlocksDeleted)
+	g, err = s.GC(ctx, GCOptions{DryRun: true})
+	require.NoError(t, err)
+	require.Zero(t, g.OrphanManifests)
+	require.Zero(t, g.UnreferencedBlocks)
+	_, err = s.Delete(ctx, "a", b2.ID)
+	require.ErrorIs(t, err, ErrBackupNotFound)
+
+	// A commit cut short: b3's manifest is ahead of the catalogue put back.
+	before, err := s.t.Get(ctx, catalogueKey("a"))
+	require.NoError(t, err)
+	mutate(a, 73, 3)
+	b3, err := s.CreateBackup(ctx, BackupOptions{Volume: "a", Source: a, BlockSize: testBlockSize})
+	require.NoError(t, err)
+	require.NoError(t, s.t.Put(ctx, catalogueKey("a"), before))
+	_, err = s.Delete(ctx, "a", b3.ID)
+	require.ErrorIs(t, err, ErrCatalogueRollback)
+	ok, err := s.t.Exists(ctx, manifestKey("a", b3.ID))
+	require.NoError(t, err)
+	require.True(t, ok, "Delete removed the manifest of an uncommitted backup")
 }

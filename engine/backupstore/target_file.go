@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 )
 
 // tmpPrefix marks the file target's in-flight writes; List skips them and
@@ -146,6 +147,18 @@ func (t *fileTarget) Put(ctx context.Context, key string, data []byte) error {
 	if err != nil {
 		return err
 	}
+	if err := put(p, data); err != nil {
+		if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+			err = fmt.Errorf("%w: %w", ErrTargetFull, err)
+		}
+		return fmt.Errorf("backupstore: put %s: %w", key, err)
+	}
+	return nil
+}
+
+// put writes data to p durably: a temporary file in p's directory,
+// fsync, rename, fsync the directory. A failed write leaves no file.
+func put(p string, data []byte) error {
 	dir := filepath.Dir(p)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
@@ -169,7 +182,7 @@ func (t *fileTarget) Put(ctx context.Context, key string, data []byte) error {
 	}
 	if werr != nil {
 		_ = os.Remove(tmp)
-		return fmt.Errorf("backupstore: put %s: %w", key, werr)
+		return werr
 	}
 	return syncDir(dir)
 }
