@@ -1,6 +1,7 @@
 package replica
 
 import (
+	"errors"
 	"io"
 	"sync"
 
@@ -142,9 +143,45 @@ func (r *Replica) ReadAt(p []byte, off int64) (int, error) {
 	return r.readLocked(p, off)
 }
 
+// errNotCached: ReadCached found data that is not in the page cache.
+var errNotCached = errors.New("replica: data not in the page cache")
+
+// ReadCached is ReadAt for data in the page cache only: it never waits for
+// the disk, and returns errNotCached (with p partly filled) when some of
+// the data would have to be read from it (preadv2 RWF_NOWAIT).
+func (r *Replica) ReadCached(p []byte, off int64) error {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if err := r.checkOpen(); err != nil {
+		return err
+	}
+	if err := r.checkRange(off, int64(len(p))); err != nil {
+		return err
+	}
+	_, err := r.readRuns(p, off, preadCached)
+	return err
+}
+
+// preadCached reads len(p) bytes at off if the page cache holds all of
+// them. Any failure (EAGAIN, a file system or kernel without RWF_NOWAIT,
+// an I/O error) is errNotCached: ReadAt then does the read and reports
+// real errors.
+func preadCached(fd int, p []byte, off int64) error {
+	n, err := unix.Preadv2(fd, [][]byte{p}, off, unix.RWF_NOWAIT)
+	if err != nil || n < len(p) {
+		return errNotCached
+	}
+	return nil
+}
+
 // readLocked resolves each block run through the index and reads it from
 // its owning layer. Callers hold mu shared.
 func (r *Replica) readLocked(p []byte, off int64) (int, error) {
+	return r.readRuns(p, off, preadFull)
+}
+
+// readRuns is readLocked reading each run with pread.
+func (r *Replica) readRuns(p []byte, off int64, pread func(fd int, p []byte, off int64) error) (int, error) {
 	done := 0
 	for done < len(p) {
 		cur := off + int64(done)
@@ -153,7 +190,10 @@ func (r *Replica) readLocked(p []byte, off int64) (int, error) {
 		dst := p[done : done+int(n)]
 		if owner == 0 {
 			clear(dst)
-		} else if err := preadFull(r.layers[owner-1].fd, dst, cur); err != nil {
+		} else if err := pread(r.layers[owner-1].fd, dst, cur); err != nil {
+			if err == errNotCached {
+				return done, err
+			}
 			return done, ioErr("read", err)
 		}
 		done += int(n)

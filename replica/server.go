@@ -99,10 +99,11 @@ type response struct {
 	held int64
 }
 
-// inlineWriteMax is the largest write the connection's reader handles
-// itself instead of on a goroutine of its own: a buffered pwrite of a few
-// pages takes microseconds, less than handing it over costs.
-const inlineWriteMax = 64 << 10
+// inlineMax is the largest write, or read of cached data, the
+// connection's reader handles itself instead of on a goroutine of its own:
+// a buffered pwrite or pread of a few pages takes microseconds, less than
+// handing it over costs.
+const inlineMax = 64 << 10
 
 func (s *Server) serveConn(c net.Conn, authed func()) error {
 	if err := s.serverHandshake(c, authed); err != nil {
@@ -148,8 +149,7 @@ func (s *Server) serveConn(c net.Conn, authed func()) error {
 			w.unhold(held)
 			break
 		}
-		if h.Op == wire.OpWrite && len(payload) <= inlineWriteMax {
-			resp := s.handle(connCtx, h, payload)
+		if resp, ok := s.handleInline(h, payload); ok {
 			putBuf(pooled)
 			resp.held = held
 			w.put(resp, false)
@@ -175,6 +175,32 @@ func (s *Server) serveConn(c net.Conn, authed func()) error {
 		rerr = werr
 	}
 	return rerr
+}
+
+// handleInline handles a request on the connection's reader when that
+// costs less than a hand-off and cannot wait for the disk: a small write
+// (into the page cache) or a small read of cached data. ok is false when
+// the request must run on a goroutine of its own.
+func (s *Server) handleInline(h wire.ReqHeader, payload []byte) (resp response, ok bool) {
+	switch {
+	case h.Op == wire.OpWrite && len(payload) <= inlineMax:
+		return s.handle(context.Background(), h, payload), true
+	case h.Op == wire.OpRead && h.Length <= inlineMax && h.Offset <= math.MaxInt64:
+		buf := getBuf(int(h.Length))
+		err := s.r.ReadCached(buf, int64(h.Offset))
+		if errors.Is(err, errNotCached) {
+			putBuf(buf)
+			return response{}, false
+		}
+		if err != nil {
+			putBuf(buf)
+			return errResponse(h, err), true
+		}
+		resp := okResponse(h, buf)
+		resp.release = func() { putBuf(buf) }
+		return resp, true
+	}
+	return response{}, false
 }
 
 // replyWriter writes a connection's replies: those of requests handled
