@@ -204,9 +204,9 @@ func (s *Server) handleInline(h wire.ReqHeader, payload []byte) (resp response, 
 }
 
 // replyWriter writes a connection's replies: those of requests handled
-// inline by the connection's reader, flushed by the reader before it
-// waits for more requests, and those of requests handled on goroutines,
-// which run writes and flushes when no more such replies are queued.
+// inline by the connection's reader, which flushes them before it waits
+// for more requests, and those of requests handled on goroutines, which
+// run writes and flushes whenever no more of them are queued.
 type replyWriter struct {
 	c      net.Conn
 	unhold func(int64)
