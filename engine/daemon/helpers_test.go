@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/cairnstore/cairn/engine"
 	"github.com/cairnstore/cairn/engine/control"
+	"github.com/cairnstore/cairn/internal/testutil"
 	"github.com/cairnstore/cairn/replica"
 )
 
@@ -142,12 +144,21 @@ type procReplica struct {
 }
 
 func startReplicas(t *testing.T, n int, size int64) []*procReplica {
+	return startReplicasOn(t, n, size, false)
+}
+
+// startReplicasOn starts n replica processes listening on unix sockets or,
+// with tcp, on loopback TCP (the transport replicas use between nodes).
+func startReplicasOn(t *testing.T, n int, size int64, tcp bool) []*procReplica {
 	t.Helper()
 	sd := sockDir(t)
 	var out []*procReplica
 	for i := 0; i < n; i++ {
 		dir := filepath.Join(t.TempDir(), fmt.Sprintf("r%d", i))
 		addr := "unix:" + filepath.Join(sd, fmt.Sprintf("r%d.sock", i))
+		if tcp {
+			addr = testutil.FreeLoopbackAddr(t)
+		}
 		p := startProc(t, "CAIRN_TEST_HELPER=replica", "CAIRN_DIR="+dir, "CAIRN_ADDR="+addr,
 			"CAIRN_SIZE="+strconv.FormatInt(size, 10))
 		out = append(out, &procReplica{proc: p, dir: dir, addr: addr})
@@ -221,7 +232,9 @@ func startEngine(t *testing.T, o Options) *engineProc {
 	b, err := json.Marshal(o)
 	require.NoError(t, err)
 	p := startProc(t, "CAIRN_TEST_HELPER=engine", "CAIRN_ENGINE_OPTS="+string(b))
-	e := &engineProc{proc: p, nbdSock: o.Listen[len("unix:"):], ctlSock: o.Control[len("unix:"):], ctl: control.NewClient(o.Control, testToken)}
+	e := &engineProc{proc: p, ctl: control.NewClient(o.Control, testToken)}
+	e.nbdSock, _ = strings.CutPrefix(o.Listen, "unix:")
+	e.ctlSock, _ = strings.CutPrefix(o.Control, "unix:")
 	e.waitReady()
 	return e
 }
