@@ -150,7 +150,9 @@ func runVersitygw(bin, dir string, port int, s *devS3) (func(), error) {
 	cmd := exec.Command(bin, "--region", devS3Region, "--port", addr, "posix", filepath.Join(dir, "data"))
 	cmd.Env = append(os.Environ(), "ROOT_ACCESS_KEY_ID="+s.access, "ROOT_SECRET_ACCESS_KEY="+s.secret)
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Killed with dev, like its other children: a dev killed outright
+	// cannot stop it, and its own process group keeps it from dev's.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 	if err := cmd.Start(); err != nil {
 		logf.Close()
 		return nil, fmt.Errorf("start versitygw: %w", err)
