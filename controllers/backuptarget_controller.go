@@ -28,6 +28,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/recorder"
 
 	v1 "github.com/cairnstore/cairn/api/v1alpha1"
+	"github.com/cairnstore/cairn/controllers/phases"
 	"github.com/cairnstore/cairn/controllers/targets"
 	"github.com/cairnstore/cairn/engine/backupstore"
 )
@@ -119,7 +120,7 @@ func (r *BackupTargetReconciler) Reconcile(ctx context.Context, req ctrl.Request
 	var phaseRes ctrl.Result
 	for _, p := range []targetPhase{r.resolveSecrets, r.openStore, r.listBackups, r.readCatalogue, r.importBackups} {
 		pr, err := p(ctx, s)
-		phaseRes = lowestRequeue(phaseRes, pr)
+		phaseRes = phases.Soonest(phaseRes, pr)
 		if err != nil || s.out.stalled || pr.RequeueAfter > 0 {
 			return phaseRes, err
 		}

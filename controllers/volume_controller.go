@@ -24,6 +24,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/recorder"
 
 	v1 "github.com/cairnstore/cairn/api/v1alpha1"
+	"github.com/cairnstore/cairn/controllers/phases"
 	"github.com/cairnstore/cairn/controllers/targets"
 	"github.com/cairnstore/cairn/policies"
 )
@@ -72,7 +73,7 @@ type volumeScope struct {
 	lostUntil time.Time
 }
 
-type volumePhase func(context.Context, *volumeScope) (ctrl.Result, error)
+func (s *volumeScope) isStalled() bool { return s.out.stalled }
 
 // Reconcile follows the controller skeleton: get, finalizer, deferred status
 // patch, deletion or phases.
@@ -100,7 +101,7 @@ func (r *VolumeReconciler) Reconcile(ctx context.Context, req ctrl.Request) (res
 	if !vol.DeletionTimestamp.IsZero() {
 		return r.reconcileDelete(ctx, s)
 	}
-	return runPhases(ctx, s, r.resolvePolicy, r.loadState, r.loadWork, r.ensureToken, r.loadCopies, r.followStandby, r.resolveRestore, r.resolveCopy, r.ensureReplicas, r.ensureEngine, r.observe)
+	return phases.Run(ctx, s, (*volumeScope).isStalled, r.resolvePolicy, r.loadState, r.loadWork, r.ensureToken, r.loadCopies, r.followStandby, r.resolveRestore, r.resolveCopy, r.ensureReplicas, r.ensureEngine, r.observe)
 }
 
 // recordChanges emits an event and a log line when the volume's robustness
@@ -127,27 +128,6 @@ func onNode(node string) string {
 		return ""
 	}
 	return " on " + node
-}
-
-// runPhases runs phases in order, stopping at the first error or terminal
-// outcome, and returns the soonest requeue any of them asked for.
-func runPhases(ctx context.Context, s *volumeScope, phases ...volumePhase) (ctrl.Result, error) {
-	var res ctrl.Result
-	for _, p := range phases {
-		r, err := p(ctx, s)
-		res = lowestRequeue(res, r)
-		if err != nil || s.out.stalled {
-			return res, err
-		}
-	}
-	return res, nil
-}
-
-func lowestRequeue(a, b ctrl.Result) ctrl.Result {
-	if b.RequeueAfter > 0 && (a.RequeueAfter == 0 || b.RequeueAfter < a.RequeueAfter) {
-		return b
-	}
-	return a
 }
 
 // resolvePolicy computes the effective policy. A policyRef to a missing

@@ -54,11 +54,7 @@ func (d *devRun) startS3(ctx context.Context) error {
 	if err := os.MkdirAll(filepath.Join(dir, "data"), 0o700); err != nil {
 		return err
 	}
-	s, port, err := loadDevS3(filepath.Join(dir, "credentials"))
-	if err != nil {
-		return err
-	}
-	stop, err := runVersitygw(bin, dir, port, s)
+	s, stop, err := startVersitygw(bin, dir)
 	if err != nil {
 		return err
 	}
@@ -84,6 +80,38 @@ func (d *devRun) startS3(ctx context.Context) error {
 	return err
 }
 
+// s3PortAttempts bounds how often versitygw moves to a fresh port because
+// another process took the one it was to listen on.
+const s3PortAttempts = 3
+
+// startVersitygw runs versitygw over dir with the keys and port of an
+// earlier run (or new ones). When another process holds the port (taken
+// since an earlier run, or since it was chosen) it says so and moves to a
+// fresh one, which the credentials file keeps for the next run.
+func startVersitygw(bin, dir string) (*devS3, func(), error) {
+	path := filepath.Join(dir, "credentials")
+	s, port, err := loadDevS3(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	for attempt := 1; ; attempt++ {
+		stop, err := runVersitygw(bin, dir, port, s)
+		if !errors.Is(err, errPortTaken) || attempt == s3PortAttempts {
+			return s, stop, err
+		}
+		fresh, ferr := netx.FreePort("127.0.0.1")
+		if ferr != nil {
+			return nil, nil, ferr
+		}
+		fmt.Printf("S3 port %d is taken by another process; versitygw moves to port %d (dev points its BackupTargets there)\n", port, fresh)
+		port = fresh
+		s.endpoint = fmt.Sprintf("http://127.0.0.1:%d", port)
+		if err := s.save(path, port); err != nil {
+			return nil, nil, err
+		}
+	}
+}
+
 // loadDevS3 reads the keys and port of an earlier run, or makes new ones.
 func loadDevS3(path string) (*devS3, int, error) {
 	vals, err := readKeyValues(path)
@@ -93,13 +121,8 @@ func loadDevS3(path string) (*devS3, int, error) {
 		if err != nil {
 			return nil, 0, err
 		}
-		s := &devS3{access: rand.Text(), secret: rand.Text() + rand.Text()}
-		data := fmt.Sprintf("ACCESS=%s\nSECRET=%s\nPORT=%d\n", s.access, s.secret, port)
-		if err := os.WriteFile(path, []byte(data), 0o600); err != nil {
-			return nil, 0, err
-		}
-		s.endpoint = fmt.Sprintf("http://127.0.0.1:%d", port)
-		return s, port, nil
+		s := &devS3{access: rand.Text(), secret: rand.Text() + rand.Text(), endpoint: fmt.Sprintf("http://127.0.0.1:%d", port)}
+		return s, port, s.save(path, port)
 	case err != nil:
 		return nil, 0, err
 	}
@@ -110,6 +133,16 @@ func loadDevS3(path string) (*devS3, int, error) {
 	return &devS3{endpoint: fmt.Sprintf("http://127.0.0.1:%d", port), access: vals["ACCESS"], secret: vals["SECRET"]}, port, nil
 }
 
+// save writes the keys and port to path (0600).
+func (s *devS3) save(path string, port int) error {
+	data := fmt.Sprintf("ACCESS=%s\nSECRET=%s\nPORT=%d\n", s.access, s.secret, port)
+	return os.WriteFile(path, []byte(data), 0o600)
+}
+
+// errPortTaken means versitygw could not listen because another process
+// holds its port.
+var errPortTaken = errors.New("port taken by another process")
+
 // runVersitygw starts versitygw on 127.0.0.1:port (keys in its environment,
 // never argv) and waits until it listens.
 func runVersitygw(bin, dir string, port int, s *devS3) (func(), error) {
@@ -118,10 +151,17 @@ func runVersitygw(bin, dir string, port int, s *devS3) (func(), error) {
 		return nil, err
 	}
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	// Something else listening there would pass for versitygw.
+	if portInUse(addr) {
+		logf.Close()
+		return nil, fmt.Errorf("versitygw: %w (%s)", errPortTaken, addr)
+	}
 	cmd := exec.Command(bin, "--region", devS3Region, "--port", addr, "posix", filepath.Join(dir, "data"))
 	cmd.Env = append(os.Environ(), "ROOT_ACCESS_KEY_ID="+s.access, "ROOT_SECRET_ACCESS_KEY="+s.secret)
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Killed with dev, like its other children: a dev killed outright
+	// cannot stop it, and its own process group keeps it from dev's.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 	if err := cmd.Start(); err != nil {
 		logf.Close()
 		return nil, fmt.Errorf("start versitygw: %w", err)
@@ -145,7 +185,10 @@ func runVersitygw(bin, dir string, port int, s *devS3) (func(), error) {
 		select {
 		case <-exited:
 			logf.Close()
-			return nil, fmt.Errorf("versitygw exited at start (port %d taken? see %s)", port, logf.Name())
+			if portInUse(addr) {
+				return nil, fmt.Errorf("versitygw exited at start: %w (127.0.0.1:%d)", errPortTaken, port)
+			}
+			return nil, fmt.Errorf("versitygw exited at start (see %s)", logf.Name())
 		default:
 		}
 		if time.Now().After(deadline) {
@@ -153,6 +196,16 @@ func runVersitygw(bin, dir string, port int, s *devS3) (func(), error) {
 			return nil, fmt.Errorf("versitygw did not listen on %s (see %s)", addr, logf.Name())
 		}
 	}
+}
+
+// portInUse reports whether another socket holds the TCP address addr.
+func portInUse(addr string) bool {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return errors.Is(err, syscall.EADDRINUSE)
+	}
+	ln.Close()
+	return false
 }
 
 // createBucket creates the dev bucket unless it exists.

@@ -99,8 +99,13 @@ func TestDevSmoke(t *testing.T) {
 	// Killed outright, dev cannot stop its control plane; the next run
 	// names the leftovers instead of hanging on a locked etcd.
 	left := controlPlanePids(t, dataDir)
+	s3Data := filepath.Join(dataDir, "s3", "data")
+	require.NotEmpty(t, testutil.Procs("versitygw", s3Data))
 	require.NoError(t, dev.Process.Kill())
 	_ = dev.Wait()
+	// versitygw goes with dev (it runs in a process group of its own).
+	require.Eventually(t, func() bool { return len(testutil.Procs("versitygw", s3Data)) == 0 }, time.Minute, 100*time.Millisecond,
+		"versitygw outlived the killed dev")
 	third := exec.Command(bin, "dev", "--data-dir", dataDir, "--bin-dir", testutil.BinDir())
 	thirdOut, err := third.CombinedOutput()
 	require.Error(t, err)

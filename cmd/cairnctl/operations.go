@@ -27,14 +27,7 @@ func newSnapshotCmd(o *globalOptions) *cobra.Command {
 		Use:   "snapshot VOLUME",
 		Short: "Snapshot a volume now (a Snapshot object, kept on the volume's replicas)",
 		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := o.checkOutput(); err != nil {
-				return err
-			}
-			c, err := o.client()
-			if err != nil {
-				return err
-			}
+		RunE: o.withClient(func(cmd *cobra.Command, c client.WithWatch, args []string) error {
 			snap, err := actions.SnapshotNow(cmd.Context(), c, args[0])
 			if err != nil {
 				return userError(err)
@@ -43,7 +36,7 @@ func newSnapshotCmd(o *globalOptions) *cobra.Command {
 				err = waitSnapshot(cmd.Context(), c, snap)
 			}
 			return o.printCreated(cmd.OutOrStdout(), snap, "snapshot", snap.Name, fmt.Sprintf("of volume %s", args[0]), err)
-		},
+		}),
 	}
 	cmd.Flags().BoolVar(&waitFlag, "wait", false, "wait until every replica holds the snapshot")
 	return cmd
@@ -82,14 +75,7 @@ func newBackupCmd(o *globalOptions) *cobra.Command {
 		Long: "`cairnctl backup VOLUME` backs the volume up now to --target (default: its policy's backupTargetRef);\n" +
 			"the Backup keeps deletePolicy Retain, so deleting the object leaves the backup in the target.",
 		Args: cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := o.checkOutput(); err != nil {
-				return err
-			}
-			c, err := o.client()
-			if err != nil {
-				return err
-			}
+		RunE: o.withClient(func(cmd *cobra.Command, c client.WithWatch, args []string) error {
 			b, err := actions.BackupNow(cmd.Context(), c, args[0], target)
 			if err != nil {
 				return userError(err)
@@ -98,7 +84,7 @@ func newBackupCmd(o *globalOptions) *cobra.Command {
 				err = waitBackup(cmd.Context(), c, b, newProgressBar(cmd.ErrOrStderr()))
 			}
 			return o.printCreated(cmd.OutOrStdout(), b, "backup", b.Name, fmt.Sprintf("of volume %s to %s", args[0], b.Spec.BackupTargetRef), err)
-		},
+		}),
 	}
 	cmd.Flags().StringVar(&target, "target", "", "BackupTarget to write to (default: the volume policy's backupTargetRef)")
 	cmd.Flags().BoolVar(&waitFlag, "wait", false, "wait for the backup to complete, showing its progress")
@@ -148,14 +134,7 @@ func newBackupListCmd(o *globalOptions) *cobra.Command {
 		Use:   "list",
 		Short: "List backups, newest first",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := o.checkOutput(); err != nil {
-				return err
-			}
-			c, err := o.client()
-			if err != nil {
-				return err
-			}
+		RunE: o.withClient(func(cmd *cobra.Command, c client.WithWatch, _ []string) error {
 			var list v1.BackupList
 			if err := c.List(cmd.Context(), &list); err != nil {
 				return userError(err)
@@ -171,7 +150,7 @@ func newBackupListCmd(o *globalOptions) *cobra.Command {
 				t.add(r.Name, r.Volume, r.Target, orDash(r.State), fmt.Sprintf("%d%%", r.Progress), bytesOf(r.Size), bytesOf(r.Uploaded), age(created, now), orDash(r.Schedule))
 			}
 			return o.print(cmd.OutOrStdout(), rows, t)
-		},
+		}),
 	}
 	cmd.Flags().StringVar(&volume, "volume", "", "only the backups of this volume")
 	return cmd
@@ -272,10 +251,7 @@ func newRestoreCmd(o *globalOptions) *cobra.Command {
 		Use:   "restore BACKUP --to VOLUME",
 		Short: "Restore a backup to a new volume, showing the restore's progress",
 		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := o.checkOutput(); err != nil {
-				return err
-			}
+		RunE: o.withClient(func(cmd *cobra.Command, c client.WithWatch, args []string) error {
 			ro := actions.RestoreOptions{Policy: policy, Replicas: replicas}
 			if size != "" {
 				q, err := resource.ParseQuantity(size)
@@ -283,10 +259,6 @@ func newRestoreCmd(o *globalOptions) *cobra.Command {
 					return fmt.Errorf("--size %q: %w", size, err)
 				}
 				ro.Size = q
-			}
-			c, err := o.client()
-			if err != nil {
-				return err
 			}
 			vol, err := actions.Restore(cmd.Context(), c, args[0], to, ro)
 			if err != nil {
@@ -300,7 +272,7 @@ func newRestoreCmd(o *globalOptions) *cobra.Command {
 				}
 			}
 			return o.printCreated(cmd.OutOrStdout(), vol, "volume", vol.Name, "from backup "+args[0], err)
-		},
+		}),
 	}
 	cmd.Flags().StringVar(&to, "to", "", "name of the new volume (required)")
 	cmd.Flags().StringVar(&size, "size", "", "size of the new volume (default: the backup's size)")

@@ -9,7 +9,9 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/spf13/cobra"
 	"golang.org/x/term"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
 )
 
@@ -45,6 +47,21 @@ func (o *globalOptions) print(w io.Writer, data any, t *table) error {
 		return tw.Flush()
 	}
 	return fmt.Errorf("unknown output format %q: use table, json or yaml", o.output)
+}
+
+// withClient is the RunE of a command that talks to the cluster: an
+// unknown -o is refused before any work, then the client is made.
+func (o *globalOptions) withClient(run func(cmd *cobra.Command, c client.WithWatch, args []string) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		if err := o.checkOutput(); err != nil {
+			return err
+		}
+		c, err := o.client()
+		if err != nil {
+			return err
+		}
+		return run(cmd, c, args)
+	}
 }
 
 // checkOutput rejects an unknown -o before any work is done.

@@ -53,25 +53,25 @@ type drRow struct {
 }
 
 func newStatusCmd(o *globalOptions) *cobra.Command {
+	return o.newShowCmd("status", "Show volumes with robustness, replicas, last backup, RPO and DR lag",
+		o.printVolumes, &v1.VolumeList{}, &v1.DisasterRecoveryVolumeList{}, &v1.BackupList{})
+}
+
+// newShowCmd is a command that prints show's output once, or with --watch
+// again whenever one of the watched kinds changes.
+func (o *globalOptions) newShowCmd(use, short string, show func(context.Context, client.Client, io.Writer) error, watched ...client.ObjectList) *cobra.Command {
 	var watchFlag bool
 	cmd := &cobra.Command{
-		Use:   "status",
-		Short: "Show volumes with robustness, replicas, last backup, RPO and DR lag",
+		Use:   use,
+		Short: short,
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := o.checkOutput(); err != nil {
-				return err
-			}
-			c, err := o.client()
-			if err != nil {
-				return err
-			}
-			show := func(w io.Writer) error { return o.printVolumes(cmd.Context(), c, w) }
+		RunE: o.withClient(func(cmd *cobra.Command, c client.WithWatch, _ []string) error {
+			once := func(w io.Writer) error { return show(cmd.Context(), c, w) }
 			if !watchFlag {
-				return userError(show(cmd.OutOrStdout()))
+				return userError(once(cmd.OutOrStdout()))
 			}
-			return userError(watchLoop(cmd.Context(), c, cmd.OutOrStdout(), show, &v1.VolumeList{}, &v1.DisasterRecoveryVolumeList{}, &v1.BackupList{}))
-		},
+			return userError(watchLoop(cmd.Context(), c, cmd.OutOrStdout(), once, watched...))
+		}),
 	}
 	cmd.Flags().BoolVarP(&watchFlag, "watch", "w", false, "keep showing the status as it changes (Ctrl-C to stop)")
 	return cmd
@@ -148,28 +148,8 @@ func conditionStatus(conds []metav1.Condition, t string) string {
 
 func newDRCmd(o *globalOptions) *cobra.Command {
 	dr := &cobra.Command{Use: "dr", Short: "Disaster recovery volumes"}
-	var watchFlag bool
-	status := &cobra.Command{
-		Use:   "status",
-		Short: "Show every DisasterRecoveryVolume: phase, last restored backup, lag, volume",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := o.checkOutput(); err != nil {
-				return err
-			}
-			c, err := o.client()
-			if err != nil {
-				return err
-			}
-			show := func(w io.Writer) error { return o.printDR(cmd.Context(), c, w) }
-			if !watchFlag {
-				return userError(show(cmd.OutOrStdout()))
-			}
-			return userError(watchLoop(cmd.Context(), c, cmd.OutOrStdout(), show, &v1.DisasterRecoveryVolumeList{}))
-		},
-	}
-	status.Flags().BoolVarP(&watchFlag, "watch", "w", false, "keep showing the status as it changes (Ctrl-C to stop)")
-	dr.AddCommand(status)
+	dr.AddCommand(o.newShowCmd("status", "Show every DisasterRecoveryVolume: phase, last restored backup, lag, volume",
+		o.printDR, &v1.DisasterRecoveryVolumeList{}))
 	return dr
 }
 

@@ -83,15 +83,11 @@ func missing() string {
 }
 
 // startDev runs `cairn dev` (no samples, no scheduler) through
-// testutil.StartDev and connects the suite's client; the returned func
-// stops dev with SIGINT. A failure to start prints dev's output, which
-// the suite's temporary directory would otherwise take with it.
+// testutil.StartDev (whose error ends with dev's last output lines) and
+// connects the suite's client; the returned func stops dev with SIGINT.
 func startDev(tmp string) (func() error, error) {
 	dev, err := testutil.StartDev(tmp, "--samples=false", "--nodes", fmt.Sprint(suiteNodes), "--no-scheduler")
 	if err != nil {
-		if out, rerr := os.ReadFile(filepath.Join(tmp, "dev.log")); rerr == nil {
-			fmt.Fprintf(os.Stderr, "cairn dev output:\n%s\n", out)
-		}
 		return nil, err
 	}
 	kubeconfig = dev.Kubeconfig

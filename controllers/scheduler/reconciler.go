@@ -14,6 +14,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/recorder"
 
 	v1 "github.com/cairnstore/cairn/api/v1alpha1"
+	"github.com/cairnstore/cairn/controllers/phases"
 	"github.com/cairnstore/cairn/controllers/targets"
 	"github.com/cairnstore/cairn/policies"
 )
@@ -77,7 +78,7 @@ type scope struct {
 	committed []func()
 }
 
-type phase func(context.Context, *scope) (ctrl.Result, error)
+func (s *scope) isStalled() bool { return s.out.stalled }
 
 // conflictRetry is how soon a reconcile whose status write lost to a newer
 // version looks again (the cache catches up within milliseconds).
@@ -116,7 +117,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (res ctrl.
 			f()
 		}
 	}()
-	return runPhases(ctx, s, r.parse, r.loadVolumes, r.loadObjects, r.advance, r.start, r.report, r.prune)
+	return phases.Run(ctx, s, (*scope).isStalled, r.parse, r.loadVolumes, r.loadObjects, r.advance, r.start, r.report, r.prune)
 }
 
 // patchStatus writes the status when it changed, only onto the version
@@ -128,22 +129,6 @@ func (r *Reconciler) patchStatus(ctx context.Context, orig, rs *v1.RecurringSnap
 	// Optimistic lock: metrics and events of a run are committed once,
 	// by the reconcile whose status write lands on the version it read.
 	return client.IgnoreNotFound(r.Status().Patch(ctx, rs, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{})))
-}
-
-// runPhases runs phases in order, stopping at the first error or stall, and
-// returns the soonest requeue any of them asked for.
-func runPhases(ctx context.Context, s *scope, phases ...phase) (ctrl.Result, error) {
-	var res ctrl.Result
-	for _, p := range phases {
-		r, err := p(ctx, s)
-		if r.RequeueAfter > 0 && (res.RequeueAfter == 0 || r.RequeueAfter < res.RequeueAfter) {
-			res = r
-		}
-		if err != nil || s.out.stalled {
-			return res, err
-		}
-	}
-	return res, nil
 }
 
 // parse reads the cron expression in its zone. The webhook refuses bad

@@ -11,6 +11,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	v1 "github.com/cairnstore/cairn/api/v1alpha1"
+	"github.com/cairnstore/cairn/controllers/phases"
 	"github.com/cairnstore/cairn/policies"
 )
 
@@ -202,7 +203,7 @@ func TestInvalidScheduleStalls(t *testing.T) {
 		rs := &v1.RecurringSnapshot{ObjectMeta: metav1.ObjectMeta{Name: "bad", Generation: 2}, Spec: spec}
 		s := &scope{rs: rs, now: time.Now()}
 		r := &Reconciler{}
-		_, err := runPhases(t.Context(), s, r.parse)
+		_, err := phases.Run(t.Context(), s, (*scope).isStalled, r.parse)
 		require.ErrorIs(t, err, reconcile.TerminalError(nil), "no hot retry")
 		r.finishStatus(t.Context(), s, rs.DeepCopy(), err)
 		stalled := meta.FindStatusCondition(rs.Status.Conditions, v1.ConditionStalled)

@@ -11,24 +11,15 @@ import (
 	"testing"
 	"time"
 
-	"github.com/go-logr/logr"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
-	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/log/zap"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
-	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	v1 "github.com/cairnstore/cairn/api/v1alpha1"
-	"github.com/cairnstore/cairn/internal/localcluster"
 	"github.com/cairnstore/cairn/internal/testutil"
-	cairnwebhook "github.com/cairnstore/cairn/internal/webhook"
 )
 
 // The suite runs a real kube-apiserver and etcd and one manager with the
@@ -46,57 +37,12 @@ var (
 const wait = 60 * time.Second
 
 func TestMain(m *testing.M) {
-	os.Exit(runSuite(m))
-}
-
-func runSuite(m *testing.M) int {
-	if os.Getenv("CAIRN_TEST_LOG") != "" {
-		ctrl.SetLogger(zap.New(zap.WriteTo(os.Stderr)))
-	} else {
-		ctrl.SetLogger(logr.Discard())
-	}
-	cluster, err := localcluster.Start(localcluster.Options{BinDir: testutil.BinDir()})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "envtest:", err)
-		if testutil.OnCI() {
-			return 1
-		}
-		fmt.Fprintln(os.Stderr, "skipping the scheduler suite (not on CI)")
-		return 0
-	}
-	defer cluster.Stop()
-	scheme := runtime.NewScheme()
-	utilruntime.Must(clientgoscheme.AddToScheme(scheme))
-	utilruntime.Must(v1.AddToScheme(scheme))
-	mgr, err = ctrl.NewManager(cluster.Config, ctrl.Options{
-		Scheme:        scheme,
-		Metrics:       metricsserver.Options{BindAddress: "0"},
-		WebhookServer: webhook.NewServer(cluster.WebhookOptions()),
-	})
-	if err == nil {
-		err = cairnwebhook.Setup(mgr)
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "manager:", err)
-		return 1
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- mgr.Start(ctx) }()
-	defer func() { cancel(); <-done }()
-	for mgr.GetWebhookServer().StartedChecker()(nil) != nil {
-		select {
-		case err := <-done:
-			fmt.Fprintln(os.Stderr, "manager stopped:", err)
-			return 1
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-	if k8s, err = client.NewWithWatch(cluster.Config, client.Options{Scheme: scheme}); err != nil {
-		fmt.Fprintln(os.Stderr, "client:", err)
-		return 1
-	}
-	return m.Run()
+	os.Exit(testutil.RunEnvtest(m, "scheduler suite", testutil.EnvtestOptions{
+		Ready: func(_ context.Context, env *testutil.Envtest) error {
+			k8s, mgr = env.Client, env.Manager
+			return nil
+		},
+	}))
 }
 
 // fakeClock is a test's clock; only the test moves it.

@@ -36,6 +36,9 @@ type Options struct {
 	// StateDir holds files the control plane needs besides etcd's data;
 	// empty means a temporary directory.
 	StateDir string
+	// WithoutCairn leaves Cairn's CRDs and webhooks out: a cluster Cairn
+	// is not installed in.
+	WithoutCairn bool
 }
 
 // Cluster is a running local control plane.
@@ -46,6 +49,10 @@ type Cluster struct {
 	// stopKCM stops kube-controller-manager when it runs.
 	stopKCM func()
 }
+
+// installWait bounds the wait for installed CRDs and webhook
+// configurations to be served (the snapshot CRDs use the same).
+const installWait = time.Minute
 
 // ErrMissingBinary means etcd or kube-apiserver has not been built.
 var ErrMissingBinary = errors.New("control plane binary missing")
@@ -59,21 +66,15 @@ func Start(opts Options) (*Cluster, error) {
 			return nil, fmt.Errorf("%w: %s not found in %s: run `make tools` (builds it from Go modules; about 5 minutes the first time)", ErrMissingBinary, name, opts.BinDir)
 		}
 	}
-	crds, err := CRDs()
-	if err != nil {
-		return nil, err
-	}
-	hooks, err := ValidatingWebhooks()
-	if err != nil {
-		return nil, err
-	}
 	env := &envtest.Environment{
 		BinaryAssetsDirectory:    opts.BinDir,
-		CRDs:                     crds,
-		ErrorIfCRDPathMissing:    true,
 		ControlPlaneStartTimeout: 90 * time.Second,
 		ControlPlaneStopTimeout:  30 * time.Second,
-		WebhookInstallOptions:    envtest.WebhookInstallOptions{ValidatingWebhooks: hooks},
+	}
+	if !opts.WithoutCairn {
+		if err := addCairn(env); err != nil {
+			return nil, err
+		}
 	}
 	etcd := &envtest.Etcd{DataDir: opts.EtcdDataDir}
 	env.ControlPlane.Etcd = etcd
@@ -95,6 +96,24 @@ func Start(opts Options) (*Cluster, error) {
 		}
 	}
 	return c, nil
+}
+
+// addCairn has env install Cairn's CRDs and validating webhooks.
+func addCairn(env *envtest.Environment) error {
+	crds, err := CRDs()
+	if err != nil {
+		return err
+	}
+	hooks, err := ValidatingWebhooks()
+	if err != nil {
+		return err
+	}
+	// envtest waits 10s by default for the CRDs to be served and the
+	// webhook configurations to exist; a loaded machine can take longer.
+	env.CRDs = crds
+	env.CRDInstallOptions = envtest.CRDInstallOptions{MaxTime: installWait}
+	env.WebhookInstallOptions = envtest.WebhookInstallOptions{ValidatingWebhooks: hooks, MaxTime: installWait}
+	return nil
 }
 
 func (c *Cluster) startKCM(opts Options) error {

@@ -3,7 +3,6 @@ package localcluster
 import (
 	"fmt"
 	"io/fs"
-	"time"
 
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
@@ -29,7 +28,7 @@ func (c *Cluster) InstallSnapshotCRDs() error {
 			return err
 		}
 	}
-	_, err = envtest.InstallCRDs(c.Config, envtest.CRDInstallOptions{CRDs: crds, MaxTime: time.Minute})
+	_, err = envtest.InstallCRDs(c.Config, envtest.CRDInstallOptions{CRDs: crds, MaxTime: installWait})
 	if err != nil {
 		return fmt.Errorf("install snapshot CRDs: %w", err)
 	}

@@ -124,16 +124,6 @@ func (l *unixListener) Close() error {
 	return err
 }
 
-// FreePort asks the kernel for a free TCP port on host.
-func FreePort(host string) (int, error) {
-	ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
-	if err != nil {
-		return 0, fmt.Errorf("choose a port on %s: %w", host, err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
-}
-
 // Listening reports whether something listens at the TCP address addr: a
 // connection succeeds within timeout and is not a self-connection (on
 // Linux, dialing a local port nobody listens on in the ephemeral range can

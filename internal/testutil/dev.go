@@ -2,6 +2,7 @@ package testutil
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"io"
 	"os"
@@ -11,6 +12,11 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"k8s.io/apimachinery/pkg/api/meta"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	v1 "github.com/cairnstore/cairn/api/v1alpha1"
 )
 
 // Dev is a `cairn dev` a test package started in TestMain.
@@ -59,7 +65,8 @@ func StartDev(tmp string, args ...string) (*Dev, error) {
 	}
 	if err := d.waitBanner(stdout); err != nil {
 		_ = d.Stop()
-		return nil, fmt.Errorf("%w (log: %s)", err, d.Out.Name())
+		// The caller's temporary directory usually goes with the log.
+		return nil, fmt.Errorf("%w; the end of its output:\n%s", err, d.outputTail(40))
 	}
 	d.Kubeconfig = d.Banner["kubeconfig"]
 	return d, nil
@@ -111,6 +118,16 @@ func (d *Dev) waitBanner(stdout io.Reader) error {
 	}
 }
 
+// outputTail is the last n lines dev wrote.
+func (d *Dev) outputTail(n int) string {
+	b, err := os.ReadFile(d.Out.Name())
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
 // PrintLogTails writes the end of every node agent's and child's log to w,
 // so a failure on a machine that is gone afterwards can still be read.
 func (d *Dev) PrintLogTails(w io.Writer) {
@@ -123,5 +140,31 @@ func (d *Dev) PrintLogTails(w io.Writer) {
 		}
 		lines := strings.Split(strings.TrimSpace(string(b)), "\n")
 		fmt.Fprintf(w, "==> %s (last %d of %d lines) <==\n%s\n", l, min(15, len(lines)), len(lines), strings.Join(lines[max(0, len(lines)-15):], "\n"))
+	}
+}
+
+// WaitNodesReady waits until n CairnNodes report Ready, for at most
+// timeout.
+func WaitNodesReady(c client.Client, n int, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	for {
+		var nodes v1.CairnNodeList
+		if err := c.List(ctx, &nodes); err == nil {
+			ready := 0
+			for _, node := range nodes.Items {
+				if meta.IsStatusConditionTrue(node.Status.Conditions, v1.ConditionReady) {
+					ready++
+				}
+			}
+			if ready == n {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%d nodes not Ready within %s", n, timeout)
+		case <-time.After(200 * time.Millisecond):
+		}
 	}
 }

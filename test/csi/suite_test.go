@@ -5,15 +5,12 @@
 package csi
 
 import (
-	"bufio"
 	"context"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -21,7 +18,6 @@ import (
 	"github.com/go-logr/logr"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
-	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/clientcmd"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -103,60 +99,29 @@ func missing() string {
 	return ""
 }
 
-// startDev builds cairn, starts `cairn dev`, reads its banner for the
-// kubeconfig and CSI sockets, waits for the nodes and connects.
+// startDev starts `cairn dev` through testutil.StartDev, takes the CSI
+// sockets from its banner, waits for the nodes and connects.
 func startDev() (func() error, error) {
-	bin := filepath.Join(tmp, "cairn")
-	build := exec.Command("go", "build", "-o", bin, "./cmd/cairn")
-	build.Dir = testutil.RepoRoot()
-	if out, err := build.CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("go build: %v: %s", err, out)
-	}
-	var err error
-	if devOut, err = os.Create(filepath.Join(tmp, "dev.log")); err != nil {
-		return nil, err
-	}
-	cmd := exec.Command(bin, "dev", "--data-dir", filepath.Join(tmp, "dev"), "--bin-dir", testutil.BinDir(),
-		"--samples=false", "--nodes", fmt.Sprint(suiteNodes), "--no-scheduler")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	stdout, err := cmd.StdoutPipe()
+	dev, err := testutil.StartDev(tmp, "--samples=false", "--nodes", fmt.Sprint(suiteNodes), "--no-scheduler")
 	if err != nil {
 		return nil, err
 	}
-	cmd.Stderr = devOut
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	stop := func() error { return stopDev(cmd) }
-	if err := connect(stdout); err != nil {
-		_ = stop()
+	devOut = dev.Out
+	if err := connect(dev); err != nil {
+		_ = dev.Stop()
 		return nil, fmt.Errorf("%w (log: %s)", err, devOut.Name())
 	}
-	return stop, nil
+	return dev.Stop, nil
 }
 
-// stopDev interrupts cairn dev as a user would and waits for it.
-func stopDev(cmd *exec.Cmd) error {
-	_ = cmd.Process.Signal(syscall.SIGINT)
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	select {
-	case err := <-done:
-		return err
-	case <-time.After(2 * time.Minute):
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		return fmt.Errorf("cairn dev did not stop within 2 minutes of SIGINT")
-	}
-}
-
-// connect parses the banner, makes the clients and waits until every node
-// is Ready, the node service probes ready and the backup target exists.
-func connect(stdout io.Reader) error {
-	kubeconfig, err := readBanner(stdout)
-	if err != nil {
+// connect reads the sockets from the banner, makes the clients and waits
+// until every node is Ready, the node service probes ready and the backup
+// target exists.
+func connect(dev *testutil.Dev) error {
+	if err := csiSockets(dev.Banner["CSI"]); err != nil {
 		return err
 	}
-	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	cfg, err := clientcmd.BuildConfigFromFlags("", dev.Kubeconfig)
 	if err != nil {
 		return err
 	}
@@ -165,7 +130,7 @@ func connect(stdout io.Reader) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	if err := waitNodes(ctx); err != nil {
+	if err := testutil.WaitNodesReady(k8s, suiteNodes, 2*time.Minute); err != nil {
 		return err
 	}
 	if err := dial(); err != nil {
@@ -179,63 +144,16 @@ func connect(stdout io.Reader) error {
 	return k8s.Create(ctx, bt)
 }
 
-// readBanner reads dev's output until it says it runs and returns the
-// kubeconfig; it sets the CSI sockets from the "CSI" line.
-func readBanner(stdout io.Reader) (string, error) {
-	ready := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		kubeconfig := ""
-		for sc.Scan() {
-			line := sc.Text()
-			fmt.Fprintln(devOut, line)
-			f := strings.Fields(line)
-			switch {
-			case len(f) == 2 && f[0] == "kubeconfig":
-				kubeconfig = f[1]
-			case len(f) == 4 && f[0] == "CSI" && f[2] == "(nodes:":
-				controllerSock = f[1]
-				nodeSock = strings.Replace(strings.TrimSuffix(f[3], ")"), "NAME", sanityNode, 1)
-			case strings.HasPrefix(line, "Press Ctrl-C to stop."):
-				ready <- kubeconfig
-			}
-		}
-		close(ready)
-	}()
-	select {
-	case kc, ok := <-ready:
-		if !ok {
-			return "", fmt.Errorf("cairn dev exited before it was ready")
-		}
-		if controllerSock == "" {
-			return "", fmt.Errorf("cairn dev printed no CSI line")
-		}
-		return kc, nil
-	case <-time.After(5 * time.Minute):
-		return "", fmt.Errorf("cairn dev not ready after 5 minutes")
+// csiSockets sets the controller socket and sanityNode's node socket from
+// the banner's CSI line, "DATA/csi/controller.sock (nodes: DATA/nodes/NAME/csi.sock)".
+func csiSockets(line string) error {
+	f := strings.Fields(line)
+	if len(f) != 3 || f[1] != "(nodes:" {
+		return fmt.Errorf("cairn dev printed no CSI line with the sockets (got %q)", line)
 	}
-}
-
-func waitNodes(ctx context.Context) error {
-	for {
-		var nodes v1.CairnNodeList
-		if err := k8s.List(ctx, &nodes); err == nil {
-			ready := 0
-			for _, n := range nodes.Items {
-				if meta.IsStatusConditionTrue(n.Status.Conditions, v1.ConditionReady) {
-					ready++
-				}
-			}
-			if ready == suiteNodes {
-				return nil
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%d nodes not Ready within 2 minutes", suiteNodes)
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
+	controllerSock = f[0]
+	nodeSock = strings.Replace(strings.TrimSuffix(f[2], ")"), "NAME", sanityNode, 1)
+	return nil
 }
 
 // dial connects the suite's own clients to both sockets.

@@ -18,7 +18,6 @@ import (
 	"github.com/chromedp/chromedp"
 	"github.com/go-logr/logr"
 	rbacv1 "k8s.io/api/rbac/v1"
-	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/clientcmd"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -170,27 +169,7 @@ func connect(kubeconfig string) error {
 	if k8s, err = client.New(cfg, client.Options{Scheme: controllers.NewScheme()}); err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	for {
-		var nodes v1.CairnNodeList
-		if err := k8s.List(ctx, &nodes); err == nil {
-			ready := 0
-			for _, n := range nodes.Items {
-				if meta.IsStatusConditionTrue(n.Status.Conditions, v1.ConditionReady) {
-					ready++
-				}
-			}
-			if ready == suiteNodes {
-				return nil
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%d nodes not Ready within 2 minutes", suiteNodes)
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
+	return testutil.WaitNodesReady(k8s, suiteNodes, 2*time.Minute)
 }
 
 // bindOperator lets operator create what the dashboard's actions create,

@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
-	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/rest"
@@ -24,7 +23,6 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	v1 "github.com/cairnstore/cairn/api/v1alpha1"
 	"github.com/cairnstore/cairn/controllers"
 	"github.com/cairnstore/cairn/internal/localcluster"
 	"github.com/cairnstore/cairn/internal/testutil"
@@ -137,27 +135,7 @@ func connect(kubeconfig string) error {
 	if k8s, err = client.New(cfg, client.Options{Scheme: controllers.NewScheme()}); err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	for {
-		var nodes v1.CairnNodeList
-		if err := k8s.List(ctx, &nodes); err == nil {
-			ready := 0
-			for _, n := range nodes.Items {
-				if meta.IsStatusConditionTrue(n.Status.Conditions, v1.ConditionReady) {
-					ready++
-				}
-			}
-			if ready == suiteNodes {
-				return nil
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%d nodes not Ready within 2 minutes", suiteNodes)
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
+	return testutil.WaitNodesReady(k8s, suiteNodes, 2*time.Minute)
 }
 
 // checkEveryObjectsHealth reads every Cairn object the tests left (real

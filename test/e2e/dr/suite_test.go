@@ -7,7 +7,6 @@
 package dr
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"os"
@@ -19,12 +18,10 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
-	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/client-go/tools/clientcmd"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	v1 "github.com/cairnstore/cairn/api/v1alpha1"
 	"github.com/cairnstore/cairn/controllers"
 	"github.com/cairnstore/cairn/internal/testutil"
 )
@@ -69,7 +66,6 @@ func runSuite(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(tmp)
-	dataDir = filepath.Join(tmp, "dev")
 	stop, err := startDev(tmp)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "e2e/dr:", err)
@@ -106,86 +102,26 @@ func missing() string {
 	return ""
 }
 
-// startDev builds cairn, starts `cairn dev --dr-site` and waits until both
-// sites' nodes are Ready; the returned func stops it with SIGINT.
+// startDev starts `cairn dev --dr-site` through testutil.StartDev and
+// waits until both sites' nodes are Ready; the returned func stops it with
+// SIGINT.
 func startDev(tmp string) (func() error, error) {
-	cairnBin = filepath.Join(tmp, "cairn")
-	build := exec.Command("go", "build", "-o", cairnBin, "./cmd/cairn")
-	build.Dir = testutil.RepoRoot()
-	if out, err := build.CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("go build: %v: %s", err, out)
-	}
-	var err error
-	if devOut, err = os.Create(filepath.Join(tmp, "dev.log")); err != nil {
-		return nil, err
-	}
-	cmd := exec.Command(cairnBin, "dev", "--data-dir", dataDir, "--bin-dir", testutil.BinDir(),
-		"--samples=false", "--nodes", fmt.Sprint(suiteNodes), "--dr-site")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	stdout, err := cmd.StdoutPipe()
+	dev, err := testutil.StartDev(tmp, "--samples=false", "--nodes", fmt.Sprint(suiteNodes), "--dr-site")
 	if err != nil {
 		return nil, err
 	}
-	cmd.Stderr = devOut
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	stop := func() error {
-		_ = cmd.Process.Signal(syscall.SIGINT)
-		done := make(chan error, 1)
-		go func() { done <- cmd.Wait() }()
-		select {
-		case err := <-done:
-			return err
-		case <-time.After(3 * time.Minute):
-			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			return fmt.Errorf("cairn dev did not stop within 3 minutes of SIGINT")
-		}
-	}
-	lines, err := waitReady(stdout)
+	cairnBin, dataDir, devOut = dev.Bin, dev.DataDir, dev.Out
+	s3Endpoint = strings.Fields(dev.Banner["S3 target"] + " ")[0]
+	metricsB = dev.Banner["dr-site metrics"]
+	siteA, err = connect("A", dev.Kubeconfig, dataDir)
 	if err == nil {
-		s3Endpoint = strings.Fields(lines["S3 target"])[0]
-		metricsB = lines["dr-site metrics"]
-		siteA, err = connect("A", lines["kubeconfig"], dataDir)
-	}
-	if err == nil {
-		siteB, err = connect("B", lines["dr-site kubeconfig"], filepath.Join(dataDir, "dr-site"))
+		siteB, err = connect("B", dev.Banner["dr-site kubeconfig"], filepath.Join(dataDir, "dr-site"))
 	}
 	if err != nil {
-		_ = stop()
+		_ = dev.Stop()
 		return nil, fmt.Errorf("%w (log: %s)", err, devOut.Name())
 	}
-	return stop, nil
-}
-
-// waitReady reads dev's output until it says it runs, and returns its
-// labelled lines (label -> value).
-func waitReady(stdout interface{ Read([]byte) (int, error) }) (map[string]string, error) {
-	ready := make(chan map[string]string, 1)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		lines := map[string]string{}
-		for sc.Scan() {
-			line := sc.Text()
-			fmt.Fprintln(devOut, line)
-			if label, value, ok := strings.Cut(strings.TrimSpace(line), "   "); ok {
-				lines[strings.TrimSpace(label)] = strings.TrimSpace(value)
-			}
-			if strings.HasPrefix(line, "Press Ctrl-C to stop.") {
-				ready <- lines
-			}
-		}
-		close(ready)
-	}()
-	select {
-	case lines, ok := <-ready:
-		if !ok {
-			return nil, fmt.Errorf("cairn dev exited before it was ready")
-		}
-		return lines, nil
-	case <-time.After(8 * time.Minute):
-		return nil, fmt.Errorf("cairn dev not ready after 8 minutes")
-	}
+	return dev.Stop, nil
 }
 
 // connect makes a site's client and waits for its nodes to be Ready.
@@ -203,27 +139,10 @@ func connect(name, kubeconfig, dir string) (*site, error) {
 	if err := testutil.StartHealthRecorder(context.Background(), cfg); err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	for {
-		var nodes v1.CairnNodeList
-		if err := c.List(ctx, &nodes); err == nil {
-			ready := 0
-			for _, n := range nodes.Items {
-				if meta.IsStatusConditionTrue(n.Status.Conditions, v1.ConditionReady) {
-					ready++
-				}
-			}
-			if ready == suiteNodes {
-				return &site{name: name, k8s: c, kubeconfig: kubeconfig, dir: dir}, nil
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("site %s: %d nodes not Ready within 3 minutes", name, suiteNodes)
-		case <-time.After(200 * time.Millisecond):
-		}
+	if err := testutil.WaitNodesReady(c, suiteNodes, 3*time.Minute); err != nil {
+		return nil, fmt.Errorf("site %s: %w", name, err)
 	}
+	return &site{name: name, k8s: c, kubeconfig: kubeconfig, dir: dir}, nil
 }
 
 // printLogTails prints the end of both sites' agent and manager logs.
