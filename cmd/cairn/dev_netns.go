@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 
 	"k8s.io/client-go/tools/clientcmd"
 
@@ -26,14 +25,17 @@ type devNetwork struct {
 	api *netns.Forwarder
 }
 
-// forwardS3 forwards the same port on the bridge to the S3 server on
-// 127.0.0.1:port: its address is the endpoint every process reaches (the
+// forwardS3 forwards the same port on the bridge to the S3 server at
+// endpoint (http://127.0.0.1:port): its address is the endpoint every process reaches (the
 // manager on the host as well as the agents in their namespaces). The
 // bridge keeps its address across runs of one data directory, so
 // BackupTargets keep working.
-func (n *devNetwork) forwardS3(port int) (*netns.Forwarder, error) {
-	p := strconv.Itoa(port)
-	fwd, err := netns.Forward(net.JoinHostPort(n.net.HostAddress(), p), net.JoinHostPort("127.0.0.1", p))
+func (n *devNetwork) forwardS3(endpoint string) (*netns.Forwarder, error) {
+	u, err := url.Parse(endpoint)
+	if err != nil {
+		return nil, fmt.Errorf("--netns: forward the S3 server: %w", err)
+	}
+	fwd, err := netns.Forward(net.JoinHostPort(n.net.HostAddress(), u.Port()), u.Host)
 	if err != nil {
 		return nil, fmt.Errorf("--netns: forward the S3 server: %w", err)
 	}

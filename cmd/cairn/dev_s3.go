@@ -61,7 +61,7 @@ func (d *devRun) startS3(ctx context.Context) error {
 	d.onStop(stop)
 	if d.network != nil {
 		// Agents in namespaces cannot reach the host's loopback.
-		fwd, err := d.network.forwardS3(port)
+		fwd, err := d.network.forwardS3(s.endpoint)
 		if err != nil {
 			return err
 		}
