@@ -20,6 +20,7 @@ import (
 
 	"github.com/cairnstore/cairn/engine"
 	"github.com/cairnstore/cairn/engine/control"
+	"github.com/cairnstore/cairn/internal/netx"
 	"github.com/cairnstore/cairn/replica"
 )
 
@@ -28,6 +29,10 @@ const testToken = "daemon-test-token-0123456789abcdef0123456789abcdef"
 // TestMain lets the test binary act as a replica or engine process, so that
 // tests can SIGKILL exactly one of them.
 func TestMain(m *testing.M) {
+	// Helpers started with CAIRN_TEST_PLAINTEXT_TCP=1 have TLS off (--tls=false).
+	if os.Getenv("CAIRN_TEST_PLAINTEXT_TCP") == "1" {
+		netx.SetPlaintextTCP(true)
+	}
 	switch os.Getenv("CAIRN_TEST_HELPER") {
 	case "replica":
 		os.Exit(replicaHelper())
@@ -141,15 +146,39 @@ type procReplica struct {
 	dir, addr string
 }
 
+// startReplicas starts n replica processes on unix sockets.
 func startReplicas(t *testing.T, n int, size int64) []*procReplica {
 	t.Helper()
 	sd := sockDir(t)
-	var out []*procReplica
+	var addrs []string
 	for i := 0; i < n; i++ {
+		addrs = append(addrs, "unix:"+filepath.Join(sd, fmt.Sprintf("r%d.sock", i)))
+	}
+	return startReplicasAt(t, size, addrs)
+}
+
+// startTCPReplicas starts n replica processes on loopback TCP ports (TLS
+// unless env has CAIRN_TEST_PLAINTEXT_TCP=1).
+func startTCPReplicas(t *testing.T, n int, size int64, env ...string) []*procReplica {
+	t.Helper()
+	var addrs []string
+	for i := 0; i < n; i++ {
+		port, err := netx.FreePort("127.0.0.1")
+		require.NoError(t, err)
+		addrs = append(addrs, fmt.Sprintf("127.0.0.1:%d", port))
+	}
+	return startReplicasAt(t, size, addrs, env...)
+}
+
+// startReplicasAt starts a replica process on each address, with env
+// added to theirs, and waits until they serve.
+func startReplicasAt(t *testing.T, size int64, addrs []string, env ...string) []*procReplica {
+	t.Helper()
+	var out []*procReplica
+	for i, addr := range addrs {
 		dir := filepath.Join(t.TempDir(), fmt.Sprintf("r%d", i))
-		addr := "unix:" + filepath.Join(sd, fmt.Sprintf("r%d.sock", i))
-		p := startProc(t, "CAIRN_TEST_HELPER=replica", "CAIRN_DIR="+dir, "CAIRN_ADDR="+addr,
-			"CAIRN_SIZE="+strconv.FormatInt(size, 10))
+		p := startProc(t, append([]string{"CAIRN_TEST_HELPER=replica", "CAIRN_DIR=" + dir, "CAIRN_ADDR=" + addr,
+			"CAIRN_SIZE=" + strconv.FormatInt(size, 10)}, env...)...)
 		out = append(out, &procReplica{proc: p, dir: dir, addr: addr})
 	}
 	for _, r := range out {
@@ -216,11 +245,13 @@ type engineProc struct {
 	ctl     *control.Client
 }
 
-func startEngine(t *testing.T, o Options) *engineProc {
+// startEngine starts an engine process with o, env added to its
+// environment.
+func startEngine(t *testing.T, o Options, env ...string) *engineProc {
 	t.Helper()
 	b, err := json.Marshal(o)
 	require.NoError(t, err)
-	p := startProc(t, "CAIRN_TEST_HELPER=engine", "CAIRN_ENGINE_OPTS="+string(b))
+	p := startProc(t, append([]string{"CAIRN_TEST_HELPER=engine", "CAIRN_ENGINE_OPTS=" + string(b)}, env...)...)
 	e := &engineProc{proc: p, nbdSock: o.Listen[len("unix:"):], ctlSock: o.Control[len("unix:"):], ctl: control.NewClient(o.Control, testToken)}
 	e.waitReady()
 	return e
