@@ -109,7 +109,14 @@ func TestGrowControlAPI(t *testing.T) {
 	require.Equal(t, http.StatusBadRequest, post("tok", `{"size": "big"}`))
 	require.Equal(t, int64(size), v.Size())
 
-	c := NewClient(strings.TrimPrefix(srv.URL, "http://"), "tok")
+	// The client, over TCP: HTTPS keyed by the token.
+	ln, err := netx.Listen("127.0.0.1:0")
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- (&Server{Volume: v, Token: "tok"}).Serve(ctx, ln) }()
+	defer func() { cancel(); require.NoError(t, <-done) }()
+	c := NewClient(ln.Addr().String(), "tok")
 	require.ErrorIs(t, c.Grow(context.Background(), size/2), engine.ErrShrink)
 	require.ErrorIs(t, c.Grow(context.Background(), size+1), engine.ErrInvalid)
 	require.NoError(t, c.Grow(context.Background(), 2*size))
