@@ -116,6 +116,9 @@ func (k *TLSKey) ServerConfig() *tls.Config {
 		ClientAuth:             tls.RequireAnyClientCert,
 		VerifyPeerCertificate:  k.verifyPeer,
 		SessionTicketsDisabled: true,
+		// Full-size records from the first byte: the replica protocol
+		// moves blocks, not web pages.
+		DynamicRecordSizingDisabled: true,
 	}
 }
 
@@ -125,11 +128,12 @@ func (k *TLSKey) ServerConfig() *tls.Config {
 // handshake signature is still checked against the pinned key).
 func (k *TLSKey) ClientConfig() *tls.Config {
 	return &tls.Config{
-		MinVersion:            tls.VersionTLS13,
-		Certificates:          []tls.Certificate{k.cert},
-		InsecureSkipVerify:    true,
-		VerifyPeerCertificate: k.verifyPeer,
-		ServerName:            "cairn",
+		MinVersion:                  tls.VersionTLS13,
+		Certificates:                []tls.Certificate{k.cert},
+		InsecureSkipVerify:          true,
+		VerifyPeerCertificate:       k.verifyPeer,
+		ServerName:                  "cairn",
+		DynamicRecordSizingDisabled: true,
 	}
 }
 
@@ -156,9 +160,9 @@ func TLSServer(ctx context.Context, c net.Conn, cfg *tls.Config) (*TLSConn, erro
 }
 
 // TLSConn is a TLS connection that sends the records of one Write with
-// one write system call (crypto/tls makes one per 16 KiB record) and
-// reads the socket through a buffer, so a batch of frames costs the
-// system calls it costs in plaintext.
+// one write system call per 64 KiB (crypto/tls makes one per 16 KiB
+// record) and reads the socket through a buffer, so a batch of small
+// frames costs the system calls it costs in plaintext.
 type TLSConn struct {
 	*tls.Conn
 	raw *corkConn
@@ -181,11 +185,18 @@ func (c *TLSConn) ExportKey(label string, n int) ([]byte, error) {
 	return cs.ExportKeyingMaterial(label, nil, n)
 }
 
-// corkReadBuffer is the socket read buffer under TLS.
-const corkReadBuffer = 64 << 10
+// corkReadBuffer is the socket read buffer under TLS, and corkWriteFlush
+// the amount of records a corked socket collects before it writes them
+// (a batch of small frames fits; a large payload still streams, so the
+// peer decrypts while this side encrypts).
+const (
+	corkReadBuffer = 64 << 10
+	corkWriteFlush = 64 << 10
+)
 
 // corkConn is the socket under TLS: while corked, writes collect in a
-// buffer and go out together on uncork; reads are buffered.
+// buffer and go out together, every corkWriteFlush bytes and on uncork;
+// reads are buffered.
 type corkConn struct {
 	net.Conn
 	rbuf []byte
@@ -220,11 +231,19 @@ func (c *corkConn) Read(b []byte) (int, error) {
 func (c *corkConn) Write(b []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.corked {
-		c.out = append(c.out, b...)
-		return len(b), nil
+	if !c.corked {
+		return c.Conn.Write(b)
 	}
-	return c.Conn.Write(b)
+	if c.out == nil {
+		c.out = make([]byte, 0, corkWriteFlush+32<<10)
+	}
+	c.out = append(c.out, b...)
+	if len(c.out) >= corkWriteFlush {
+		if err := c.flushLocked(); err != nil {
+			return 0, err
+		}
+	}
+	return len(b), nil
 }
 
 func (c *corkConn) cork() {
@@ -233,22 +252,19 @@ func (c *corkConn) cork() {
 	c.mu.Unlock()
 }
 
-// maxCorkKeep is the largest write buffer kept between writes.
-const maxCorkKeep = 1 << 20
-
 // uncork sends what collected while corked.
 func (c *corkConn) uncork() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.corked = false
+	return c.flushLocked()
+}
+
+func (c *corkConn) flushLocked() error {
 	if len(c.out) == 0 {
 		return nil
 	}
 	_, err := c.Conn.Write(c.out)
-	if cap(c.out) > maxCorkKeep {
-		c.out = nil
-	} else {
-		c.out = c.out[:0]
-	}
+	c.out = c.out[:0]
 	return err
 }
