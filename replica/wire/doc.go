@@ -50,11 +50,11 @@
 // agree.
 //
 // Under TLS the batched hot path keeps its system calls: the records of
-// one Write go out with one write system call (crypto/tls alone makes one
-// per 16 KiB record) and the socket is read through a 64 KiB buffer
-// (netx.TLSConn). A batch of small frames is one Write, as it is one
-// writev in plaintext; a payload above the 16 KiB copy limit is a Write
-// of its own.
+// one Write go out with one write system call per 64 KiB (crypto/tls
+// alone makes one per 16 KiB record) and the socket is read through a
+// 64 KiB buffer (netx.TLSConn). A batch of small frames is one Write, as
+// it is one writev in plaintext; a payload above the 16 KiB copy limit is
+// a Write of its own.
 //
 // # Frames
 //
