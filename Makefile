@@ -80,7 +80,7 @@ test: deps tools build ## Install/build what is missing, then run every test (th
 .PHONY: faults
 faults: deps tools build ## Run every fault scenario (test/e2e/faults on cairn dev --netns; make test runs the fast ones) and print time to detect, time to heal and bytes resynced.
 	@mkdir -p .cairn
-	CAIRN_FAULTS_TABLE=$(CURDIR)/.cairn/faults.txt CAIRN_FAULTS_MANAGER_ROUNDS=10 go test -tags faults -count=1 -v $(GO_TEST_FLAGS) ./test/e2e/faults/; rc=$$?; cat .cairn/faults.txt; exit $$rc
+	CAIRN_FAULTS_TABLE=$(CURDIR)/.cairn/faults.txt CAIRN_FAULTS_MANAGER_ROUNDS=8 go test -tags faults -count=1 -v $(GO_TEST_FLAGS) ./test/e2e/faults/; rc=$$?; cat .cairn/faults.txt; exit $$rc
 
 .PHONY: record-health
 record-health: deps tools build ## Re-record config/argocd/testdata: every state the end-to-end suites' objects pass through.

@@ -56,6 +56,16 @@
 // therefore never be chosen as newest after a restart. I/O continues while one
 // healthy replica remains; after that the volume is faulted and I/O fails.
 //
+// A replica that answers, but persistently slower than the others (a slow
+// link or disk), is dropped the same way by Config.SlowReplica
+// (SlowPolicy): by default when the moving average of its mutation
+// latency is at least 250ms and more than 5 times the fastest other
+// healthy replica's for 10s. Every mutation waits for every replica, so
+// this bounds how long one slow replica sets the volume's pace, and it
+// goes before its queue reaches the I/O timeout (no timeout storm).
+// RunAutoRebuild takes it back after a hold-off that doubles with each
+// drop for slowness.
+//
 // # Crash consistency
 //
 // The generation is odd while an engine has the volume open and even after

@@ -15,6 +15,8 @@ var (
 	// ErrBusy is returned when an operation conflicts with one in progress
 	// (for example a second rebuild of the same replica).
 	ErrBusy = errors.New("engine: operation in progress")
+	// ErrSlowReplica is the reason a replica was dropped by SlowPolicy.
+	ErrSlowReplica = errors.New("engine: replica persistently slower than the others")
 	// ErrNotFound is returned for an unknown replica address.
 	ErrNotFound = errors.New("engine: not found")
 )

@@ -123,11 +123,13 @@ func (tr *testReplica) contents() []byte {
 
 // stallProxy forwards a unix socket to a replica until stall is called;
 // from then on it holds every byte (a replica host that stopped
-// answering), until the test ends.
+// answering), until the test ends. setDelay makes it a slow link: each
+// chunk read from either side is held that long before it is passed on.
 type stallProxy struct {
-	addr string
-	mu   sync.Mutex
-	open chan struct{} // closed while forwarding
+	addr  string
+	mu    sync.Mutex
+	open  chan struct{} // closed while forwarding
+	delay time.Duration
 }
 
 func newStallProxy(t *testing.T, target string) *stallProxy {
@@ -180,6 +182,12 @@ func (p *stallProxy) stall() {
 	p.mu.Unlock()
 }
 
+func (p *stallProxy) setDelay(d time.Duration) {
+	p.mu.Lock()
+	p.delay = d
+	p.mu.Unlock()
+}
+
 func (p *stallProxy) pipe(dst, src net.Conn) {
 	buf := make([]byte, 64<<10)
 	for {
@@ -189,9 +197,10 @@ func (p *stallProxy) pipe(dst, src net.Conn) {
 			return
 		}
 		p.mu.Lock()
-		open := p.open
+		open, delay := p.open, p.delay
 		p.mu.Unlock()
 		<-open
+		time.Sleep(delay) // the slow link, not a wait for anything
 		if _, err := dst.Write(buf[:n]); err != nil {
 			src.Close()
 			return

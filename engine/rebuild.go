@@ -405,6 +405,8 @@ func (v *Volume) joinLocked(m *member, r *Replica, mode ReplicaMode, reason stri
 	m.failErr.Store(nil)
 	m.copied.Store(0)
 	m.toCopy.Store(0)
+	m.slow.avg.Store(0) // judged afresh on its new connection
+	m.slow.since.Store(0)
 	v.rebuildViewLocked()
 }
 
@@ -621,8 +623,9 @@ func (v *Volume) RunAutoRebuild(ctx context.Context, interval time.Duration) {
 		}
 		v.mu.RLock()
 		var cands []string
+		now := time.Now()
 		for _, m := range v.members {
-			if m.mode == ModeStale || m.mode == ModeFailed {
+			if (m.mode == ModeStale || m.mode == ModeFailed) && !m.slowHold(now) {
 				cands = append(cands, m.addr)
 			}
 		}

@@ -181,6 +181,10 @@ func (f *fanout) ioDone(l *ioLeg, err error) {
 			f.bad.Store(true)
 		} else {
 			f.ok.Add(1)
+			if f.op != opRead {
+				now := time.Now()
+				f.v.observeMutation(l.m, now.Sub(f.start), now)
+			}
 		}
 	}
 	if f.pend.Add(-1) != 0 {

@@ -34,6 +34,9 @@ type Config struct {
 	// Local reports whether a replica address is on this node; local
 	// replicas serve reads first (default: unix: addresses).
 	Local func(addr string) bool
+	// SlowReplica drops a replica persistently slower than the others
+	// (see SlowPolicy; zero fields take its defaults).
+	SlowReplica SlowPolicy
 	// RebuildWorkers is the number of concurrent copy requests of a rebuild
 	// (default 16).
 	RebuildWorkers int
@@ -57,6 +60,7 @@ type member struct {
 	inflight atomic.Int64
 	copied   atomic.Int64 // rebuild progress in bytes
 	toCopy   atomic.Int64
+	slow     slowness
 	// sessionStart is the replica's SessionStart when the volume opened
 	// (resync compares only regions changed since then); 0 if unknown.
 	sessionStart uint64
@@ -120,6 +124,7 @@ func Open(ctx context.Context, cfg Config) (*Volume, error) {
 	if cfg.Local == nil {
 		cfg.Local = netx.IsUnix
 	}
+	cfg.SlowReplica.setDefaults()
 	v := &Volume{cfg: cfg, log: cfg.Log.WithValues("volume", cfg.Name)}
 	v.size.Store(cfg.Size)
 	var wg sync.WaitGroup
@@ -520,7 +525,13 @@ func (v *Volume) mutate(mu *mutation) error {
 		}
 		ctx, cancel := v.ioCtx()
 		defer cancel()
-		return mu.apply(ctx, m.r)
+		start := time.Now()
+		err := mu.apply(ctx, m.r)
+		if err == nil && m.mode == ModeHealthy {
+			now := time.Now()
+			v.observeMutation(m, now.Sub(start), now)
+		}
+		return err
 	})
 	ok := 0
 	for i, m := range targets {

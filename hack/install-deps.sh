@@ -6,7 +6,7 @@ set -euo pipefail
 declare -A pkg_for=(
   [fio]=fio [qemu-img]=qemu-utils [nbdkit]=nbdkit [nbdinfo]=libnbd-bin
   [aws]=awscli [restic]=restic [mkfs.ext4]=e2fsprogs [mkfs.xfs]=xfsprogs
-  [losetup]=mount [fusermount3]=fuse3 [chromium]=chromium
+  [losetup]=mount [fusermount3]=fuse3 [chromium]=chromium [iptables]=iptables
 )
 missing=()
 for tool in "${!pkg_for[@]}"; do

@@ -85,7 +85,10 @@
 // the child's place, name and labels (mergeFrom = child, mergeInto = that
 // file). This is how the engine drops its older rebuild snapshots cheaply.
 //
-// Durability: WriteAt goes to the page cache; Flush is fdatasync of the
+// Durability: WriteAt goes to the page cache (in pwrites of at most 64
+// KiB: the kernel sizes a new page-cache folio by the write, and on ext4 a
+// small overwrite costs time in proportion to the folio it lands in);
+// Flush is fdatasync of the
 // head, the only layer with unsynced data (skipped when nothing changed
 // since the last one). Snapshot syncs the head before committing the
 // metadata that freezes it, so a snapshot never references data that

@@ -120,7 +120,7 @@ func (r *Replica) WriteLayerExtents(name string, extents []Extent, data []byte) 
 			continue
 		}
 		simWrite(l.path, l.fd, e.Offset, e.Length)
-		if _, err := l.f.WriteAt(data[done:done+e.Length], e.Offset); err != nil {
+		if err := pwriteCached(l.fd, data[done:done+e.Length], e.Offset); err != nil {
 			return ioErr("write layer", err)
 		}
 		r.idx.setIfLower(e.Offset/BlockSize, e.End()/BlockSize, uint16(pos))

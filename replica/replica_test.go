@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 )
 
 func newTestReplica(t testing.TB, size int64) *Replica {
@@ -472,3 +473,31 @@ func TestFaultHookKeepsMetadata(t *testing.T) {
 }
 
 var _ = errors.Is
+
+// TestReadCached checks the server's inline read: cached data and holes
+// read as ReadAt does, and data only on disk is refused, not waited for.
+func TestReadCached(t *testing.T) {
+	r := newTestReplica(t, 1<<20)
+	data := bytes.Repeat([]byte("cairn-rc"), 8192/8)
+	_, err := r.WriteAt(data, 4096)
+	require.NoError(t, err)
+
+	got := make([]byte, 3*4096)
+	require.NoError(t, r.ReadCached(got, 0))
+	want := make([]byte, len(got))
+	_, err = r.ReadAt(want, 0)
+	require.NoError(t, err)
+	require.Equal(t, want, got)
+	require.Equal(t, data, got[4096:4096+len(data)])
+	require.ErrorIs(t, r.ReadCached(got, 1<<20-4096), ErrOutOfRange)
+
+	// Write back and drop the head's pages: the data is on disk only.
+	require.NoError(t, r.Flush())
+	head := r.layers[len(r.layers)-1]
+	require.NoError(t, unix.Fadvise(head.fd, 0, 0, unix.FADV_DONTNEED))
+	require.ErrorIs(t, r.ReadCached(got, 4096), errNotCached)
+	clear(got)
+	_, err = r.ReadAt(got[:len(data)], 4096)
+	require.NoError(t, err)
+	require.Equal(t, data, got[:len(data)])
+}

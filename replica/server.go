@@ -106,6 +106,12 @@ type response struct {
 	held int64
 }
 
+// inlineMax is the largest write, or read of cached data, the
+// connection's reader handles itself instead of on a goroutine of its own:
+// a buffered pwrite or pread of a few pages takes microseconds, less than
+// handing it over costs.
+const inlineMax = 64 << 10
+
 func (s *Server) serveConn(c net.Conn, authed func()) error {
 	conn, err := s.serverHandshake(c, authed)
 	if err != nil {
@@ -116,13 +122,13 @@ func (s *Server) serveConn(c net.Conn, authed func()) error {
 	}
 	c = conn
 	budget := netx.NewBudget(s.connBytes)
-	unhold := func(n int64) {
+	w := &replyWriter{c: c, bw: bufio.NewWriterSize(c, 256<<10), unhold: func(n int64) {
 		budget.Release(n)
 		s.bytes.Release(n)
-	}
+	}}
 	out := make(chan response, wire.MaxInflight)
-	writerDone := make(chan error, 1)
-	go func() { writerDone <- writeResponses(c, out, unhold) }()
+	writerDone := make(chan struct{})
+	go func() { defer close(writerDone); w.run(out) }()
 
 	// Long requests (PullLayer) stop when their connection goes away.
 	connCtx, connGone := context.WithCancel(context.Background())
@@ -135,6 +141,11 @@ func (s *Server) serveConn(c net.Conn, authed func()) error {
 	for {
 		var h wire.ReqHeader
 		var payload, pooled []byte
+		// Replies to the requests handled inline go out together once
+		// every request that arrived with them is handled.
+		if br.Buffered() == 0 {
+			w.flush()
+		}
 		if h, rerr = readHeader(br, hdr); rerr != nil {
 			break // EOF, or a malformed frame: drop this connection only
 		}
@@ -144,8 +155,14 @@ func (s *Server) serveConn(c net.Conn, authed func()) error {
 			break
 		}
 		if payload, pooled, rerr = readPayload(br, h); rerr != nil {
-			unhold(held)
+			w.unhold(held)
 			break
+		}
+		if resp, ok := s.handleInline(h, payload); ok {
+			putBuf(pooled)
+			resp.held = held
+			w.put(resp, false)
+			continue
 		}
 		sem <- struct{}{}
 		handlers.Add(1)
@@ -161,10 +178,100 @@ func (s *Server) serveConn(c net.Conn, authed func()) error {
 	connGone() // nobody is left to answer: stop long requests
 	handlers.Wait()
 	close(out)
-	if werr := <-writerDone; rerr == nil {
+	<-writerDone
+	w.flush()
+	if werr := w.error(); rerr == nil {
 		rerr = werr
 	}
 	return rerr
+}
+
+// handleInline handles a request on the connection's reader when that
+// costs less than a hand-off and cannot wait for the disk: a small write
+// (into the page cache) or a small read of cached data. ok is false when
+// the request must run on a goroutine of its own.
+func (s *Server) handleInline(h wire.ReqHeader, payload []byte) (resp response, ok bool) {
+	switch {
+	case h.Op == wire.OpWrite && len(payload) <= inlineMax:
+		return s.handle(context.Background(), h, payload), true
+	case h.Op == wire.OpRead && h.Length <= inlineMax && h.Offset <= math.MaxInt64:
+		buf := getBuf(int(h.Length))
+		err := s.r.ReadCached(buf, int64(h.Offset))
+		if errors.Is(err, errNotCached) {
+			putBuf(buf)
+			return response{}, false
+		}
+		if err != nil {
+			putBuf(buf)
+			return errResponse(h, err), true
+		}
+		resp := okResponse(h, buf)
+		resp.release = func() { putBuf(buf) }
+		return resp, true
+	}
+	return response{}, false
+}
+
+// replyWriter writes a connection's replies: those of requests handled
+// inline by the connection's reader, which flushes them before it waits
+// for more requests, and those of requests handled on goroutines, which
+// run writes and flushes whenever no more of them are queued.
+type replyWriter struct {
+	c      net.Conn
+	unhold func(int64)
+
+	mu  sync.Mutex
+	bw  *bufio.Writer
+	hdr [wire.RespHeaderSize]byte
+	err error
+}
+
+// run writes the replies sent on out until it is closed.
+func (w *replyWriter) run(out <-chan response) {
+	for r := range out {
+		w.put(r, len(out) == 0)
+	}
+}
+
+// put writes r (after a write error: drops it) and gives back its held
+// bytes; with flush, everything written so far is sent.
+func (w *replyWriter) put(r response, flush bool) {
+	w.mu.Lock()
+	if w.err == nil {
+		r.h.Payload = uint32(len(r.payload))
+		r.h.Encode(w.hdr[:])
+		if _, w.err = w.bw.Write(w.hdr[:]); w.err == nil {
+			_, w.err = w.bw.Write(r.payload)
+		}
+		if w.err == nil && flush {
+			w.err = w.bw.Flush()
+		}
+		if w.err != nil {
+			w.c.Close() // unblock the reader
+		}
+	}
+	w.mu.Unlock()
+	if r.release != nil {
+		r.release()
+	}
+	w.unhold(r.held)
+}
+
+// flush sends every reply written so far.
+func (w *replyWriter) flush() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.err == nil && w.bw.Buffered() > 0 {
+		if w.err = w.bw.Flush(); w.err != nil {
+			w.c.Close()
+		}
+	}
+}
+
+func (w *replyWriter) error() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.err
 }
 
 // requestBytes is what a request holds in memory until its reply is
@@ -238,34 +345,6 @@ func readPayload(r io.Reader, h wire.ReqHeader) (payload, pooled []byte, err err
 		return nil, nil, err
 	}
 	return payload, pooled, nil
-}
-
-// writeResponses writes responses in completion order, flushing when no
-// more are queued, and gives back each response's held bytes with unhold.
-func writeResponses(c net.Conn, out <-chan response, unhold func(int64)) error {
-	bw := bufio.NewWriterSize(c, 256<<10)
-	hdr := make([]byte, wire.RespHeaderSize)
-	var err error
-	for r := range out {
-		if err == nil {
-			r.h.Payload = uint32(len(r.payload))
-			r.h.Encode(hdr)
-			if _, err = bw.Write(hdr); err == nil {
-				_, err = bw.Write(r.payload)
-			}
-			if err == nil && len(out) == 0 {
-				err = bw.Flush()
-			}
-			if err != nil {
-				c.Close() // unblock the reader
-			}
-		}
-		if r.release != nil {
-			r.release()
-		}
-		unhold(r.held)
-	}
-	return err
 }
 
 func errResponse(h wire.ReqHeader, err error) response {

@@ -239,7 +239,7 @@ func (r *Replica) RemoveSnapshot(name string) error {
 				return ioErr("read", err)
 			}
 			simWrite(c.path, c.fd, b*BlockSize, int64(len(chunk)))
-			if _, err := c.f.WriteAt(chunk, b*BlockSize); err != nil {
+			if err := pwriteCached(c.fd, chunk, b*BlockSize); err != nil {
 				return ioErr("write", err)
 			}
 			r.idx.setIfLower(b, b+n, cpos)
@@ -496,7 +496,7 @@ func copyAllocatedRange(src, dst *layer, off, end int64) error {
 				return ioErr("write", err)
 			}
 			simWrite(dst.path, dst.fd, o, n)
-			if err := pwriteFull(dst.fd, buf[:n], o); err != nil {
+			if err := pwriteCached(dst.fd, buf[:n], o); err != nil {
 				return ioErr("write", err)
 			}
 			o += n

@@ -461,7 +461,8 @@ func newBackupDeleteCmd(f *backupFlags) *cobra.Command {
 				return err
 			}
 			return f.print(cmd.OutOrStdout(), res, func(w io.Writer) {
-				fmt.Fprintf(w, "deleted\t%s/%s\nblocks removed\t%d\n", volume, backup, res.BlocksDeleted)
+				fmt.Fprintf(w, "deleted\t%s/%s\nblocks removed\t%d\npacks deleted\t%d\npacks repacked\t%d\n", volume, backup,
+					res.BlocksDeleted, res.PacksDeleted, res.PacksRepacked)
 				if res.Deferred {
 					fmt.Fprintln(w, "note\ttarget busy: block removal deferred to the next gc")
 				}
@@ -479,7 +480,7 @@ func newBackupGCCmd(f *backupFlags) *cobra.Command {
 	var o backupstore.GCOptions
 	cmd := &cobra.Command{
 		Use:   "gc [--dry-run]",
-		Short: "Remove blocks and manifests no listed backup references",
+		Short: "Remove packs and manifests no listed backup references; repack mostly unreferenced packs",
 		Args:  cobra.NoArgs,
 		RunE: f.withStore(func(ctx context.Context, cmd *cobra.Command, s *backupstore.Store) error {
 			res, err := s.GC(ctx, o)
@@ -487,9 +488,11 @@ func newBackupGCCmd(f *backupFlags) *cobra.Command {
 				return err
 			}
 			return f.print(cmd.OutOrStdout(), res, func(w io.Writer) {
-				fmt.Fprintf(w, "referenced blocks\t%d\nunreferenced blocks\t%d (%s)\norphan manifests\t%d\nuncommitted manifests\t%d\nexpired locks\t%d\ndry run\t%v\n",
-					res.ReferencedBlocks, res.UnreferencedBlocks, humanBytes(res.UnreferencedBytes), res.OrphanManifests,
-					res.UncommittedManifests, res.ExpiredLocks, o.DryRun)
+				fmt.Fprintf(w, "referenced blocks\t%d\nunreferenced blocks\t%d (%s)\npacks deleted\t%d\npacks repacked\t%d (%s copied, %d skipped)\n"+
+					"unindexed packs\t%d removed, %d adopted, %d unreadable\norphan manifests\t%d\nuncommitted manifests\t%d\nexpired locks\t%d\ndry run\t%v\n",
+					res.ReferencedBlocks, res.UnreferencedBlocks, humanBytes(res.UnreferencedBytes), res.PacksDeleted, res.PacksRepacked,
+					humanBytes(res.RepackedBytes), res.RepackSkipped, res.UnindexedPacks, res.AdoptedPacks, res.UnreadablePacks,
+					res.OrphanManifests, res.UncommittedManifests, res.ExpiredLocks, o.DryRun)
 			})
 		}),
 	}

@@ -36,10 +36,10 @@ func newRestoreFixture(t *testing.T) restoreFixture {
 	return fx
 }
 
-// blockFiles lists the stored block objects of the fixture's target.
-func (fx restoreFixture) blockFiles(t *testing.T) []string {
+// packFiles lists the stored pack objects of the fixture's target.
+func (fx restoreFixture) packFiles(t *testing.T) []string {
 	var out []string
-	require.NoError(t, filepath.Walk(filepath.Join(fx.targetDir, "blocks"), func(p string, fi os.FileInfo, err error) error {
+	require.NoError(t, filepath.Walk(filepath.Join(fx.targetDir, "packs"), func(p string, fi os.FileInfo, err error) error {
 		if err == nil && !fi.IsDir() {
 			out = append(out, p)
 		}
@@ -60,11 +60,12 @@ func TestBackupRestoreFileFailures(t *testing.T) {
 		want   string
 	}{
 		{"missing block", func(t *testing.T, fx restoreFixture) ([]string, context.Context) {
-			require.NoError(t, os.Remove(fx.blockFiles(t)[3]))
+			require.NoError(t, os.Remove(fx.packFiles(t)[0]))
 			return nil, nil
 		}, "missing block"},
 		{"corrupt block", func(t *testing.T, fx restoreFixture) ([]string, context.Context) {
-			p := fx.blockFiles(t)[5]
+			// The middle of the (only) pack is inside a block's record.
+			p := fx.packFiles(t)[0]
 			b, err := os.ReadFile(p)
 			require.NoError(t, err)
 			b[len(b)/2] ^= 0xff

@@ -69,14 +69,14 @@ func TestBackupSecretFiles(t *testing.T) {
 	require.NotContains(t, err.Error(), "hunter2secret")
 }
 
-// TestBackupRestoreStall: a restore from an S3 server that trickles block
-// objects one byte per second fails after --stall-timeout, with no
+// TestBackupRestoreStall: a restore from an S3 server that trickles pack
+// ranges one byte per second fails after --stall-timeout, with no
 // --timeout, and leaves no image.
 func TestBackupRestoreStall(t *testing.T) {
 	fx := newRestoreFixture(t)
 	fake := testutil.StartFakeS3(t, fx.targetDir)
 	fake.Hook = func(w http.ResponseWriter, r *http.Request, key string) bool {
-		if !strings.HasPrefix(key, "blocks/") || r.Method != http.MethodGet {
+		if !strings.HasPrefix(key, "packs/") || r.Method != http.MethodGet {
 			return false
 		}
 		testutil.Trickle(w, r, filepath.Join(fx.targetDir, filepath.FromSlash(key)), time.Second)

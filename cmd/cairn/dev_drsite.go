@@ -4,11 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strconv"
-	"syscall"
-	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -21,7 +17,6 @@ import (
 	"github.com/cairnstore/cairn/controllers"
 	"github.com/cairnstore/cairn/controllers/targets"
 	"github.com/cairnstore/cairn/internal/localcluster"
-	"github.com/cairnstore/cairn/internal/netx"
 )
 
 // The second local cluster of `cairn dev --dr-site`: its own etcd,
@@ -35,9 +30,7 @@ type devDRSite struct {
 	kubeconfig string
 	cluster    *localcluster.Cluster
 	client     client.Client
-	manager    *exec.Cmd
-	mgrDone    chan struct{}
-	metrics    string
+	manager    *managerChild
 	nodes      []*devNode
 	applied    int
 }
@@ -85,59 +78,12 @@ func (s *devDRSite) startControlPlane(_ context.Context, d *devRun) error {
 	return err
 }
 
-// startManager runs `cairn manager` as a child against the DR site (two
-// managers cannot share one process: controller names are global), serving
-// the webhook the local cluster registered, and waits for the webhook.
+// startManager runs the DR site's manager as a managerChild (restarted
+// when it exits, like --manager-process on the primary) and waits for its
+// webhook.
 func (s *devDRSite) startManager(ctx context.Context, d *devRun) error {
-	exe, err := os.Executable()
-	if err != nil {
-		return err
-	}
-	port, err := netx.FreePort("127.0.0.1")
-	if err != nil {
-		return err
-	}
-	s.metrics = fmt.Sprintf("127.0.0.1:%d", port)
-	wh := s.cluster.WebhookOptions()
-	logf, err := os.OpenFile(filepath.Join(s.dir, "manager.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return err
-	}
-	defer logf.Close()
-	cmd := exec.Command(exe, "manager", "--leader-elect=false", "--metrics-bind-address", s.metrics, "--health-probe-bind-address", "0",
-		"--webhook-port", strconv.Itoa(wh.Port), "--webhook-cert-dir", wh.CertDir,
-		"--csi-endpoint", "unix://"+filepath.Join(s.dir, "csi", "controller.sock"))
-	cmd.Env = append(os.Environ(), "KUBECONFIG="+s.kubeconfig)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
-	if err := os.MkdirAll(filepath.Join(s.dir, "csi"), 0o700); err != nil {
-		return err
-	}
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start manager: %w", err)
-	}
-	s.manager, s.mgrDone = cmd, make(chan struct{})
-	go func() { _ = cmd.Wait(); close(s.mgrDone) }()
-	d.onStop(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-s.mgrDone:
-		case <-time.After(30 * time.Second):
-			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			<-s.mgrDone
-		}
-	})
-	addr := fmt.Sprintf("%s:%d", wh.Host, wh.Port)
-	for !netx.Listening(ctx, addr, 200*time.Millisecond) {
-		select {
-		case <-s.mgrDone:
-			return fmt.Errorf("manager exited at start (see %s)", logf.Name())
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
-	return nil
+	s.manager = &managerChild{dir: s.dir, kubeconfig: s.kubeconfig, cluster: s.cluster, csiSocket: filepath.Join(s.dir, "csi", "controller.sock")}
+	return d.startManagerChild(ctx, s.manager)
 }
 
 // startNodes creates cairn-system and the S3 Secret, and starts the DR
@@ -235,7 +181,7 @@ dr-site (second cluster, reads the primary's backups from the same S3 target):
   dr-site nodes        %d node agents (logs in %s/nodes/NAME/node.log)
   dr-site samples      %s
   dr-site failover     %s
-`, s.cluster.Config.Host, s.kubeconfig, "child process", filepath.Join(s.dir, "manager.log"), s.metrics, len(s.nodes), s.dir,
+`, s.cluster.Config.Host, s.kubeconfig, "child process, restarted when it exits", filepath.Join(s.dir, "manager.log"), s.manager.metrics, len(s.nodes), s.dir,
 		d.samplesLine("dev-dr-site", fmt.Sprintf("%d objects applied (BackupTarget primary read-only, RecurringSnapshots suspended, VolumePolicies, DisasterRecoveryVolume)", s.applied)),
 		d.drSiteFailover())
 }

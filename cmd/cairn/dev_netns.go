@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 
 	"k8s.io/client-go/tools/clientcmd"
 
@@ -18,11 +19,25 @@ import (
 const devNetworkFile = "network.json"
 
 // devNetwork is the --netns network: a namespace per node on a host
-// bridge, and a forwarder from the bridge to the API server (which listens
-// on the host's loopback only).
+// bridge, and forwarders from the bridge to the API server and to the
+// local S3 server (both listen on the host's loopback only).
 type devNetwork struct {
 	net *netns.Network
 	api *netns.Forwarder
+}
+
+// forwardS3 forwards the same port on the bridge to the S3 server on
+// 127.0.0.1:port: its address is the endpoint every process reaches (the
+// manager on the host as well as the agents in their namespaces). The
+// bridge keeps its address across runs of one data directory, so
+// BackupTargets keep working.
+func (n *devNetwork) forwardS3(port int) (*netns.Forwarder, error) {
+	p := strconv.Itoa(port)
+	fwd, err := netns.Forward(net.JoinHostPort(n.net.HostAddress(), p), net.JoinHostPort("127.0.0.1", p))
+	if err != nil {
+		return nil, fmt.Errorf("--netns: forward the S3 server: %w", err)
+	}
+	return fwd, nil
 }
 
 // nodeNetwork returns the kubeconfig the node agents use and how to start

@@ -63,6 +63,15 @@ func (d *devRun) startS3(ctx context.Context) error {
 		return err
 	}
 	d.onStop(stop)
+	if d.network != nil {
+		// Agents in namespaces cannot reach the host's loopback.
+		fwd, err := d.network.forwardS3(port)
+		if err != nil {
+			return err
+		}
+		d.onStop(func() { _ = fwd.Close() })
+		s.endpoint = "http://" + fwd.Addr()
+	}
 	if err := createBucket(ctx, s); err != nil {
 		return err
 	}

@@ -20,6 +20,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/cairnstore/cairn/api/v1alpha1"
+	"github.com/cairnstore/cairn/engine/backupstore"
 	"github.com/cairnstore/cairn/internal/actions"
 	"github.com/cairnstore/cairn/internal/gitapply"
 	"github.com/cairnstore/cairn/internal/testutil"
@@ -314,17 +315,44 @@ spec: {size: 16Mi, replicas: 2}
 	require.Equal(t, "backup "+b.Name+" verified: every block restored and matched its checksum\n", r.stdout)
 	requireNoVerifyVolumes(t)
 
-	// Corrupt one stored block: verification fails and names it.
-	blocks, err := filepath.Glob(filepath.Join(target, "blocks", "*", "*", "*"))
-	require.NoError(t, err)
-	require.NotEmpty(t, blocks)
-	require.NoError(t, os.WriteFile(blocks[0], []byte("not a block"), 0o644))
+	// Corrupt one stored block inside its pack: verification fails and
+	// names it.
+	victim := corruptFirstBlock(t, "file://"+target, b.Spec.VolumeName, b.Status.BackupID)
 	r = ctl(t, "backup", "verify", b.Name)
 	require.Contains(t, r.stderr, "restoring backup "+b.Name+" into throw-away volume verify-")
 	r.stderr = r.stderr[strings.LastIndex(strings.TrimSuffix(r.stderr, "\n"), "\n")+1:] // after the progress lines
 	requireUserError(t, r, "backup "+b.Name+" failed verification: ")
-	require.Contains(t, r.stderr, "corrupt object: block "+filepath.Base(blocks[0]))
+	require.Contains(t, r.stderr, "corrupt object: block "+victim.String())
 	requireNoVerifyVolumes(t)
+}
+
+// corruptFirstBlock flips a byte in the middle of the stored record of a
+// backup's first non-zero block, in its pack, and returns the block.
+func corruptFirstBlock(t *testing.T, url, volume, backup string) backupstore.BlockID {
+	t.Helper()
+	s, err := backupstore.Open(bg, url, backupstore.Options{ReadOnly: true})
+	require.NoError(t, err)
+	m, err := s.ReadManifest(bg, volume, backup)
+	require.NoError(t, err)
+	for _, id := range m.Blocks {
+		if id.IsZero() {
+			continue
+		}
+		key, off, n, err := s.BlockLocation(bg, id)
+		require.NoError(t, err)
+		f, err := os.OpenFile(filepath.Join(strings.TrimPrefix(url, "file://"), filepath.FromSlash(key)), os.O_RDWR, 0)
+		require.NoError(t, err)
+		defer f.Close()
+		b := []byte{0}
+		_, err = f.ReadAt(b, off+n/2)
+		require.NoError(t, err)
+		b[0] ^= 0xff
+		_, err = f.WriteAt(b, off+n/2)
+		require.NoError(t, err)
+		return id
+	}
+	t.Fatalf("backup %s/%s has no stored block", volume, backup)
+	return backupstore.BlockID{}
 }
 
 func requireNoVerifyVolumes(t *testing.T) {

@@ -205,7 +205,14 @@ func (r *BackupReconciler) upload(ctx context.Context, s *backupScope) (ctrl.Res
 	}
 	r.Agent.jobs.stop(key)
 	if j.err != nil {
-		return ctrl.Result{}, fmt.Errorf("upload: %w", j.err)
+		err := fmt.Errorf("upload: %w", j.err)
+		if errors.Is(j.err, backupstore.ErrTargetFull) {
+			// Retrying cannot help until someone frees the target: fail
+			// with the reason (nothing of it is listed; GC removes its
+			// blocks).
+			err = reconcile.TerminalError(err)
+		}
+		return ctrl.Result{}, err
 	}
 	info := j.result.(backupstore.BackupInfo)
 	completed := metav1.NewTime(info.Completed.UTC().Truncate(time.Second))

@@ -69,7 +69,8 @@ type BackupOptions struct {
 // CreateBackup stores a new backup of a volume and returns its catalogue
 // entry. The backup is listed only after all of its blocks and its manifest
 // are stored; a failure at any point leaves no complete-looking backup
-// behind (blocks already uploaded are reused by a retry, or collected by GC).
+// behind (blocks in packs already stored and indexed are reused by a retry;
+// GC collects what stays unreferenced).
 func (s *Store) CreateBackup(ctx context.Context, opts BackupOptions) (BackupInfo, error) {
 	if err := s.checkWritable(); err != nil {
 		return BackupInfo{}, err
@@ -177,7 +178,12 @@ func (s *Store) CreateBackup(ctx context.Context, opts BackupOptions) (BackupInf
 		}
 	}
 
-	st := &backupRun{s: s, m: m, comp: comp, baseSet: baseSet, known: map[BlockID]bool{}}
+	ix, err := s.loadIndex(ctx)
+	if err != nil {
+		return BackupInfo{}, fmt.Errorf("backup %s/%s: %w", opts.Volume, id, err)
+	}
+	st := &backupRun{s: s, l: l, m: m, comp: comp, baseSet: baseSet, ix: ix, known: map[BlockID]bool{}}
+	st.packs = s.newPacker(st.packStored)
 	st.progress = newProgressReporter("backup", size, m.BlockCount, opts.Progress)
 	st.progress.add(int64(m.BlockCount-len(toRead))*int64(bs), m.BlockCount-len(toRead), 0)
 	if err := st.run(ctx, opts.Source, toRead); err != nil {
@@ -244,24 +250,30 @@ func dirtyBlocks(ext []Extent, size int64, bs int) []bool {
 // backupRun is the state of one backup's block pipeline.
 type backupRun struct {
 	s        *Store
+	l        *lock
 	m        *Manifest
 	comp     Compression
 	baseSet  map[BlockID]struct{}
+	ix       *index // the target's blocks when the run started
+	packs    *packer
 	progress *progressReporter
 
-	mu    sync.Mutex
-	known map[BlockID]bool // blocks this run found present or stored
+	mu      sync.Mutex
+	known   map[BlockID]bool // blocks this run found present or stored
+	pending []*packInfo      // stored packs no index object lists yet
 
 	readBytes atomic.Int64
 	newBlocks atomic.Int64
 	newBytes  atomic.Int64
 }
 
-// run reads, hashes, compresses, encrypts and uploads the given blocks with
-// Concurrency workers, each owning one read buffer and one object buffer:
-// memory stays at about 2 * Concurrency * BlockSize whatever the volume size.
+// run reads, hashes, compresses and encrypts the given blocks with
+// Concurrency workers, each owning one read buffer and one record buffer,
+// and packs the new ones; then it stores the last pack and indexes every
+// pack it stored. Memory stays at about 2 * Concurrency * BlockSize plus
+// packsInFlight packs whatever the volume size.
 func (r *backupRun) run(ctx context.Context, src Source, blocks []int) error {
-	return parallelWorkers(ctx, r.s.opts.Concurrency, len(blocks), func() func(context.Context, int) error {
+	err := parallelWorkers(ctx, r.s.opts.Concurrency, len(blocks), func() func(context.Context, int) error {
 		buf := make([]byte, r.m.BlockSize)
 		var obj []byte
 		return func(ctx context.Context, k int) error {
@@ -270,6 +282,13 @@ func (r *backupRun) run(ctx context.Context, src Source, blocks []int) error {
 			return err
 		}
 	})
+	if err != nil {
+		return err
+	}
+	if err := r.packs.flush(ctx); err != nil {
+		return err
+	}
+	return r.flushIndex(ctx, 1)
 }
 
 func (r *backupRun) one(ctx context.Context, src Source, i int, buf, obj []byte) ([]byte, error) {
@@ -296,40 +315,62 @@ func (r *backupRun) one(ctx context.Context, src Source, i int, buf, obj []byte)
 	return obj, nil
 }
 
-// store uploads a block unless the base, this run or the target already
-// has it.
+// store packs a block unless the base, the target's index or this run
+// already has it.
 func (r *backupRun) store(ctx context.Context, id BlockID, p, obj []byte) (int64, []byte, error) {
 	if _, ok := r.baseSet[id]; ok {
 		return 0, obj, nil
 	}
+	if _, ok := r.ix.blocks[id]; ok {
+		return 0, obj, nil
+	}
 	r.mu.Lock()
 	seen := r.known[id]
+	r.known[id] = true
 	r.mu.Unlock()
 	if seen {
 		return 0, obj, nil
 	}
-	key := blockKey(id)
-	exists, err := r.s.t.Exists(ctx, key)
+	obj, err := r.s.codec.encode(obj[:0], kindBlock, r.comp, p, id[:])
 	if err != nil {
 		return 0, obj, err
 	}
-	var sent int64
-	if !exists {
-		obj, err = r.s.codec.encode(obj[:0], kindBlock, r.comp, p, id[:])
-		if err != nil {
-			return 0, obj, err
-		}
-		if err := r.s.t.Put(ctx, key, obj); err != nil {
-			return 0, obj, err
-		}
-		sent = int64(len(obj))
-		r.newBlocks.Add(1)
-		r.newBytes.Add(sent)
+	if err := r.packs.add(ctx, id, len(p), obj); err != nil {
+		return 0, obj, err
 	}
-	r.mu.Lock()
-	r.known[id] = true
-	r.mu.Unlock()
+	sent := int64(len(obj))
+	r.newBlocks.Add(1)
+	r.newBytes.Add(sent)
 	return sent, obj, nil
+}
+
+// packStored notes a stored pack and writes an index object once
+// indexEvery packs wait for one.
+func (r *backupRun) packStored(ctx context.Context, p *packInfo) error {
+	r.mu.Lock()
+	r.pending = append(r.pending, p)
+	r.mu.Unlock()
+	return r.flushIndex(ctx, r.s.opts.indexEvery)
+}
+
+// flushIndex writes an index object for the pending packs if there are at
+// least atLeast of them, while the block-set lock certainly still holds (a
+// GC that found this run's packs unindexed may have removed them
+// otherwise).
+func (r *backupRun) flushIndex(ctx context.Context, atLeast int) error {
+	r.mu.Lock()
+	if len(r.pending) < atLeast || len(r.pending) == 0 {
+		r.mu.Unlock()
+		return nil
+	}
+	packs := r.pending
+	r.pending = nil
+	r.mu.Unlock()
+	if err := r.l.valid(); err != nil {
+		return err
+	}
+	_, err := r.s.putIndex(ctx, packs)
+	return err
 }
 
 // progressReporter serialises and throttles progress callbacks.

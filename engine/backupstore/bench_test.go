@@ -316,10 +316,13 @@ func TestBenchBackup(t *testing.T) {
 			fmt.Sprintf("%s: median speedup cairn vs restic: backup %.2fx wall, %.2fx CPU; restore %.2fx wall, %.2fx CPU",
 				kind, median(full.restic)/median(full.cairn), median(full.resticCPU)/median(full.cairnCPU),
 				median(rest.restic)/median(rest.cairn), median(rest.resticCPU)/median(rest.cairnCPU)),
+			fmt.Sprintf("%s: targets: objects/GiB <= restic's %s; full backup >= 1.5x restic %s; restore >= 1.5x restic %s; incremental 1%% uploads <= 2%% %s",
+				kind, met(objsC <= objsR), met(median(full.restic)/median(full.cairn) >= 1.5),
+				met(median(rest.restic)/median(rest.cairn) >= 1.5), met(median(incUp) <= 2)),
 		)
 	}
-	fmt.Printf("\nBackup benchmark: %.2f GiB per dataset, %d runs, same versitygw, Cairn zstd+AES-256-GCM vs restic %s (repo v2, compression auto)\n",
-		gib, runs, resticVersion(restic))
+	fmt.Printf("\nBackup benchmark: %.2f GiB per dataset, %d runs, same versitygw, Cairn zstd+AES-256-GCM in %d MiB packs vs restic %s (repo v2, compression auto)\n",
+		gib, runs, DefaultPackSize>>20, resticVersion(restic))
 	fmt.Printf("figures are min / median / max; CPU = user+system seconds of the tool's process plus versitygw's during the operation\n\n")
 	f := "%-34s %-22s %-22s %-8s %-22s %-22s %-20s %-20s\n"
 	fmt.Printf(f, "operation", "cairn wall s", "restic wall s", "speedup", "cairn CPU s", "restic CPU s", "cairn peak RSS MiB", "restic peak RSS MiB")
@@ -331,6 +334,15 @@ func TestBenchBackup(t *testing.T) {
 	for _, n := range notes {
 		fmt.Println(n)
 	}
+}
+
+// met prints whether a target was met (the benchmark reports, it does
+// not assert: timings on a shared machine are not test results).
+func met(ok bool) string {
+	if ok {
+		return "met"
+	}
+	return "NOT MET"
 }
 
 func median(s stat) float64 {

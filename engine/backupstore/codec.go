@@ -18,7 +18,9 @@ import (
 )
 
 // FormatVersion is the version of every object this package writes.
-const FormatVersion = 1
+// Version 1 (unreleased) stored one object per block; version 2 packs
+// blocks into pack objects found through index objects.
+const FormatVersion = 2
 
 // Compression selects how block and metadata payloads are compressed.
 type Compression uint8
@@ -63,6 +65,8 @@ const (
 	kindBlock     byte = 'B'
 	kindManifest  byte = 'M'
 	kindCatalogue byte = 'C'
+	kindIndex     byte = 'I'
+	kindTrailer   byte = 'P'
 )
 
 const (

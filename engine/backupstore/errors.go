@@ -83,6 +83,11 @@ var (
 	// earlier copy (hiding newer backups), or a backup was interrupted
 	// between writing its manifest and its catalogue entry.
 	ErrCatalogueRollback = errors.New("backupstore: catalogue rolled back")
+	// ErrTargetFull is returned when the target has no room for an object
+	// (a file target's file system is full or over quota). The backup
+	// that hit it is not committed: nothing lists it, and GC removes the
+	// blocks it stored.
+	ErrTargetFull = errors.New("backupstore: backup target is full")
 	// ErrStalled is returned when a target request made no progress (no
 	// byte received) for longer than the stall timeout.
 	ErrStalled = errors.New("backupstore: target stalled")

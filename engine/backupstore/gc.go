@@ -11,8 +11,12 @@ import (
 
 // DeleteResult summarises a Delete.
 type DeleteResult struct {
-	// BlocksDeleted blocks were referenced by the deleted backup only.
+	// BlocksDeleted blocks were referenced by no listed backup any more
+	// and were removed: with the packs that held only such blocks, or by
+	// repacking packs that were mostly such blocks (see doc.go, GC).
 	BlocksDeleted int
+	PacksDeleted  int
+	PacksRepacked int
 	// Deferred is true when another operation held the block set for
 	// longer than LockWait: the backup is gone from the catalogue and its
 	// blocks are left for the next GC.
@@ -21,9 +25,16 @@ type DeleteResult struct {
 
 // Delete removes a backup: first from its volume's catalogue (it is no
 // longer listed or restorable), then, under the exclusive block-set lock,
-// the blocks that no other backup in the target references, then its
-// manifest. Blocks shared with any backup of any volume stay. A backup a
+// the packs that hold only blocks no listed backup references (and
+// repacks packs that are mostly such blocks), then its manifest. Blocks
+// shared with any backup of any volume stay. A backup a
 // live pin holds is not deleted (ErrPinned).
+//
+// A Delete cut short after its catalogue write (its process killed) is
+// finished by the next Delete of the same backup: unlisted, but with its
+// manifest still there and not ahead of the catalogue (so not a commit
+// in flight or interrupted, see checkRollback), its blocks and manifest
+// are removed as if it were listed.
 func (s *Store) Delete(ctx context.Context, volume, backup string) (DeleteResult, error) {
 	var res DeleteResult
 	if err := s.checkWritable(); err != nil {
@@ -47,11 +58,12 @@ func (s *Store) Delete(ctx context.Context, volume, backup string) (DeleteResult
 		}
 		return fmt.Errorf("%w: %s/%s", ErrBackupNotFound, volume, backup)
 	})
-	if err != nil {
+	unlisted := errors.Is(err, ErrBackupNotFound)
+	if err != nil && !unlisted {
 		return res, err
 	}
 	l, lctx, err := s.acquire(ctx, scopeBlocks, true, "delete "+volume+"/"+backup, s.opts.LockWait)
-	if errors.Is(err, ErrLocked) {
+	if errors.Is(err, ErrLocked) && !unlisted {
 		res.Deferred = true
 		return res, nil
 	}
@@ -59,38 +71,43 @@ func (s *Store) Delete(ctx context.Context, volume, backup string) (DeleteResult
 		return res, fmt.Errorf("delete %s/%s: backup unlisted, blocks left for gc: %w", volume, backup, err)
 	}
 	defer l.release()
-	m, err := s.readManifest(lctx, volume, backup)
-	if errors.Is(err, ErrBackupNotFound) {
-		return res, nil // manifest already gone (a concurrent gc)
-	}
-	if err != nil {
-		return res, err
-	}
-	refs, err := s.referencedBlocks(lctx)
-	if err != nil {
-		return res, err
-	}
-	done := map[BlockID]bool{}
-	for _, id := range m.Blocks {
-		if id.IsZero() || done[id] {
-			continue
-		}
-		done[id] = true
-		if _, used := refs[id]; used {
-			continue
-		}
-		if err := l.valid(); err != nil {
+	if unlisted {
+		if err := s.checkInterruptedDelete(lctx, volume, backup); err != nil {
 			return res, err
 		}
-		if err := s.t.Delete(lctx, blockKey(id)); err != nil {
-			return res, fmt.Errorf("delete %s/%s: block %s: %w", volume, backup, id, err)
-		}
-		res.BlocksDeleted++
+	}
+	c, err := s.collect(lctx, l, false, false)
+	if err != nil {
+		return res, fmt.Errorf("delete %s/%s: backup unlisted, blocks left for gc: %w", volume, backup, err)
+	}
+	res.BlocksDeleted, res.PacksDeleted, res.PacksRepacked = c.UnreferencedBlocks, c.PacksDeleted, c.PacksRepacked
+	if err := l.valid(); err != nil {
+		return res, err
 	}
 	if err := s.t.Delete(lctx, manifestKey(volume, backup)); err != nil {
 		return res, err
 	}
 	return res, nil
+}
+
+// checkInterruptedDelete allows a Delete of an unlisted backup only to
+// finish an interrupted Delete, never a commit: under the exclusive
+// block-set lock no backup runs, and a manifest ahead of its catalogue is
+// an interrupted commit (gc decides). A missing manifest is
+// ErrBackupNotFound.
+func (s *Store) checkInterruptedDelete(ctx context.Context, volume, backup string) error {
+	m, err := s.readManifest(ctx, volume, backup)
+	if err != nil {
+		return err
+	}
+	c, err := s.readCatalogueObject(ctx, volume)
+	if err != nil {
+		return err
+	}
+	if m.Generation > c.Generation {
+		return fmt.Errorf("%w: %s/%s (an uncommitted manifest; see gc --discard-uncommitted)", ErrBackupNotFound, volume, backup)
+	}
+	return nil
 }
 
 // referencedBlocks returns every block referenced by a listed backup of any
@@ -136,10 +153,33 @@ type GCOptions struct {
 
 // GCResult summarises a garbage collection.
 type GCResult struct {
-	ReferencedBlocks   int
-	UnreferencedBlocks int // removed unless DryRun
+	ReferencedBlocks int
+	// UnreferencedBlocks (UnreferencedBytes stored) are removed unless
+	// DryRun: the records of PacksDeleted, and the unreferenced records
+	// of PacksRepacked, whose RepackedBytes of referenced records were
+	// copied into new packs first.
+	UnreferencedBlocks int
 	UnreferencedBytes  int64
-	OrphanManifests    int // manifests of unlisted (failed or deleted) backups
+	PacksDeleted       int
+	PacksRepacked      int
+	RepackedBytes      int64
+	// RepackSkipped packs were mostly unreferenced but kept as they are,
+	// because a referenced record in them failed verification (verify
+	// names it).
+	RepackSkipped int
+	// UnindexedPacks are packs no index object lists and holding no
+	// block a listed backup needs (from backups interrupted before they
+	// indexed them): removed. AdoptedPacks no index listed either, but
+	// they hold referenced blocks (an index object was lost): they are
+	// indexed again from their trailers. UnreadablePacks are unindexed
+	// packs whose trailer cannot be read: kept, never deleted blind.
+	UnindexedPacks  int
+	AdoptedPacks    int
+	UnreadablePacks int
+	// IndexObjectsReplaced index objects were rewritten (without the
+	// removed packs, or consolidated: see doc.go).
+	IndexObjectsReplaced int
+	OrphanManifests      int // manifests of unlisted (failed or deleted) backups
 	// UncommittedManifests were ahead of their catalogue and discarded
 	// (GCOptions.DiscardUncommitted).
 	UncommittedManifests int
@@ -147,10 +187,13 @@ type GCResult struct {
 	ExpiredLocks         int
 }
 
-// GC removes every block no listed backup references and the manifests of
-// backups that never completed or whose deletion was deferred. It holds
-// the block set exclusively, so it never runs while a backup or restore
-// holds its lock (expired locks of crashed holders do not count).
+// GC removes every pack whose blocks no listed backup references, repacks
+// packs that are mostly such blocks, removes packs no index lists (after
+// checking their trailers), consolidates the index, and removes the
+// manifests of backups that never completed or whose deletion was
+// deferred. It holds the block set exclusively, so it never runs while a
+// backup or restore holds its lock (expired locks of crashed holders do
+// not count).
 func (s *Store) GC(ctx context.Context, opts GCOptions) (GCResult, error) {
 	var res GCResult
 	if err := s.checkWritable(); err != nil {
@@ -166,30 +209,14 @@ func (s *Store) GC(ctx context.Context, opts GCOptions) (GCResult, error) {
 			return res, fmt.Errorf("gc: %w", err)
 		}
 	}
-	refs, err := s.referencedBlocks(ctx)
+	c, err := s.collect(ctx, l, opts.DryRun, true)
 	if err != nil {
 		return res, fmt.Errorf("gc: %w", err)
 	}
-	res.ReferencedBlocks = len(refs)
+	c.UncommittedManifests = res.UncommittedManifests
+	res = c
 
 	var garbage []string
-	err = s.t.List(ctx, "blocks/", func(o ObjectInfo) error {
-		i := strings.LastIndexByte(o.Key, '/')
-		id, err := ParseBlockID(o.Key[i+1:])
-		if err != nil {
-			return nil // not a block
-		}
-		if _, ok := refs[id]; !ok {
-			garbage = append(garbage, o.Key)
-			res.UnreferencedBytes += o.Size
-		}
-		return nil
-	})
-	if err != nil {
-		return res, fmt.Errorf("gc: list blocks: %w", err)
-	}
-	res.UnreferencedBlocks = len(garbage)
-
 	// Manifests not in their catalogue.
 	listed := map[string]bool{}
 	vols, err := s.Volumes(ctx)

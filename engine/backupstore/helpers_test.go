@@ -18,6 +18,7 @@ import (
 const (
 	testSize      = 16 << 20
 	testBlockSize = 64 << 10
+	testPackSize  = 256 << 10
 )
 
 // testTarget is one target kind the shared suite runs against.
@@ -42,6 +43,10 @@ func testOptions() Options {
 		LockTTL:       30 * time.Second,
 		LockClockSkew: -1,
 		LockWait:      10 * time.Second,
+		// Small packs, indexed every two, so that the test volumes of a few
+		// MiB span many packs and index objects.
+		PackSize:      testPackSize,
+		indexEvery:    2,
 		TargetOptions: TargetOptions{RequestTimeout: 10 * time.Second, ProbeTimeout: 10 * time.Second},
 	}
 }
@@ -189,4 +194,42 @@ func readAllFiles(t *testing.T, dir string) map[string][]byte {
 		return err
 	}))
 	return out
+}
+
+// firstBlock returns the first non-zero block of a backup.
+func firstBlock(t *testing.T, s *Store, volume, backup string) BlockID {
+	t.Helper()
+	m, err := s.ReadManifest(ctxT(t), volume, backup)
+	require.NoError(t, err)
+	for _, id := range m.Blocks {
+		if !id.IsZero() {
+			return id
+		}
+	}
+	t.Fatal("backup has no stored block")
+	return BlockID{}
+}
+
+// damageRecord flips bytes inside the stored record of one block, in its
+// pack, through the target.
+func damageRecord(t *testing.T, s *Store, id BlockID) {
+	t.Helper()
+	ctx := ctxT(t)
+	key, off, n, err := s.BlockLocation(ctx, id)
+	require.NoError(t, err)
+	obj, err := s.t.Get(ctx, key)
+	require.NoError(t, err)
+	obj[off+n/2] ^= 0xff
+	obj[off+n-1] ^= 0x01
+	require.NoError(t, s.t.Put(ctx, key, obj))
+}
+
+// keysUnder lists the object keys under prefix.
+func keysUnder(t *testing.T, s *Store, prefix string) []string {
+	var keys []string
+	require.NoError(t, s.t.List(context.Background(), prefix, func(o ObjectInfo) error {
+		keys = append(keys, o.Key)
+		return nil
+	}))
+	return keys
 }

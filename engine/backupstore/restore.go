@@ -57,7 +57,9 @@ type RestoreResult struct {
 	BlocksWritten int
 	BlocksZeroed  int
 	// BytesWritten counts the bytes of the blocks written or zeroed.
-	BytesWritten   int64
+	BytesWritten int64
+	// BytesFetched is what the range reads of packs fetched, and
+	// ObjectsFetched how many range reads (requests) that took.
 	BytesFetched   int64
 	ObjectsFetched int
 }
@@ -97,16 +99,36 @@ func (s *Store) Restore(ctx context.Context, opts RestoreOptions) (RestoreResult
 	if opts.held != nil && opts.held.BlockSize == m.BlockSize {
 		prev = opts.held.manifest()
 	}
-	res.Incremental = prev != nil
-	r := &restoreRun{s: s, opts: opts, m: m, res: &res}
-	r.plan(prev)
-	if err := r.run(ctx); err != nil {
-		if cause := context.Cause(ctx); cause != nil && errors.Is(cause, ErrLockLost) {
-			err = cause
-		}
+	err = s.restoreBlocks(ctx, opts, m, prev, &res)
+	if cause := context.Cause(ctx); err != nil && cause != nil && errors.Is(cause, ErrLockLost) {
+		err = cause
+	}
+	if err != nil {
 		return res, fmt.Errorf("restore %s/%s: %w", opts.Volume, info.ID, err)
 	}
 	return res, nil
+}
+
+// restoreBlocks loads the index and writes the blocks of m that differ from
+// prev. A read-only store holds no lock, so a GC may repack or remove packs
+// between its reading the index and the packs: a block then missing is
+// tried once more with the index read again (writing a block twice
+// leaves the same content).
+func (s *Store) restoreBlocks(ctx context.Context, opts RestoreOptions, m, prev *Manifest, res *RestoreResult) error {
+	for attempt := 0; ; attempt++ {
+		*res = RestoreResult{Backup: res.Backup, Incremental: prev != nil}
+		r := &restoreRun{s: s, opts: opts, m: m, res: res}
+		r.plan(prev)
+		var err error
+		if r.ix, err = s.loadIndex(ctx); err != nil {
+			return err
+		}
+		err = r.run(ctx)
+		if err != nil && attempt == 0 && s.opts.ReadOnly && errors.Is(err, ErrMissingBlock) {
+			continue
+		}
+		return err
+	}
 }
 
 // sinceManifest returns the manifest of the backup an incremental restore
@@ -134,6 +156,7 @@ type restoreRun struct {
 	opts  RestoreOptions
 	m     *Manifest
 	res   *RestoreResult
+	ix    *index
 	fresh bool              // the sink reads as zeros: write only non-zero pages
 	want  map[BlockID][]int // distinct blocks to fetch and where they go
 	zeros []int             // zero blocks to trim or write
@@ -169,8 +192,14 @@ func (r *restoreRun) plan(prev *Manifest) {
 	r.pr = newProgressReporter("restore", total, nblocks, r.opts.Progress)
 }
 
-// run zeroes, preallocates, then fetches and writes.
+// run checks every block to fetch is indexed, then zeroes, preallocates,
+// fetches and writes.
 func (r *restoreRun) run(ctx context.Context) error {
+	for id := range r.want {
+		if _, ok := r.ix.blocks[id]; !ok {
+			return fmt.Errorf("%w: block %s (in no index)", ErrMissingBlock, id)
+		}
+	}
 	if err := r.writeZeros(); err != nil {
 		return err
 	}
@@ -242,8 +271,9 @@ func (r *restoreRun) writeAt(data []byte, off int64) error {
 	return nil
 }
 
-// writeBlocks fetches each distinct block once, in volume order (sequential
-// writes, readahead-friendly), and writes it everywhere it is used.
+// writeBlocks fetches each distinct block once, with range reads of the
+// packs that hold them, in volume order (sequential writes,
+// readahead-friendly), and writes it everywhere it is used.
 func (r *restoreRun) writeBlocks(ctx context.Context) error {
 	ids := make([]BlockID, 0, len(r.want))
 	first := make(map[BlockID]int, len(r.want))
@@ -252,7 +282,18 @@ func (r *restoreRun) writeBlocks(ctx context.Context) error {
 		first[id] = slices.Min(idx)
 	}
 	sort.Slice(ids, func(i, j int) bool { return first[ids[i]] < first[ids[j]] })
-	return r.s.forEachBlock(ctx, ids, r.m.BlockSize, r.place)
+	reads := make([]blockRead, len(ids))
+	for k, id := range ids {
+		reads[k] = blockRead{id: id, loc: r.ix.blocks[id]}
+	}
+	n, fetched, err := r.s.readBlocks(ctx, reads, r.m.BlockSize, false, func(k int, _, data []byte, stored int, err error) error {
+		if err != nil {
+			return err
+		}
+		return r.place(ids[k], data, stored)
+	})
+	r.res.ObjectsFetched, r.res.BytesFetched = n, fetched
+	return err
 }
 
 // place writes one fetched block at every index that uses it.
@@ -279,8 +320,6 @@ func (r *restoreRun) place(id BlockID, data []byte, stored int) error {
 	}
 	r.mu.Lock()
 	r.res.BlocksWritten += len(r.want[id])
-	r.res.ObjectsFetched++
-	r.res.BytesFetched += int64(stored)
 	r.mu.Unlock()
 	r.pr.add(0, 0, int64(stored))
 	return nil
@@ -319,50 +358,4 @@ func nonZeroRuns(p []byte, page int) []Extent {
 		out = append(out, Extent{Offset: int64(off), Length: int64(n)})
 	}
 	return out
-}
-
-// forEachBlock fetches, decodes and verifies blocks with bounded
-// concurrency and calls fn with each block's plaintext (valid only during
-// the call). A missing block fails with ErrMissingBlock, a bad one with
-// ErrCorrupt, both naming the block id.
-func (s *Store) forEachBlock(ctx context.Context, ids []BlockID, blockSize int, fn func(id BlockID, data []byte, stored int) error) error {
-	return parallelWorkers(ctx, s.opts.Concurrency, len(ids), func() func(context.Context, int) error {
-		buf := make([]byte, blockSize)
-		var obj []byte
-		return func(ctx context.Context, k int) error {
-			data, objBuf, stored, err := s.fetchBlock(ctx, ids[k], buf, obj)
-			obj = objBuf
-			if err != nil {
-				return err
-			}
-			return fn(ids[k], data, stored)
-		}
-	})
-}
-
-// fetchBlock reads one block into obj (reused, returned for the next call),
-// decodes it into buf and checks it against its content address.
-func (s *Store) fetchBlock(ctx context.Context, id BlockID, buf, obj []byte) (data, objBuf []byte, stored int, err error) {
-	obj, err = getInto(ctx, s.t, blockKey(id), obj[:0], maxObject(int64(len(buf))))
-	if errors.Is(err, ErrNotFound) {
-		return nil, obj, 0, fmt.Errorf("%w: block %s", ErrMissingBlock, id)
-	}
-	if errors.Is(err, ErrObjectTooLarge) {
-		return nil, obj, 0, fmt.Errorf("%w: block %s: %w", ErrCorrupt, id, err)
-	}
-	if err != nil {
-		return nil, obj, 0, fmt.Errorf("block %s: %w", id, err)
-	}
-	stored = len(obj)
-	data, err = s.codec.decodeAtMost(buf, kindBlock, obj, id[:], int64(len(buf)))
-	if err != nil {
-		if errors.Is(err, ErrKeyRequired) {
-			return nil, obj, 0, err
-		}
-		return nil, obj, 0, fmt.Errorf("%w: block %s: %v", ErrCorrupt, id, err)
-	}
-	if got := s.codec.blockID(data); got != id {
-		return nil, obj, 0, fmt.Errorf("%w: block %s: content hashes to %s", ErrCorrupt, id, got)
-	}
-	return data, obj, stored, nil
 }

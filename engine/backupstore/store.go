@@ -11,6 +11,7 @@ import (
 	"os"
 	"regexp"
 	"runtime"
+	"sync"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
@@ -38,7 +39,9 @@ type Options struct {
 	// Concurrency is the number of blocks in flight (default
 	// max(16, 2*GOMAXPROCS), at most 64): enough requests in flight to
 	// hide object-store latency. Memory is bounded by about
-	// 2 * Concurrency * block size.
+	// 2 * Concurrency * block size plus three packs (PackSize) for a
+	// backup, and max(4, Concurrency/2) range reads of at most 8 MiB (or
+	// one record) plus a block each for a restore or verify.
 	Concurrency int
 	// ZstdLevel is the zstd encoder level (default SpeedFastest).
 	ZstdLevel zstd.EncoderLevel
@@ -54,6 +57,14 @@ type Options struct {
 	LockWait time.Duration
 	// Holder names this process in lock objects (default host:pid).
 	Holder string
+	// PackSize is the size a pack object is closed at (default 32 MiB,
+	// at most 1 GiB): blocks are stored as records in packs of about
+	// this size. Larger packs mean fewer objects and more memory: a
+	// writer holds up to three packs.
+	PackSize int
+	// indexEvery is how many packs a backup stores before it writes an
+	// index object for them (default defaultIndexEvery; tests lower it).
+	indexEvery int
 	// ExpiryClock is the clock other holders' locks and pins are judged
 	// expired by (default time.Now). Tests that simulate crashed holders
 	// set a clock past the TTL instead of sleeping through it.
@@ -67,6 +78,9 @@ type Store struct {
 	cfg    targetConfig
 	opts   Options
 	holder string
+
+	idxMu sync.Mutex
+	idx   *index // the index as last loaded (see loadIndex)
 }
 
 // targetConfigKey is the object describing the whole store.
@@ -120,6 +134,13 @@ func OpenStore(ctx context.Context, t Target, opts Options) (*Store, error) {
 	}
 	if opts.LockWait <= 0 {
 		opts.LockWait = time.Minute
+	}
+	if opts.PackSize <= 0 {
+		opts.PackSize = DefaultPackSize
+	}
+	opts.PackSize = min(opts.PackSize, maxPackSize)
+	if opts.indexEvery <= 0 {
+		opts.indexEvery = defaultIndexEvery
 	}
 	if opts.ExpiryClock == nil {
 		opts.ExpiryClock = time.Now
@@ -175,6 +196,10 @@ func (s *Store) loadOrInitConfig(ctx context.Context) (targetConfig, error) {
 		}
 		if cfg.Kind != targetKind {
 			return cfg, fmt.Errorf("%w: %s: kind %q", ErrFormat, targetConfigKey, cfg.Kind)
+		}
+		if cfg.FormatVersion == 1 {
+			return cfg, fmt.Errorf("%w: %s: format version 1, the unreleased format with one object per block, which this build "+
+				"no longer reads (it reads format %d, blocks in pack objects): back up into a new target", ErrFormat, targetConfigKey, FormatVersion)
 		}
 		if cfg.FormatVersion != FormatVersion {
 			return cfg, fmt.Errorf("%w: %s: format version %d (this build reads %d)", ErrFormat, targetConfigKey, cfg.FormatVersion, FormatVersion)
@@ -238,12 +263,7 @@ func (s *Store) checkWritable() error {
 	return nil
 }
 
-// Object keys. See doc.go for the layout.
-func blockKey(id BlockID) string {
-	h := id.String()
-	return "blocks/" + h[0:2] + "/" + h[2:4] + "/" + h
-}
-
+// Object keys. See doc.go for the layout (packKey is in pack.go).
 func catalogueKey(volume string) string { return "volumes/" + volume + "/catalogue" }
 
 func manifestKey(volume, backup string) string {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync/atomic"
@@ -94,11 +95,13 @@ func TestRoundTrip(t *testing.T) {
 
 		// The layout doc.go promises, and nothing else.
 		keys := objectKeys(t, s)
-		var blocks, manifests, other []string
+		var packs, indexes, manifests, other []string
 		for _, k := range keys {
 			switch {
-			case strings.HasPrefix(k, "blocks/"):
-				blocks = append(blocks, k)
+			case strings.HasPrefix(k, "packs/"):
+				packs = append(packs, k)
+			case strings.HasPrefix(k, "index/"):
+				indexes = append(indexes, k)
 			case strings.HasPrefix(k, "volumes/pvc-1/backups/") && strings.HasSuffix(k, ".manifest"):
 				manifests = append(manifests, k)
 			default:
@@ -108,10 +111,38 @@ func TestRoundTrip(t *testing.T) {
 		sort.Strings(other)
 		require.Equal(t, []string{"cairn-target.json", "volumes/pvc-1/catalogue"}, other, "no locks left behind")
 		require.Len(t, manifests, 3)
-		require.Equal(t, rep.Blocks, len(blocks))
-		for _, k := range blocks {
-			require.Regexp(t, `^blocks/[0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f]{64}$`, k)
+		for _, k := range packs {
+			require.Regexp(t, `^packs/([0-9a-f]{2})/[0-9a-f]{32}$`, k)
+			require.Equal(t, k[6:8], k[9:11])
 		}
+		for _, k := range indexes {
+			require.Regexp(t, `^index/[0-9a-f]{32}$`, k)
+		}
+		// Every referenced block is indexed once, in a pack that exists,
+		// and the packs hold nothing else.
+		ix, err := s.loadIndex(ctx)
+		require.NoError(t, err)
+		require.Len(t, ix.blocks, rep.Blocks)
+		require.Len(t, ix.packs, len(packs))
+		var records int
+		for _, p := range ix.packs {
+			require.Contains(t, packs, packKey(p.id))
+			records += len(p.entries)
+		}
+		require.Equal(t, rep.Blocks, records)
+		require.Greater(t, len(packs), 8, "small test packs: the volume spans many")
+		require.Less(t, len(packs), rep.Blocks/2, "blocks are packed")
+
+		// Restores read ranges of packs: fewer requests than blocks, and
+		// an incremental restore fetches little.
+		res, err = s.Restore(ctx, RestoreOptions{Volume: "pvc-1", Backup: b1.ID, Sink: newMemImage(testSize), SinkZeroed: true})
+		require.NoError(t, err)
+		require.Less(t, res.ObjectsFetched, res.BlocksWritten/2, "adjacent records are fetched together")
+		sink = v2.clone()
+		res, err = s.Restore(ctx, RestoreOptions{Volume: "pvc-1", Backup: b3.ID, Since: b2.ID, Sink: sink})
+		require.NoError(t, err)
+		require.LessOrEqual(t, res.BytesFetched, int64(6*testBlockSize+maxRangeGap*6), "incremental restore reads ranges, not whole packs")
+		require.True(t, bytes.Equal(v3.b, sink.b))
 
 		if tt.s3 != nil {
 			// An independent S3 client sees the same objects.
@@ -217,8 +248,9 @@ func TestKeyOnUnencryptedTarget(t *testing.T) {
 	require.ErrorIs(t, err, ErrNotEncrypted)
 }
 
-// TestCorruption: flipped bytes in one block object are reported, with the
-// block id and the backup, by restore and by verify; a missing block too.
+// TestCorruption: flipped bytes in one block's record inside its pack are
+// reported, with the block id and the backup, by restore and by verify; a
+// missing pack too, naming the pack and (verify) each block in it.
 func TestCorruption(t *testing.T) {
 	forEachTarget(t, func(t *testing.T, tt testTarget) {
 		for _, enc := range []bool{false, true} {
@@ -234,21 +266,9 @@ func TestCorruption(t *testing.T) {
 			fillMixed(img, 21)
 			b, err := s.CreateBackup(ctx, BackupOptions{Volume: "v", Source: img, BlockSize: testBlockSize})
 			require.NoError(t, err)
-			m, err := s.ReadManifest(ctx, "v", b.ID)
-			require.NoError(t, err)
-			var victim BlockID
-			for _, id := range m.Blocks {
-				if !id.IsZero() {
-					victim = id
-					break
-				}
-			}
-			// Flip bytes in the stored object, through the target.
-			obj, err := s.t.Get(ctx, blockKey(victim))
-			require.NoError(t, err)
-			obj[len(obj)/2] ^= 0xff
-			obj[len(obj)-1] ^= 0x01
-			require.NoError(t, s.t.Put(ctx, blockKey(victim), obj))
+			// Flip bytes in one record inside its pack, through the target.
+			victim := firstBlock(t, s, "v", b.ID)
+			damageRecord(t, s, victim)
 
 			_, err = s.Restore(ctx, RestoreOptions{Volume: "v", Sink: newMemImage(len(img.b)), SinkZeroed: true})
 			require.ErrorIs(t, err, ErrCorrupt)
@@ -262,12 +282,21 @@ func TestCorruption(t *testing.T) {
 			require.Equal(t, []string{"v/" + b.ID}, rep.Problems[0].Backups)
 			require.Contains(t, err.Error(), victim.String())
 
-			require.NoError(t, s.t.Delete(ctx, blockKey(victim)))
+			// A missing pack: every block in it is missing, named with
+			// the pack.
+			key, _, _, err := s.BlockLocation(ctx, victim)
+			require.NoError(t, err)
+			require.NoError(t, s.t.Delete(ctx, key))
 			_, err = s.Restore(ctx, RestoreOptions{Volume: "v", Sink: newMemImage(len(img.b)), SinkZeroed: true})
 			require.ErrorIs(t, err, ErrMissingBlock)
-			require.Contains(t, err.Error(), victim.String())
-			_, err = s.Verify(ctx, VerifyOptions{Volume: "v", Backup: b.ID, ExistenceOnly: true})
+			require.Contains(t, err.Error(), "pack "+key[len("packs/xx/"):]+" is missing")
+			rep, err = s.Verify(ctx, VerifyOptions{Volume: "v", Backup: b.ID, ExistenceOnly: true})
 			require.ErrorIs(t, err, ErrMissingBlock)
+			var named []BlockID
+			for _, p := range rep.Problems {
+				named = append(named, p.Block)
+			}
+			require.Contains(t, named, victim)
 		}
 	})
 }
@@ -313,8 +342,9 @@ func TestS3StoppedMidBackup(t *testing.T) {
 }
 
 // checkNoOrphansAndRestore checks, through a store whose clock is past
-// every crashed holder's lock, that GC finds no orphan blocks and the
-// backup restores byte-exact.
+// every crashed holder's lock, that GC finds no unreferenced block in an
+// indexed pack, removes the unindexed packs of the interrupted run and
+// nothing else, and the backup restores byte-exact.
 func checkNoOrphansAndRestore(t *testing.T, tt testTarget, vol, id string, want *memImage) {
 	ctx := ctxT(t)
 	s := tt.open(t, func(o *Options) {
@@ -322,7 +352,16 @@ func checkNoOrphansAndRestore(t *testing.T, tt testTarget, vol, id string, want 
 	})
 	g, err := s.GC(ctx, GCOptions{DryRun: true})
 	require.NoError(t, err)
-	require.Zero(t, g.UnreferencedBlocks, "orphaned blocks")
+	require.Zero(t, g.UnreferencedBlocks, "orphaned blocks in indexed packs")
+	require.Zero(t, g.AdoptedPacks+g.UnreadablePacks)
+	// Packs stored but never indexed (the interrupted run's last ones)
+	// are GC's to remove, and nothing else goes with them.
+	g, err = s.GC(ctx, GCOptions{})
+	require.NoError(t, err)
+	require.Zero(t, g.PacksDeleted+g.PacksRepacked)
+	g, err = s.GC(ctx, GCOptions{DryRun: true})
+	require.NoError(t, err)
+	require.Zero(t, g.UnindexedPacks+g.UnreferencedBlocks)
 	_, err = s.Verify(ctx, VerifyOptions{})
 	require.NoError(t, err)
 	sink := newMemImage(len(want.b))
@@ -346,18 +385,18 @@ func TestKilledBackupProcess(t *testing.T) {
 		var out bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &out, &out
 		require.NoError(t, cmd.Start())
-		// Kill it once a few blocks are stored.
+		// Kill it once a few packs are stored.
 		deadline := time.Now().Add(60 * time.Second)
 		for {
 			n := 0
-			_ = s.t.List(ctx, "blocks/", func(ObjectInfo) error { n++; return nil })
+			_ = s.t.List(ctx, "packs/", func(ObjectInfo) error { n++; return nil })
 			if n >= 5 {
 				break
 			}
 			if time.Now().After(deadline) {
 				_ = cmd.Process.Kill()
 				_ = cmd.Wait()
-				t.Fatalf("helper stored no blocks: %s", out.String())
+				t.Fatalf("helper stored no packs: %s", out.String())
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
@@ -406,6 +445,11 @@ func TestDeleteDuringBackup(t *testing.T) {
 		require.NoError(t, err)
 
 		mutate(img, 52, 4)
+		// New content in the second half, so that b1's packs there hold
+		// only blocks no other backup references.
+		half := newMemImage(testSize / 2)
+		fillMixed(half, 53)
+		copy(img.b[testSize/2:], half.b)
 		want := img.clone()
 		// The running backup stops after a few blocks, holding the block
 		// set, until the delete has returned.
@@ -454,6 +498,7 @@ func TestDeleteDuringBackup(t *testing.T) {
 		g, err := s.GC(ctx, GCOptions{})
 		require.NoError(t, err)
 		require.Positive(t, g.UnreferencedBlocks, "b1's own blocks are collected")
+		require.Positive(t, g.PacksDeleted, "b1's packs of the second half held only its own blocks")
 		require.Equal(t, 1, g.OrphanManifests)
 		checkNoOrphansAndRestore(t, tt, "v", r.b.ID, want)
 	})
@@ -799,4 +844,55 @@ func TestLockLostAbortsBackup(t *testing.T) {
 	b, err := tt.open(t).CreateBackup(ctx, BackupOptions{Volume: "v", Source: img, BlockSize: testBlockSize})
 	require.NoError(t, err)
 	checkNoOrphansAndRestore(t, tt, "v", b.ID, img)
+}
+
+// TestDeleteFinishesInterruptedDelete: a Delete cut short after its
+// catalogue write (a killed manager) leaves the manifest and the blocks
+// only it used; the next Delete of that backup removes them. A manifest
+// ahead of its catalogue (a commit cut short) is never taken for one.
+func TestDeleteFinishesInterruptedDelete(t *testing.T) {
+	tt := newFileTarget(t)
+	ctx := ctxT(t)
+	s := tt.open(t)
+	a := newMemImage(4 << 20)
+	fillMixed(a, 71)
+	_, err := s.CreateBackup(ctx, BackupOptions{Volume: "a", Source: a, BlockSize: testBlockSize})
+	require.NoError(t, err)
+	mutate(a, 72, 3)
+	b2, err := s.CreateBackup(ctx, BackupOptions{Volume: "a", Source: a, BlockSize: testBlockSize})
+	require.NoError(t, err)
+	require.NotZero(t, b2.NewBlocks)
+
+	// The first half of a Delete of b2: unlisted, nothing else removed.
+	require.NoError(t, s.updateCatalogue(ctx, "a", "test", func(_ context.Context, c *catalogue) error {
+		c.Backups = slices.DeleteFunc(c.Backups, func(b BackupInfo) bool { return b.ID == b2.ID })
+		return nil
+	}))
+	g, err := s.GC(ctx, GCOptions{DryRun: true})
+	require.NoError(t, err)
+	require.Equal(t, 1, g.OrphanManifests)
+	require.Equal(t, b2.NewBlocks, g.UnreferencedBlocks)
+
+	d, err := s.Delete(ctx, "a", b2.ID)
+	require.NoError(t, err)
+	require.Equal(t, b2.NewBlocks, d.BlocksDeleted)
+	g, err = s.GC(ctx, GCOptions{DryRun: true})
+	require.NoError(t, err)
+	require.Zero(t, g.OrphanManifests)
+	require.Zero(t, g.UnreferencedBlocks)
+	_, err = s.Delete(ctx, "a", b2.ID)
+	require.ErrorIs(t, err, ErrBackupNotFound)
+
+	// A commit cut short: b3's manifest is ahead of the catalogue put back.
+	before, err := s.t.Get(ctx, catalogueKey("a"))
+	require.NoError(t, err)
+	mutate(a, 73, 3)
+	b3, err := s.CreateBackup(ctx, BackupOptions{Volume: "a", Source: a, BlockSize: testBlockSize})
+	require.NoError(t, err)
+	require.NoError(t, s.t.Put(ctx, catalogueKey("a"), before))
+	_, err = s.Delete(ctx, "a", b3.ID)
+	require.ErrorIs(t, err, ErrCatalogueRollback)
+	ok, err := s.t.Exists(ctx, manifestKey("a", b3.ID))
+	require.NoError(t, err)
+	require.True(t, ok, "Delete removed the manifest of an uncommitted backup")
 }

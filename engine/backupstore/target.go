@@ -2,6 +2,7 @@ package backupstore
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/url"
 	"strings"
@@ -33,6 +34,35 @@ type Target interface {
 // per block) and refuse an object larger than limit before reading it.
 type limitedGetter interface {
 	GetInto(ctx context.Context, key string, buf []byte, limit int64) ([]byte, error)
+}
+
+// rangeGetter is implemented by targets that can read part of an object
+// (S3 Range GET, a file's ReadAt): restore and verify read the records
+// they need out of a pack instead of the whole pack.
+type rangeGetter interface {
+	// GetRange reads exactly n bytes at off of key into buf (reused when
+	// large enough). An object shorter than off+n is errShortObject.
+	GetRange(ctx context.Context, key string, off, n int64, buf []byte) ([]byte, error)
+}
+
+// errShortObject is returned by GetRange when the object ends before the
+// requested range does (a truncated pack, or an index that lies).
+var errShortObject = errors.New("object shorter than the requested range")
+
+// getRange reads n bytes at off of key. A target without GetRange is read
+// whole (bounded by off+n) and sliced.
+func getRange(ctx context.Context, t Target, key string, off, n int64, buf []byte) ([]byte, error) {
+	if g, ok := t.(rangeGetter); ok {
+		return g.GetRange(ctx, key, off, n, buf)
+	}
+	b, err := t.Get(ctx, key)
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(b)) < off+n {
+		return nil, fmt.Errorf("%w: %s is %d bytes, range ends at %d", errShortObject, key, len(b), off+n)
+	}
+	return append(buf[:0], b[off:off+n]...), nil
 }
 
 // getInto reads key into buf, refusing an object larger than limit with

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 )
 
 // tmpPrefix marks the file target's in-flight writes; List skips them and
@@ -98,6 +99,34 @@ func (t *fileTarget) GetInto(ctx context.Context, key string, buf []byte, limit 
 	return buf, nil
 }
 
+// GetRange reads n bytes at off of key with one ReadAt.
+func (t *fileTarget) GetRange(ctx context.Context, key string, off, n int64, buf []byte) ([]byte, error) {
+	p, err := t.path(key)
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.Open(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%w: %s", ErrNotFound, key)
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if int64(cap(buf)) < n {
+		buf = make([]byte, n)
+	}
+	buf = buf[:n]
+	got, err := f.ReadAt(buf, off)
+	if int64(got) < n {
+		if err == nil || errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("%w: %s: %d of %d bytes at %d", errShortObject, key, got, n, off)
+		}
+		return nil, fmt.Errorf("backupstore: get %s: %w", key, err)
+	}
+	return buf, nil
+}
+
 func (t *fileTarget) Exists(ctx context.Context, key string) (bool, error) {
 	p, err := t.path(key)
 	if err != nil {
@@ -118,6 +147,18 @@ func (t *fileTarget) Put(ctx context.Context, key string, data []byte) error {
 	if err != nil {
 		return err
 	}
+	if err := put(p, data); err != nil {
+		if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+			err = fmt.Errorf("%w: %w", ErrTargetFull, err)
+		}
+		return fmt.Errorf("backupstore: put %s: %w", key, err)
+	}
+	return nil
+}
+
+// put writes data to p durably: a temporary file in p's directory,
+// fsync, rename, fsync the directory. A failed write leaves no file.
+func put(p string, data []byte) error {
 	dir := filepath.Dir(p)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
@@ -141,7 +182,7 @@ func (t *fileTarget) Put(ctx context.Context, key string, data []byte) error {
 	}
 	if werr != nil {
 		_ = os.Remove(tmp)
-		return fmt.Errorf("backupstore: put %s: %w", key, werr)
+		return werr
 	}
 	return syncDir(dir)
 }

@@ -246,6 +246,37 @@ func (t *s3Target) GetInto(ctx context.Context, key string, buf []byte, limit in
 	return b.Bytes(), nil
 }
 
+// GetRange reads n bytes at off of key with one Range GET. The answer must
+// be exactly n bytes (a shorter object is errShortObject); the body is read
+// through a LimitReader and the stall watch like GetInto's.
+func (t *s3Target) GetRange(ctx context.Context, key string, off, n int64, buf []byte) ([]byte, error) {
+	ctx, cancel := t.opCtx(ctx)
+	defer cancel()
+	ctx, watch, stop := watchStalls(ctx, t.stall)
+	defer stop()
+	rng := fmt.Sprintf("bytes=%d-%d", off, off+n-1)
+	out, err := t.client.GetObject(ctx, &s3.GetObjectInput{Bucket: &t.bucket, Key: aws.String(t.prefix + key), Range: &rng})
+	if err != nil {
+		var apiErr smithy.APIError
+		if errors.As(err, &apiErr) && apiErr.ErrorCode() == "InvalidRange" {
+			return nil, fmt.Errorf("%w: %s: range %s", errShortObject, key, rng)
+		}
+		return nil, t.mapErr("get", key, stallCause(ctx, err))
+	}
+	defer out.Body.Close()
+	if got := aws.ToInt64(out.ContentLength); got != n {
+		return nil, fmt.Errorf("%w: %s: %d bytes for range %s", errShortObject, key, got, rng)
+	}
+	if int64(cap(buf)) < n {
+		buf = make([]byte, n)
+	}
+	buf = buf[:n]
+	if _, err := io.ReadFull(watch.reader(io.LimitReader(out.Body, n)), buf); err != nil {
+		return nil, t.mapErr("get", key, stallCause(ctx, err))
+	}
+	return buf, nil
+}
+
 func (t *s3Target) Put(ctx context.Context, key string, data []byte) error {
 	ctx, cancel := t.opCtx(ctx)
 	defer cancel()

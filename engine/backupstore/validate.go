@@ -17,6 +17,15 @@ const (
 	// maxCataloguePayload bounds a catalogue's plaintext (about 100 000
 	// backups of one volume).
 	maxCataloguePayload = 64 << 20
+	// maxIndexPayload bounds the plaintext of an index object or a pack
+	// trailer (about 2.5 million records).
+	maxIndexPayload = 128 << 20
+	// maxIndexEntries is how many records one index object lists at most
+	// (GC splits a consolidated index into objects of this many).
+	maxIndexEntries = 1 << 20
+	// maxPackSize bounds Options.PackSize and the size of a pack an index
+	// may describe.
+	maxPackSize = 1 << 30
 	// maxSmallObject bounds cairn-target.json and lock objects.
 	maxSmallObject = 1 << 20
 
@@ -35,6 +44,8 @@ func maxPayload(kind byte) int64 {
 		return maxManifestPayload
 	case kindCatalogue:
 		return maxCataloguePayload
+	case kindIndex, kindTrailer:
+		return maxIndexPayload
 	}
 	return 0
 }

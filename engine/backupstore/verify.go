@@ -15,7 +15,8 @@ type VerifyOptions struct {
 	// Volume and Backup narrow the check: both empty means every backup of
 	// every volume; Backup empty means every backup of Volume.
 	Volume, Backup string
-	// ExistenceOnly checks that each block exists without reading it.
+	// ExistenceOnly checks that each block is indexed and its pack exists,
+	// without reading it.
 	ExistenceOnly bool
 	// Sample, between 0 and 1 exclusive, checks a random fraction of the
 	// distinct blocks; 0 checks all.
@@ -36,7 +37,7 @@ type VerifyReport struct {
 	Backups       int            `json:"backups"`
 	Blocks        int            `json:"blocks"`        // distinct non-zero blocks referenced
 	BlocksChecked int            `json:"blocksChecked"` // after sampling
-	BytesRead     int64          `json:"bytesRead"`
+	BytesRead     int64          `json:"bytesRead"`     // by range reads of packs
 	Problems      []BlockProblem `json:"problems,omitempty"`
 }
 
@@ -113,36 +114,25 @@ func (s *Store) Verify(ctx context.Context, opts VerifyOptions) (VerifyReport, e
 		defer mu.Unlock()
 		rep.Problems = append(rep.Problems, BlockProblem{Block: id, Backups: users[id], Err: err, Message: err.Error()})
 	}
+	ix, err := s.loadIndex(ctx)
+	if err != nil {
+		return rep, fmt.Errorf("verify: %w", err)
+	}
 	if opts.ExistenceOnly {
-		err = parallel(ctx, s.opts.Concurrency, len(ids), func(i int) error {
-			ok, err := s.t.Exists(ctx, blockKey(ids[i]))
-			if err != nil {
-				return err
-			}
-			if !ok {
-				report(ids[i], fmt.Errorf("%w: block %s", ErrMissingBlock, ids[i]))
-			}
-			pr.add(1, 1, 0)
-			return nil
-		})
+		err = s.checkExistence(ctx, ix, ids, func(k int, err error) { report(ids[k], err) })
+		pr.add(int64(len(ids)), len(ids), 0)
 	} else {
-		bufs := make(chan [2][]byte, s.opts.Concurrency)
-		for range s.opts.Concurrency {
-			bufs <- [2][]byte{make([]byte, bs), nil}
+		reads := make([]blockRead, len(ids))
+		for k, id := range ids {
+			reads[k] = blockRead{id: id, loc: ix.blocks[id]}
 		}
-		err = parallel(ctx, s.opts.Concurrency, len(ids), func(i int) error {
-			b := <-bufs
-			_, obj, stored, err := s.fetchBlock(ctx, ids[i], b[0], b[1])
-			bufs <- [2][]byte{b[0], obj}
+		_, rep.BytesRead, err = s.readBlocks(ctx, reads, bs, false, func(k int, _, _ []byte, stored int, err error) error {
 			if err != nil {
 				if !errors.Is(err, ErrMissingBlock) && !errors.Is(err, ErrCorrupt) {
 					return err
 				}
-				report(ids[i], err)
+				report(ids[k], err)
 			}
-			mu.Lock()
-			rep.BytesRead += int64(stored)
-			mu.Unlock()
 			pr.add(1, 1, int64(stored))
 			return nil
 		})
@@ -159,6 +149,32 @@ func (s *Store) Verify(ctx context.Context, opts VerifyOptions) (VerifyReport, e
 		return rep, fmt.Errorf("verify: %d bad block(s); first: %w (referenced by %s)", len(rep.Problems), p.Err, strings.Join(p.Backups, ", "))
 	}
 	return rep, nil
+}
+
+// checkExistence reports (to bad) each block that is in no index or whose
+// pack is not in the target, with one listing of packs/ rather than a
+// request per block.
+func (s *Store) checkExistence(ctx context.Context, ix *index, ids []BlockID, bad func(k int, err error)) error {
+	present := map[packID]bool{}
+	err := s.t.List(ctx, "packs/", func(o ObjectInfo) error {
+		if p, ok := parsePackKey(o.Key); ok {
+			present[p] = true
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for k, id := range ids {
+		loc, ok := ix.blocks[id]
+		switch {
+		case !ok:
+			bad(k, fmt.Errorf("%w: block %s (in no index)", ErrMissingBlock, id))
+		case !present[loc.pack.id]:
+			bad(k, fmt.Errorf("%w: block %s (pack %s is missing)", ErrMissingBlock, id, loc.pack.id))
+		}
+	}
+	return nil
 }
 
 // parallel runs fn(0..n-1) on up to conc goroutines, stopping at the first

@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,8 +17,10 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 
 	"github.com/cairnstore/cairn/engine"
+	"github.com/cairnstore/cairn/engine/fuse"
 	"github.com/cairnstore/cairn/internal/testutil"
 	"github.com/cairnstore/cairn/replica"
 )
@@ -66,19 +69,27 @@ var workloads = []workload{
 	{"1M seq read QD8", []string{"--rw=read", "--bs=1m", "--iodepth=8"}, true},
 }
 
-// fioResult runs fio with JSON output and returns IOPS and bytes/s.
-func fioRun(t *testing.T, args ...string) (iops, bw float64) {
+// fioResult is what one fio run reports.
+type fioResult struct {
+	iops, bw float64
+	ios      int64 // completed I/Os
+}
+
+// fioRun runs fio with JSON output.
+func fioRun(t *testing.T, args ...string) fioResult {
 	t.Helper()
 	fio := testutil.RequireTool(t, "fio")
 	out, err := exec.Command(fio, append(args, "--output-format=json")...).Output()
 	require.NoError(t, err, "fio %s: %s", strings.Join(args, " "), out)
+	type dir struct {
+		IOPS     float64 `json:"iops"`
+		BWBytes  float64 `json:"bw_bytes"`
+		TotalIOs int64   `json:"total_ios"`
+	}
 	var res struct {
 		Jobs []struct {
-			Read, Write struct {
-				IOPS    float64 `json:"iops"`
-				BWBytes float64 `json:"bw_bytes"`
-			}
-			Error int `json:"error"`
+			Read, Write dir
+			Error       int `json:"error"`
 		} `json:"jobs"`
 	}
 	// fio may print warnings before the JSON document.
@@ -89,7 +100,7 @@ func fioRun(t *testing.T, args ...string) (iops, bw float64) {
 	require.NotEmpty(t, res.Jobs)
 	j := res.Jobs[0]
 	require.Zero(t, j.Error)
-	return j.Read.IOPS + j.Write.IOPS, j.Read.BWBytes + j.Write.BWBytes
+	return fioResult{j.Read.IOPS + j.Write.IOPS, j.Read.BWBytes + j.Write.BWBytes, j.Read.TotalIOs + j.Write.TotalIOs}
 }
 
 type stats struct{ min, med, max float64 }
@@ -107,101 +118,183 @@ func dropCaches() {
 	_ = os.WriteFile("/proc/sys/vm/drop_caches", []byte("3\n"), 0o200)
 }
 
-// TestBenchEngine prints Cairn (1 and 3 replicas) against qemu-nbd on a raw
-// file (O_DIRECT, the issue's reference, and through the page cache, which
-// is what the replicas do) and fio direct on the raw file. Runs of all
-// targets are interleaved, so load from elsewhere on the machine hits every
-// target alike.
+// clockTicks is USER_HZ, the unit of utime and stime in /proc/PID/stat
+// (100 on every Linux architecture Go supports).
+const clockTicks = 100
+
+// cpuTime is the user plus system CPU time the processes have used so far
+// (all their threads, from /proc/PID/stat).
+func cpuTime(t *testing.T, pids []int) time.Duration {
+	t.Helper()
+	var ticks int64
+	for _, pid := range pids {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		require.NoError(t, err)
+		// Fields after the parenthesised command name, which may hold spaces.
+		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
+		// utime and stime are fields 14 and 15 of the whole line.
+		for _, s := range f[11:13] {
+			n, err := strconv.ParseInt(s, 10, 64)
+			require.NoError(t, err)
+			ticks += n
+		}
+	}
+	return time.Duration(ticks) * time.Second / clockTicks
+}
+
+// benchTarget is one device the engine benchmark drives with fio.
+type benchTarget struct {
+	name string
+	// args are fio's target arguments (engine, device).
+	args []string
+	// pids are the processes serving the target, whose CPU time is counted.
+	pids []int
+	// peer is the target this one's IOPS are compared with.
+	peer string
+}
+
+const qemuPeer = "qemu-nbd none/native TCP"
+
+// startQemuNBD serves a raw file of size with qemu-nbd on loopback TCP
+// (--cache=none --aio=native: O_DIRECT with Linux AIO, the issue's peer).
+func startQemuNBD(t *testing.T, size int64) benchTarget {
+	qemuNBD := testutil.RequireTool(t, "qemu-nbd")
+	raw := filepath.Join(t.TempDir(), "raw.img")
+	require.NoError(t, exec.Command("truncate", "-s", strconv.FormatInt(size, 10), raw).Run())
+	addr := testutil.FreeLoopbackAddr(t)
+	host, port, err := net.SplitHostPort(addr)
+	require.NoError(t, err)
+	q := exec.Command(qemuNBD, "--cache=none", "--aio=native", "-f", "raw", "--shared=16", "--persistent",
+		"-b", host, "-p", port, "-x", "vol1", raw)
+	require.NoError(t, q.Start())
+	t.Cleanup(func() { _ = q.Process.Kill(); _ = q.Wait() })
+	require.Eventually(t, func() bool {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	}, 10*time.Second, 20*time.Millisecond)
+	return benchTarget{name: qemuPeer, args: nbdTCPArgs(addr), pids: []int{q.Process.Pid}}
+}
+
+func nbdTCPArgs(addr string) []string {
+	return []string{"--ioengine=nbd", "--uri=nbd://" + addr + "/vol1"}
+}
+
+// startCairnNBD serves a volume on n replica processes over loopback TCP
+// with an engine process whose NBD frontend listens on loopback TCP.
+func startCairnNBD(t *testing.T, n int, size int64) benchTarget {
+	rs := startReplicasOn(t, n, size, true)
+	o := nbdOptions(t, size, rs)
+	o.Listen = testutil.FreeLoopbackAddr(t)
+	o.RebuildInterval = 0
+	e := startEngine(t, o)
+	pids := []int{e.cmd.Process.Pid}
+	for _, r := range rs {
+		pids = append(pids, r.cmd.Process.Pid)
+	}
+	return benchTarget{name: fmt.Sprintf("cairn NBD %d replica(s)", n), args: nbdTCPArgs(o.Listen), pids: pids, peer: qemuPeer}
+}
+
+// startCairnFUSE serves a volume on n replica processes over loopback TCP
+// with an engine process whose FUSE frontend holds the volume file, on a
+// loop device (the block device where there is no nbd module).
+func startCairnFUSE(t *testing.T, n int, size int64, nbdPeer string) benchTarget {
+	testutil.RequireRoot(t)
+	rs := startReplicasOn(t, n, size, true)
+	o := nbdOptions(t, size, rs)
+	o.Frontend, o.Listen, o.Mountpoint = "fuse", "", filepath.Join(t.TempDir(), "fuse")
+	o.RebuildInterval = 0
+	// The engine is killed at cleanup: lazily unmount its dead mount after.
+	t.Cleanup(func() { _ = unix.Unmount(o.Mountpoint, unix.MNT_DETACH) })
+	e := startEngine(t, o)
+	file := filepath.Join(o.Mountpoint, o.Volume)
+	dev, err := fuse.AttachLoop(context.Background(), file)
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, fuse.DetachLoop(context.Background(), dev, file)) })
+	pids := []int{e.cmd.Process.Pid}
+	for _, r := range rs {
+		pids = append(pids, r.cmd.Process.Pid)
+	}
+	return benchTarget{name: fmt.Sprintf("cairn FUSE+loop %d replica(s)", n),
+		args: []string{"--ioengine=libaio", "--direct=1", "--filename=" + dev}, pids: pids, peer: nbdPeer}
+}
+
+// TestBenchEngine prints Cairn against qemu-nbd --cache=none --aio=native
+// on a raw file, both over loopback TCP, and the FUSE frontend on a loop
+// device against the NBD frontend, with the CPU time the serving processes
+// spend per 1,000 I/Os. Every target is preconditioned by a full
+// sequential write, and runs of all targets are interleaved, so load from
+// elsewhere on the machine hits every target alike.
 func TestBenchEngine(t *testing.T) {
 	const size = 1 << 30
 	secs := benchSeconds()
 	runs := benchRuns()
-	qemuNBD := testutil.RequireTool(t, "qemu-nbd")
 
-	// Targets: name -> fio target arguments.
-	type target struct {
-		name string
-		args []string
+	var targets []benchTarget
+	add := func(name string, start func() benchTarget) {
+		if benchWanted("CAIRN_BENCH_TARGETS", name) {
+			targets = append(targets, start())
+		}
 	}
-	var targets []target
+	add(qemuPeer, func() benchTarget { return startQemuNBD(t, size) })
 	for _, n := range []int{1, 3} {
-		if !benchWanted("CAIRN_BENCH_TARGETS", fmt.Sprintf("cairn %d replica(s)", n)) {
-			continue
-		}
-		rs := startReplicas(t, n, size)
-		o := nbdOptions(t, size, rs)
-		o.RebuildInterval = 0
-		e := startEngine(t, o)
-		targets = append(targets, target{fmt.Sprintf("cairn %d replica(s)", n),
-			[]string{"--ioengine=nbd", "--uri=nbd+unix:///vol1?socket=" + e.nbdSock}})
+		add(fmt.Sprintf("cairn NBD %d replica(s)", n), func() benchTarget { return startCairnNBD(t, n, size) })
 	}
-	for _, cache := range []string{"none", "writeback"} {
-		if !benchWanted("CAIRN_BENCH_TARGETS", "qemu-nbd --cache="+cache) {
-			continue
-		}
-		raw := filepath.Join(t.TempDir(), "raw-"+cache+".img")
-		require.NoError(t, exec.Command("truncate", "-s", strconv.Itoa(size), raw).Run())
-		qsock := filepath.Join(sockDir(t), "q.sock")
-		args := []string{"--cache=" + cache, "-f", "raw", "--shared=16", "--persistent", "-k", qsock, "-x", "vol1", raw}
-		if cache == "none" {
-			args = append([]string{"--aio=native"}, args...)
-		}
-		q := exec.Command(qemuNBD, args...)
-		require.NoError(t, q.Start())
-		t.Cleanup(func() { _ = q.Process.Kill(); _ = q.Wait() })
-		require.Eventually(t, func() bool { _, err := os.Stat(qsock); return err == nil }, 10*time.Second, 20*time.Millisecond)
-		targets = append(targets, target{"qemu-nbd --cache=" + cache, []string{"--ioengine=nbd", "--uri=nbd+unix:///vol1?socket=" + qsock}})
-	}
-	if benchWanted("CAIRN_BENCH_TARGETS", "fio direct raw file") {
-		raw := filepath.Join(t.TempDir(), "raw.img")
-		require.NoError(t, exec.Command("truncate", "-s", strconv.Itoa(size), raw).Run())
-		targets = append(targets, target{"fio direct raw file", []string{"--ioengine=libaio", "--direct=1", "--filename=" + raw}})
-	}
+	add("cairn FUSE+loop 3 replica(s)", func() benchTarget { return startCairnFUSE(t, 3, size, "cairn NBD 3 replica(s)") })
 
-	// Lay out every target fully so reads hit data.
+	// Precondition every target with a full sequential write.
 	for _, tg := range targets {
 		fioRun(t, append([]string{"--name=fill", "--rw=write", "--bs=1m", "--iodepth=8", "--size=" + strconv.Itoa(size)}, tg.args...)...)
 	}
 
-	iops := map[string]map[string]stats{}
-	bws := map[string]map[string]stats{}
+	type result struct{ iops, bw, cpu stats }
+	results := map[string]map[string]result{}
 	for _, w := range workloads {
 		if !benchWanted("CAIRN_BENCH_WORKLOADS", w.name) {
 			continue
 		}
-		is, bs := map[string][]float64{}, map[string][]float64{}
+		is, bs, cs := map[string][]float64{}, map[string][]float64{}, map[string][]float64{}
 		for r := 0; r < runs; r++ {
 			for _, tg := range targets {
 				args := append([]string{"--name=bench", "--size=" + strconv.Itoa(size), "--time_based",
 					"--runtime=" + strconv.Itoa(secs), "--randrepeat=0", "--norandommap"}, w.args...)
-				i, b := fioRun(t, append(args, tg.args...)...)
-				is[tg.name], bs[tg.name] = append(is[tg.name], i), append(bs[tg.name], b)
+				cpu0 := cpuTime(t, tg.pids)
+				res := fioRun(t, append(args, tg.args...)...)
+				cpu := cpuTime(t, tg.pids) - cpu0
+				is[tg.name], bs[tg.name] = append(is[tg.name], res.iops), append(bs[tg.name], res.bw/(1<<20))
+				cs[tg.name] = append(cs[tg.name], float64(cpu.Milliseconds())*1000/float64(max(res.ios, 1)))
 			}
 		}
-		iops[w.name], bws[w.name] = map[string]stats{}, map[string]stats{}
+		results[w.name] = map[string]result{}
 		for _, tg := range targets {
-			iops[w.name][tg.name], bws[w.name][tg.name] = summarize(is[tg.name]), summarize(bs[tg.name])
+			results[w.name][tg.name] = result{summarize(is[tg.name]), summarize(bs[tg.name]), summarize(cs[tg.name])}
 		}
 	}
 
-	fmt.Printf("\nCairn engine benchmark: fio %ds per run, %d interleaved runs, 1 GiB volume, min / median / max\n", secs, runs)
-	fmt.Printf("  cairn N replica(s): fio nbd engine -> engine (unix socket) -> N replica processes (unix sockets);\n" +
-		"      replicas write and read through the page cache (buffered pwrite/pread, fdatasync on flush)\n" +
-		"  qemu-nbd --cache=none: O_DIRECT + Linux AIO on a raw file (the issue's reference)\n" +
-		"  qemu-nbd --cache=writeback: page cache on a raw file (what the replicas do)\n" +
-		"  fio direct raw file: libaio O_DIRECT, no NBD\n" +
-		"  All data fits in the page cache (1 GiB per file); nothing is flushed during a run.\n\n")
-	fmt.Printf("%-18s %-26s %-24s %-22s %-10s %s\n", "workload", "target", "IOPS", "MiB/s", "x none", "x writeback (medians)")
+	fmt.Printf("\nCairn engine benchmark: fio %ds per run, %d interleaved runs, 1 GiB volume preconditioned by a full sequential write, min / median / max\n", secs, runs)
+	fmt.Printf("  %s: qemu-nbd --cache=none --aio=native on a raw file (O_DIRECT + Linux AIO), fio nbd engine over loopback TCP\n"+
+		"  cairn NBD N replica(s): fio nbd engine -> engine (loopback TCP) -> N replica processes (loopback TCP);\n"+
+		"      replicas write and read through the page cache (buffered pwrite/pread, fdatasync on flush)\n"+
+		"  cairn FUSE+loop: fio libaio O_DIRECT on a loop device (direct I/O) over the FUSE frontend's volume file,\n"+
+		"      the same engine and replicas; compared with cairn NBD 3 replica(s)\n"+
+		"  CPU ms/1k: user+system CPU time of every serving process (engine and replicas, or qemu-nbd; not fio)\n"+
+		"      per 1,000 I/Os, from /proc/PID/stat\n\n", qemuPeer)
+	fmt.Printf("%-18s %-30s %-24s %-20s %-20s %s\n", "workload", "target", "IOPS", "MiB/s", "CPU ms/1k I/Os", "x peer (median IOPS)")
 	for _, w := range workloads {
-		if iops[w.name] == nil {
+		rs := results[w.name]
+		if rs == nil {
 			continue
 		}
-		ref := iops[w.name]["qemu-nbd --cache=none"].med
-		refWB := iops[w.name]["qemu-nbd --cache=writeback"].med
 		for _, tg := range targets {
-			s, b := iops[w.name][tg.name], bws[w.name][tg.name]
-			mib := stats{b.min / (1 << 20), b.med / (1 << 20), b.max / (1 << 20)}
-			fmt.Printf("%-18s %-26s %-24s %-22s %-10s %.2fx\n", w.name, tg.name, s, mib, fmt.Sprintf("%.2fx", s.med/ref), s.med/refWB)
+			r := rs[tg.name]
+			ratio := "-"
+			if p, ok := rs[tg.peer]; ok {
+				ratio = fmt.Sprintf("%.2fx %s", r.iops.med/p.iops.med, tg.peer)
+			}
+			cpu := fmt.Sprintf("%.1f / %.1f / %.1f", r.cpu.min, r.cpu.med, r.cpu.max)
+			fmt.Printf("%-18s %-30s %-24s %-20s %-20s %s\n", w.name, tg.name, r.iops, r.bw, cpu, ratio)
 		}
 	}
 }
@@ -227,9 +320,9 @@ func benchRebuild(t *testing.T) {
 	var diskRates []float64
 	for r := 0; r < runs; r++ {
 		dropCaches()
-		_, bw := fioRun(t, "--name=seqread", "--filename="+disk, "--rw=read", "--bs=1m", "--iodepth=8",
+		res := fioRun(t, "--name=seqread", "--filename="+disk, "--rw=read", "--bs=1m", "--iodepth=8",
 			"--ioengine=libaio", "--direct=1", "--size="+strconv.FormatInt(size, 10))
-		diskRates = append(diskRates, bw/(1<<20))
+		diskRates = append(diskRates, res.bw/(1<<20))
 	}
 	// Source and target replicas share this one disk, and the target must
 	// write (and sync) what the source reads: the copy rate of the disk
@@ -243,8 +336,8 @@ func benchRebuild(t *testing.T) {
 			return []string{"--name=" + name, "--filename=" + file, "--rw=" + rw, "--bs=1m", "--iodepth=16",
 				"--ioengine=libaio", "--direct=1", "--size=" + strconv.FormatInt(size, 10)}
 		}
-		_, bw := fioRun(t, append(job("read", disk, "read"), job("write", copyFile, "write")...)...)
-		copyRates = append(copyRates, bw/(1<<20))
+		res := fioRun(t, append(job("read", disk, "read"), job("write", copyFile, "write")...)...)
+		copyRates = append(copyRates, res.bw/(1<<20))
 		os.Remove(copyFile)
 	}
 	os.Remove(disk)

@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -21,6 +22,7 @@ import (
 	"github.com/cairnstore/cairn/engine"
 	"github.com/cairnstore/cairn/engine/control"
 	"github.com/cairnstore/cairn/internal/netx"
+	"github.com/cairnstore/cairn/internal/testutil"
 	"github.com/cairnstore/cairn/replica"
 )
 
@@ -148,24 +150,22 @@ type procReplica struct {
 
 // startReplicas starts n replica processes on unix sockets.
 func startReplicas(t *testing.T, n int, size int64) []*procReplica {
+	return startReplicasOn(t, n, size, false)
+}
+
+// startReplicasOn starts n replica processes listening on unix sockets or,
+// with tcp, on loopback TCP (the transport replicas use between nodes:
+// TLS, unless env has CAIRN_TEST_PLAINTEXT_TCP=1); env is added to theirs.
+func startReplicasOn(t *testing.T, n int, size int64, tcp bool, env ...string) []*procReplica {
 	t.Helper()
 	sd := sockDir(t)
 	var addrs []string
 	for i := 0; i < n; i++ {
-		addrs = append(addrs, "unix:"+filepath.Join(sd, fmt.Sprintf("r%d.sock", i)))
-	}
-	return startReplicasAt(t, size, addrs)
-}
-
-// startTCPReplicas starts n replica processes on loopback TCP ports (TLS
-// unless env has CAIRN_TEST_PLAINTEXT_TCP=1).
-func startTCPReplicas(t *testing.T, n int, size int64, env ...string) []*procReplica {
-	t.Helper()
-	var addrs []string
-	for i := 0; i < n; i++ {
-		port, err := netx.FreePort("127.0.0.1")
-		require.NoError(t, err)
-		addrs = append(addrs, fmt.Sprintf("127.0.0.1:%d", port))
+		addr := "unix:" + filepath.Join(sd, fmt.Sprintf("r%d.sock", i))
+		if tcp {
+			addr = testutil.FreeLoopbackAddr(t)
+		}
+		addrs = append(addrs, addr)
 	}
 	return startReplicasAt(t, size, addrs, env...)
 }
@@ -252,7 +252,9 @@ func startEngine(t *testing.T, o Options, env ...string) *engineProc {
 	b, err := json.Marshal(o)
 	require.NoError(t, err)
 	p := startProc(t, append([]string{"CAIRN_TEST_HELPER=engine", "CAIRN_ENGINE_OPTS=" + string(b)}, env...)...)
-	e := &engineProc{proc: p, nbdSock: o.Listen[len("unix:"):], ctlSock: o.Control[len("unix:"):], ctl: control.NewClient(o.Control, testToken)}
+	e := &engineProc{proc: p, ctl: control.NewClient(o.Control, testToken)}
+	e.nbdSock, _ = strings.CutPrefix(o.Listen, "unix:")
+	e.ctlSock, _ = strings.CutPrefix(o.Control, "unix:")
 	e.waitReady()
 	return e
 }

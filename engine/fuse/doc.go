@@ -7,6 +7,16 @@
 //
 //	app -> ext4 -> /dev/loopN -> DIR/NAME (FUSE, direct I/O) -> engine.Backend
 //
+// A loop device with direct I/O submits its requests as asynchronous
+// direct I/O. The mount asks for CAP_ASYNC_DIO and opens the file with
+// FOPEN_PARALLEL_DIRECT_WRITES, so the kernel keeps up to MaxBackground
+// (128) of them in flight instead of one at a time per loop device, and
+// writes to different ranges do not take the inode lock exclusively (the
+// engine orders overlapping writes). Each request runs on go-fuse's
+// goroutine and, on the engine, through Volume.Submit (no goroutine per
+// replica). A request is answered only when the backend has it, as
+// before, and fsync is still a Flush of every replica.
+//
 // Mapping of file operations:
 //
 //	read/write          -> ReadAt/WriteAt (no I/O past the end of the volume)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -49,17 +50,22 @@ func MountVolume(dir, name string, b engine.Backend, opts Options) (*Mount, erro
 	}
 	root := &fs.Inode{}
 	vf := &volumeFile{b: b, mtime: time.Now()}
+	vf.async, _ = b.(engine.AsyncBackend)
 	sec := time.Second
 	server, err := fs.Mount(dir, root, &fs.Options{
 		MountOptions: fuse.MountOptions{
-			AllowOther:    opts.AllowOther,
-			FsName:        "cairn:" + name,
-			Name:          "cairn",
-			MaxWrite:      1 << 20,
-			MaxBackground: 64,
-			DirectMount:   true,
-			DisableXAttrs: true,
-			DisableSplice: true,
+			AllowOther: opts.AllowOther,
+			FsName:     "cairn:" + name,
+			Name:       "cairn",
+			MaxWrite:   1 << 20,
+			// A loop device with direct I/O sends its requests as async
+			// direct I/O (CAP_ASYNC_DIO): background requests, so this is
+			// the queue depth the volume sees (the NBD server's default).
+			MaxBackground:     128,
+			ExtraCapabilities: fuse.CAP_ASYNC_DIO,
+			DirectMount:       true,
+			DisableXAttrs:     true,
+			DisableSplice:     true,
 		},
 		EntryTimeout: &sec,
 		AttrTimeout:  &sec,
@@ -118,7 +124,9 @@ func (m *Mount) Unmount() error {
 // volumeFile is the one file of the file system.
 type volumeFile struct {
 	fs.Inode
-	b     engine.Backend
+	b engine.Backend
+	// async is b when it takes requests without a goroutine per replica.
+	async engine.AsyncBackend
 	mtime time.Time
 	opens atomic.Int64
 }
@@ -145,7 +153,9 @@ func (f *volumeFile) Open(ctx context.Context, flags uint32) (fs.FileHandle, uin
 	}
 	f.opens.Add(1)
 	// A non-nil handle makes go-fuse call Release, which keeps OpenCount.
-	return &volumeHandle{}, fuse.FOPEN_DIRECT_IO, 0
+	// Writes to different ranges need not wait for each other: the
+	// backend orders overlapping ones.
+	return &volumeHandle{}, fuse.FOPEN_DIRECT_IO | fuse.FOPEN_PARALLEL_DIRECT_WRITES, 0
 }
 
 // volumeHandle is an open file; all I/O goes through the node's methods.
@@ -187,7 +197,7 @@ func (f *volumeFile) Read(ctx context.Context, _ fs.FileHandle, dest []byte, off
 	if rem := size - off; int64(len(dest)) > rem {
 		dest = dest[:rem]
 	}
-	if err := f.b.ReadAt(ctxIO(ctx), dest, off); err != nil {
+	if err := f.io(ctx, engine.IORead, dest, off); err != nil {
 		return nil, errno(err)
 	}
 	return fuse.ReadResultData(dest), 0
@@ -201,14 +211,51 @@ func (f *volumeFile) Write(ctx context.Context, _ fs.FileHandle, data []byte, of
 	if rem := size - off; int64(len(data)) > rem {
 		data = data[:rem]
 	}
-	if err := f.b.WriteAt(ctxIO(ctx), data, off); err != nil {
+	if err := f.io(ctx, engine.IOWrite, data, off); err != nil {
 		return 0, errno(err)
 	}
 	return uint32(len(data)), 0
 }
 
 func (f *volumeFile) Fsync(ctx context.Context, _ fs.FileHandle, flags uint32) syscall.Errno {
-	return errno(f.b.Flush(ctxIO(ctx)))
+	return errno(f.io(ctx, engine.IOFlush, nil, 0))
+}
+
+// waiter is the completion of one request submitted to an async backend.
+type waiter struct {
+	rq   engine.Request
+	done chan error
+}
+
+var waiterPool = sync.Pool{New: func() any {
+	w := &waiter{done: make(chan error, 1)}
+	w.rq.Tag = w
+	w.rq.Done = func(rq *engine.Request, err error) { rq.Tag.(*waiter).done <- err }
+	return w
+}}
+
+// io runs a read, write or flush. On an async backend (the engine) the
+// request is submitted and this goroutine, go-fuse's for the request,
+// waits for it: no goroutine or context per replica as on the synchronous
+// path.
+func (f *volumeFile) io(ctx context.Context, op engine.IOOp, buf []byte, off int64) error {
+	if f.async == nil {
+		switch op {
+		case engine.IORead:
+			return f.b.ReadAt(ctxIO(ctx), buf, off)
+		case engine.IOWrite:
+			return f.b.WriteAt(ctxIO(ctx), buf, off)
+		default:
+			return f.b.Flush(ctxIO(ctx))
+		}
+	}
+	w := waiterPool.Get().(*waiter)
+	w.rq.Op, w.rq.Buf, w.rq.Off = op, buf, off
+	f.async.Submit(&w.rq)
+	err := <-w.done
+	w.rq.Buf = nil
+	waiterPool.Put(w)
+	return err
 }
 
 // Flush is close(2); durability is fsync's job.

@@ -278,3 +278,25 @@ func (n *Network) hostRoute(node, op string) error {
 	}
 	return run([][]string{{"-n", n.nsName(i), "route", op, "blackhole", n.HostAddress() + "/32"}})
 }
+
+// Redirect sends node's new TCP connections to the address from to the
+// address to instead (a DNAT rule in node's namespace, so it needs
+// iptables): a test puts a proxy (latency, bandwidth) between one node's
+// processes and one server. Connections already open keep their path.
+func (n *Network) Redirect(node, from, to string) error { return n.dnat(node, "-A", from, to) }
+
+// Unredirect removes Redirect's rule.
+func (n *Network) Unredirect(node, from, to string) error { return n.dnat(node, "-D", from, to) }
+
+func (n *Network) dnat(node, op, from, to string) error {
+	i, err := n.index(node)
+	if err != nil {
+		return err
+	}
+	host, port, err := net.SplitHostPort(from)
+	if err != nil {
+		return err
+	}
+	return run([][]string{{"netns", "exec", n.nsName(i), "iptables", "-t", "nat", op, "OUTPUT",
+		"-d", host, "-p", "tcp", "--dport", port, "-j", "DNAT", "--to-destination", to}})
+}

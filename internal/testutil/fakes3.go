@@ -61,7 +61,9 @@ func (f *FakeS3) serve(w http.ResponseWriter, r *http.Request) {
 			s3Error(w, http.StatusNotFound, "NoSuchKey")
 			return
 		}
+		b, status := byteRange(w, r, b)
 		w.Header().Set("Content-Length", strconv.Itoa(len(b)))
+		w.WriteHeader(status)
 		if r.Method == http.MethodGet {
 			_, _ = w.Write(b)
 		}
@@ -114,16 +116,37 @@ func s3Error(w http.ResponseWriter, status int, code string) {
 	_, _ = io.WriteString(w, "<Error><Code>"+code+"</Code><Message>"+code+"</Message></Error>")
 }
 
-// Trickle answers a GET with the object's real Content-Length and then
-// sends one byte per interval until the client gives up.
+// byteRange answers a "Range: bytes=FIRST-LAST" request header (the only
+// form S3 clients send here): the part of b it names and 206, with
+// Content-Range set; without the header, all of b and 200.
+func byteRange(w http.ResponseWriter, r *http.Request, b []byte) ([]byte, int) {
+	spec, ok := strings.CutPrefix(r.Header.Get("Range"), "bytes=")
+	if !ok {
+		return b, http.StatusOK
+	}
+	first, last, _ := strings.Cut(spec, "-")
+	from, err1 := strconv.Atoi(first)
+	to, err2 := strconv.Atoi(last)
+	if err1 != nil || err2 != nil || from > to || from >= len(b) {
+		return b, http.StatusOK
+	}
+	to = min(to, len(b)-1)
+	w.Header().Set("Content-Range", "bytes "+first+"-"+strconv.Itoa(to)+"/"+strconv.Itoa(len(b)))
+	return b[from : to+1], http.StatusPartialContent
+}
+
+// Trickle answers a GET (honouring a Range header) with the real
+// Content-Length and then sends one byte per interval until the client
+// gives up.
 func Trickle(w http.ResponseWriter, r *http.Request, path string, interval time.Duration) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		s3Error(w, http.StatusNotFound, "NoSuchKey")
 		return
 	}
+	b, status := byteRange(w, r, b)
 	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
-	w.WriteHeader(http.StatusOK)
+	w.WriteHeader(status)
 	rc := http.NewResponseController(w)
 	for _, c := range b {
 		if _, err := w.Write([]byte{c}); err != nil {

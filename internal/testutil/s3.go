@@ -77,7 +77,7 @@ func startS3(t testing.TB, useTLS bool) *S3Server {
 		t:         t,
 		bin:       bin,
 	}
-	s.Addr = freeLoopbackAddr(t)
+	s.Addr = FreeLoopbackAddr(t)
 	s.Endpoint = "http://" + s.Addr
 	if useTLS {
 		s.Endpoint = "https://" + s.Addr
@@ -103,7 +103,9 @@ func startS3(t testing.TB, useTLS bool) *S3Server {
 	return s
 }
 
-func freeLoopbackAddr(t testing.TB) string {
+// FreeLoopbackAddr returns a 127.0.0.1 TCP address that was free a moment
+// ago, for a child process to listen on.
+func FreeLoopbackAddr(t testing.TB) string {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

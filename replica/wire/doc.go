@@ -70,7 +70,13 @@
 // bits is a malformed frame and closes that connection only. An unknown
 // op, an out-of-range or oversized I/O gets an error reply and the
 // connection stays up. A server handles at most MaxInflight requests of
-// one connection at once.
+// one connection at once. It runs writes of up to 64 KiB, and reads of up
+// to 64 KiB whose data is in the page cache (preadv2 RWF_NOWAIT), on the
+// connection's reader itself (a buffered pwrite or pread is cheaper than
+// a goroutine hand-off) and sends their replies in one write once it has
+// handled every request that arrived with them; other requests (reads
+// that must wait for the disk, flushes, control) run on goroutines of
+// their own.
 //
 // # Client connection
 //

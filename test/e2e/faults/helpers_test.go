@@ -141,8 +141,12 @@ func (r region) args(dev string) []string {
 		"--randrepeat=1", "--verify=crc32c", "--verify_fatal=1", "--do_verify=1"}
 }
 
-func fio(args []string) error {
-	out, err := exec.Command("fio", args...).CombinedOutput()
+// fio runs fio in dir (a test's temp dir): fio saves its verify state
+// (NAME-N-verify.state) in its working directory.
+func fio(dir string, args []string) error {
+	cmd := exec.Command("fio", args...)
+	cmd.Dir = dir
+	out, err := cmd.CombinedOutput()
 	if err != nil || strings.Contains(string(out), "verify: bad") {
 		return fmt.Errorf("fio %s: %v:\n%s", strings.Join(args, " "), err, out)
 	}
@@ -153,6 +157,7 @@ func fio(args []string) error {
 // another round robin, until stopped.
 type writer struct {
 	dev     string
+	dir     string // fio's working directory
 	regions []region
 	stop    chan struct{}
 	done    chan error
@@ -164,7 +169,7 @@ type writer struct {
 // startWriter starts fio on dev over regions of size each, from offset 0.
 func startWriter(t *testing.T, dev string, regions int, size int64) *writer {
 	t.Helper()
-	w := &writer{dev: dev, stop: make(chan struct{}), done: make(chan error, 1), written: map[region]bool{}}
+	w := &writer{dev: dev, dir: t.TempDir(), stop: make(chan struct{}), done: make(chan error, 1), written: map[region]bool{}}
 	for i := 0; i < regions; i++ {
 		w.regions = append(w.regions, region{offset: int64(i) * size, size: size})
 	}
@@ -181,7 +186,7 @@ func (w *writer) run() {
 		default:
 		}
 		r := w.regions[i%len(w.regions)]
-		if err := fio(r.args(w.dev)); err != nil {
+		if err := fio(w.dir, r.args(w.dev)); err != nil {
 			w.done <- err
 			return
 		}
@@ -224,7 +229,7 @@ func (w *writer) finish(t *testing.T) {
 	defer w.mu.Unlock()
 	require.NotEmpty(t, w.written)
 	for r := range w.written {
-		require.NoError(t, fio(append(r.args(w.dev), "--verify_only")))
+		require.NoError(t, fio(w.dir, append(r.args(w.dev), "--verify_only")))
 	}
 	t.Logf("fio wrote and verified %d passes", w.passes)
 }
@@ -271,9 +276,25 @@ func mounts(vol string) []string {
 // had on any node (an engine restarts when its replica set changes).
 func resynced(t *testing.T, vol string) (int64, bool) {
 	t.Helper()
-	logs, _ := filepath.Glob(filepath.Join(dev.DataDir, "nodes", "*", "log", "engine-"+vol+".log"))
 	var total int64
 	found := false
+	engineLog(t, vol, func(line map[string]any) {
+		key := map[any]string{"Rebuild finished": "bytes", "Resync finished": "bytesRepaired"}[line["msg"]]
+		if n, ok := line[key].(float64); ok && key != "" {
+			total, found = total+int64(n), true
+		}
+	})
+	if !found {
+		t.Logf("no rebuild or resync in the engine logs of %s", vol)
+	}
+	return total, found
+}
+
+// engineLog calls fn for each JSON line of the logs of every engine
+// process the volume had on any node.
+func engineLog(t *testing.T, vol string, fn func(line map[string]any)) {
+	t.Helper()
+	logs, _ := filepath.Glob(filepath.Join(dev.DataDir, "nodes", "*", "log", "engine-"+vol+".log"))
 	for _, l := range logs {
 		f, err := os.Open(l)
 		if err != nil {
@@ -282,27 +303,13 @@ func resynced(t *testing.T, vol string) (int64, bool) {
 		sc := bufio.NewScanner(f)
 		sc.Buffer(nil, 1<<20)
 		for sc.Scan() {
-			var line struct {
-				Msg           string `json:"msg"`
-				Bytes         *int64 `json:"bytes"`
-				BytesRepaired *int64 `json:"bytesRepaired"`
-			}
-			if json.Unmarshal(sc.Bytes(), &line) != nil {
-				continue
-			}
-			switch {
-			case line.Msg == "Rebuild finished" && line.Bytes != nil:
-				total, found = total+*line.Bytes, true
-			case line.Msg == "Resync finished" && line.BytesRepaired != nil:
-				total, found = total+*line.BytesRepaired, true
+			var line map[string]any
+			if json.Unmarshal(sc.Bytes(), &line) == nil {
+				fn(line)
 			}
 		}
 		f.Close()
 	}
-	if !found {
-		t.Logf("no rebuild or resync in %v", logs)
-	}
-	return total, found
 }
 
 // The node agents tests restarted; the suite stops them at the end.
@@ -315,7 +322,8 @@ var (
 // restartAgent.
 func killAgent(t *testing.T, node string) []string {
 	t.Helper()
-	pids := procs("node --name "+node+" ", "--data-dir")
+	// The primary's agent: a dr-site (make faults) has nodes of the same names.
+	pids := procs("node --name "+node+" ", "--data-dir "+filepath.Join(dev.DataDir, "nodes", node)+" ")
 	require.Len(t, pids, 1, "agent of %s", node)
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pids[0]))
 	require.NoError(t, err)

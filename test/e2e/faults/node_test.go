@@ -155,7 +155,7 @@ func TestAgentKilledDuringAttach(t *testing.T) {
 	healthy(t, vol, v1.VolumeDetached, 3)
 	blk := attach(t, vol, "dev-node-1", 3)
 	r := region{offset: 0, size: 32 << 20}
-	require.NoError(t, fio(r.args(blk)))
+	require.NoError(t, fio(t.TempDir(), r.args(blk)))
 	patchVolume(t, vol, func(v *v1.Volume) { v.Spec.NodeID = "" })
 	healthy(t, vol, v1.VolumeDetached, 3)
 
@@ -169,7 +169,7 @@ func TestAgentKilledDuringAttach(t *testing.T) {
 	})
 	v := healthy(t, vol, v1.VolumeAttached, 3)
 	requireOneProcessEach(t, v)
-	require.NoError(t, fio(append(r.args(v.Status.Endpoint), "--verify_only")))
+	require.NoError(t, fio(t.TempDir(), append(r.args(v.Status.Endpoint), "--verify_only")))
 	record(t, figures{heal: heal})
 }
 

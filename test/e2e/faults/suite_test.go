@@ -42,6 +42,8 @@ var (
 	dev     *testutil.Dev
 	k8s     client.Client
 	network *netns.Network
+	// drK8s is the dr-site's client when dev runs one (devArgs).
+	drK8s client.Client
 )
 
 func TestMain(m *testing.M) { os.Exit(runSuite(m)) }
@@ -62,7 +64,8 @@ func runSuite(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(tmp)
-	if dev, err = testutil.StartDev(tmp, "--samples=false", "--netns", "--manager-process", "--nodes", fmt.Sprint(suiteNodes), "--no-scheduler"); err != nil {
+	args := append([]string{"--samples=false", "--netns", "--manager-process", "--nodes", fmt.Sprint(suiteNodes), "--no-scheduler"}, devArgs...)
+	if dev, err = testutil.StartDev(tmp, args...); err != nil {
 		fmt.Fprintln(os.Stderr, "faults:", err)
 		return 1
 	}
@@ -103,7 +106,7 @@ func missing() string {
 			return tool + " not built: run `make tools`"
 		}
 	}
-	for _, tool := range []string{"fio", "losetup", "ip", "nsenter", "mkfs.ext4"} {
+	for _, tool := range []string{"fio", "losetup", "ip", "nsenter", "mkfs.ext4", "iptables"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			return tool + " not installed: run hack/install-deps.sh"
 		}
@@ -120,6 +123,15 @@ func connect() error {
 	}
 	if k8s, err = client.New(cfg, client.Options{Scheme: controllers.NewScheme()}); err != nil {
 		return err
+	}
+	if path := dev.Banner["dr-site kubeconfig"]; path != "" {
+		drCfg, err := clientcmd.BuildConfigFromFlags("", path)
+		if err != nil {
+			return err
+		}
+		if drK8s, err = client.New(drCfg, client.Options{Scheme: controllers.NewScheme()}); err != nil {
+			return err
+		}
 	}
 	if network, err = netns.Load(filepath.Join(dev.DataDir, "network.json")); err != nil {
 		return err
