@@ -4,12 +4,8 @@ package daemon
 
 import (
 	"fmt"
-	"os"
 	"strconv"
-	"strings"
 	"testing"
-
-	"github.com/stretchr/testify/require"
 
 	"github.com/cairnstore/cairn/internal/netx"
 )
@@ -23,9 +19,9 @@ func TestBenchEngineTLS(t *testing.T) {
 	const size = 1 << 30
 	secs, runs := benchSeconds(), benchRuns()
 	type target struct {
-		name  string
-		args  []string
-		procs []*proc
+		name string
+		args []string
+		pids []int
 	}
 	var targets []target
 	for _, tlsOn := range []bool{true, false} {
@@ -35,16 +31,16 @@ func TestBenchEngineTLS(t *testing.T) {
 		}
 		// This process dials the replicas to see them ready: same policy.
 		netx.SetPlaintextTCP(!tlsOn)
-		rs := startTCPReplicas(t, 3, size, env...)
+		rs := startReplicasOn(t, 3, size, true, env...)
 		o := nbdOptions(t, size, rs)
 		o.RebuildInterval = 0
 		e := startEngine(t, o, env...)
 		netx.SetPlaintextTCP(false)
-		procs := []*proc{e.proc}
+		pids := []int{e.cmd.Process.Pid}
 		for _, r := range rs {
-			procs = append(procs, r.proc)
+			pids = append(pids, r.cmd.Process.Pid)
 		}
-		targets = append(targets, target{name, []string{"--ioengine=nbd", "--uri=nbd+unix:///vol1?socket=" + e.nbdSock}, procs})
+		targets = append(targets, target{name, []string{"--ioengine=nbd", "--uri=nbd+unix:///vol1?socket=" + e.nbdSock}, pids})
 	}
 	for _, tg := range targets {
 		fioRun(t, append([]string{"--name=fill", "--rw=write", "--bs=1m", "--iodepth=8", "--size=" + strconv.Itoa(size)}, tg.args...)...)
@@ -62,11 +58,11 @@ func TestBenchEngineTLS(t *testing.T) {
 			for _, tg := range targets {
 				args := append([]string{"--name=bench", "--size=" + strconv.Itoa(size), "--time_based",
 					"--runtime=" + strconv.Itoa(secs), "--randrepeat=0", "--norandommap"}, w.args...)
-				before := procsCPU(t, tg.procs)
-				i, b := fioRun(t, append(args, tg.args...)...)
-				cpu := procsCPU(t, tg.procs) - before
-				iops[tg.name], bws[tg.name] = append(iops[tg.name], i), append(bws[tg.name], b)
-				cpus[tg.name] = append(cpus[tg.name], cpu*1000/(i*float64(secs))*1000)
+				before := cpuTime(t, tg.pids)
+				res := fioRun(t, append(args, tg.args...)...)
+				cpu := cpuTime(t, tg.pids) - before
+				iops[tg.name], bws[tg.name] = append(iops[tg.name], res.iops), append(bws[tg.name], res.bw)
+				cpus[tg.name] = append(cpus[tg.name], float64(cpu.Microseconds())/float64(res.ios))
 			}
 		}
 		plain := summarize(iops[targets[1].name]).med
@@ -78,24 +74,4 @@ func TestBenchEngineTLS(t *testing.T) {
 				fmt.Sprintf("%.1f / %.1f / %.1f", c.min, c.med, c.max), s.med/plain)
 		}
 	}
-}
-
-// procsCPU is the CPU time, in seconds, the processes have used so far
-// (user + system, from /proc/PID/stat).
-func procsCPU(t *testing.T, ps []*proc) float64 {
-	t.Helper()
-	var ticks int64
-	for _, p := range ps {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
-		require.NoError(t, err)
-		// Fields after the command name (which may hold spaces): state is
-		// field 3, utime and stime are fields 14 and 15.
-		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
-		for _, s := range f[11:13] {
-			n, err := strconv.ParseInt(s, 10, 64)
-			require.NoError(t, err)
-			ticks += n
-		}
-	}
-	return float64(ticks) / 100 // USER_HZ
 }

@@ -46,7 +46,7 @@ func TestFioVerifySurvivesReplicaKillAndRebuild(t *testing.T) {
 	const size = 64 << 20
 	t.Run("unix", func(t *testing.T) { fioVerifySurvivesReplicaKill(t, startReplicas(t, 3, size)) })
 	t.Run("tcp+tls", func(t *testing.T) {
-		rs := startTCPReplicas(t, 3, size)
+		rs := startReplicasOn(t, 3, size, true)
 		requireTLSOnly(t, rs[0].addr)
 		fioVerifySurvivesReplicaKill(t, rs)
 	})
