@@ -31,11 +31,15 @@ const (
 func Listen(addr string) (net.Listener, error) { return netx.Listen(addr) }
 
 // Server serves one Replica over the binary protocol. Every connection
-// must pass the token challenge first.
+// must pass the token challenge first, and over TCP TLS before that.
 type Server struct {
-	r      *Replica
-	token  []byte
-	logger *slog.Logger
+	r     *Replica
+	token []byte
+	cred  *wire.Credentials
+	// plaintextTCP serves TCP without TLS (netx.SetPlaintextTCP at
+	// NewServer).
+	plaintextTCP bool
+	logger       *slog.Logger
 	// authLog and closeLog rate-limit per-connection log lines.
 	authLog, closeLog *netx.LogLimiter
 
@@ -47,17 +51,19 @@ type Server struct {
 // NewServer returns a server for r. token must not be empty. logger may
 // be nil (logs are discarded).
 func NewServer(r *Replica, token string, logger *slog.Logger) (*Server, error) {
-	if token == "" {
-		return nil, fmt.Errorf("%w: empty token", ErrInvalid)
+	cred, err := wire.NewCredentials(token)
+	if err != nil {
+		return nil, err
 	}
 	if logger == nil {
 		logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	return &Server{
-		r: r, token: []byte(token), logger: logger,
-		authLog:   netx.NewLogLimiter(time.Second, logger.Warn),
-		closeLog:  netx.NewLogLimiter(time.Second, logger.Info),
-		connBytes: maxConnBytes, bytes: netx.NewBudget(maxServerBytes),
+		r: r, token: []byte(token), cred: cred, logger: logger,
+		plaintextTCP: netx.PlaintextTCP(),
+		authLog:      netx.NewLogLimiter(time.Second, logger.Warn),
+		closeLog:     netx.NewLogLimiter(time.Second, logger.Info),
+		connBytes:    maxConnBytes, bytes: netx.NewBudget(maxServerBytes),
 	}, nil
 }
 
@@ -86,9 +92,10 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 // inFlightBytes is the number of bytes all connections hold.
 func (s *Server) inFlightBytes() int64 { return s.bytes.InUse() }
 
-// serverHandshake authenticates the client (wire.ServerHandshake).
-func (s *Server) serverHandshake(c net.Conn, authed func()) error {
-	return wire.ServerHandshake(c, s.token, authed)
+// serverHandshake authenticates the client (wire.ServerHandshake), over
+// TLS when c came over TCP, and returns the connection to serve.
+func (s *Server) serverHandshake(c net.Conn, authed func()) (net.Conn, error) {
+	return wire.ServerHandshake(c, s.cred, !netx.IsUnixConn(c) && !s.plaintextTCP, authed)
 }
 
 type response struct {
@@ -106,12 +113,14 @@ type response struct {
 const inlineMax = 64 << 10
 
 func (s *Server) serveConn(c net.Conn, authed func()) error {
-	if err := s.serverHandshake(c, authed); err != nil {
+	conn, err := s.serverHandshake(c, authed)
+	if err != nil {
 		if errors.Is(err, ErrAuth) {
-			s.authLog.Log("Replica connection refused: bad token", "remote", c.RemoteAddr().String())
+			s.authLog.Log("Replica connection refused", "remote", c.RemoteAddr().String(), "reason", err.Error())
 		}
 		return err
 	}
+	c = conn
 	budget := netx.NewBudget(s.connBytes)
 	w := &replyWriter{c: c, bw: bufio.NewWriterSize(c, 256<<10), unhold: func(n int64) {
 		budget.Release(n)

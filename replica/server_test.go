@@ -167,9 +167,9 @@ func TestWrongTokenRefused(t *testing.T) {
 	conn.Write(hdr)
 	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
 	b, _ := io.ReadAll(conn)
-	// hello (44 bytes) then a refusal (33 bytes), then close; no data
-	require.Equal(t, 12+wire.NonceSize+1+wire.MACSize, len(b))
-	require.EqualValues(t, 1, b[12+wire.NonceSize])
+	// preamble and nonce (48 bytes) then a refusal (33 bytes), then close; no data
+	require.Equal(t, wire.PreambleSize+wire.NonceSize+1+wire.MACSize, len(b))
+	require.EqualValues(t, 1, b[wire.PreambleSize+wire.NonceSize])
 }
 
 // rawConn authenticates and returns a raw connection for bad-frame tests.
@@ -177,7 +177,10 @@ func rawConn(t *testing.T, addr string) net.Conn {
 	conn, err := net.Dial("unix", addr[len("unix:"):])
 	require.NoError(t, err)
 	t.Cleanup(func() { conn.Close() })
-	require.NoError(t, wire.ClientHandshake(context.Background(), conn, []byte(testToken)))
+	cred, err := wire.NewCredentials(testToken)
+	require.NoError(t, err)
+	conn, err = wire.ClientHandshake(context.Background(), conn, cred, false)
+	require.NoError(t, err)
 	conn.SetDeadline(time.Now().Add(10 * time.Second))
 	return conn
 }

@@ -16,8 +16,9 @@ func init() { addCommand(newEngineCmd) }
 
 func newEngineCmd() *cobra.Command {
 	var (
-		o    daemon.Options
-		size string
+		o     daemon.Options
+		size  string
+		tlsOn = true
 	)
 	cmd := &cobra.Command{
 		Use:   "engine",
@@ -30,7 +31,9 @@ replicas and is acknowledged when all of them have it; reads go to the healthies
       --token-file /run/cairn/pvc-1.token --frontend nbd --listen unix:/run/cairn/pvc-1.nbd \
       --control unix:/run/cairn/pvc-1.ctl
 
-The control endpoint serves /v1/status, /v1/snapshots, /v1/replicas, /v1/size (grow) and /metrics.`,
+The control endpoint serves /v1/status, /v1/snapshots, /v1/replicas, /v1/size (grow) and /metrics.
+Connections to replicas and a control endpoint on TCP use TLS 1.3 keyed by the volume token
+(--tls=false: plaintext); unix sockets are plain.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			n, err := parseSize("--size", size)
 			if err != nil {
@@ -40,6 +43,7 @@ The control endpoint serves /v1/status, /v1/snapshots, /v1/replicas, /v1/size (g
 			if err := o.Validate(); err != nil {
 				return err
 			}
+			applyTLS(tlsOn)
 			zl, err := zap.NewProduction()
 			if err != nil {
 				return err
@@ -60,6 +64,7 @@ The control endpoint serves /v1/status, /v1/snapshots, /v1/replicas, /v1/size (g
 	f.StringVar(&o.Listen, "listen", "", "NBD listen address: unix:PATH or host:port")
 	f.StringVar(&o.Mountpoint, "mountpoint", "", "FUSE mount directory; the volume is DIR/VOLUME")
 	f.StringVar(&o.Control, "control", "", "control endpoint address unix:PATH or host:port (status, snapshots, replicas, metrics)")
+	addTLSFlag(f, &tlsOn)
 	f.DurationVar(&o.IOTimeout, "io-timeout", 10*time.Second, "drop a replica whose I/O takes longer than this")
 	f.DurationVar(&o.RebuildInterval, "rebuild-interval", 10*time.Second, "retry stale and failed replicas this often (0 disables)")
 	return cmd

@@ -21,15 +21,20 @@ func newNodeCmd() *cobra.Command {
 		verbosity  int
 	)
 	var csiEndpoint string
+	tlsOn := true
 	cmd := &cobra.Command{
 		Use:   "node",
 		Short: "Run the node agent: register the node and run its replicas and engines as child processes",
 		Long: `node registers a CairnNode, renews its Lease in cairn-system and turns the
 Replica and Engine objects assigned to --name into supervised "cairn replica"
 and "cairn engine" children, keeping their data, sockets, tokens and logs under
---data-dir. SIGTERM stops the children (engines first, so they flush).`,
+--data-dir. SIGTERM stops the children (engines first, so they flush).
+Replica traffic between nodes uses TLS 1.3 keyed by each volume's token;
+--tls=false turns it off for the agent and its children.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			applyTLS(tlsOn)
+			o.PlaintextTCP = !tlsOn
 			log := newLogger(verbosity).WithValues("node", o.Name)
 			ctrl.SetLogger(log)
 			o.Log = log
@@ -59,6 +64,7 @@ and "cairn engine" children, keeping their data, sockets, tokens and logs under
 	f.StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig file (default: in-cluster or $KUBECONFIG)")
 	f.IntVarP(&verbosity, "v", "v", 0, "log verbosity (0 info, 1+ debug)")
 	f.StringVar(&csiEndpoint, "csi-endpoint", "", "unix:///path of the CSI node socket (empty: no CSI service)")
+	addTLSFlag(f, &tlsOn)
 	_ = cmd.MarkFlagRequired("name")
 	_ = cmd.MarkFlagRequired("data-dir")
 	return cmd

@@ -20,6 +20,7 @@ func init() { addCommand(newReplicaCmd) }
 // --dir and serves it on --listen until SIGINT/SIGTERM.
 func newReplicaCmd() *cobra.Command {
 	var dir, size, listen, tokenFile, volume, name string
+	tlsOn := true
 	cmd := &cobra.Command{
 		Use:   "replica",
 		Short: "Serve one replica of a volume over Cairn's authenticated replica protocol",
@@ -28,8 +29,9 @@ func newReplicaCmd() *cobra.Command {
 The replica lives in --dir. An empty directory gets a new replica of --size
 bytes; an existing one is opened and must have that size. Clients must
 present the token stored in --token-file. --listen is host:port or
-unix:/path/to/socket. --volume and --replica only label the process (logs,
-ps) with the volume and replica it serves.`,
+unix:/path/to/socket; over TCP the connections use TLS 1.3 with a key
+derived from the token (--tls=false: plaintext). --volume and --replica only
+label the process (logs, ps) with the volume and replica it serves.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if dir == "" || size == "" || listen == "" || tokenFile == "" {
@@ -43,6 +45,7 @@ ps) with the volume and replica it serves.`,
 			if err != nil {
 				return err
 			}
+			applyTLS(tlsOn)
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			log := slog.New(slog.NewJSONHandler(os.Stderr, nil)).With("dir", dir)
@@ -62,6 +65,7 @@ ps) with the volume and replica it serves.`,
 	f.StringVar(&tokenFile, "token-file", "", "file holding the per-volume access token")
 	f.StringVar(&volume, "volume", "", "name of the volume the replica belongs to (a label for logs and ps)")
 	f.StringVar(&name, "replica", "", "name of the replica (a label for logs and ps)")
+	addTLSFlag(f, &tlsOn)
 	return cmd
 }
 

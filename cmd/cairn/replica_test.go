@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/cairnstore/cairn/internal/netx"
 	"github.com/cairnstore/cairn/replica"
 )
 
@@ -182,4 +184,37 @@ func TestReplicaCommand(t *testing.T) {
 	c.Close()
 	require.NoError(t, p.cmd.Process.Signal(syscall.SIGTERM))
 	require.NoError(t, p.wait(t, 30*time.Second), "stderr:\n%s", p.stderr)
+}
+
+// TestReplicaTLSFlag: `cairn replica` on TCP serves TLS by default, and
+// --tls=false serves plaintext, which a client with TLS on refuses.
+func TestReplicaTLSFlag(t *testing.T) {
+	tmp := t.TempDir()
+	tokenFile := filepath.Join(tmp, "token")
+	require.NoError(t, os.WriteFile(tokenFile, []byte(testVolumeToken+"\n"), 0o600))
+	ctx := context.Background()
+	for _, tc := range []struct {
+		flags []string
+		err   string
+	}{
+		{nil, ""},
+		{[]string{"--tls=false"}, "serves plaintext TCP"},
+	} {
+		port, err := netx.FreePort("127.0.0.1")
+		require.NoError(t, err)
+		addr := fmt.Sprintf("127.0.0.1:%d", port)
+		p := startReplica(t, append([]string{"--dir", filepath.Join(tmp, fmt.Sprint(port)), "--size", "4Mi",
+			"--listen", addr, "--token-file", tokenFile}, tc.flags...)...)
+		if tc.err == "" {
+			c := dialWhenUp(t, p, addr, testVolumeToken)
+			require.NoError(t, c.Ping(ctx))
+			require.NoError(t, c.Close())
+			continue
+		}
+		require.Eventually(t, func() bool { return netx.Listening(ctx, addr, time.Second) }, 30*time.Second, 50*time.Millisecond,
+			"stderr:\n%s", p.stderr)
+		_, err = replica.Dial(ctx, addr, testVolumeToken)
+		require.ErrorIs(t, err, replica.ErrAuth)
+		require.ErrorContains(t, err, tc.err)
+	}
 }

@@ -63,6 +63,11 @@ type Options struct {
 	ReplicaPorts string
 	// Binary is the cairn executable children run (default os.Executable()).
 	Binary string
+	// PlaintextTCP starts replicas and engines with --tls=false: their
+	// TCP connections are not encrypted (for measuring what TLS costs).
+	// The agent's own connections to replicas follow the process policy
+	// (netx.SetPlaintextTCP), which cairn node sets from the same flag.
+	PlaintextTCP bool
 	// HeartbeatInterval is how often the Lease and CairnNode status are
 	// renewed (default 5s).
 	HeartbeatInterval time.Duration
@@ -447,4 +452,12 @@ func (a *Agent) controlAddr(vol string) string {
 }
 func (a *Agent) nbdAddr(vol string) string    { return "unix:" + filepath.Join(a.runDir(), vol+".nbd") }
 func (a *Agent) mountpoint(vol string) string { return filepath.Join(a.mntDir(), vol) }
+
+// tlsArgs are the children's flags for Options.PlaintextTCP.
+func (a *Agent) tlsArgs() []string {
+	if a.opts.PlaintextTCP {
+		return []string{"--tls=false"}
+	}
+	return nil
+}
 func (a *Agent) volumeFile(vol string) string { return filepath.Join(a.mntDir(), vol, vol) }

@@ -30,7 +30,10 @@ import (
 
 	cairnv1 "github.com/cairnstore/cairn/api/v1alpha1"
 	"github.com/cairnstore/cairn/controllers/node"
+	"github.com/cairnstore/cairn/internal/netx"
 	"github.com/cairnstore/cairn/internal/testutil"
+	"github.com/cairnstore/cairn/replica"
+	"github.com/cairnstore/cairn/replica/wire"
 )
 
 const (
@@ -115,6 +118,7 @@ func TestReplicaAndEngineLifecycle(t *testing.T) {
 		require.Contains(t, cmd, "--replica\x00"+r+"\x00")
 		require.NotContains(t, cmd, token)
 		require.NotContains(t, environ(t, int(rep.Status.PID)), token)
+		requireTLSOnly(t, addrs[i], token)
 	}
 	tokenFile := filepath.Join(dataDir, "run", vol+".token")
 	st, err := os.Stat(tokenFile)
@@ -281,6 +285,24 @@ func TestInvalidSpecStalls(t *testing.T) {
 	})
 	require.NoError(t, k8s.Delete(ctx, eng))
 	require.NoError(t, k8s.Delete(ctx, rep))
+}
+
+// requireTLSOnly checks that the replica at addr serves TLS keyed by
+// token: a TLS client with the token gets in, a plaintext one is refused.
+func requireTLSOnly(t *testing.T, addr, token string) {
+	t.Helper()
+	ctx := context.Background()
+	c, err := replica.Dial(ctx, addr, token)
+	require.NoError(t, err)
+	require.NoError(t, c.Close())
+	cred, err := wire.NewCredentials(token)
+	require.NoError(t, err)
+	raw, err := netx.Dial(ctx, addr)
+	require.NoError(t, err)
+	defer raw.Close()
+	_, err = wire.ClientHandshake(ctx, raw, cred, false)
+	require.ErrorIs(t, err, wire.ErrAuth)
+	require.ErrorContains(t, err, "requires TLS")
 }
 
 func createToken(t *testing.T, vol string) string {

@@ -13,7 +13,10 @@
 // manager. The agent reads it uncached and writes it to DIR/run/<volume>.token
 // (file 0600, directory 0700); children get --token-file, never the token in
 // argv or env, and it is never logged. The file goes when the node's last
-// replica of the volume is deleted.
+// replica of the volume is deleted. The replicas' TCP connections (from the
+// engine, from other replicas, and the agent's own for copies and backups)
+// are TLS 1.3 keyed by this token (replica/wire); `cairn node --tls=false`
+// (Options.PlaintextTCP) starts the children with --tls=false.
 //
 // Replica (cluster-scoped; spec.volumeName, spec.nodeID, spec.size,
 // spec.diskPath empty or equal to the agent's DIR). The agent adds finalizer

@@ -213,6 +213,7 @@ func (r *EngineReconciler) reconcileProcess(_ context.Context, s *engineScope) (
 		"--frontend", s.frontend,
 		"--control", r.Agent.controlAddr(vol),
 	}
+	args = append(args, r.Agent.tlsArgs()...)
 	for _, addr := range s.obj.Spec.Replicas {
 		args = append(args, "--replica", addr)
 	}

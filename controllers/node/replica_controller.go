@@ -231,6 +231,7 @@ func (r *ReplicaReconciler) reconcileProcess(ctx context.Context, s *replicaScop
 		"--listen", s.address,
 		"--token-file", tokenFile,
 	}
+	args = append(args, r.Agent.tlsArgs()...)
 	r.Agent.ports.release(s.port)
 	s.proc = r.Agent.sup.Ensure(key, Child{Args: args, Mark: replicaMark(s.obj.Name)})
 	s.running = true

@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/subtle"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -39,7 +40,11 @@ import (
 //	GET    /metrics                        Prometheus metrics
 //
 // /v1 requests carry "Authorization: Bearer TOKEN" with the volume token.
-// Errors are {"error": message, "code": kind}.
+// Errors are {"error": message, "code": kind}. On TCP the endpoint is
+// HTTPS, TLS 1.3 with mutual authentication by a key both sides derive
+// from the token (netx.DeriveTLSKey, purpose "engine-control"), unless
+// the process turned TLS off (netx.SetPlaintextTCP); a unix socket is
+// plain HTTP.
 
 // Server serves a volume's control endpoint.
 type Server struct {
@@ -212,6 +217,13 @@ const (
 // out, so that clients cannot exhaust the process's file descriptors.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	ln = netx.LimitListener(ln, maxControlConns)
+	if _, tcp := ln.Addr().(*net.TCPAddr); tcp && !netx.PlaintextTCP() {
+		key, err := controlKey(s.Token)
+		if err != nil {
+			return err
+		}
+		ln = tls.NewListener(ln, key.ServerConfig())
+	}
 	srv := &http.Server{
 		Handler:           s.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -246,27 +258,50 @@ func writeErr(w http.ResponseWriter, err error) {
 	writeJSON(w, http.StatusInternalServerError, errorBody{Error: err.Error(), Code: "Internal"})
 }
 
+// controlKey is the TLS key of the control endpoint of the volume with
+// token.
+func controlKey(token string) (*netx.TLSKey, error) {
+	if token == "" {
+		return nil, errors.New("engine control: TLS on TCP needs the volume token")
+	}
+	return netx.DeriveTLSKey([]byte(token), "engine-control")
+}
+
 // Client talks to an engine's control endpoint.
 type Client struct {
 	base  string
 	token string
 	hc    *http.Client
+	err   error // set when the client cannot work (no TLS key)
 }
 
-// NewClient returns a client for "unix:PATH" or "host:port".
+// NewClient returns a client for "unix:PATH" or "host:port"; over TCP it
+// speaks HTTPS with the key derived from token (see Server).
 func NewClient(addr, token string) *Client {
 	tr := &http.Transport{}
-	base := "http://" + addr
-	if netx.IsUnix(addr) {
+	c := &Client{base: "http://" + addr, token: token, hc: &http.Client{Transport: tr}}
+	switch {
+	case netx.IsUnix(addr):
 		tr.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
 			return netx.Dial(ctx, addr)
 		}
-		base = "http://engine"
+		c.base = "http://engine"
+	case netx.UseTLS(addr):
+		key, err := controlKey(token)
+		if err != nil {
+			c.err = err
+			break
+		}
+		tr.TLSClientConfig = key.ClientConfig()
+		c.base = "https://" + addr
 	}
-	return &Client{base: base, token: token, hc: &http.Client{Transport: tr}}
+	return c
 }
 
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	if c.err != nil {
+		return c.err
+	}
 	var body io.Reader
 	if in != nil {
 		b, err := json.Marshal(in)

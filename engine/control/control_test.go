@@ -1,8 +1,10 @@
 package control
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -17,6 +19,7 @@ import (
 
 	"github.com/cairnstore/cairn/engine"
 	"github.com/cairnstore/cairn/internal/netx"
+	"github.com/cairnstore/cairn/internal/testutil"
 )
 
 // TestControlRequiresBearerScheme: the token counts only after "Bearer ".
@@ -106,7 +109,14 @@ func TestGrowControlAPI(t *testing.T) {
 	require.Equal(t, http.StatusBadRequest, post("tok", `{"size": "big"}`))
 	require.Equal(t, int64(size), v.Size())
 
-	c := NewClient(strings.TrimPrefix(srv.URL, "http://"), "tok")
+	// The client, over TCP: HTTPS keyed by the token.
+	ln, err := netx.Listen("127.0.0.1:0")
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- (&Server{Volume: v, Token: "tok"}).Serve(ctx, ln) }()
+	defer func() { cancel(); require.NoError(t, <-done) }()
+	c := NewClient(ln.Addr().String(), "tok")
 	require.ErrorIs(t, c.Grow(context.Background(), size/2), engine.ErrShrink)
 	require.ErrorIs(t, c.Grow(context.Background(), size+1), engine.ErrInvalid)
 	require.NoError(t, c.Grow(context.Background(), 2*size))
@@ -129,4 +139,40 @@ func TestRefusedAddIs422(t *testing.T) {
 	st := v.Status()
 	st.LastRebuild = nil
 	require.Equal(t, before, st, "a refused POST /v1/replicas changed the volume")
+}
+
+// TestControlTLS: on TCP the endpoint is HTTPS keyed by the volume token.
+// The right token works, another token and a plaintext client are refused
+// with errors that say why, and nothing the endpoint says crosses the
+// wire in plaintext.
+func TestControlTLS(t *testing.T) {
+	v := openTestVolume(t, 1<<20)
+	ln, err := netx.Listen("127.0.0.1:0")
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- (&Server{Volume: v, Token: testToken}).Serve(ctx, ln) }()
+	defer func() { cancel(); require.NoError(t, <-done) }()
+	p := testutil.StartCaptureProxy(t, ln.Addr().String())
+
+	snap := "cairn-plaintext-canary-snapshot"
+	c := NewClient(p.Addr, testToken)
+	require.NoError(t, c.Snapshot(ctx, snap, nil))
+	snaps, err := c.Snapshots(ctx)
+	require.NoError(t, err)
+	require.Equal(t, snap, snaps[len(snaps)-1].Name)
+	wire := p.Captured()
+	require.NotEmpty(t, wire)
+	require.False(t, bytes.Contains(wire, []byte(snap)), "plaintext on the wire")
+	require.False(t, bytes.Contains(wire, []byte(testToken)), "the token on the wire")
+
+	_, err = NewClient(ln.Addr().String(), "another-token").Status(ctx)
+	require.ErrorIs(t, err, netx.ErrPeerKey)
+
+	resp, err := http.Get("http://" + ln.Addr().String() + "/v1/status")
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	require.Equal(t, http.StatusBadRequest, resp.StatusCode)
+	require.Contains(t, string(body), "HTTP request to an HTTPS server")
 }

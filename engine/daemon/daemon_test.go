@@ -17,7 +17,9 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/cairnstore/cairn/engine"
+	"github.com/cairnstore/cairn/internal/netx"
 	"github.com/cairnstore/cairn/internal/testutil"
+	"github.com/cairnstore/cairn/replica/wire"
 )
 
 func nbdOptions(t *testing.T, size int64, rs []*procReplica) Options {
@@ -37,10 +39,34 @@ func fioCmd(t *testing.T, ctx context.Context, sock string, args ...string) *exe
 
 // TestFioVerifySurvivesReplicaKillAndRebuild writes with fio verify through
 // NBD on a 3-replica volume while one replica process is SIGKILLed, then
-// restarts it and waits for the engine to rebuild it.
+// restarts it and waits for the engine to rebuild it: with replicas on
+// unix sockets, and on TCP, where every connection is TLS (a plaintext
+// client is refused).
 func TestFioVerifySurvivesReplicaKillAndRebuild(t *testing.T) {
 	const size = 64 << 20
-	rs := startReplicas(t, 3, size)
+	t.Run("unix", func(t *testing.T) { fioVerifySurvivesReplicaKill(t, startReplicas(t, 3, size)) })
+	t.Run("tcp+tls", func(t *testing.T) {
+		rs := startReplicasOn(t, 3, size, true)
+		requireTLSOnly(t, rs[0].addr)
+		fioVerifySurvivesReplicaKill(t, rs)
+	})
+}
+
+// requireTLSOnly checks that the replica at addr refuses a plaintext client.
+func requireTLSOnly(t *testing.T, addr string) {
+	t.Helper()
+	cred, err := wire.NewCredentials(testToken)
+	require.NoError(t, err)
+	raw, err := netx.Dial(context.Background(), addr)
+	require.NoError(t, err)
+	defer raw.Close()
+	_, err = wire.ClientHandshake(context.Background(), raw, cred, false)
+	require.ErrorIs(t, err, wire.ErrAuth)
+	require.ErrorContains(t, err, "requires TLS")
+}
+
+func fioVerifySurvivesReplicaKill(t *testing.T, rs []*procReplica) {
+	const size = 64 << 20
 	e := startEngine(t, nbdOptions(t, size, rs))
 	require.Equal(t, engine.Healthy, e.status().Robustness)
 

@@ -21,6 +21,7 @@ import (
 
 	"github.com/cairnstore/cairn/engine"
 	"github.com/cairnstore/cairn/engine/control"
+	"github.com/cairnstore/cairn/internal/netx"
 	"github.com/cairnstore/cairn/internal/testutil"
 	"github.com/cairnstore/cairn/replica"
 )
@@ -30,6 +31,10 @@ const testToken = "daemon-test-token-0123456789abcdef0123456789abcdef"
 // TestMain lets the test binary act as a replica or engine process, so that
 // tests can SIGKILL exactly one of them.
 func TestMain(m *testing.M) {
+	// Helpers started with CAIRN_TEST_PLAINTEXT_TCP=1 have TLS off (--tls=false).
+	if os.Getenv("CAIRN_TEST_PLAINTEXT_TCP") == "1" {
+		netx.SetPlaintextTCP(true)
+	}
 	switch os.Getenv("CAIRN_TEST_HELPER") {
 	case "replica":
 		os.Exit(replicaHelper())
@@ -143,24 +148,37 @@ type procReplica struct {
 	dir, addr string
 }
 
+// startReplicas starts n replica processes on unix sockets.
 func startReplicas(t *testing.T, n int, size int64) []*procReplica {
 	return startReplicasOn(t, n, size, false)
 }
 
 // startReplicasOn starts n replica processes listening on unix sockets or,
-// with tcp, on loopback TCP (the transport replicas use between nodes).
-func startReplicasOn(t *testing.T, n int, size int64, tcp bool) []*procReplica {
+// with tcp, on loopback TCP (the transport replicas use between nodes:
+// TLS, unless env has CAIRN_TEST_PLAINTEXT_TCP=1); env is added to theirs.
+func startReplicasOn(t *testing.T, n int, size int64, tcp bool, env ...string) []*procReplica {
 	t.Helper()
 	sd := sockDir(t)
-	var out []*procReplica
+	var addrs []string
 	for i := 0; i < n; i++ {
-		dir := filepath.Join(t.TempDir(), fmt.Sprintf("r%d", i))
 		addr := "unix:" + filepath.Join(sd, fmt.Sprintf("r%d.sock", i))
 		if tcp {
 			addr = testutil.FreeLoopbackAddr(t)
 		}
-		p := startProc(t, "CAIRN_TEST_HELPER=replica", "CAIRN_DIR="+dir, "CAIRN_ADDR="+addr,
-			"CAIRN_SIZE="+strconv.FormatInt(size, 10))
+		addrs = append(addrs, addr)
+	}
+	return startReplicasAt(t, size, addrs, env...)
+}
+
+// startReplicasAt starts a replica process on each address, with env
+// added to theirs, and waits until they serve.
+func startReplicasAt(t *testing.T, size int64, addrs []string, env ...string) []*procReplica {
+	t.Helper()
+	var out []*procReplica
+	for i, addr := range addrs {
+		dir := filepath.Join(t.TempDir(), fmt.Sprintf("r%d", i))
+		p := startProc(t, append([]string{"CAIRN_TEST_HELPER=replica", "CAIRN_DIR=" + dir, "CAIRN_ADDR=" + addr,
+			"CAIRN_SIZE=" + strconv.FormatInt(size, 10)}, env...)...)
 		out = append(out, &procReplica{proc: p, dir: dir, addr: addr})
 	}
 	for _, r := range out {
@@ -227,11 +245,13 @@ type engineProc struct {
 	ctl     *control.Client
 }
 
-func startEngine(t *testing.T, o Options) *engineProc {
+// startEngine starts an engine process with o, env added to its
+// environment.
+func startEngine(t *testing.T, o Options, env ...string) *engineProc {
 	t.Helper()
 	b, err := json.Marshal(o)
 	require.NoError(t, err)
-	p := startProc(t, "CAIRN_TEST_HELPER=engine", "CAIRN_ENGINE_OPTS="+string(b))
+	p := startProc(t, append([]string{"CAIRN_TEST_HELPER=engine", "CAIRN_ENGINE_OPTS=" + string(b)}, env...)...)
 	e := &engineProc{proc: p, ctl: control.NewClient(o.Control, testToken)}
 	e.nbdSock, _ = strings.CutPrefix(o.Listen, "unix:")
 	e.ctlSock, _ = strings.CutPrefix(o.Control, "unix:")

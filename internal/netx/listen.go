@@ -2,8 +2,9 @@
 // servers (the replica server, the engine's NBD server and its control
 // endpoint): opening listeners with private unix sockets, an accept loop
 // that survives descriptor exhaustion and caps connections that have not
-// authenticated, a byte budget for in-flight requests and a rate limiter
-// for connection logs.
+// authenticated, TLS 1.3 with keys derived from a shared secret for
+// connections between nodes (tls.go), a byte budget for in-flight
+// requests and a rate limiter for connection logs.
 package netx
 
 import (

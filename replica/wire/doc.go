@@ -8,18 +8,53 @@
 // # Connection
 //
 // One TCP or unix-socket connection carries pipelined requests; replies
-// come back in completion order, matched by request id.
+// come back in completion order, matched by request id. The server speaks
+// first, a plaintext preamble naming the transport; over TCP that is TLS
+// 1.3, and everything after the preamble travels inside it:
 //
 //	client                                   server
-//	  | <------ "CAIRNRP1" ver u32, nonce_s[32] |
+//	  | <------ "CAIRNRP1" ver u32 = 2, transport u32 (0 plain, 1 TLS) |
+//	  | TLS 1.3 handshake, both sides present the volume key (transport 1) |
+//	  | <------ nonce_s[32]                     |
 //	  | "CAIRNRP1" ver, nonce_c[32],           |
-//	  |   HMAC-SHA256(token, "cairn-replica-client"|nonce_s|nonce_c) --> |
+//	  |   HMAC-SHA256(token, "cairn-replica-client"|nonce_s|nonce_c|binding) --> |
 //	  | <------ status u8, HMAC(token, "cairn-replica-server"|...)    |
 //	  | req{op,id=1} req{op,id=2} ...  ------> |  (handled concurrently)
 //	  | <------ resp{id=2} resp{id=1} ...      |
 //
 // The token never crosses the wire; a wrong one gets status 1 and the
 // connection is closed, and the client checks the server's proof too.
+// binding is the TLS session's exporter value (RFC 8446, label
+// "EXPORTER-cairn-replica-token", 32 bytes; empty in plaintext), so a
+// token proof is good for its own TLS session only.
+//
+// # Encryption in transit
+//
+// TCP connections cross nodes, so they use TLS 1.3 (netx.TLSClient,
+// netx.TLSServer) with keys derived from the volume's token, which the
+// engine and every replica of the volume already hold (the node agent
+// writes it to a 0600 file and passes --token-file; it is never in argv,
+// logs, events or status): HKDF-SHA256(token, salt "cairn-tls-v1", info
+// "cairn replica") seeds an Ed25519 key and a self-signed certificate.
+// Both sides present that certificate and accept only a peer whose
+// certificate carries the same public key. Without the token a peer can
+// neither finish the handshake as client or server nor read the traffic
+// (ephemeral key exchange). There is no CA to run, and no certificate to
+// rotate apart from the token. The client refuses a server whose preamble
+// announces another transport than its own policy ("serves plaintext
+// TCP" / "requires TLS"), so neither side can be talked into plaintext;
+// a peer with a wrong token fails the TLS handshake with ErrAuth.
+// Unix sockets stay private to the node (mode 0600) and plaintext.
+// netx.SetPlaintextTCP (the --tls=false flag of cairn replica, engine and
+// node) turns TLS off for a process, to measure its cost; both ends must
+// agree.
+//
+// Under TLS the batched hot path keeps its system calls: the records of
+// one Write go out with one write system call per 64 KiB (crypto/tls
+// alone makes one per 16 KiB record) and the socket is read through a
+// 64 KiB buffer (netx.TLSConn). A batch of small frames is one Write, as
+// it is one writev in plaintext; a payload above the 16 KiB copy limit is
+// a Write of its own.
 //
 // # Frames
 //

@@ -9,7 +9,7 @@ import (
 // Protocol constants (see doc.go).
 const (
 	Magic     = "CAIRNRP1"
-	Version   = 1
+	Version   = 2
 	NonceSize = 32
 	MACSize   = 32
 
