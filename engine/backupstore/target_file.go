@@ -69,14 +69,7 @@ func (t *fileTarget) Get(ctx context.Context, key string) ([]byte, error) {
 }
 
 func (t *fileTarget) GetInto(ctx context.Context, key string, buf []byte, limit int64) ([]byte, error) {
-	p, err := t.path(key)
-	if err != nil {
-		return nil, err
-	}
-	f, err := os.Open(p)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("%w: %s", ErrNotFound, key)
-	}
+	f, err := t.open(key)
 	if err != nil {
 		return nil, err
 	}
@@ -99,8 +92,8 @@ func (t *fileTarget) GetInto(ctx context.Context, key string, buf []byte, limit 
 	return buf, nil
 }
 
-// GetRange reads n bytes at off of key with one ReadAt.
-func (t *fileTarget) GetRange(ctx context.Context, key string, off, n int64, buf []byte) ([]byte, error) {
+// open opens key's file for reading; a missing one is ErrNotFound.
+func (t *fileTarget) open(key string) (*os.File, error) {
 	p, err := t.path(key)
 	if err != nil {
 		return nil, err
@@ -109,6 +102,12 @@ func (t *fileTarget) GetRange(ctx context.Context, key string, off, n int64, buf
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("%w: %s", ErrNotFound, key)
 	}
+	return f, err
+}
+
+// GetRange reads n bytes at off of key with one ReadAt.
+func (t *fileTarget) GetRange(ctx context.Context, key string, off, n int64, buf []byte) ([]byte, error) {
+	f, err := t.open(key)
 	if err != nil {
 		return nil, err
 	}

@@ -132,6 +132,17 @@ func waitFor(t *testing.T, what string, cond func(c *assert.CollectT)) time.Dura
 	return time.Since(start)
 }
 
+// waitReplica waits until the volume's robustness is want and it reports
+// replica victim on node in mode ("ERR" dropped, "RW" back in use).
+func waitReplica(t *testing.T, what, vol, victim, node string, want v1.Robustness, mode string) time.Duration {
+	t.Helper()
+	return waitFor(t, what, func(c *assert.CollectT) {
+		v := getVolume(c, vol)
+		assert.Equal(c, want, v.Status.Robustness)
+		assert.Contains(c, v.Status.Replicas, v1.VolumeReplicaStatus{Name: victim, Node: node, Mode: mode})
+	})
+}
+
 // region is one range of the device fio writes and verifies with crc32c.
 type region struct{ offset, size int64 }
 

@@ -4,7 +4,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	v1 "github.com/cairnstore/cairn/api/v1alpha1"
@@ -30,20 +29,12 @@ func TestPartitionEngineReplica(t *testing.T) {
 			_ = network.Heal(node)
 		}
 	}()
-	detect := waitFor(t, "the engine did not drop the cut replica", func(c *assert.CollectT) {
-		v := getVolume(c, vol)
-		assert.Equal(c, v1.RobustnessDegraded, v.Status.Robustness)
-		assert.Contains(c, v.Status.Replicas, v1.VolumeReplicaStatus{Name: victim, Node: node, Mode: "ERR"})
-	})
+	detect := waitReplica(t, "the engine did not drop the cut replica", vol, victim, node, v1.RobustnessDegraded, "ERR")
 	w.waitPasses(t, 2) // I/O goes on without it
 
 	require.NoError(t, network.Heal(node))
 	cut = false
-	heal := waitFor(t, "the replica did not catch up", func(c *assert.CollectT) {
-		v := getVolume(c, vol)
-		assert.Equal(c, v1.RobustnessHealthy, v.Status.Robustness)
-		assert.Contains(c, v.Status.Replicas, v1.VolumeReplicaStatus{Name: victim, Node: node, Mode: "RW"})
-	})
+	heal := waitReplica(t, "the replica did not catch up", vol, victim, node, v1.RobustnessHealthy, "RW")
 	healthy(t, vol, v1.VolumeAttached, 3)
 	w.waitPasses(t, 1)
 	w.finish(t)

@@ -40,19 +40,11 @@ func TestSlowLink(t *testing.T) {
 	w := startWriter(t, blk, 4, 16<<20)
 	w.waitPasses(t, 1)
 	link.slow(t)
-	detect := waitFor(t, "the engine did not drop the slow replica", func(c *assert.CollectT) {
-		v := getVolume(c, vol)
-		assert.Equal(c, v1.RobustnessDegraded, v.Status.Robustness)
-		assert.Contains(c, v.Status.Replicas, v1.VolumeReplicaStatus{Name: victim, Node: node, Mode: "ERR"})
-	})
+	detect := waitReplica(t, "the engine did not drop the slow replica", vol, victim, node, v1.RobustnessDegraded, "ERR")
 	w.waitPasses(t, 1) // I/O goes on at the others' pace
 
 	link.fast(t)
-	heal := waitFor(t, "the replica was not taken back", func(c *assert.CollectT) {
-		v := getVolume(c, vol)
-		assert.Equal(c, v1.RobustnessHealthy, v.Status.Robustness)
-		assert.Contains(c, v.Status.Replicas, v1.VolumeReplicaStatus{Name: victim, Node: node, Mode: "RW"})
-	})
+	heal := waitReplica(t, "the replica was not taken back", vol, victim, node, v1.RobustnessHealthy, "RW")
 	healthy(t, vol, v1.VolumeAttached, 3)
 	w.waitPasses(t, 1)
 	w.finish(t)
