@@ -27,8 +27,8 @@ func TestBenchPolicyChange(t *testing.T) {
 	}
 	a, b := newPolicy("bench-a", suite, 1), newPolicy("bench-b", suite, 1)
 	a.Spec.Priority = 1
-	require.NoError(t, k8s.Create(bg, a))
-	require.NoError(t, k8s.Create(bg, b))
+	createPolicy(t, a)
+	createPolicy(t, b)
 	createVolumes(t, suite, volumes)
 	start := time.Now()
 	waitPolicy(t, "bench-a", volumes)

@@ -69,6 +69,20 @@ func newPolicy(name, suite string, replicas int32) *v1.VolumePolicy {
 	return p
 }
 
+// createPolicy creates p and waits until the manager has observed it, so
+// a volume created next is reconciled under it (a volume reconciled before
+// its policy reaches the manager's cache is placed without it, and
+// replicas once placed are not moved).
+func createPolicy(t *testing.T, p *v1.VolumePolicy) {
+	t.Helper()
+	require.NoError(t, k8s.Create(bg, p))
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		got := &v1.VolumePolicy{}
+		require.NoError(c, k8s.Get(bg, client.ObjectKeyFromObject(p), got))
+		assert.Equal(c, got.Generation, got.Status.ObservedGeneration)
+	}, wait, tick)
+}
+
 func newVolume(name, suite string) *v1.Volume {
 	v := &v1.Volume{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"suite": suite}}}
 	v.Spec.Size = resource.MustParse("1Gi")
@@ -141,7 +155,7 @@ func TestVolumeLifecycle(t *testing.T) {
 	}
 	p := newPolicy("lc-gold", suite, 3)
 	p.Spec.StorageClass = &v1.StorageClassTemplate{Name: "lc-gold", FSType: "xfs"}
-	require.NoError(t, k8s.Create(bg, p))
+	createPolicy(t, p)
 	vol := newVolume("lc-vol", suite)
 	require.NoError(t, k8s.Create(bg, vol))
 
@@ -276,7 +290,7 @@ func TestReplenishAndScale(t *testing.T) {
 	}
 	p := newPolicy("rp-policy", suite, 3)
 	p.Spec.ReplenishWait = &metav1.Duration{Duration: 2 * time.Second}
-	require.NoError(t, k8s.Create(bg, p))
+	createPolicy(t, p)
 	vol := newVolume("rp-vol", suite)
 	require.NoError(t, k8s.Create(bg, vol))
 	var lostNode string
@@ -351,7 +365,7 @@ func TestPolicyErrors(t *testing.T) {
 	nowhere := newPolicy("pe-nowhere", suite, 2)
 	nowhere.Spec.Placement.NodeSelector = map[string]string{"suite": "no-such-nodes"}
 	nowhere.Spec.Selector.MatchLabels = map[string]string{"suite": "pe-nowhere"}
-	require.NoError(t, k8s.Create(bg, nowhere))
+	createPolicy(t, nowhere)
 	vn := newVolume("pe-nowhere-vol", "pe-nowhere")
 	require.NoError(t, k8s.Create(bg, vn))
 	require.EventuallyWithT(t, func(c *assert.CollectT) {
@@ -364,8 +378,8 @@ func TestPolicyErrors(t *testing.T) {
 	}, wait, tick)
 
 	a, b := newPolicy("pe-a", suite, 2), newPolicy("pe-b", suite, 1)
-	require.NoError(t, k8s.Create(bg, a))
-	require.NoError(t, k8s.Create(bg, b))
+	createPolicy(t, a)
+	createPolicy(t, b)
 	vol := newVolume("pe-vol", suite)
 	require.NoError(t, k8s.Create(bg, vol))
 	require.EventuallyWithT(t, func(c *assert.CollectT) {

@@ -64,7 +64,7 @@ func TestVolumeFromSnapshot(t *testing.T) {
 	t.Parallel()
 	const suite = "fromsnap"
 	addNode(t, suite, "fs-1", "z")
-	require.NoError(t, k8s.Create(bg, newPolicy("fs-policy", suite, 1)))
+	createPolicy(t, newPolicy("fs-policy", suite, 1))
 	src := newVolume("fs-src", suite)
 	require.NoError(t, k8s.Create(bg, src))
 	require.EventuallyWithT(t, func(c *assert.CollectT) { assert.Len(c, replicasOf(c, src.Name), 1) }, wait, tick)
@@ -108,7 +108,7 @@ func TestVolumeClone(t *testing.T) {
 	t.Parallel()
 	const suite = "clone"
 	addNode(t, suite, "cl-1", "z")
-	require.NoError(t, k8s.Create(bg, newPolicy("cl-policy", suite, 1)))
+	createPolicy(t, newPolicy("cl-policy", suite, 1))
 	src := newVolume("cl-src", suite)
 	require.NoError(t, k8s.Create(bg, src))
 	require.EventuallyWithT(t, func(c *assert.CollectT) { assert.Len(c, replicasOf(c, src.Name), 1) }, wait, tick)
