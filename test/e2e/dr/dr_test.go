@@ -327,23 +327,18 @@ func requireIncremental(t *testing.T, vol, from, to string) {
 	}
 }
 
-// restartManagerB stops B's manager (SIGTERM) and starts it again with
-// the same command line and KUBECONFIG.
+// restartManagerB stops B's manager (SIGTERM) and waits for cairn dev,
+// which supervises it, to start a new one.
 func restartManagerB(t *testing.T) {
 	t.Helper()
 	pids := procs("manager", "--webhook-cert-dir")
 	require.Len(t, pids, 1, "B's manager")
-	argv := cmdline(t, pids[0])
 	require.NoError(t, syscall.Kill(pids[0], syscall.SIGTERM))
-	require.EventuallyWithT(t, func(c *assert.CollectT) { assert.Empty(c, procs("manager", "--webhook-cert-dir")) }, wait, tick)
-	logf, err := os.OpenFile(filepath.Join(siteB.dir, "manager.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	require.NoError(t, err)
-	defer logf.Close()
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Env = append(os.Environ(), "KUBECONFIG="+siteB.kubeconfig)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	require.NoError(t, cmd.Start())
-	started = append(started, cmd)
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		now := procs("manager", "--webhook-cert-dir")
+		assert.Len(c, now, 1)
+		assert.NotContains(c, now, pids[0])
+	}, wait, tick)
 }
 
 // restartAgent stops a node agent of site s (SIGTERM) and starts it again
