@@ -213,9 +213,13 @@ func writeThrough(dev string) error {
 func waitHealth(t *testing.T, id string, want []csipb.VolumeHealthErrorType, pid int) {
 	t.Helper()
 	ok := assert.EventuallyWithT(t, func(c *assert.CollectT) {
-		n, err := node.NodeGetVolumeHealth(context.Background(), &csipb.NodeGetVolumeHealthRequest{VolumeId: id})
+		// Bounded, so a call that hangs is reported as such rather than
+		// as the status the last answered call saw.
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		n, err := node.NodeGetVolumeHealth(ctx, &csipb.NodeGetVolumeHealthRequest{VolumeId: id})
 		require.NoError(c, err)
-		cr, err := controller.ControllerGetVolumeHealth(context.Background(), &csipb.ControllerGetVolumeHealthRequest{VolumeId: id})
+		cr, err := controller.ControllerGetVolumeHealth(ctx, &csipb.ControllerGetVolumeHealthRequest{VolumeId: id})
 		require.NoError(c, err)
 		for _, h := range []*csipb.VolumeHealth{n.GetVolumeHealth(), cr.GetVolumeHealth()} {
 			var got []csipb.VolumeHealthErrorType
