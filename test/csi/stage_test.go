@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,6 +15,7 @@ import (
 	csipb "github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/cairnstore/cairn/api/v1alpha1"
@@ -138,12 +140,9 @@ func TestHealthAbnormal(t *testing.T) {
 			req.Parameters = map[string]string{"replicas": c.replicas}
 			id := newVolume(t, req)
 			dev := publish(t, id)
-			waitHealth(t, id, nil)
-			var reps v1.ReplicaList
-			require.NoError(t, k8s.List(context.Background(), &reps, client.MatchingLabels{v1.LabelVolume: id}))
-			require.NotEmpty(t, reps.Items)
-			pid := int(reps.Items[0].Status.PID)
-			require.Positive(t, pid)
+			waitHealth(t, id, nil, 0)
+			rep := servingReplica(t, id)
+			pid := int(rep.Status.PID)
 			require.NoError(t, syscall.Kill(pid, syscall.SIGSTOP))
 			stopped := true
 			t.Cleanup(func() {
@@ -152,39 +151,75 @@ func TestHealthAbnormal(t *testing.T) {
 				}
 			})
 			// A write makes the engine notice the replica that does not
-			// answer (on a faulted volume it fails).
-			writeThrough(dev)
-			waitHealth(t, id, []csipb.VolumeHealthErrorType{c.want})
+			// answer: on a degraded volume it is acknowledged once the
+			// replica is dropped, on a faulted one it fails.
+			start := time.Now()
+			err := writeThrough(dev)
+			t.Logf("write+fsync through %s with replica %s (pid %d) stopped: %v after %v", dev, rep.Name, pid, err, time.Since(start).Round(time.Millisecond))
+			if c.want == csipb.VolumeHealthErrorType_DEGRADED {
+				require.NoError(t, err, "one healthy replica remains: the write must succeed")
+			}
+			waitHealth(t, id, []csipb.VolumeHealthErrorType{c.want}, pid)
 			if c.want != csipb.VolumeHealthErrorType_DEGRADED {
 				return
 			}
 			require.NoError(t, syscall.Kill(pid, syscall.SIGCONT))
 			stopped = false
-			waitHealth(t, id, nil)
+			waitHealth(t, id, nil, pid)
 		})
 	}
 }
 
-// writeThrough writes a block to the device and flushes it, ignoring
-// errors.
-func writeThrough(dev string) {
+// servingReplica is a replica of the volume that its engine reports
+// healthy, once the replica's status.PID is the process serving it (its
+// command line names the replica): stopping that process is what must
+// degrade the volume.
+func servingReplica(t *testing.T, id string) v1.Replica {
+	t.Helper()
+	var rep v1.Replica
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		var reps v1.ReplicaList
+		require.NoError(c, k8s.List(context.Background(), &reps, client.MatchingLabels{v1.LabelVolume: id}))
+		require.NotEmpty(c, reps.Items)
+		var eng v1.Engine
+		require.NoError(c, k8s.Get(context.Background(), clientKey(id), &eng))
+		rep = reps.Items[0]
+		require.Positive(c, rep.Status.PID)
+		assert.Equal(c, "healthy", eng.Status.ReplicaModes[rep.Status.Address], "engine's mode of %s (%s)", rep.Name, rep.Status.Address)
+		cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", rep.Status.PID))
+		require.NoError(c, err)
+		assert.Contains(c, string(cmdline), "\x00--replica\x00"+rep.Name+"\x00", "pid %d is not replica %s", rep.Status.PID, rep.Name)
+	}, time.Minute, 250*time.Millisecond)
+	return rep
+}
+
+// writeThrough writes a block to the device and flushes it.
+func writeThrough(dev string) error {
 	f, err := os.OpenFile(dev, os.O_RDWR, 0)
 	if err != nil {
-		return
+		return err
 	}
 	defer f.Close()
-	_, _ = f.WriteAt(make([]byte, 4096), 0)
-	_ = f.Sync()
+	if _, err := f.WriteAt(make([]byte, 4096), 0); err != nil {
+		return err
+	}
+	return f.Sync()
 }
 
 // waitHealth waits until the node and controller services report exactly
-// the given abnormal statuses for the volume.
-func waitHealth(t *testing.T, id string, want []csipb.VolumeHealthErrorType) {
+// the given abnormal statuses for the volume; when they do not, it logs
+// what the chain from the stopped replica process (pid, 0: none) to the
+// Volume's status saw.
+func waitHealth(t *testing.T, id string, want []csipb.VolumeHealthErrorType, pid int) {
 	t.Helper()
-	require.EventuallyWithT(t, func(c *assert.CollectT) {
-		n, err := node.NodeGetVolumeHealth(context.Background(), &csipb.NodeGetVolumeHealthRequest{VolumeId: id})
+	ok := assert.EventuallyWithT(t, func(c *assert.CollectT) {
+		// Bounded, so a call that hangs is reported as such rather than
+		// as the status the last answered call saw.
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		n, err := node.NodeGetVolumeHealth(ctx, &csipb.NodeGetVolumeHealthRequest{VolumeId: id})
 		require.NoError(c, err)
-		cr, err := controller.ControllerGetVolumeHealth(context.Background(), &csipb.ControllerGetVolumeHealthRequest{VolumeId: id})
+		cr, err := controller.ControllerGetVolumeHealth(ctx, &csipb.ControllerGetVolumeHealthRequest{VolumeId: id})
 		require.NoError(c, err)
 		for _, h := range []*csipb.VolumeHealth{n.GetVolumeHealth(), cr.GetVolumeHealth()} {
 			var got []csipb.VolumeHealthErrorType
@@ -194,4 +229,42 @@ func waitHealth(t *testing.T, id string, want []csipb.VolumeHealthErrorType) {
 			assert.Equal(c, want, got)
 		}
 	}, 3*time.Minute, 250*time.Millisecond)
+	if !ok {
+		t.Log(healthChain(id, pid))
+		t.FailNow()
+	}
+}
+
+// healthChain describes the volume's health as each link reports it: the
+// stopped process's state, the Replicas' status, the Engine's status (the
+// node agent's copy of the engine's) and the Volume's.
+func healthChain(id string, pid int) string {
+	ctx := context.Background()
+	var b strings.Builder
+	if pid > 0 {
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		fmt.Fprintf(&b, "process %d: %s (err %v)\n", pid, strings.TrimSpace(string(stat)), err)
+	}
+	var reps v1.ReplicaList
+	err := k8s.List(ctx, &reps, client.MatchingLabels{v1.LabelVolume: id})
+	fmt.Fprintf(&b, "replicas (err %v):\n", err)
+	for _, r := range reps.Items {
+		fmt.Fprintf(&b, "  %s node %s address %s pid %d restarts %d state %s conditions %s\n", r.Name, r.Spec.NodeID, r.Status.Address, r.Status.PID, r.Status.Restarts, r.Status.State, conditions(r.Status.Conditions))
+	}
+	var eng v1.Engine
+	err = k8s.Get(ctx, clientKey(id), &eng)
+	fmt.Fprintf(&b, "engine (err %v): pid %d restarts %d state %s robustness %s modes %v conditions %s\n", err, eng.Status.PID, eng.Status.Restarts, eng.Status.State, eng.Status.Robustness, eng.Status.ReplicaModes, conditions(eng.Status.Conditions))
+	var vol v1.Volume
+	err = k8s.Get(ctx, clientKey(id), &vol)
+	fmt.Fprintf(&b, "volume (err %v): state %s robustness %s replicas %+v conditions %s\n", err, vol.Status.State, vol.Status.Robustness, vol.Status.Replicas, conditions(vol.Status.Conditions))
+	fmt.Fprintf(&b, "logs: %s (kept after a failing run)", filepath.Join(tmp, "dev", "nodes", "*", "log"))
+	return b.String()
+}
+
+func conditions(cs []metav1.Condition) string {
+	var parts []string
+	for _, c := range cs {
+		parts = append(parts, fmt.Sprintf("%s=%s/%s %q (%s)", c.Type, c.Status, c.Reason, c.Message, c.LastTransitionTime.Format(time.RFC3339)))
+	}
+	return "[" + strings.Join(parts, "; ") + "]"
 }

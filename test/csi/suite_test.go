@@ -66,19 +66,32 @@ func runSuite(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	defer os.RemoveAll(tmp)
+	code := 1
+	defer func() { keepOnFailure(code) }()
 	stop, err := startDev()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "csi:", err)
-		return 1
+		return code
 	}
-	code := m.Run()
+	code = m.Run()
 	stopRestartedAgents()
 	if err := stop(); err != nil {
 		fmt.Fprintln(os.Stderr, "csi: stop cairn dev:", err)
 		code = 1
 	}
 	return code
+}
+
+// keepOnFailure removes the suite's temporary directory after a passing
+// run and keeps it after a failing one, for its logs: dev.log, and under
+// dev/ the manager's, each node agent's (nodes/NAME/node.log) and their
+// engines' and replicas' logs. Replica files are sparse.
+func keepOnFailure(code int) {
+	if code == 0 {
+		_ = os.RemoveAll(tmp)
+		return
+	}
+	fmt.Fprintf(os.Stderr, "csi: failed; logs kept in %s (dev.log, dev/**/*.log); remove it when done\n", tmp)
 }
 
 // missing names what the suite cannot run without, or "".
