@@ -241,8 +241,12 @@ func (v *Volume) addMember(addr string) (*member, error) {
 
 // dialTarget connects to a rebuild target and checks it is not larger
 // than the volume (a smaller one is grown when it joins, under the
-// barrier); any failure is ErrReplicaRefused.
+// barrier); any failure is ErrReplicaRefused. It gives up after the
+// control timeout: a target that accepted the connection but does not
+// answer (a stopped process) must not hold the control lock for ever.
 func (v *Volume) dialTarget(ctx context.Context, addr string) (*Replica, replica.Info, error) {
+	ctx, cancel := context.WithTimeout(ctx, v.cfg.ControlTimeout)
+	defer cancel()
 	r, err := v.dial(ctx, addr)
 	if err != nil {
 		return nil, replica.Info{}, fmt.Errorf("%w: %s: unreachable: %v", ErrReplicaRefused, addr, err)
