@@ -21,15 +21,16 @@ import (
 	"github.com/cairnstore/cairn/engine/backupstore"
 )
 
-// TestFullBackupTarget backs up 64 MiB of incompressible data to a
-// file:// target on a 24 MiB file system: the Backup fails for good with
-// the reason in its Stalled condition and a Warning event, the target's
+// TestFullBackupTarget backs up 64 MiB of incompressible data (two packs'
+// worth) to a file:// target on a 48 MiB file system, so the first pack
+// is stored and the second cannot be: the Backup fails for good with the
+// reason in its Stalled condition and a Warning event, the target's
 // catalogue lists no backup of the volume and holds no manifest of it,
-// and `cairn backup gc` removes every block the failed backup stored.
+// and `cairn backup gc` removes every pack the failed backup stored.
 func TestFullBackupTarget(t *testing.T) {
 	const vol = "fault-fulltarget"
 	dir := filepath.Join(t.TempDir(), "target")
-	smallDisk(t, dir, 24<<20)
+	smallDisk(t, dir, 48<<20)
 	url := "file://" + dir
 	target := &v1.BackupTarget{ObjectMeta: metav1.ObjectMeta{Name: vol}, Spec: v1.BackupTargetSpec{URL: url}}
 	require.NoError(t, k8s.Create(bg, target))
@@ -69,14 +70,14 @@ func TestFullBackupTarget(t *testing.T) {
 	require.NoError(t, err)
 	require.Empty(t, listed, "the failed backup is listed")
 	require.Empty(t, manifests(t, dir, vol))
-	stored := blockFiles(t, dir)
-	require.NotZero(t, stored, "the backup stored no block before the target filled up")
+	stored := packFiles(t, dir)
+	require.NotZero(t, stored, "the backup stored no pack before the target filled up")
 
 	// GC removes its debris.
 	out, err := exec.Command(dev.Bin, "backup", "gc", "--target", url).CombinedOutput()
 	require.NoError(t, err, "%s", out)
-	require.Zero(t, blockFiles(t, dir), "blocks left after gc:\n%s", out)
-	t.Logf("%d blocks of the failed backup removed by gc", stored)
+	require.Zero(t, packFiles(t, dir), "packs left after gc:\n%s", out)
+	t.Logf("%d packs of the failed backup removed by gc", stored)
 
 	require.NoError(t, fio(t.TempDir(), append(data.args(blk), "--rw=write", "--bs=1M", "--verify_only")))
 	require.NoError(t, k8s.Delete(bg, b))
@@ -86,10 +87,10 @@ func TestFullBackupTarget(t *testing.T) {
 	record(t, figures{detect: detect})
 }
 
-// blockFiles counts the block objects in the file target at dir.
-func blockFiles(t *testing.T, dir string) int {
+// packFiles counts the pack objects in the file target at dir.
+func packFiles(t *testing.T, dir string) int {
 	n := 0
-	err := filepath.WalkDir(filepath.Join(dir, "blocks"), func(_ string, d fs.DirEntry, err error) error {
+	err := filepath.WalkDir(filepath.Join(dir, "packs"), func(_ string, d fs.DirEntry, err error) error {
 		if err == nil && d.Type().IsRegular() {
 			n++
 		}
