@@ -22,11 +22,13 @@ import (
 )
 
 // TestFullBackupTarget backs up 64 MiB of incompressible data (two packs'
-// worth) to a file:// target on a 48 MiB file system, so the first pack
-// is stored and the second cannot be: the Backup fails for good with the
-// reason in its Stalled condition and a Warning event, the target's
-// catalogue lists no backup of the volume and holds no manifest of it,
-// and `cairn backup gc` removes every pack the failed backup stored.
+// worth) to a file:// target on a 48 MiB file system: the Backup fails
+// for good with the reason in its Stalled condition and a Warning event,
+// the target's catalogue lists no backup of the volume and holds no
+// manifest of it, and after `cairn backup gc` no pack is left. (Whether
+// the first pack was stored before the disk filled depends on how the
+// two packs' uploads overlapped, so the count is reported, not asserted;
+// backupstore's GC tests cover unindexed packs.)
 func TestFullBackupTarget(t *testing.T) {
 	const vol = "fault-fulltarget"
 	dir := filepath.Join(t.TempDir(), "target")
@@ -71,7 +73,6 @@ func TestFullBackupTarget(t *testing.T) {
 	require.Empty(t, listed, "the failed backup is listed")
 	require.Empty(t, manifests(t, dir, vol))
 	stored := packFiles(t, dir)
-	require.NotZero(t, stored, "the backup stored no pack before the target filled up")
 
 	// GC removes its debris.
 	out, err := exec.Command(dev.Bin, "backup", "gc", "--target", url).CombinedOutput()
