@@ -176,15 +176,7 @@ func latestSnapshot(ctx context.Context, site string, c client.Client, vol strin
 	if err := c.List(ctx, &l); err != nil {
 		return key + ": " + err.Error()
 	}
-	n, newest := 0, v1.Snapshot{}
-	for _, s := range l.Items {
-		if s.Spec.VolumeName == vol {
-			n++
-			if s.CreationTimestamp.After(newest.CreationTimestamp.Time) {
-				newest = s
-			}
-		}
-	}
+	n, newest := newestOf(l.Items, func(s *v1.Snapshot) bool { return s.Spec.VolumeName == vol })
 	if n == 0 {
 		return key + ": none yet"
 	}
@@ -198,19 +190,31 @@ func latestBackup(ctx context.Context, site string, c client.Client, vol string)
 	if err := c.List(ctx, &l); err != nil {
 		return key + ": " + err.Error()
 	}
-	n, newest := 0, v1.Backup{}
-	for _, b := range l.Items {
-		if b.Spec.VolumeName == vol {
-			n++
-			if b.CreationTimestamp.After(newest.CreationTimestamp.Time) {
-				newest = b
-			}
-		}
-	}
+	n, newest := newestOf(l.Items, func(b *v1.Backup) bool { return b.Spec.VolumeName == vol })
 	if n == 0 {
 		return key + ": none yet"
 	}
 	return fmt.Sprintf("%s: %d, newest %s %s %d%%", key, n, newest.Name, orDash(newest.Status.State), newest.Status.Progress)
+}
+
+// newestOf counts the items match accepts and returns the newest of them
+// by creation time.
+func newestOf[T any, P interface {
+	*T
+	GetCreationTimestamp() metav1.Time
+}](items []T, match func(P) bool) (int, P) {
+	n, newest := 0, P(nil)
+	for i := range items {
+		it := P(&items[i])
+		if !match(it) {
+			continue
+		}
+		n++
+		if newest == nil || it.GetCreationTimestamp().After(newest.GetCreationTimestamp().Time) {
+			newest = it
+		}
+	}
+	return n, newest
 }
 
 // drLines are the dr-site's DisasterRecoveryVolumes: phase, restored

@@ -1,26 +1,26 @@
 package main
 
 import (
-	"bytes"
-	"strings"
 	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	v1 "github.com/cairnstore/cairn/api/v1alpha1"
 )
 
-// TestPrintChanged: headless, a line prints when its value changes, not
-// when only the ticking RPO does.
-func TestPrintChanged(t *testing.T) {
-	prev := map[string]string{}
-	var out bytes.Buffer
-	printChanged(&out, []string{"primary volume v: Attached healthy, rpo 3s", "dr-site drv d/v: Standby"}, prev)
-	printChanged(&out, []string{"primary volume v: Attached healthy, rpo 5s", "dr-site drv d/v: Standby"}, prev)
-	printChanged(&out, []string{"primary volume v: Attached degraded, rpo 7s", "dr-site drv d/v: Active"}, prev)
-	var got []string
-	for _, l := range strings.Split(strings.TrimSpace(out.String()), "\n") {
-		got = append(got, l[len("15:04:05 "):])
+func TestNewestOf(t *testing.T) {
+	at := func(name, vol string, min int) v1.Backup {
+		b := v1.Backup{ObjectMeta: metav1.ObjectMeta{Name: name, CreationTimestamp: metav1.NewTime(time.Unix(0, 0).Add(time.Duration(min) * time.Minute))}}
+		b.Spec.VolumeName = vol
+		return b
 	}
-	want := []string{"primary volume v: Attached healthy, rpo 3s", "dr-site drv d/v: Standby",
-		"primary volume v: Attached degraded, rpo 7s", "dr-site drv d/v: Active"}
-	if strings.Join(got, "|") != strings.Join(want, "|") {
-		t.Fatalf("printed\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
-	}
+	items := []v1.Backup{at("a1", "a", 1), at("b9", "b", 9), at("a3", "a", 3), at("a2", "a", 2)}
+	n, newest := newestOf(items, func(b *v1.Backup) bool { return b.Spec.VolumeName == "a" })
+	require.Equal(t, 3, n)
+	require.Equal(t, "a3", newest.Name)
+	n, newest = newestOf(items, func(b *v1.Backup) bool { return b.Spec.VolumeName == "c" })
+	require.Zero(t, n)
+	require.Nil(t, newest)
 }
