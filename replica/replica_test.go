@@ -475,7 +475,7 @@ func TestFaultHookKeepsMetadata(t *testing.T) {
 var _ = errors.Is
 
 // TestReadCached checks the server's inline read: cached data and holes
-// read as ReadAt does, and data only on disk is refused, not waited for.
+// read as ReadAt does, and data only on disk is never waited for.
 func TestReadCached(t *testing.T) {
 	r := newTestReplica(t, 1<<20)
 	data := bytes.Repeat([]byte("cairn-rc"), 8192/8)
@@ -492,10 +492,20 @@ func TestReadCached(t *testing.T) {
 	require.ErrorIs(t, r.ReadCached(got, 1<<20-4096), ErrOutOfRange)
 
 	// Write back and drop the head's pages: the data is on disk only.
+	// RWF_NOWAIT does not wait for the disk, but it does start the read,
+	// and a fast disk can finish it before the kernel checks the page
+	// again (CI saw that; so does `go test -count=30 -run TestReadCached`,
+	// in about 1 run of 8, with mincore showing the pages evicted): then
+	// the data comes back. Either way it is the data or errNotCached.
 	require.NoError(t, r.Flush())
 	head := r.layers[len(r.layers)-1]
 	require.NoError(t, unix.Fadvise(head.fd, 0, 0, unix.FADV_DONTNEED))
-	require.ErrorIs(t, r.ReadCached(got, 4096), errNotCached)
+	clear(got)
+	if err := r.ReadCached(got, 4096); err != nil {
+		require.ErrorIs(t, err, errNotCached)
+	} else {
+		require.Equal(t, data, got[:len(data)])
+	}
 	clear(got)
 	_, err = r.ReadAt(got[:len(data)], 4096)
 	require.NoError(t, err)
