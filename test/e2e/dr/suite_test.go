@@ -21,11 +21,10 @@ import (
 
 // site is one of the two clusters.
 type site struct {
-	name       string
-	k8s        client.Client
-	vols       testutil.Volumes
-	kubeconfig string
-	dir        string // its data directory (nodes under dir/nodes)
+	name string
+	k8s  client.Client
+	vols testutil.Volumes
+	dir  string // its data directory (nodes under dir/nodes)
 }
 
 var (
@@ -70,6 +69,5 @@ func setupSuite(s *testutil.DevSuite) error {
 }
 
 func newSite(name string, ds *testutil.DevSite, dir string) *site {
-	return &site{name: name, k8s: ds.Client, vols: testutil.Volumes{Client: ds.Client, Wait: wait, Tick: tick},
-		kubeconfig: ds.Kubeconfig, dir: dir}
+	return &site{name: name, k8s: ds.Client, vols: testutil.Volumes{Client: ds.Client, Wait: wait, Tick: tick}, dir: dir}
 }
