@@ -338,7 +338,8 @@ func stopAgent(t *testing.T, s *site, node string) []string {
 	dir := filepath.Join(s.dir, "nodes", node)
 	pids := procs("node", "--name "+node+" ", "--data-dir "+dir+" ")
 	require.Len(t, pids, 1, "agent %s of site %s", node, s.name)
-	argv := cmdline(t, pids[0])
+	argv, err := testutil.Cmdline(pids[0])
+	require.NoError(t, err)
 	require.NoError(t, syscall.Kill(pids[0], syscall.SIGTERM))
 	require.EventuallyWithT(t, func(c *assert.CollectT) { assert.Empty(c, procs("node", "--name "+node+" ", "--data-dir "+dir+" ")) }, wait, tick)
 	return argv
@@ -353,13 +354,6 @@ func startAgent(t *testing.T, s *site, node string, argv []string) {
 	cmd.Stdout, cmd.Stderr = logf, logf
 	require.NoError(t, cmd.Start())
 	suite.Started(cmd)
-}
-
-func cmdline(t *testing.T, pid int) []string {
-	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-	require.NoError(t, err)
-	return strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
 }
 
 // procs lists live processes of this suite (their command line names its

@@ -271,11 +271,11 @@ func killAgent(t *testing.T, node string) []string {
 	// The primary's agent: a dr-site (make faults) has nodes of the same names.
 	pids := dev.Procs("node --name "+node+" ", "--data-dir "+filepath.Join(dev.DataDir, "nodes", node)+" ")
 	require.Len(t, pids, 1, "agent of %s", node)
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pids[0]))
+	argv, err := testutil.Cmdline(pids[0])
 	require.NoError(t, err)
 	require.NoError(t, syscall.Kill(pids[0], syscall.SIGKILL))
 	require.Eventually(t, func() bool { return testutil.Zombie(pids[0]) }, wait, tick)
-	return strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+	return argv
 }
 
 // restartAgent starts argv (a killed agent's command line) again in
