@@ -24,7 +24,7 @@ import (
 func TestOverviewShowsRobustness(t *testing.T) {
 	t.Parallel()
 	createPolicy(t, "dash-short", "dash-short", suiteNodes+1)
-	createVolume(t, "dash-short", "dash-short", "64Mi")
+	vols.Create(t, "dash-short", "dash-short", "64Mi")
 	waitHealthy(t, "pg-data", v1.VolumeDetached)
 	ctx := tab(t, "")
 	open(t, ctx, "/")
@@ -56,9 +56,9 @@ func TestReplicaKillShowsLive(t *testing.T) {
 	t.Parallel()
 	const vol = "dash-kill"
 	createPolicy(t, vol, vol, 2)
-	createVolume(t, vol, vol, "64Mi")
+	vols.Create(t, vol, vol, "64Mi")
 	waitHealthy(t, vol, v1.VolumeDetached)
-	v := getVolume(t, vol)
+	v := vols.Get(t, vol)
 	patch := client.MergeFrom(v.DeepCopy())
 	v.Spec.NodeID = "dev-node-1"
 	require.NoError(t, k8s.Patch(bg, v, patch))
@@ -71,7 +71,7 @@ func TestReplicaKillShowsLive(t *testing.T) {
 	require.NoError(t, err)
 
 	victim := v.Status.Replicas[0].Name
-	pids := procs("cairn replica", "--replica "+victim)
+	pids := dev.Procs("cairn replica", "--replica "+victim)
 	require.Len(t, pids, 1, "replica process of %s", victim)
 	require.NoError(t, syscall.Kill(pids[0], syscall.SIGKILL))
 	// A write finds the replica gone, so the engine drops it.
@@ -105,7 +105,7 @@ func TestBackupNow(t *testing.T) {
 	t.Parallel()
 	const vol = "dash-backup"
 	createPolicy(t, vol, vol, 2)
-	createVolume(t, vol, vol, "64Mi")
+	vols.Create(t, vol, vol, "64Mi")
 	waitHealthy(t, vol, v1.VolumeDetached)
 
 	ctx := tab(t, operator)
@@ -138,7 +138,7 @@ func TestBackupNow(t *testing.T) {
 	row := fmt.Sprintf(`tr[data-backup=%q]`, name)
 	submit(t, ctx, row+` form[action="/actions/restore"] button`, map[string]string{row + ` input[name="newVolume"]`: "dash-restored"}, "#notice")
 	assert.Equal(t, "Volume dash-restored created", text(t, ctx, "#notice"))
-	restored := getVolume(t, "dash-restored")
+	restored := vols.Get(t, "dash-restored")
 	require.NotNil(t, restored.Spec.FromBackup)
 	assert.Equal(t, b.Status.BackupID, restored.Spec.FromBackup.Backup)
 	waitJS(t, ctx, `document.querySelector('#restore[data-done="true"]') !== null`)
@@ -168,7 +168,7 @@ func TestActionRefused(t *testing.T) {
 	t.Parallel()
 	const vol = "dash-refused"
 	createPolicy(t, vol, vol, 1)
-	createVolume(t, vol, vol, "64Mi")
+	vols.Create(t, vol, vol, "64Mi")
 	waitHealthy(t, vol, v1.VolumeDetached)
 
 	// One tab at a time (subtests close theirs): the suite's tests share one
