@@ -25,7 +25,7 @@ func TestOverviewShowsRobustness(t *testing.T) {
 	t.Parallel()
 	createPolicy(t, "dash-short", "dash-short", suiteNodes+1)
 	vols.Create(t, "dash-short", "dash-short", "64Mi")
-	waitHealthy(t, "pg-data", v1.VolumeDetached)
+	vols.WaitHealthy(t, "pg-data", v1.VolumeDetached, 0)
 	ctx := tab(t, "")
 	open(t, ctx, "/")
 	require.EventuallyWithT(t, func(c *assert.CollectT) {
@@ -57,12 +57,9 @@ func TestReplicaKillShowsLive(t *testing.T) {
 	const vol = "dash-kill"
 	createPolicy(t, vol, vol, 2)
 	vols.Create(t, vol, vol, "64Mi")
-	waitHealthy(t, vol, v1.VolumeDetached)
-	v := vols.Get(t, vol)
-	patch := client.MergeFrom(v.DeepCopy())
-	v.Spec.NodeID = "dev-node-1"
-	require.NoError(t, k8s.Patch(bg, v, patch))
-	v = waitHealthy(t, vol, v1.VolumeAttached)
+	vols.WaitHealthy(t, vol, v1.VolumeDetached, 2)
+	vols.Patch(t, vol, func(v *v1.Volume) { v.Spec.NodeID = "dev-node-1" })
+	v := vols.WaitHealthy(t, vol, v1.VolumeAttached, 2)
 
 	ctx := tab(t, "")
 	open(t, ctx, "/")
@@ -106,7 +103,7 @@ func TestBackupNow(t *testing.T) {
 	const vol = "dash-backup"
 	createPolicy(t, vol, vol, 2)
 	vols.Create(t, vol, vol, "64Mi")
-	waitHealthy(t, vol, v1.VolumeDetached)
+	vols.WaitHealthy(t, vol, v1.VolumeDetached, 2)
 
 	ctx := tab(t, operator)
 	open(t, ctx, "/volumes/"+vol)
@@ -169,7 +166,7 @@ func TestActionRefused(t *testing.T) {
 	const vol = "dash-refused"
 	createPolicy(t, vol, vol, 1)
 	vols.Create(t, vol, vol, "64Mi")
-	waitHealthy(t, vol, v1.VolumeDetached)
+	vols.WaitHealthy(t, vol, v1.VolumeDetached, 1)
 
 	// One tab at a time (subtests close theirs): the suite's tests share one
 	// browser, which keeps at most six HTTP/1.1 connections to the
@@ -195,7 +192,7 @@ func TestActionRefused(t *testing.T) {
 // blank); an unknown volume, node or target is a 404 page.
 func TestPages(t *testing.T) {
 	t.Parallel()
-	waitHealthy(t, "pg-data", v1.VolumeDetached)
+	vols.WaitHealthy(t, "pg-data", v1.VolumeDetached, 0)
 	ctx := tab(t, "")
 	for name, path := range map[string]string{
 		"volume": "/volumes/pg-data", "node": "/nodes/dev-node-1", "target": "/targets/primary",

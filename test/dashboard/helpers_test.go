@@ -15,7 +15,6 @@ import (
 	"github.com/chromedp/chromedp"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	v1 "github.com/cairnstore/cairn/api/v1alpha1"
@@ -113,19 +112,6 @@ func createPolicy(t *testing.T, name, app string, replicas int32) {
 	p.Spec.BackupTargetRef = "primary"
 	p.Spec.Selector = &metav1.LabelSelector{MatchLabels: map[string]string{"app": app}}
 	require.NoError(t, k8s.Create(bg, p))
-}
-
-// waitHealthy waits until the volume is Ready and healthy in state.
-func waitHealthy(t *testing.T, name string, state v1.VolumeState) *v1.Volume {
-	t.Helper()
-	var v *v1.Volume
-	require.EventuallyWithT(t, func(c *assert.CollectT) {
-		v = vols.Get(c, name)
-		assert.Equal(c, state, v.Status.State)
-		assert.Equal(c, v1.RobustnessHealthy, v.Status.Robustness)
-		assert.True(c, meta.IsStatusConditionTrue(v.Status.Conditions, v1.ConditionReady))
-	}, wait, tick)
-	return v
 }
 
 // backupsOf lists the names of the volume's Backup objects.
