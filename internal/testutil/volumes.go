@@ -46,10 +46,17 @@ func (vs Volumes) Get(t assert.TestingT, name string) *v1.Volume {
 // Patch reads a Volume, changes it with mutate and merge-patches it.
 func (vs Volumes) Patch(t *testing.T, name string, mutate func(*v1.Volume)) {
 	t.Helper()
-	v := vs.Get(t, name)
-	p := client.MergeFrom(v.DeepCopy())
-	mutate(v)
-	require.NoError(t, vs.Client.Patch(context.Background(), v, p))
+	Patch(t, vs.Client, &v1.Volume{ObjectMeta: metav1.ObjectMeta{Name: name}}, mutate)
+}
+
+// Patch reads obj's current version (by obj's namespace and name) through
+// c into obj, changes it with mutate and merge-patches the change.
+func Patch[T client.Object](t testing.TB, c client.Client, obj T, mutate func(T)) {
+	t.Helper()
+	require.NoError(t, c.Get(context.Background(), client.ObjectKeyFromObject(obj), obj))
+	patch := client.MergeFrom(obj.DeepCopyObject().(client.Object))
+	mutate(obj)
+	require.NoError(t, c.Patch(context.Background(), obj, patch))
 }
 
 // WaitHealthy waits until the volume is Ready with its generation

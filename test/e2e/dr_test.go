@@ -159,10 +159,7 @@ func getDRV(c assert.TestingT, drv *v1.DisasterRecoveryVolume) *v1.DisasterRecov
 
 func patchDRV(t *testing.T, drv *v1.DisasterRecoveryVolume, mutate func(*v1.DisasterRecoveryVolume)) {
 	t.Helper()
-	cur := getDRV(t, drv)
-	patch := client.MergeFrom(cur.DeepCopy())
-	mutate(cur)
-	require.NoError(t, k8s.Patch(bg, cur, patch))
+	testutil.Patch(t, k8s, drv.DeepCopy(), mutate)
 }
 
 // waitHeld waits until the DR volume reports the standby holds b, Ready.

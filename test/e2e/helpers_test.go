@@ -22,6 +22,7 @@ import (
 
 	v1 "github.com/cairnstore/cairn/api/v1alpha1"
 	"github.com/cairnstore/cairn/config"
+	"github.com/cairnstore/cairn/internal/testutil"
 )
 
 var bg = context.Background()
@@ -66,11 +67,7 @@ func healthAgrees(obj map[string]any, ks status.Status) error {
 
 func patchPolicy(t *testing.T, name string, mutate func(*v1.VolumePolicy)) {
 	t.Helper()
-	p := &v1.VolumePolicy{}
-	require.NoError(t, k8s.Get(bg, client.ObjectKey{Name: name}, p))
-	patch := client.MergeFrom(p.DeepCopy())
-	mutate(p)
-	require.NoError(t, k8s.Patch(bg, p, patch))
+	testutil.Patch(t, k8s, &v1.VolumePolicy{ObjectMeta: metaName(name)}, mutate)
 }
 
 // fioJob is one region of a volume written and verified with crc32c.

@@ -275,10 +275,7 @@ func getDRVAt(c assert.TestingT, s *site, drv *v1.DisasterRecoveryVolume) *v1.Di
 
 func patchDRV(t *testing.T, drv *v1.DisasterRecoveryVolume, mutate func(*v1.DisasterRecoveryVolume)) {
 	t.Helper()
-	cur := getDRV(t, drv)
-	patch := client.MergeFrom(cur.DeepCopy())
-	mutate(cur)
-	require.NoError(t, siteB.k8s.Patch(bg, cur, patch))
+	testutil.Patch(t, siteB.k8s, drv.DeepCopy(), mutate)
 }
 
 // waitHeld waits until B reports its standby holds backup id, Ready.

@@ -298,9 +298,5 @@ func clientKey(name string) client.ObjectKey { return client.ObjectKey{Name: nam
 // volume).
 func setReplicas(t *testing.T, name string, n int32) {
 	t.Helper()
-	p := &v1.VolumePolicy{}
-	require.NoError(t, k8s.Get(bg, clientKey(name), p))
-	patch := client.MergeFrom(p.DeepCopy())
-	p.Spec.Replicas = n
-	require.NoError(t, k8s.Patch(bg, p, patch))
+	testutil.Patch(t, k8s, &v1.VolumePolicy{ObjectMeta: metav1.ObjectMeta{Name: name}}, func(p *v1.VolumePolicy) { p.Spec.Replicas = n })
 }
