@@ -74,7 +74,7 @@ type DevSuiteOptions struct {
 	// is recorded for config's Argo CD health test.
 	RecordHealth bool
 	// LogTailsOnFailure prints the end of dev's logs (Dev.PrintLogTails)
-	// when Setup or the tests failed, before dev stops.
+	// when connecting, Setup or the tests failed, before dev stops.
 	LogTailsOnFailure bool
 	// Setup runs once dev runs and its nodes are Ready, before the tests.
 	Setup func(*DevSuite) error
