@@ -218,11 +218,7 @@ func waitVolume(t *testing.T, name string, state v1.VolumeState) *v1.Volume {
 
 func patchNode(t *testing.T, name, node string) {
 	t.Helper()
-	v := &v1.Volume{}
-	require.NoError(t, k8s.Get(bg, client.ObjectKey{Name: name}, v))
-	orig := v.DeepCopy()
-	v.Spec.NodeID = node
-	require.NoError(t, k8s.Patch(bg, v, client.MergeFrom(orig)))
+	testutil.Volumes{Client: k8s}.Patch(t, name, func(v *v1.Volume) { v.Spec.NodeID = node })
 }
 
 // TestSnapshotBackupRestoreVerify writes data to a volume, then snapshots

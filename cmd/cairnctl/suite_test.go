@@ -5,18 +5,12 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/go-logr/logr"
-	"k8s.io/client-go/tools/clientcmd"
-	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	"github.com/cairnstore/cairn/controllers"
 	"github.com/cairnstore/cairn/internal/testutil"
 )
 
@@ -35,76 +29,17 @@ const (
 )
 
 func TestMain(m *testing.M) {
-	os.Exit(runSuite(m))
-}
-
-func runSuite(m *testing.M) int {
-	ctrl.SetLogger(logr.Discard())
-	if why := missing(); why != "" {
-		fmt.Fprintln(os.Stderr, "cairnctl suite:", why)
-		if testutil.OnCI() {
-			return 1
-		}
-		fmt.Fprintln(os.Stderr, "skipping the cairnctl suite (not on CI)")
-		return 0
-	}
-	var err error
-	if suiteTmp, err = os.MkdirTemp("", "cairnctl-test-"); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer os.RemoveAll(suiteTmp)
-	stop, err := startDev(suiteTmp)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "cairnctl suite:", err)
-		return 1
-	}
-	code := m.Run()
-	if err := stop(); err != nil {
-		fmt.Fprintln(os.Stderr, "cairnctl suite: stop cairn dev:", err)
-		code = 1
-	}
-	return code
-}
-
-func missing() string {
-	if os.Geteuid() != 0 {
-		return "needs root (loop devices, FUSE for the node agents of cairn dev)"
-	}
-	for _, tool := range []string{"etcd", "kube-apiserver", "kube-controller-manager"} {
-		if _, err := os.Stat(filepath.Join(testutil.BinDir(), tool)); err != nil {
-			return tool + " not built: run `make tools`"
-		}
-	}
-	if _, err := exec.LookPath("losetup"); err != nil {
-		return "losetup not installed: run hack/install-deps.sh"
-	}
-	return ""
-}
-
-// startDev runs `cairn dev` (no samples, no scheduler) through
-// testutil.StartDev (whose error ends with dev's last output lines) and
-// connects the suite's client; the returned func stops dev with SIGINT.
-func startDev(tmp string) (func() error, error) {
-	dev, err := testutil.StartDev(tmp, "--samples=false", "--nodes", fmt.Sprint(suiteNodes), "--no-scheduler")
-	if err != nil {
-		return nil, err
-	}
-	kubeconfig = dev.Kubeconfig
-	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
-	if err == nil {
-		k8s, err = client.New(cfg, client.Options{Scheme: controllers.NewScheme()})
-	}
-	if err == nil {
-		// With CAIRN_RECORD_HEALTH set, every state the suite's objects
-		// pass through is recorded for config's Argo CD health test.
-		err = testutil.StartHealthRecorder(context.Background(), cfg)
-	}
-	if err != nil {
-		_ = dev.Stop()
-		return nil, err
-	}
-	return dev.Stop, nil
+	os.Exit(testutil.RunDevSuite(m, "cairnctl suite", testutil.DevSuiteOptions{
+		RootFor:      "loop devices, FUSE for the node agents of cairn dev",
+		Tools:        []string{"losetup"},
+		TempPrefix:   "cairnctl-test-",
+		Args:         []string{"--samples=false", "--nodes", fmt.Sprint(suiteNodes), "--no-scheduler"},
+		RecordHealth: true,
+		Setup: func(s *testutil.DevSuite) error {
+			suiteTmp, kubeconfig, k8s = s.Tmp, s.Kubeconfig, s.Site.Client
+			return nil
+		},
+	}))
 }
 
 // result is one cairnctl run.

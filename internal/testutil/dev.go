@@ -120,26 +120,44 @@ func (d *Dev) waitBanner(stdout io.Reader) error {
 
 // outputTail is the last n lines dev wrote.
 func (d *Dev) outputTail(n int) string {
-	b, err := os.ReadFile(d.Out.Name())
+	tail, _, err := lastLines(d.Out.Name(), n)
 	if err != nil {
 		return err.Error()
 	}
-	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
-	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+	return tail
 }
 
-// PrintLogTails writes the end of every node agent's and child's log to w,
-// so a failure on a machine that is gone afterwards can still be read.
+// lastLines returns the last n lines of a file and how many lines it has.
+func lastLines(path string, n int) (string, int, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", 0, err
+	}
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n"), len(lines), nil
+}
+
+// logTails are dev's logs PrintLogTails prints, relative to its data
+// directory: the manager's (--manager-process), the node agents' and
+// their children's, the same of the dr-site (--dr-site).
+var logTails = []string{"manager.log", "nodes/*/node.log", "nodes/*/log/*.log",
+	"dr-site/manager.log", "dr-site/nodes/*/node.log", "dr-site/nodes/*/log/*.log"}
+
+// PrintLogTails writes the end of every log of dev's processes and of
+// dev's own output to w, so a failure on a machine that is gone afterwards
+// can still be read.
 func (d *Dev) PrintLogTails(w io.Writer) {
-	logs, _ := filepath.Glob(filepath.Join(d.DataDir, "nodes", "*", "node.log"))
-	children, _ := filepath.Glob(filepath.Join(d.DataDir, "nodes", "*", "log", "*.log"))
-	for _, l := range append(logs, children...) {
-		b, err := os.ReadFile(l)
+	var logs []string
+	for _, pattern := range logTails {
+		m, _ := filepath.Glob(filepath.Join(d.DataDir, pattern))
+		logs = append(logs, m...)
+	}
+	for _, l := range append(logs, d.Out.Name()) {
+		tail, n, err := lastLines(l, 15)
 		if err != nil {
 			continue
 		}
-		lines := strings.Split(strings.TrimSpace(string(b)), "\n")
-		fmt.Fprintf(w, "==> %s (last %d of %d lines) <==\n%s\n", l, min(15, len(lines)), len(lines), strings.Join(lines[max(0, len(lines)-15):], "\n"))
+		fmt.Fprintf(w, "==> %s (last %d of %d lines) <==\n%s\n", l, min(15, n), n, tail)
 	}
 }
 

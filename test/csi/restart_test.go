@@ -1,15 +1,11 @@
 package csi
 
 import (
-	"bytes"
 	"context"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -19,46 +15,23 @@ import (
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/cairnstore/cairn/internal/testutil"
 )
 
 // restartNode is the node whose agent TestStageAfterAgentRestart restarts
 // (not the sanity node, whose node service other tests drive).
 const restartNode = "dev-node-2"
 
-// restarted are node agents the tests started in place of cairn dev's;
-// stopRestartedAgents stops them before cairn dev stops.
-var (
-	restartedMu sync.Mutex
-	restarted   []*exec.Cmd
-)
-
-// stopRestartedAgents asks the agents the tests restarted to stop (SIGTERM,
-// as cairn dev does) and waits for them.
-func stopRestartedAgents() {
-	restartedMu.Lock()
-	defer restartedMu.Unlock()
-	for _, cmd := range restarted {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		_ = cmd.Wait()
-	}
-}
-
 // agentArgv finds the running `cairn node` of the node in this suite's
 // cairn dev and returns its pid and argv.
 func agentArgv(t *testing.T, name string) (int, []string) {
 	t.Helper()
-	procs, err := filepath.Glob("/proc/[0-9]*/cmdline")
+	pids := suite.Procs("node --name " + name + " ")
+	require.Len(t, pids, 1, "node agent %s", name)
+	argv, err := testutil.Cmdline(pids[0])
 	require.NoError(t, err)
-	for _, p := range procs {
-		b, err := os.ReadFile(p)
-		if err != nil || !bytes.Contains(b, []byte("\x00node\x00--name\x00"+name+"\x00")) || !bytes.Contains(b, []byte(tmp)) {
-			continue
-		}
-		pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
-		return pid, strings.Split(strings.TrimSuffix(string(b), "\x00"), "\x00")
-	}
-	t.Fatalf("no node agent %s running", name)
-	return 0, nil
+	return pids[0], argv
 }
 
 // restartAgent SIGKILLs the node's agent (its children keep running) and
@@ -67,11 +40,7 @@ func restartAgent(t *testing.T, name string) {
 	t.Helper()
 	pid, argv := agentArgv(t, name)
 	require.NoError(t, syscall.Kill(pid, syscall.SIGKILL))
-	require.EventuallyWithT(t, func(c *assert.CollectT) {
-		_, err := os.Stat(fmt.Sprintf("/proc/%d/cmdline", pid))
-		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		assert.True(c, err != nil || bytes.Contains(b, []byte(") Z ")), "agent %d still running", pid)
-	}, time.Minute, 100*time.Millisecond)
+	require.Eventually(t, func() bool { return testutil.Zombie(pid) }, time.Minute, 100*time.Millisecond, "agent %d still running", pid)
 	logf, err := os.OpenFile(filepath.Join(tmp, "dev", "nodes", name, "node.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	require.NoError(t, err)
 	defer logf.Close()
@@ -79,9 +48,7 @@ func restartAgent(t *testing.T, name string) {
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	require.NoError(t, cmd.Start())
-	restartedMu.Lock()
-	restarted = append(restarted, cmd)
-	restartedMu.Unlock()
+	suite.Started(cmd)
 }
 
 // mountSource is the device mounted at path ("" when none).

@@ -8,28 +8,24 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	csipb "github.com/container-storage-interface/spec/lib/go/csi"
-	"github.com/go-logr/logr"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/tools/clientcmd"
-	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/cairnstore/cairn/api/v1alpha1"
-	"github.com/cairnstore/cairn/controllers"
 	"github.com/cairnstore/cairn/internal/testutil"
 )
 
 // The suite's cluster and the driver's sockets.
 var (
+	suite          *testutil.DevSuite
 	k8s            client.Client
 	tmp            string
 	devOut         *os.File
@@ -48,104 +44,31 @@ const (
 	backupTarget = "csi-sanity"
 )
 
-func TestMain(m *testing.M) { os.Exit(runSuite(m)) }
-
-func runSuite(m *testing.M) int {
-	ctrl.SetLogger(logr.Discard())
-	if why := missing(); why != "" {
-		fmt.Fprintln(os.Stderr, "csi:", why)
-		if testutil.OnCI() {
-			return 1
-		}
-		fmt.Fprintln(os.Stderr, "skipping the CSI suite (not on CI)")
-		return 0
-	}
-	var err error
-	// A short path: the node's socket paths must fit in sun_path.
-	if tmp, err = os.MkdirTemp("", "ccsi-"); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	code := 1
-	defer func() { keepOnFailure(code) }()
-	stop, err := startDev()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "csi:", err)
-		return code
-	}
-	code = m.Run()
-	stopRestartedAgents()
-	if err := stop(); err != nil {
-		fmt.Fprintln(os.Stderr, "csi: stop cairn dev:", err)
-		code = 1
-	}
-	return code
-}
-
-// keepOnFailure removes the suite's temporary directory after a passing
-// run and keeps it after a failing one, for its logs: dev.log, and under
-// dev/ the manager's, each node agent's (nodes/NAME/node.log) and their
-// engines' and replicas' logs. Replica files are sparse.
-func keepOnFailure(code int) {
-	if code == 0 {
-		_ = os.RemoveAll(tmp)
-		return
-	}
-	fmt.Fprintf(os.Stderr, "csi: failed; logs kept in %s (dev.log, dev/**/*.log); remove it when done\n", tmp)
-}
-
-// missing names what the suite cannot run without, or "".
-func missing() string {
-	if os.Geteuid() != 0 {
-		return "needs root (loop devices, FUSE, mounts)"
-	}
-	for _, tool := range []string{"etcd", "kube-apiserver", "kube-controller-manager"} {
-		if _, err := os.Stat(filepath.Join(testutil.BinDir(), tool)); err != nil {
-			return tool + " not built: run `make tools`"
-		}
-	}
-	for _, tool := range []string{"losetup", "mount", "blkid", "mkfs.ext4", "mkfs.xfs", "resize2fs", "xfs_growfs"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			return tool + " not installed: run hack/install-deps.sh"
-		}
-	}
-	return ""
-}
-
-// startDev starts `cairn dev` through testutil.StartDev, takes the CSI
-// sockets from its banner, waits for the nodes and connects.
-func startDev() (func() error, error) {
-	dev, err := testutil.StartDev(tmp, "--samples=false", "--nodes", fmt.Sprint(suiteNodes), "--no-scheduler")
-	if err != nil {
-		return nil, err
-	}
-	devOut = dev.Out
-	if err := connect(dev); err != nil {
-		_ = dev.Stop()
-		return nil, fmt.Errorf("%w (log: %s)", err, devOut.Name())
-	}
-	return dev.Stop, nil
+func TestMain(m *testing.M) {
+	os.Exit(testutil.RunDevSuite(m, "CSI suite", testutil.DevSuiteOptions{
+		RootFor: "loop devices, FUSE, mounts",
+		Tools:   []string{"losetup", "mount", "blkid", "mkfs.ext4", "mkfs.xfs", "resize2fs", "xfs_growfs"},
+		// A short path: the node's socket paths must fit in sun_path.
+		TempPrefix: "ccsi-",
+		// Kept after a failing run for its logs: dev.log, and under dev/
+		// the manager's, each node agent's (nodes/NAME/node.log) and their
+		// engines' and replicas' logs. Replica files are sparse.
+		KeepTempOnFailure: true,
+		Args:              []string{"--samples=false", "--nodes", fmt.Sprint(suiteNodes), "--no-scheduler"},
+		Nodes:             suiteNodes,
+		Setup:             connect,
+	}))
 }
 
 // connect reads the sockets from the banner, makes the clients and waits
-// until every node is Ready, the node service probes ready and the backup
-// target exists.
-func connect(dev *testutil.Dev) error {
-	if err := csiSockets(dev.Banner["CSI"]); err != nil {
-		return err
-	}
-	cfg, err := clientcmd.BuildConfigFromFlags("", dev.Kubeconfig)
-	if err != nil {
-		return err
-	}
-	if k8s, err = client.New(cfg, client.Options{Scheme: controllers.NewScheme()}); err != nil {
+// until the node service probes ready and the backup target exists.
+func connect(s *testutil.DevSuite) error {
+	suite, tmp, devOut, k8s = s, s.Tmp, s.Out, s.Site.Client
+	if err := csiSockets(s.Banner["CSI"]); err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	if err := testutil.WaitNodesReady(k8s, suiteNodes, 2*time.Minute); err != nil {
-		return err
-	}
 	if err := dial(); err != nil {
 		return err
 	}

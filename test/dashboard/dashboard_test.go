@@ -24,8 +24,8 @@ import (
 func TestOverviewShowsRobustness(t *testing.T) {
 	t.Parallel()
 	createPolicy(t, "dash-short", "dash-short", suiteNodes+1)
-	createVolume(t, "dash-short", "dash-short", "64Mi")
-	waitHealthy(t, "pg-data", v1.VolumeDetached)
+	vols.Create(t, "dash-short", "dash-short", "64Mi")
+	vols.WaitHealthy(t, "pg-data", v1.VolumeDetached, 0)
 	ctx := tab(t, "")
 	open(t, ctx, "/")
 	require.EventuallyWithT(t, func(c *assert.CollectT) {
@@ -56,13 +56,10 @@ func TestReplicaKillShowsLive(t *testing.T) {
 	t.Parallel()
 	const vol = "dash-kill"
 	createPolicy(t, vol, vol, 2)
-	createVolume(t, vol, vol, "64Mi")
-	waitHealthy(t, vol, v1.VolumeDetached)
-	v := getVolume(t, vol)
-	patch := client.MergeFrom(v.DeepCopy())
-	v.Spec.NodeID = "dev-node-1"
-	require.NoError(t, k8s.Patch(bg, v, patch))
-	v = waitHealthy(t, vol, v1.VolumeAttached)
+	vols.Create(t, vol, vol, "64Mi")
+	vols.WaitHealthy(t, vol, v1.VolumeDetached, 2)
+	vols.Patch(t, vol, func(v *v1.Volume) { v.Spec.NodeID = "dev-node-1" })
+	v := vols.WaitHealthy(t, vol, v1.VolumeAttached, 2)
 
 	ctx := tab(t, "")
 	open(t, ctx, "/")
@@ -71,7 +68,7 @@ func TestReplicaKillShowsLive(t *testing.T) {
 	require.NoError(t, err)
 
 	victim := v.Status.Replicas[0].Name
-	pids := procs("cairn replica", "--replica "+victim)
+	pids := dev.Procs("cairn replica", "--replica "+victim)
 	require.Len(t, pids, 1, "replica process of %s", victim)
 	require.NoError(t, syscall.Kill(pids[0], syscall.SIGKILL))
 	// A write finds the replica gone, so the engine drops it.
@@ -105,8 +102,8 @@ func TestBackupNow(t *testing.T) {
 	t.Parallel()
 	const vol = "dash-backup"
 	createPolicy(t, vol, vol, 2)
-	createVolume(t, vol, vol, "64Mi")
-	waitHealthy(t, vol, v1.VolumeDetached)
+	vols.Create(t, vol, vol, "64Mi")
+	vols.WaitHealthy(t, vol, v1.VolumeDetached, 2)
 
 	ctx := tab(t, operator)
 	open(t, ctx, "/volumes/"+vol)
@@ -138,7 +135,7 @@ func TestBackupNow(t *testing.T) {
 	row := fmt.Sprintf(`tr[data-backup=%q]`, name)
 	submit(t, ctx, row+` form[action="/actions/restore"] button`, map[string]string{row + ` input[name="newVolume"]`: "dash-restored"}, "#notice")
 	assert.Equal(t, "Volume dash-restored created", text(t, ctx, "#notice"))
-	restored := getVolume(t, "dash-restored")
+	restored := vols.Get(t, "dash-restored")
 	require.NotNil(t, restored.Spec.FromBackup)
 	assert.Equal(t, b.Status.BackupID, restored.Spec.FromBackup.Backup)
 	waitJS(t, ctx, `document.querySelector('#restore[data-done="true"]') !== null`)
@@ -168,8 +165,8 @@ func TestActionRefused(t *testing.T) {
 	t.Parallel()
 	const vol = "dash-refused"
 	createPolicy(t, vol, vol, 1)
-	createVolume(t, vol, vol, "64Mi")
-	waitHealthy(t, vol, v1.VolumeDetached)
+	vols.Create(t, vol, vol, "64Mi")
+	vols.WaitHealthy(t, vol, v1.VolumeDetached, 1)
 
 	// One tab at a time (subtests close theirs): the suite's tests share one
 	// browser, which keeps at most six HTTP/1.1 connections to the
@@ -195,7 +192,7 @@ func TestActionRefused(t *testing.T) {
 // blank); an unknown volume, node or target is a 404 page.
 func TestPages(t *testing.T) {
 	t.Parallel()
-	waitHealthy(t, "pg-data", v1.VolumeDetached)
+	vols.WaitHealthy(t, "pg-data", v1.VolumeDetached, 0)
 	ctx := tab(t, "")
 	for name, path := range map[string]string{
 		"volume": "/volumes/pg-data", "node": "/nodes/dev-node-1", "target": "/targets/primary",

@@ -15,14 +15,10 @@ import (
 	"github.com/chromedp/chromedp"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"k8s.io/apimachinery/pkg/api/meta"
-	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/cairnstore/cairn/api/v1alpha1"
 	"github.com/cairnstore/cairn/dashboard"
-	"github.com/cairnstore/cairn/internal/testutil"
 )
 
 var bg = context.Background()
@@ -118,32 +114,6 @@ func createPolicy(t *testing.T, name, app string, replicas int32) {
 	require.NoError(t, k8s.Create(bg, p))
 }
 
-func createVolume(t *testing.T, name, app, size string) {
-	t.Helper()
-	v := &v1.Volume{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"app": app}}}
-	v.Spec.Size = resource.MustParse(size)
-	require.NoError(t, k8s.Create(bg, v))
-}
-
-func getVolume(t assert.TestingT, name string) *v1.Volume {
-	v := &v1.Volume{}
-	assert.NoError(t, k8s.Get(bg, client.ObjectKey{Name: name}, v))
-	return v
-}
-
-// waitHealthy waits until the volume is Ready and healthy in state.
-func waitHealthy(t *testing.T, name string, state v1.VolumeState) *v1.Volume {
-	t.Helper()
-	var v *v1.Volume
-	require.EventuallyWithT(t, func(c *assert.CollectT) {
-		v = getVolume(c, name)
-		assert.Equal(c, state, v.Status.State)
-		assert.Equal(c, v1.RobustnessHealthy, v.Status.Robustness)
-		assert.True(c, meta.IsStatusConditionTrue(v.Status.Conditions, v1.ConditionReady))
-	}, wait, tick)
-	return v
-}
-
 // backupsOf lists the names of the volume's Backup objects.
 func backupsOf(t *testing.T, volume string) []string {
 	t.Helper()
@@ -156,12 +126,6 @@ func backupsOf(t *testing.T, volume string) []string {
 		}
 	}
 	return out
-}
-
-// procs lists live processes of this suite's cairn dev whose command line
-// contains every one of words.
-func procs(words ...string) []int {
-	return testutil.Procs(append(words, dev.DataDir)...)
 }
 
 // screenshot saves a full-page screenshot as NAME.png in the artifacts

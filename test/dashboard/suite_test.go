@@ -13,29 +13,27 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/chromedp/chromedp"
-	"github.com/go-logr/logr"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/tools/clientcmd"
-	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/cairnstore/cairn/api/v1alpha1"
-	"github.com/cairnstore/cairn/controllers"
 	"github.com/cairnstore/cairn/internal/testutil"
 )
 
 // The suite's cluster and browser.
 var (
 	k8s       client.Client
-	dev       *testutil.Dev
+	vols      testutil.Volumes
+	dev       *testutil.DevSuite
 	baseURL   string // the dashboard, from dev's "dashboard" line
 	secret    string // the trusted proxy's secret
 	browser   context.Context
 	artifacts string
+	// stopBrowser stops the browser setup started, if any.
+	stopBrowser = func() {}
 )
 
 const (
@@ -47,103 +45,64 @@ const (
 )
 
 func TestMain(m *testing.M) {
-	os.Exit(runSuite(m))
+	os.Exit(testutil.RunDevSuite(m, "dashboard browser suite", testutil.DevSuiteOptions{
+		RootFor:    "loop devices, FUSE",
+		Bin:        []string{"versitygw"},
+		Tools:      []string{"chromium"},
+		TempPrefix: "cairn-dashboard-",
+		Args:       []string{"--nodes", fmt.Sprint(suiteNodes)},
+		Prepare:    writeSecret,
+		Nodes:      suiteNodes,
+		Setup:      setup,
+		Teardown:   func(*testutil.DevSuite, bool) error { stopBrowser(); return nil },
+	}))
 }
 
-func runSuite(m *testing.M) int {
-	ctrl.SetLogger(logr.Discard())
-	chromium, why := missing()
-	if why != "" {
-		fmt.Fprintln(os.Stderr, "dashboard:", why)
-		if testutil.OnCI() {
-			return 1
-		}
-		fmt.Fprintln(os.Stderr, "skipping the dashboard browser suite (not on CI)")
-		return 0
-	}
-	tmp, err := os.MkdirTemp("", "cairn-dashboard-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer os.RemoveAll(tmp)
-	stop, err := setup(tmp, chromium)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "dashboard:", err)
-		if stop != nil {
-			stop()
-		}
-		return 1
-	}
-	code := m.Run()
-	stop()
-	return code
-}
-
-// missing returns chromium's path, or what the suite cannot run without.
-func missing() (string, string) {
-	if os.Geteuid() != 0 {
-		return "", "needs root (loop devices, FUSE)"
-	}
-	for _, tool := range []string{"etcd", "kube-apiserver", "kube-controller-manager", "versitygw"} {
-		if _, err := os.Stat(filepath.Join(testutil.BinDir(), tool)); err != nil {
-			return "", tool + " not built: run `make tools`"
-		}
-	}
-	chromium, err := exec.LookPath("chromium")
-	if err != nil {
-		return "", "chromium not installed: apt-get install -y chromium (or run hack/install-deps.sh)"
-	}
-	return chromium, ""
-}
-
-// setup starts cairn dev with the samples and a trusted proxy secret, the
-// operator's RBAC, and one headless browser; the returned func stops them.
-func setup(tmp, chromium string) (func(), error) {
-	var stops []func()
-	stop := func() {
-		for i := len(stops) - 1; i >= 0; i-- {
-			stops[i]()
-		}
-	}
+// writeSecret writes the trusted proxy's secret into tmp for dev's
+// --dashboard-proxy-secret-file.
+func writeSecret(tmp string) ([]string, error) {
 	secret = randomHex(24)
 	secretFile := filepath.Join(tmp, "proxy-secret")
 	if err := os.WriteFile(secretFile, []byte(secret+"\n"), 0o600); err != nil {
 		return nil, err
 	}
-	var err error
-	dev, err = testutil.StartDev(tmp, "--nodes", fmt.Sprint(suiteNodes), "--dashboard-proxy-secret-file", secretFile)
-	if err != nil {
-		return nil, err
-	}
-	stops = append(stops, func() {
-		if err := dev.Stop(); err != nil {
-			fmt.Fprintln(os.Stderr, "dashboard: stop cairn dev:", err)
-		}
-	})
+	return []string{"--dashboard-proxy-secret-file", secretFile}, nil
+}
+
+// setup checks dev's dashboard line, grants the operator's RBAC and starts
+// one headless browser.
+func setup(s *testutil.DevSuite) error {
+	dev, k8s = s, s.Site.Client
+	vols = testutil.Volumes{Client: k8s, Wait: wait, Tick: tick}
 	baseURL = strings.TrimSuffix(dev.Banner["dashboard"], "/")
 	if !strings.HasPrefix(baseURL, "http://127.0.0.1:") {
-		return stop, fmt.Errorf("cairn dev printed no loopback dashboard line: %q", dev.Banner["dashboard"])
-	}
-	if err := connect(dev.Banner["kubeconfig"]); err != nil {
-		return stop, err
+		return fmt.Errorf("cairn dev printed no loopback dashboard line: %q", dev.Banner["dashboard"])
 	}
 	if err := bindOperator(); err != nil {
-		return stop, err
+		return err
 	}
+	var err error
 	if artifacts, err = artifactsDir(); err != nil {
-		return stop, err
+		return err
 	}
-	ctx, cancel := chromedp.NewExecAllocator(context.Background(), append(chromedp.DefaultExecAllocatorOptions[:],
+	return startBrowser()
+}
+
+// startBrowser starts chromium once, so tests only open tabs.
+func startBrowser() error {
+	chromium, err := exec.LookPath("chromium")
+	if err != nil {
+		return err
+	}
+	ctx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), append(chromedp.DefaultExecAllocatorOptions[:],
 		chromedp.ExecPath(chromium), chromedp.NoSandbox, chromedp.DisableGPU, chromedp.WindowSize(1400, 1000))...)
-	stops = append(stops, cancel)
+	var cancel context.CancelFunc
 	browser, cancel = chromedp.NewContext(ctx)
-	stops = append(stops, cancel)
-	// Start the browser once, so tests only open tabs.
+	stopBrowser = func() { cancel(); cancelAlloc() }
 	if err := chromedp.Do(browser); err != nil {
-		return stop, fmt.Errorf("start chromium: %w", err)
+		return fmt.Errorf("start chromium: %w", err)
 	}
-	return stop, nil
+	return nil
 }
 
 // artifactsDir is $ARTIFACTS/dashboard, else .cairn/test-artifacts/dashboard
@@ -158,18 +117,6 @@ func artifactsDir() (string, error) {
 		return "", err
 	}
 	return dir, os.MkdirAll(dir, 0o755)
-}
-
-// connect makes the suite's client and waits for every node to be Ready.
-func connect(kubeconfig string) error {
-	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
-	if err != nil {
-		return err
-	}
-	if k8s, err = client.New(cfg, client.Options{Scheme: controllers.NewScheme()}); err != nil {
-		return err
-	}
-	return testutil.WaitNodesReady(k8s, suiteNodes, 2*time.Minute)
 }
 
 // bindOperator lets operator create what the dashboard's actions create,

@@ -16,89 +16,49 @@ import (
 	"testing"
 	"time"
 
-	"github.com/go-logr/logr"
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/tools/clientcmd"
-	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/cairnstore/cairn/api/v1alpha1"
-	"github.com/cairnstore/cairn/controllers"
 	"github.com/cairnstore/cairn/internal/gitapply"
 	"github.com/cairnstore/cairn/internal/kubeletstub"
 	"github.com/cairnstore/cairn/internal/testutil"
 )
 
 var (
-	dev      *testutil.Dev
+	dev      *testutil.DevSuite
 	examples string // the suite's copy of examples/
 )
 
-func TestMain(m *testing.M) { os.Exit(runSuite(m)) }
+func TestMain(m *testing.M) {
+	os.Exit(testutil.RunDevSuite(m, "devflow suite", testutil.DevSuiteOptions{
+		RootFor:    "loop devices, FUSE, mounts",
+		Bin:        []string{"versitygw", "csi-attacher", "csi-provisioner"},
+		Tools:      []string{"losetup", "mount", "blkid", "mkfs.ext4"},
+		TempPrefix: "cdevflow-",
+		Args:       []string{"--dr-site", "--headless"},
+		Prepare:    copyExamples,
+		Setup:      func(s *testutil.DevSuite) error { dev = s; return nil },
+		AfterStop: func(s *testutil.DevSuite, failed bool) error {
+			if failed {
+				out, _ := os.ReadFile(s.Out.Name())
+				fmt.Fprintf(os.Stderr, "cairn dev output:\n%s\n", out)
+			}
+			return nil
+		},
+	}))
+}
 
-func runSuite(m *testing.M) int {
-	ctrl.SetLogger(logr.Discard())
-	if why := missing(); why != "" {
-		fmt.Fprintln(os.Stderr, "devflow:", why)
-		if testutil.OnCI() {
-			return 1
-		}
-		fmt.Fprintln(os.Stderr, "skipping the devflow suite (not on CI)")
-		return 0
-	}
-	tmp, err := os.MkdirTemp("", "cdevflow-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer os.RemoveAll(tmp)
+// copyExamples copies examples/ into tmp for dev's --examples: the test
+// commits to the copy.
+func copyExamples(tmp string) ([]string, error) {
 	examples = filepath.Join(tmp, "examples")
 	if out, err := exec.Command("cp", "-r", filepath.Join(testutil.RepoRoot(), "examples"), examples).CombinedOutput(); err != nil {
-		fmt.Fprintln(os.Stderr, "copy examples:", err, string(out))
-		return 1
+		return nil, fmt.Errorf("copy examples: %v: %s", err, out)
 	}
-	if dev, err = testutil.StartDev(tmp, "--dr-site", "--examples", examples, "--headless"); err != nil {
-		fmt.Fprintln(os.Stderr, "devflow:", err)
-		return 1
-	}
-	code := m.Run()
-	if err := dev.Stop(); err != nil {
-		fmt.Fprintln(os.Stderr, "devflow: stop cairn dev:", err)
-		code = 1
-	}
-	if code != 0 {
-		out, _ := os.ReadFile(dev.Out.Name())
-		fmt.Fprintf(os.Stderr, "cairn dev output:\n%s\n", out)
-	}
-	return code
-}
-
-// missing names what the suite cannot run without, or "".
-func missing() string {
-	if os.Geteuid() != 0 {
-		return "needs root (loop devices, FUSE, mounts)"
-	}
-	for _, tool := range []string{"etcd", "kube-apiserver", "kube-controller-manager", "versitygw", "csi-attacher", "csi-provisioner"} {
-		if _, err := os.Stat(filepath.Join(testutil.BinDir(), tool)); err != nil {
-			return tool + " not built: run `make tools`"
-		}
-	}
-	for _, tool := range []string{"losetup", "mount", "blkid", "mkfs.ext4"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			return tool + " not installed: run hack/install-deps.sh"
-		}
-	}
-	return ""
-}
-
-func clientFor(t *testing.T, kubeconfig string) client.Client {
-	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
-	require.NoError(t, err)
-	c, err := client.New(cfg, client.Options{Scheme: controllers.NewScheme()})
-	require.NoError(t, err)
-	return c
+	return []string{"--examples", examples}, nil
 }
 
 // poll calls done every second until it reports true or ctx ends.
@@ -119,8 +79,8 @@ func poll(ctx context.Context, t *testing.T, what string, done func() bool) {
 func TestFailover(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
-	primary := clientFor(t, dev.Banner["kubeconfig"])
-	drSite := clientFor(t, dev.Banner["dr-site kubeconfig"])
+	require.NotNil(t, dev.DRSite, "cairn dev printed no dr-site kubeconfig")
+	primary, drSite := dev.Site.Client, dev.DRSite.Client
 	srcDir := filepath.Join(publishedPath(ctx, t, primary, "demo-writer"), "writer")
 	first := firstWrite(ctx, t, srcDir)
 

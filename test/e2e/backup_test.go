@@ -35,8 +35,8 @@ func TestSnapshotAndBackup(t *testing.T) {
 	newTarget(t, "e2e-s3", srv)
 	createPolicy(t, "e2e-backup", "backup", 2)
 	const vol = "e2e-bk"
-	createVolume(t, vol, "backup", "128Mi")
-	dev := attach(t, vol, "dev-node-1", 2)
+	vols.Create(t, vol, "backup", "128Mi")
+	dev := vols.Attach(t, vol, "dev-node-1", 2)
 	region1.write(t, dev)
 
 	// A backup while fio writes another region: the writer sees no error.
@@ -62,7 +62,7 @@ func TestSnapshotAndBackup(t *testing.T) {
 	createSnapshot(t, "e2e-bk-s1", vol)
 	b2 := createBackup(t, "e2e-bk-b2", vol, "e2e-bk-s1", "Delete")
 	require.EventuallyWithT(t, func(c *assert.CollectT) {
-		assert.Equal(c, b2.Name, getVolume(c, vol).Status.LastBackup)
+		assert.Equal(c, b2.Name, vols.Get(c, vol).Status.LastBackup)
 	}, wait, tick)
 
 	rdev := restoreVolume(t, "e2e-bk-restored", vol, b2.Status.BackupID, "dev-node-3")
@@ -80,13 +80,13 @@ func TestSnapshotAndBackup(t *testing.T) {
 
 	// A detached volume's snapshot runs through an engine without a
 	// frontend, which goes away afterwards.
-	detach(t, vol, 2)
+	vols.Detach(t, vol, 2)
 	createSnapshot(t, "e2e-bk-s2", vol)
 	require.EventuallyWithT(t, func(c *assert.CollectT) {
 		assert.True(c, apierrors.IsNotFound(k8s.Get(bg, client.ObjectKey{Name: vol}, &v1.Engine{})), "the maintenance engine stays")
-		assert.Empty(c, procs("--volume "+vol+" "), "a detached volume runs processes")
+		assert.Empty(c, suite.Procs("--volume "+vol+" "), "a detached volume runs processes")
 	}, wait, tick)
-	assert.Equal(t, v1.VolumeDetached, getVolume(t, vol).Status.State)
+	assert.Equal(t, v1.VolumeDetached, vols.Get(t, vol).Status.State)
 
 	// deletePolicy Delete removes the backup from the target.
 	require.NoError(t, k8s.Delete(bg, b2))
@@ -160,7 +160,7 @@ func TestSnapshotAndBackup(t *testing.T) {
 		assert.Equal(c, "Completed", retry.Status.State, "%v", retry.Status.Conditions)
 	}, wait, tick)
 
-	requireHidden(t, srv.SecretKey, "the S3 secret key", procs())
+	requireHidden(t, srv.SecretKey, "the S3 secret key", suite.Procs())
 }
 
 // restoreVolume creates a two-replica volume from backup id of vol in
@@ -172,9 +172,9 @@ func restoreVolume(t *testing.T, name, vol, id, node string) string {
 	restored.Spec.FromBackup = &v1.BackupSource{BackupTargetRef: "e2e-s3", Volume: vol, Backup: id}
 	require.NoError(t, k8s.Create(bg, restored))
 	require.EventuallyWithT(t, func(c *assert.CollectT) {
-		assert.True(c, meta.IsStatusConditionTrue(getVolume(c, name).Status.Conditions, v1.ConditionRestored))
+		assert.True(c, meta.IsStatusConditionTrue(vols.Get(c, name).Status.Conditions, v1.ConditionRestored))
 	}, wait, tick)
-	return attach(t, name, node, 2)
+	return vols.Attach(t, name, node, 2)
 }
 
 // snapshotSum reads a snapshot of vol through one of its running replica

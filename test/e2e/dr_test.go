@@ -22,6 +22,7 @@ import (
 	v1 "github.com/cairnstore/cairn/api/v1alpha1"
 	"github.com/cairnstore/cairn/controllers/dr"
 	"github.com/cairnstore/cairn/engine/backupstore"
+	"github.com/cairnstore/cairn/internal/testutil"
 )
 
 // drSource is a source volume "written at another site": a raw image
@@ -84,7 +85,7 @@ func TestDisasterRecoveryVolume(t *testing.T) {
 	vol := dr.VolumeName("default", "pg")
 
 	waitHeld(t, drv, b1)
-	v := getVolume(t, vol)
+	v := vols.Get(t, vol)
 	require.True(t, v.Spec.Standby)
 	require.Empty(t, v.Status.AttachedNode)
 
@@ -99,7 +100,7 @@ func TestDisasterRecoveryVolume(t *testing.T) {
 	})
 
 	t.Run("after node agent restarts", func(t *testing.T) {
-		for n := range replicaNodes(getVolume(t, vol)) {
+		for n := range testutil.ReplicaNodes(vols.Get(t, vol)) {
 			stopAgent(t, n)
 			restartAgent(t, n, "")
 		}
@@ -132,7 +133,7 @@ func TestDisasterRecoveryVolume(t *testing.T) {
 		assert.Equal(c, v1.DRActive, d.Status.Phase)
 		assert.True(c, meta.IsStatusConditionTrue(d.Status.Conditions, v1.ConditionReady))
 		assert.Equal(c, good.ID, d.Status.LastRestoredBackup)
-		if cond := meta.FindStatusCondition(d.Status.Conditions, dr.ConditionBackupSkipped); assert.NotNil(c, cond, "conditions %v, volume annotations %v", d.Status.Conditions, getVolume(c, vol).Annotations) {
+		if cond := meta.FindStatusCondition(d.Status.Conditions, dr.ConditionBackupSkipped); assert.NotNil(c, cond, "conditions %v, volume annotations %v", d.Status.Conditions, vols.Get(c, vol).Annotations) {
 			assert.Contains(c, cond.Message, bad.ID)
 		}
 		assert.NoError(c, k8s.Get(bg, client.ObjectKey{Namespace: "default", Name: "pg-data"}, &pvc))
@@ -143,11 +144,11 @@ func TestDisasterRecoveryVolume(t *testing.T) {
 	require.NoError(t, k8s.Get(bg, client.ObjectKey{Name: vol}, &pv))
 	require.Equal(t, "csi.cairn.dev", pv.Spec.CSI.Driver)
 	require.Equal(t, vol, pv.Spec.CSI.VolumeHandle)
-	require.False(t, getVolume(t, vol).Spec.Standby)
+	require.False(t, vols.Get(t, vol).Spec.Standby)
 
-	dev := attach(t, vol, "dev-node-1", 2)
+	dev := vols.Attach(t, vol, "dev-node-1", 2)
 	require.Equal(t, goodSum, sha256.Sum256(readDevice(t, dev)), "the activated volume holds the backup it activated from")
-	detach(t, vol, 2)
+	vols.Detach(t, vol, 2)
 }
 
 func getDRV(c assert.TestingT, drv *v1.DisasterRecoveryVolume) *v1.DisasterRecoveryVolume {
@@ -158,10 +159,7 @@ func getDRV(c assert.TestingT, drv *v1.DisasterRecoveryVolume) *v1.DisasterRecov
 
 func patchDRV(t *testing.T, drv *v1.DisasterRecoveryVolume, mutate func(*v1.DisasterRecoveryVolume)) {
 	t.Helper()
-	cur := getDRV(t, drv)
-	patch := client.MergeFrom(cur.DeepCopy())
-	mutate(cur)
-	require.NoError(t, k8s.Patch(bg, cur, patch))
+	testutil.Patch(t, k8s, drv.DeepCopy(), mutate)
 }
 
 // waitHeld waits until the DR volume reports the standby holds b, Ready.
@@ -199,10 +197,10 @@ func requireIncremental(t *testing.T, vol, from, to string) {
 // waits until it exited.
 func stopAgent(t *testing.T, node string) {
 	t.Helper()
-	agents := procs("node --name " + node + " ")
+	agents := suite.Procs("node --name " + node + " ")
 	require.Len(t, agents, 1, "agent of %s", node)
 	require.NoError(t, syscall.Kill(agents[0], syscall.SIGTERM))
 	require.EventuallyWithT(t, func(c *assert.CollectT) {
-		assert.Empty(c, procs("node --name "+node+" "))
+		assert.Empty(c, suite.Procs("node --name "+node+" "))
 	}, wait, tick)
 }

@@ -14,8 +14,6 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"k8s.io/apimachinery/pkg/api/meta"
-	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -39,44 +37,6 @@ func createPolicy(t *testing.T, name, app string, replicas int32) *v1.VolumePoli
 	p.Spec.Selector = &metav1.LabelSelector{MatchLabels: map[string]string{"app": app}}
 	require.NoError(t, k8s.Create(bg, p))
 	return p
-}
-
-func createVolume(t *testing.T, name, app, size string) {
-	t.Helper()
-	v := &v1.Volume{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"app": app}}}
-	v.Spec.Size = resource.MustParse(size)
-	require.NoError(t, k8s.Create(bg, v))
-}
-
-func getVolume(t assert.TestingT, name string) *v1.Volume {
-	v := &v1.Volume{}
-	assert.NoError(t, k8s.Get(bg, client.ObjectKey{Name: name}, v))
-	return v
-}
-
-// waitVolume waits until the volume is Ready, kstatus-Current, healthy with
-// n replicas on n nodes, in state, and returns it.
-func waitVolume(t *testing.T, name string, state v1.VolumeState, n int) *v1.Volume {
-	t.Helper()
-	var v *v1.Volume
-	require.EventuallyWithT(t, func(c *assert.CollectT) {
-		v = getVolume(c, name)
-		assert.Equal(c, state, v.Status.State)
-		assert.Equal(c, v1.RobustnessHealthy, v.Status.Robustness)
-		assert.Len(c, v.Status.Replicas, n)
-		assert.Len(c, replicaNodes(v), n, "two replicas share a node")
-		assert.True(c, meta.IsStatusConditionTrue(v.Status.Conditions, v1.ConditionReady))
-		assert.True(c, current(c, v), "kstatus not Current")
-	}, wait, tick)
-	return v
-}
-
-func replicaNodes(v *v1.Volume) map[string]bool {
-	out := map[string]bool{}
-	for _, r := range v.Status.Replicas {
-		out[r.Node] = true
-	}
-	return out
 }
 
 func current(t assert.TestingT, obj client.Object) bool {
@@ -105,40 +65,9 @@ func healthAgrees(obj map[string]any, ks status.Status) error {
 	return nil
 }
 
-func patchVolume(t *testing.T, name string, mutate func(*v1.Volume)) {
-	t.Helper()
-	v := getVolume(t, name)
-	p := client.MergeFrom(v.DeepCopy())
-	mutate(v)
-	require.NoError(t, k8s.Patch(bg, v, p))
-}
-
 func patchPolicy(t *testing.T, name string, mutate func(*v1.VolumePolicy)) {
 	t.Helper()
-	p := &v1.VolumePolicy{}
-	require.NoError(t, k8s.Get(bg, client.ObjectKey{Name: name}, p))
-	patch := client.MergeFrom(p.DeepCopy())
-	mutate(p)
-	require.NoError(t, k8s.Patch(bg, p, patch))
-}
-
-// attach sets spec.nodeID and waits for an attached, healthy volume whose
-// endpoint is a block device.
-func attach(t *testing.T, name, node string, replicas int) string {
-	t.Helper()
-	patchVolume(t, name, func(v *v1.Volume) { v.Spec.NodeID = node })
-	v := waitVolume(t, name, v1.VolumeAttached, replicas)
-	require.Equal(t, node, v.Status.AttachedNode)
-	st, err := os.Stat(v.Status.Endpoint)
-	require.NoError(t, err)
-	require.NotZero(t, st.Mode()&os.ModeDevice, "%s is not a device", v.Status.Endpoint)
-	return v.Status.Endpoint
-}
-
-func detach(t *testing.T, name string, replicas int) {
-	t.Helper()
-	patchVolume(t, name, func(v *v1.Volume) { v.Spec.NodeID = "" })
-	waitVolume(t, name, v1.VolumeDetached, replicas)
+	testutil.Patch(t, k8s, &v1.VolumePolicy{ObjectMeta: metaName(name)}, mutate)
 }
 
 // fioJob is one region of a volume written and verified with crc32c.
@@ -167,12 +96,6 @@ func runFio(t *testing.T, args []string) {
 	out, err := exec.Command("fio", args...).CombinedOutput()
 	require.NoError(t, err, "fio %s:\n%s", strings.Join(args, " "), out)
 	require.NotContains(t, string(out), "verify: bad", "fio found corrupt data")
-}
-
-// procs lists the pids of live processes of this suite (their command line
-// names its data directory) whose command line contains every one of words.
-func procs(words ...string) []int {
-	return testutil.Procs(append(words, dataDir)...)
 }
 
 // childrenOf lists the live direct children of pid.

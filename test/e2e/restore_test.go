@@ -53,25 +53,25 @@ func TestVolumeFromBackup(t *testing.T) {
 	const vol = "e2e-restored"
 	createRestoredVolume(t, vol, "96Mi", "")
 	require.EventuallyWithT(t, func(c *assert.CollectT) {
-		v := getVolume(c, vol)
+		v := vols.Get(c, vol)
 		assert.True(c, meta.IsStatusConditionTrue(v.Status.Conditions, v1.ConditionRestored))
 		assert.NotEmpty(c, v.Status.RestoredBackup)
 		for _, rep := range replicaObjects(c, vol) {
 			assert.Equal(c, v.Status.RestoredBackup, rep.Status.RestoredBackup, "replica %s", rep.Name)
 		}
 	}, wait, tick)
-	waitVolume(t, vol, v1.VolumeDetached, 2)
+	vols.WaitHealthy(t, vol, v1.VolumeDetached, 2)
 
 	// A third replica, created empty after the restore, while detached.
 	patchPolicy(t, p.Name, func(p *v1.VolumePolicy) { p.Spec.Replicas = 3 })
-	waitVolume(t, vol, v1.VolumeDetached, 3)
+	vols.WaitHealthy(t, vol, v1.VolumeDetached, 3)
 	for _, rep := range replicaObjects(t, vol) {
 		if rep.Spec.Restore == nil {
 			assert.Empty(t, rep.Status.RestoredBackup)
 		}
 	}
 
-	dev := attach(t, vol, "dev-node-2", 3)
+	dev := vols.Attach(t, vol, "dev-node-2", 3)
 	assert.Equal(t, "100663296", deviceSize(t, dev))
 	requireContent(t, dev, 64*mib, sum)
 
@@ -79,13 +79,13 @@ func TestVolumeFromBackup(t *testing.T) {
 	// are killed, so it must have been rebuilt from them.
 	for _, rep := range replicaObjects(t, vol) {
 		if rep.Spec.Restore != nil {
-			for _, pid := range procs("cairn replica", "--replica "+rep.Name) {
+			for _, pid := range suite.Procs("cairn replica", "--replica "+rep.Name) {
 				require.NoError(t, syscall.Kill(pid, syscall.SIGKILL))
 			}
 		}
 	}
 	requireContent(t, dev, 64*mib, sum)
-	waitVolume(t, vol, v1.VolumeAttached, 3)
+	vols.WaitHealthy(t, vol, v1.VolumeAttached, 3)
 	requireContent(t, dev, 64*mib, sum)
 
 }
@@ -103,7 +103,7 @@ func createRestoredVolume(t *testing.T, name, size, backup string) {
 func requireStalled(t *testing.T, name, reason string) {
 	t.Helper()
 	require.EventuallyWithT(t, func(c *assert.CollectT) {
-		v := getVolume(c, name)
+		v := vols.Get(c, name)
 		cond := meta.FindStatusCondition(v.Status.Conditions, v1.ConditionStalled)
 		if assert.NotNil(c, cond) {
 			assert.Equal(c, reason, cond.Reason)

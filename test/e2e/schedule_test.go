@@ -51,10 +51,10 @@ func TestScheduledRuns(t *testing.T) {
 	target := newTarget(t, "e2e-sched-s3", srv)
 	pol := createPolicy(t, "e2e-sched", "sched", 2)
 	patchPolicy(t, pol.Name, func(p *v1.VolumePolicy) { p.Spec.RecurringSnapshots = []v1.ObjectName{"e2e-hourly", "e2e-nightly"} })
-	createVolume(t, "e2e-sched-a", "sched", "64Mi")
-	createVolume(t, "e2e-sched-b", "sched", "64Mi")
-	waitVolume(t, "e2e-sched-b", v1.VolumeDetached, 2)
-	dev := attach(t, "e2e-sched-a", "dev-node-2", 2)
+	vols.Create(t, "e2e-sched-a", "sched", "64Mi")
+	vols.Create(t, "e2e-sched-b", "sched", "64Mi")
+	vols.WaitHealthy(t, "e2e-sched-b", v1.VolumeDetached, 2)
+	dev := vols.Attach(t, "e2e-sched-a", "dev-node-2", 2)
 	fioJob{offset: "0", size: "8m"}.write(t, dev)
 
 	hourly := createSchedule(t, "e2e-hourly", v1.RecurringSnapshotSpec{Schedule: "0 * * * *", TimeZone: "Europe/Berlin",
@@ -126,9 +126,9 @@ func TestScheduledRuns(t *testing.T) {
 	restored.Spec.FromBackup = &v1.BackupSource{BackupTargetRef: v1.ObjectName(target.Name), Volume: "e2e-sched-a", Backup: backupID}
 	require.NoError(t, k8s.Create(bg, restored))
 	require.EventuallyWithT(t, func(c *assert.CollectT) {
-		assert.True(c, meta.IsStatusConditionTrue(getVolume(c, restored.Name).Status.Conditions, v1.ConditionRestored))
+		assert.True(c, meta.IsStatusConditionTrue(vols.Get(c, restored.Name).Status.Conditions, v1.ConditionRestored))
 	}, wait, tick)
-	rdev := attach(t, restored.Name, "dev-node-4", 1)
+	rdev := vols.Attach(t, restored.Name, "dev-node-4", 1)
 	assert.Equal(t, sum, deviceSum(t, rdev), "the nightly backup does not restore to the volume's content")
 }
 

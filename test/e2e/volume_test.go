@@ -19,6 +19,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/cairnstore/cairn/api/v1alpha1"
+	"github.com/cairnstore/cairn/internal/testutil"
 )
 
 var (
@@ -34,18 +35,18 @@ var (
 func TestVolumeLifecycle(t *testing.T) {
 	const vol = "e2e-a"
 	createPolicy(t, "e2e-gold", "lifecycle", 3)
-	createVolume(t, vol, "lifecycle", "1Gi")
-	waitVolume(t, vol, v1.VolumeDetached, 3)
+	vols.Create(t, vol, "lifecycle", "1Gi")
+	vols.WaitHealthy(t, vol, v1.VolumeDetached, 3)
 	noProcesses(t, vol)
 
-	dev := attach(t, vol, "dev-node-1", 3)
+	dev := vols.Attach(t, vol, "dev-node-1", 3)
 	region1.write(t, dev)
 
 	// SIGKILL one replica process while fio writes: the volume degrades,
 	// the agent restarts it, the engine catches it up, fio stays clean.
-	v := getVolume(t, vol)
+	v := vols.Get(t, vol)
 	victim := v.Status.Replicas[1].Name
-	pids := procs("cairn replica", "--replica "+victim)
+	pids := suite.Procs("cairn replica", "--replica "+victim)
 	require.Len(t, pids, 1, "replica process of %s", victim)
 	done := make(chan struct{})
 	go func() {
@@ -59,33 +60,33 @@ func TestVolumeLifecycle(t *testing.T) {
 		assert.NoError(c, k8s.Get(bg, client.ObjectKey{Name: victim}, rep))
 		assert.Positive(c, rep.Status.Restarts, "the agent did not restart the replica")
 	}, wait, tick)
-	waitVolume(t, vol, v1.VolumeAttached, 3)
+	vols.WaitHealthy(t, vol, v1.VolumeAttached, 3)
 	region1.verify(t, dev)
 	region2.verify(t, dev)
 
 	// Move to another node: the data follows.
-	detach(t, vol, 3)
+	vols.Detach(t, vol, 3)
 	noProcesses(t, vol)
-	dev = attach(t, vol, "dev-node-3", 3)
+	dev = vols.Attach(t, vol, "dev-node-3", 3)
 	region1.verify(t, dev)
 	region2.verify(t, dev)
 
 	// 3 -> 2 -> 3 replicas, verified after each.
 	patchPolicy(t, "e2e-gold", func(p *v1.VolumePolicy) { p.Spec.Replicas = 2 })
-	waitVolume(t, vol, v1.VolumeAttached, 2)
+	vols.WaitHealthy(t, vol, v1.VolumeAttached, 2)
 	region1.verify(t, dev)
 	patchPolicy(t, "e2e-gold", func(p *v1.VolumePolicy) { p.Spec.Replicas = 3 })
-	waitVolume(t, vol, v1.VolumeAttached, 3)
+	vols.WaitHealthy(t, vol, v1.VolumeAttached, 3)
 	region1.verify(t, dev)
 	region2.verify(t, dev)
 
 	// Online growth while attached: the device grows, old data verifies,
 	// the new range takes writes.
-	patchVolume(t, vol, func(v *v1.Volume) { v.Spec.Size = resource.MustParse("2Gi") })
+	vols.Patch(t, vol, func(v *v1.Volume) { v.Spec.Size = resource.MustParse("2Gi") })
 	require.EventuallyWithT(t, func(c *assert.CollectT) {
 		assert.Equal(c, "2147483648", deviceSize(c, dev))
 	}, wait, tick)
-	waitVolume(t, vol, v1.VolumeAttached, 3)
+	vols.WaitHealthy(t, vol, v1.VolumeAttached, 3)
 	fioJob{offset: "1500m", size: "16m"}.write(t, dev)
 	region1.verify(t, dev)
 	region2.verify(t, dev)
@@ -93,10 +94,10 @@ func TestVolumeLifecycle(t *testing.T) {
 	requireTokenHidden(t, vol)
 
 	// Deleting the policy deletes nothing.
-	before := getVolume(t, vol).Status.Replicas
+	before := vols.Get(t, vol).Status.Replicas
 	require.NoError(t, k8s.Delete(bg, &v1.VolumePolicy{ObjectMeta: metaName("e2e-gold")}))
 	require.EventuallyWithT(t, func(c *assert.CollectT) {
-		v := getVolume(c, vol)
+		v := vols.Get(c, vol)
 		assert.True(c, meta.IsStatusConditionTrue(v.Status.Conditions, "PolicyDeleted"))
 		assert.True(c, meta.IsStatusConditionTrue(v.Status.Conditions, v1.ConditionReady))
 		assert.ElementsMatch(c, before, v.Status.Replicas)
@@ -109,7 +110,7 @@ func TestVolumeLifecycle(t *testing.T) {
 	require.NoError(t, k8s.Delete(bg, &v1.Volume{ObjectMeta: metaName(vol)}))
 	require.EventuallyWithT(t, func(c *assert.CollectT) {
 		assert.True(c, apierrors.IsNotFound(k8s.Get(bg, client.ObjectKey{Name: vol}, &v1.Volume{})))
-		assert.Empty(c, procs("--volume "+vol))
+		assert.Empty(c, suite.Procs("--volume "+vol))
 		for _, d := range dirs {
 			_, err := os.Stat(d)
 			assert.True(c, os.IsNotExist(err), "%s still exists", d)
@@ -170,18 +171,18 @@ func requireHidden(t *testing.T, value, what string, pids []int) {
 func TestNodeLossReplenish(t *testing.T) {
 	const vol = "e2e-b"
 	createPolicy(t, "e2e-silver", "nodeloss", 3)
-	createVolume(t, vol, "nodeloss", "256Mi")
-	waitVolume(t, vol, v1.VolumeDetached, 3)
-	v := getVolume(t, vol)
+	vols.Create(t, vol, "nodeloss", "256Mi")
+	vols.WaitHealthy(t, vol, v1.VolumeDetached, 3)
+	v := vols.Get(t, vol)
 	attachTo := v.Status.Replicas[0].Node
 	lost, lostReplica := v.Status.Replicas[1].Node, v.Status.Replicas[1].Name
-	dev := attach(t, vol, attachTo, 3)
+	dev := vols.Attach(t, vol, attachTo, 3)
 	region1.write(t, dev)
 
 	lostNode := &v1.CairnNode{}
 	require.NoError(t, k8s.Get(bg, client.ObjectKey{Name: lost}, lostNode))
 	zone := lostNode.Status.Zone
-	agents := procs("node --name " + lost + " ")
+	agents := suite.Procs("node --name " + lost + " ")
 	require.Len(t, agents, 1, "agent of %s", lost)
 	kill := append(childrenOf(agents[0]), agents[0])
 	for _, pid := range kill {
@@ -191,11 +192,11 @@ func TestNodeLossReplenish(t *testing.T) {
 		n := &v1.CairnNode{}
 		assert.NoError(c, k8s.Get(bg, client.ObjectKey{Name: lost}, n))
 		assert.False(c, meta.IsStatusConditionTrue(n.Status.Conditions, v1.ConditionReady))
-		v := getVolume(c, vol)
-		assert.False(c, replicaNodes(v)[lost], "a replica is still on %s", lost)
+		v := vols.Get(c, vol)
+		assert.False(c, testutil.ReplicaNodes(v)[lost], "a replica is still on %s", lost)
 	}, wait, tick)
-	v = waitVolume(t, vol, v1.VolumeAttached, 3)
-	require.False(t, replicaNodes(v)[lost])
+	v = vols.WaitHealthy(t, vol, v1.VolumeAttached, 3)
+	require.False(t, testutil.ReplicaNodes(v)[lost])
 	region1.verify(t, dev)
 	region2.write(t, dev)
 	for _, r := range replicaObjects(t, vol) {
@@ -214,13 +215,13 @@ func TestNodeLossReplenish(t *testing.T) {
 		_, err := os.Stat(staleDir)
 		assert.True(c, os.IsNotExist(err), "stale replica data still on %s", lost)
 	}, wait, tick)
-	v = waitVolume(t, vol, v1.VolumeAttached, 3)
-	require.False(t, replicaNodes(v)[lost])
+	v = vols.WaitHealthy(t, vol, v1.VolumeAttached, 3)
+	require.False(t, testutil.ReplicaNodes(v)[lost])
 	region2.verify(t, dev)
 }
 
 // restartAgent starts the node agent of node again, as dev started it, and
-// stops it (SIGTERM, so it stops its children) when the test ends.
+// the suite stops it (SIGTERM, so it stops its children) at its end.
 func restartAgent(t *testing.T, node, zone string) {
 	t.Helper()
 	dir := filepath.Join(dataDir, "nodes", node)
@@ -233,7 +234,7 @@ func restartAgent(t *testing.T, node, zone string) {
 	require.NoError(t, cmd.Start())
 	// The node stays in the cluster for the tests that run after this one;
 	// the suite stops it at the end, as dev stops its own agents.
-	restarted = append(restarted, cmd)
+	suite.Started(cmd)
 }
 
 // noProcesses waits until no replica or engine process of the detached
@@ -242,6 +243,6 @@ func restartAgent(t *testing.T, node, zone string) {
 func noProcesses(t *testing.T, vol string) {
 	t.Helper()
 	require.EventuallyWithT(t, func(c *assert.CollectT) {
-		assert.Empty(c, procs("--volume "+vol), "a detached volume runs processes")
+		assert.Empty(c, suite.Procs("--volume "+vol), "a detached volume runs processes")
 	}, wait, tick)
 }

@@ -81,7 +81,7 @@ func TestFollowAndFailover(t *testing.T) {
 
 	t.Run("restart of B's manager and agents", func(t *testing.T) {
 		restartManagerB(t)
-		for n := range replicaNodes(getVolume(t, siteB, standby)) {
+		for n := range testutil.ReplicaNodes(siteB.vols.Get(t, standby)) {
 			restartAgent(t, siteB, n)
 		}
 		prev := getDRV(t, drv).Status.LastRestoredBackup
@@ -113,7 +113,7 @@ func TestFollowAndFailover(t *testing.T) {
 	t.Run("pinned while B needs it", func(t *testing.T) {
 		prev := getDRV(t, drv).Status.LastRestoredBackup
 		argv := map[string][]string{}
-		for n := range replicaNodes(getVolume(t, siteB, standby)) {
+		for n := range testutil.ReplicaNodes(siteB.vols.Get(t, standby)) {
 			argv[n] = stopAgent(t, siteB, n)
 		}
 		writeRandom(t, dev, 220*mib, block)
@@ -121,7 +121,7 @@ func TestFollowAndFailover(t *testing.T) {
 		// B points its standby at the backup (pinning it first) but cannot
 		// apply it while its agents are down.
 		require.EventuallyWithT(t, func(c *assert.CollectT) {
-			assert.Equal(c, pinned, getVolume(c, siteB, standby).Spec.FromBackup.Backup)
+			assert.Equal(c, pinned, siteB.vols.Get(c, standby).Spec.FromBackup.Backup)
 		}, wait, tick)
 		// A's retention deletes it: the target keeps it while pinned.
 		require.NoError(t, siteA.k8s.Delete(bg, &v1.Backup{ObjectMeta: metav1.ObjectMeta{Name: "pg-a-pinned"}}))
@@ -207,29 +207,13 @@ func target(t *testing.T, s *site, name, prefix string, readOnly bool) {
 	require.NoError(t, client.IgnoreAlreadyExists(s.k8s.Create(bg, bt)))
 }
 
-func getVolume(c assert.TestingT, s *site, name string) *v1.Volume {
-	v := &v1.Volume{}
-	assert.NoError(c, s.k8s.Get(bg, client.ObjectKey{Name: name}, v))
-	return v
-}
-
-func replicaNodes(v *v1.Volume) map[string]bool {
-	out := map[string]bool{}
-	for _, r := range v.Status.Replicas {
-		out[r.Node] = true
-	}
-	return out
-}
-
 // attach sets spec.nodeID and waits for the block device.
 func attach(t *testing.T, s *site, name, node string) string {
 	t.Helper()
-	v := getVolume(t, s, name)
-	patch := client.MergeFrom(v.DeepCopy())
-	v.Spec.NodeID = node
-	require.NoError(t, s.k8s.Patch(bg, v, patch))
+	s.vols.Patch(t, name, func(v *v1.Volume) { v.Spec.NodeID = node })
+	var v *v1.Volume
 	require.EventuallyWithT(t, func(c *assert.CollectT) {
-		v = getVolume(c, s, name)
+		v = s.vols.Get(c, name)
 		assert.Equal(c, v1.VolumeAttached, v.Status.State)
 		assert.Equal(c, v1.RobustnessHealthy, v.Status.Robustness)
 		assert.NotEmpty(c, v.Status.Endpoint)
@@ -291,10 +275,7 @@ func getDRVAt(c assert.TestingT, s *site, drv *v1.DisasterRecoveryVolume) *v1.Di
 
 func patchDRV(t *testing.T, drv *v1.DisasterRecoveryVolume, mutate func(*v1.DisasterRecoveryVolume)) {
 	t.Helper()
-	cur := getDRV(t, drv)
-	patch := client.MergeFrom(cur.DeepCopy())
-	mutate(cur)
-	require.NoError(t, siteB.k8s.Patch(bg, cur, patch))
+	testutil.Patch(t, siteB.k8s, drv.DeepCopy(), mutate)
 }
 
 // waitHeld waits until B reports its standby holds backup id, Ready.
@@ -354,7 +335,8 @@ func stopAgent(t *testing.T, s *site, node string) []string {
 	dir := filepath.Join(s.dir, "nodes", node)
 	pids := procs("node", "--name "+node+" ", "--data-dir "+dir+" ")
 	require.Len(t, pids, 1, "agent %s of site %s", node, s.name)
-	argv := cmdline(t, pids[0])
+	argv, err := testutil.Cmdline(pids[0])
+	require.NoError(t, err)
 	require.NoError(t, syscall.Kill(pids[0], syscall.SIGTERM))
 	require.EventuallyWithT(t, func(c *assert.CollectT) { assert.Empty(c, procs("node", "--name "+node+" ", "--data-dir "+dir+" ")) }, wait, tick)
 	return argv
@@ -368,14 +350,7 @@ func startAgent(t *testing.T, s *site, node string, argv []string) {
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	require.NoError(t, cmd.Start())
-	started = append(started, cmd)
-}
-
-func cmdline(t *testing.T, pid int) []string {
-	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-	require.NoError(t, err)
-	return strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+	suite.Started(cmd)
 }
 
 // procs lists live processes of this suite (their command line names its
@@ -453,11 +428,8 @@ func TestSwitchoverAndFailback(t *testing.T) {
 // detachVolume clears spec.nodeID and waits until the volume is detached.
 func detachVolume(t *testing.T, s *site, name string) {
 	t.Helper()
-	v := getVolume(t, s, name)
-	patch := client.MergeFrom(v.DeepCopy())
-	v.Spec.NodeID = ""
-	require.NoError(t, s.k8s.Patch(bg, v, patch))
+	s.vols.Patch(t, name, func(v *v1.Volume) { v.Spec.NodeID = "" })
 	require.EventuallyWithT(t, func(c *assert.CollectT) {
-		assert.Equal(c, v1.VolumeDetached, getVolume(c, s, name).Status.State)
+		assert.Equal(c, v1.VolumeDetached, s.vols.Get(c, name).Status.State)
 	}, wait, tick)
 }

@@ -20,9 +20,9 @@ import (
 func TestEngineNodeCutFromAPIServer(t *testing.T) {
 	const vol, node = "fault-apiserver", "dev-node-1"
 	newVolume(t, vol, "256Mi", 3, 5*time.Second)
-	healthy(t, vol, v1.VolumeDetached, 3)
-	blk := attach(t, vol, node, 3)
-	engines := procs("cairn engine", "--volume "+vol+" ")
+	vols.WaitHealthy(t, vol, v1.VolumeDetached, 3)
+	blk := vols.Attach(t, vol, node, 3)
+	engines := dev.Procs("cairn engine", "--volume "+vol+" ")
 	require.Len(t, engines, 1)
 
 	w := startWriter(t, blk, 4, 16<<20)
@@ -41,7 +41,7 @@ func TestEngineNodeCutFromAPIServer(t *testing.T) {
 	})
 	for range 3 {
 		w.waitPasses(t, 1) // I/O goes on
-		require.Equal(t, engines, procs("cairn engine", "--volume "+vol+" "), "a second engine started")
+		require.Equal(t, engines, dev.Procs("cairn engine", "--volume "+vol+" "), "a second engine started")
 	}
 
 	require.NoError(t, network.HealHost(node))
@@ -50,12 +50,12 @@ func TestEngineNodeCutFromAPIServer(t *testing.T) {
 		n := &v1.CairnNode{}
 		assert.NoError(c, k8s.Get(bg, clientKey(node), n))
 		assert.True(c, meta.IsStatusConditionTrue(n.Status.Conditions, v1.ConditionReady))
-		v := getVolume(c, vol)
+		v := vols.Get(c, vol)
 		assert.Equal(c, v1.RobustnessHealthy, v.Status.Robustness)
 		assert.Equal(c, node, v.Status.AttachedNode)
 	})
-	healthy(t, vol, v1.VolumeAttached, 3)
-	require.Equal(t, engines, procs("cairn engine", "--volume "+vol+" "), "the engine was replaced")
+	vols.WaitHealthy(t, vol, v1.VolumeAttached, 3)
+	require.Equal(t, engines, dev.Procs("cairn engine", "--volume "+vol+" "), "the engine was replaced")
 	w.waitPasses(t, 1)
 	w.finish(t)
 	record(t, figures{detect: detect, heal: heal})

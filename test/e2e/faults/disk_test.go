@@ -23,10 +23,10 @@ func TestFullDisk(t *testing.T) {
 	const vol, full = "fault-disk", "dev-node-4"
 	smallDisk(t, filepath.Join(dev.DataDir, "nodes", full, "replicas"), 48<<20)
 	newVolume(t, vol, "256Mi", suiteNodes, 5*time.Second)
-	healthy(t, vol, v1.VolumeDetached, suiteNodes)
-	blk := attach(t, vol, "dev-node-1", suiteNodes)
+	vols.WaitHealthy(t, vol, v1.VolumeDetached, suiteNodes)
+	blk := vols.Attach(t, vol, "dev-node-1", suiteNodes)
 	var victim string
-	for _, r := range getVolume(t, vol).Status.Replicas {
+	for _, r := range vols.Get(t, vol).Status.Replicas {
 		if r.Node == full {
 			victim = r.Name
 		}
@@ -36,7 +36,7 @@ func TestFullDisk(t *testing.T) {
 	w := startWriter(t, blk, 8, 16<<20) // 128 MiB: more than the small disk holds
 	start := time.Now()
 	require.EventuallyWithT(t, func(c *assert.CollectT) {
-		v := getVolume(c, vol)
+		v := vols.Get(c, vol)
 		assert.Equal(c, v1.RobustnessDegraded, v.Status.Robustness)
 		assert.Contains(c, v.Status.Replicas, v1.VolumeReplicaStatus{Name: victim, Node: full, Mode: "ERR"})
 	}, wait, tick, "the replica on the full disk did not go ERR")
@@ -46,11 +46,11 @@ func TestFullDisk(t *testing.T) {
 	// The way out: one replica fewer drops the failed one.
 	setReplicas(t, vol, suiteNodes-1)
 	heal := waitFor(t, "the failed replica was not dropped", func(c *assert.CollectT) {
-		v := getVolume(c, vol)
+		v := vols.Get(c, vol)
 		assert.Equal(c, v1.RobustnessHealthy, v.Status.Robustness)
 		assert.NotContains(c, replicaNames(v), victim)
 	})
-	healthy(t, vol, v1.VolumeAttached, suiteNodes-1)
+	vols.WaitHealthy(t, vol, v1.VolumeAttached, suiteNodes-1)
 	w.waitPasses(t, 1)
 	w.finish(t)
 	record(t, figures{detect: detect, heal: heal})

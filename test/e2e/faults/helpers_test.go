@@ -18,8 +18,6 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/api/meta"
-	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -41,9 +39,7 @@ func newVolume(t *testing.T, name, size string, n int32, replenish time.Duration
 	p.Spec.ReplenishWait = &metav1.Duration{Duration: replenish}
 	p.Spec.Selector = &metav1.LabelSelector{MatchLabels: map[string]string{"app": name}}
 	require.NoError(t, k8s.Create(bg, p))
-	v := &v1.Volume{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"app": name}}}
-	v.Spec.Size = resource.MustParse(size)
-	require.NoError(t, k8s.Create(bg, v))
+	vols.Create(t, name, name, size)
 	t.Cleanup(func() { deleteVolume(t, name) })
 }
 
@@ -54,61 +50,12 @@ func deleteVolume(t *testing.T, name string) {
 	require.NoError(t, client.IgnoreNotFound(k8s.Delete(bg, &v1.VolumePolicy{ObjectMeta: metav1.ObjectMeta{Name: name}})))
 	require.EventuallyWithT(t, func(c *assert.CollectT) {
 		assert.True(c, apierrors.IsNotFound(k8s.Get(bg, client.ObjectKey{Name: name}, &v1.Volume{})), "volume not deleted")
-		assert.Empty(c, procs("--volume "+name), "processes left")
+		assert.Empty(c, dev.Procs("--volume "+name), "processes left")
 		dirs, _ := filepath.Glob(filepath.Join(dev.DataDir, "nodes", "*", "replicas", name+"-r-*"))
 		assert.Empty(c, dirs, "replica directories left")
 		assert.Empty(c, loopDevices(name), "loop devices left")
 		assert.Empty(c, mounts(name), "mounts left")
 	}, wait, tick)
-}
-
-func getVolume(t assert.TestingT, name string) *v1.Volume {
-	v := &v1.Volume{}
-	assert.NoError(t, k8s.Get(bg, client.ObjectKey{Name: name}, v))
-	return v
-}
-
-func patchVolume(t *testing.T, name string, mutate func(*v1.Volume)) {
-	t.Helper()
-	v := getVolume(t, name)
-	p := client.MergeFrom(v.DeepCopy())
-	mutate(v)
-	require.NoError(t, k8s.Patch(bg, v, p))
-}
-
-// healthy waits until the volume is Ready, in state, healthy with n RW
-// replicas on n nodes, and returns it.
-func healthy(t *testing.T, name string, state v1.VolumeState, n int) *v1.Volume {
-	t.Helper()
-	var v *v1.Volume
-	require.EventuallyWithT(t, func(c *assert.CollectT) {
-		v = getVolume(c, name)
-		assert.Equal(c, state, v.Status.State)
-		assert.Equal(c, v1.RobustnessHealthy, v.Status.Robustness)
-		assert.Len(c, v.Status.Replicas, n)
-		nodes := map[string]bool{}
-		for _, r := range v.Status.Replicas {
-			nodes[r.Node] = true
-			assert.Equal(c, "RW", r.Mode, "replica %s", r.Name)
-		}
-		assert.Len(c, nodes, n, "two replicas share a node")
-		assert.True(c, meta.IsStatusConditionTrue(v.Status.Conditions, v1.ConditionReady))
-		assert.Equal(c, v.Generation, v.Status.ObservedGeneration)
-	}, wait, tick)
-	return v
-}
-
-// attach sets spec.nodeID and waits for an attached healthy volume whose
-// endpoint is a block device.
-func attach(t *testing.T, name, node string, n int) string {
-	t.Helper()
-	patchVolume(t, name, func(v *v1.Volume) { v.Spec.NodeID = node })
-	v := healthy(t, name, v1.VolumeAttached, n)
-	require.Equal(t, node, v.Status.AttachedNode)
-	st, err := os.Stat(v.Status.Endpoint)
-	require.NoError(t, err)
-	require.NotZero(t, st.Mode()&os.ModeDevice, "%s is not a device", v.Status.Endpoint)
-	return v.Status.Endpoint
 }
 
 // replicaOn returns the name of the volume's replica on a node other than
@@ -137,7 +84,7 @@ func waitFor(t *testing.T, what string, cond func(c *assert.CollectT)) time.Dura
 func waitReplica(t *testing.T, what, vol, victim, node string, want v1.Robustness, mode string) time.Duration {
 	t.Helper()
 	return waitFor(t, what, func(c *assert.CollectT) {
-		v := getVolume(c, vol)
+		v := vols.Get(c, vol)
 		assert.Equal(c, want, v.Status.Robustness)
 		assert.Contains(c, v.Status.Replicas, v1.VolumeReplicaStatus{Name: victim, Node: node, Mode: mode})
 	})
@@ -245,12 +192,6 @@ func (w *writer) finish(t *testing.T) {
 	t.Logf("fio wrote and verified %d passes", w.passes)
 }
 
-// procs lists live processes of this suite (their command line names its
-// data directory) whose command line contains every one of words.
-func procs(words ...string) []int {
-	return testutil.Procs(append(words, dev.DataDir)...)
-}
-
 // loopDevices lists loop devices whose backing file lies in the suite's
 // data directory and names vol.
 func loopDevices(vol string) []string {
@@ -323,24 +264,18 @@ func engineLog(t *testing.T, vol string, fn func(line map[string]any)) {
 	}
 }
 
-// The node agents tests restarted; the suite stops them at the end.
-var (
-	restartedMu sync.Mutex
-	restarted   []*exec.Cmd
-)
-
 // killAgent SIGKILLs node's agent and returns its command line, for
 // restartAgent.
 func killAgent(t *testing.T, node string) []string {
 	t.Helper()
 	// The primary's agent: a dr-site (make faults) has nodes of the same names.
-	pids := procs("node --name "+node+" ", "--data-dir "+filepath.Join(dev.DataDir, "nodes", node)+" ")
+	pids := dev.Procs("node --name "+node+" ", "--data-dir "+filepath.Join(dev.DataDir, "nodes", node)+" ")
 	require.Len(t, pids, 1, "agent of %s", node)
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pids[0]))
+	argv, err := testutil.Cmdline(pids[0])
 	require.NoError(t, err)
 	require.NoError(t, syscall.Kill(pids[0], syscall.SIGKILL))
 	require.Eventually(t, func() bool { return testutil.Zombie(pids[0]) }, wait, tick)
-	return strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+	return argv
 }
 
 // restartAgent starts argv (a killed agent's command line) again in
@@ -354,16 +289,7 @@ func restartAgent(t *testing.T, node string, argv []string) {
 	require.NoError(t, err)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	require.NoError(t, cmd.Start())
-	restartedMu.Lock()
-	defer restartedMu.Unlock()
-	restarted = append(restarted, cmd)
-}
-
-func stopRestarted() {
-	for _, cmd := range restarted {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		_ = cmd.Wait()
-	}
+	dev.Started(cmd)
 }
 
 func clientKey(name string) client.ObjectKey { return client.ObjectKey{Name: name} }
@@ -372,9 +298,5 @@ func clientKey(name string) client.ObjectKey { return client.ObjectKey{Name: nam
 // volume).
 func setReplicas(t *testing.T, name string, n int32) {
 	t.Helper()
-	p := &v1.VolumePolicy{}
-	require.NoError(t, k8s.Get(bg, clientKey(name), p))
-	patch := client.MergeFrom(p.DeepCopy())
-	p.Spec.Replicas = n
-	require.NoError(t, k8s.Patch(bg, p, patch))
+	testutil.Patch(t, k8s, &v1.VolumePolicy{ObjectMeta: metav1.ObjectMeta{Name: name}}, func(p *v1.VolumePolicy) { p.Spec.Replicas = n })
 }

@@ -79,22 +79,22 @@ func managerRound(t *testing.T, vol, target string, rng *rand.Rand, heal *time.D
 	r := region{offset: 0, size: 16 << 20}
 	var blk string
 	step("create", func() { newVolume(t, vol, "256Mi", 2, 5*time.Second) }, func(c *assert.CollectT) {
-		v := getVolume(c, vol)
+		v := vols.Get(c, vol)
 		assert.Equal(c, v1.VolumeDetached, v.Status.State)
 		assert.Equal(c, v1.RobustnessHealthy, v.Status.Robustness)
 	})
-	blk = attach(t, vol, "dev-node-2", 2)
+	blk = vols.Attach(t, vol, "dev-node-2", 2)
 	require.NoError(t, fio(t.TempDir(), r.args(blk)))
 	step("scale", func() { setReplicas(t, vol, 3) }, func(c *assert.CollectT) {
-		v := getVolume(c, vol)
+		v := vols.Get(c, vol)
 		assert.Equal(c, v1.RobustnessHealthy, v.Status.Robustness)
 		assert.Len(c, v.Status.Replicas, 3)
 		for _, r := range v.Status.Replicas {
 			assert.Equal(c, "RW", r.Mode, "replica %s", r.Name)
 		}
 	})
-	step("expand", func() { patchVolume(t, vol, func(v *v1.Volume) { v.Spec.Size = resource.MustParse("512Mi") }) }, func(c *assert.CollectT) {
-		v := getVolume(c, vol)
+	step("expand", func() { vols.Patch(t, vol, func(v *v1.Volume) { v.Spec.Size = resource.MustParse("512Mi") }) }, func(c *assert.CollectT) {
+		v := vols.Get(c, vol)
 		assert.Equal(c, "512Mi", v.Status.ActualSize.String())
 		assert.Equal(c, v1.RobustnessHealthy, v.Status.Robustness)
 	})
@@ -148,7 +148,7 @@ func killManagerAfter(t *testing.T, drSite bool, d time.Duration) {
 // (whose CSI socket lies in DATA/dr-site).
 func managers(drSite bool) []int {
 	var out []int
-	for _, pid := range procs("cairn manager") {
+	for _, pid := range dev.Procs("cairn manager") {
 		b, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
 		if strings.Contains(string(b), filepath.Join(dev.DataDir, "dr-site")+"/") == drSite {
 			out = append(out, pid)
@@ -198,7 +198,7 @@ func drActivation(t *testing.T, vol, snap string, step func(string, func(), func
 	require.EventuallyWithT(t, func(c *assert.CollectT) {
 		assert.True(c, apierrors.IsNotFound(drK8s.Get(bg, client.ObjectKey{Name: name}, &v1.Volume{})), "DR volume not deleted")
 		assert.True(c, apierrors.IsNotFound(drK8s.Get(bg, client.ObjectKeyFromObject(drv), &v1.DisasterRecoveryVolume{})), "DisasterRecoveryVolume not deleted")
-		assert.Empty(c, procs("--volume "+name), "processes left")
+		assert.Empty(c, dev.Procs("--volume "+name), "processes left")
 		dirs, _ := filepath.Glob(filepath.Join(dev.DataDir, "dr-site", "nodes", "*", "replicas", name+"-r-*"))
 		assert.Empty(c, dirs, "replica directories left")
 		assert.Empty(c, loopDevices(name), "loop devices left")

@@ -25,9 +25,9 @@ import (
 func TestNodeIsolated(t *testing.T) {
 	const vol = "fault-isolated"
 	newVolume(t, vol, "256Mi", 3, 5*time.Second)
-	healthy(t, vol, v1.VolumeDetached, 3)
-	blk := attach(t, vol, "dev-node-1", 3)
-	victim, node := replicaOn(t, getVolume(t, vol), "dev-node-1")
+	vols.WaitHealthy(t, vol, v1.VolumeDetached, 3)
+	blk := vols.Attach(t, vol, "dev-node-1", 3)
+	victim, node := replicaOn(t, vols.Get(t, vol), "dev-node-1")
 	staleDir := filepath.Join(dev.DataDir, "nodes", node, "replicas", victim)
 	_, err := os.Stat(staleDir)
 	require.NoError(t, err)
@@ -42,11 +42,11 @@ func TestNodeIsolated(t *testing.T) {
 		}
 	}()
 	detect := waitFor(t, "the engine did not drop the isolated replica", func(c *assert.CollectT) {
-		v := getVolume(c, vol)
+		v := vols.Get(c, vol)
 		assert.Contains(c, v.Status.Replicas, v1.VolumeReplicaStatus{Name: victim, Node: node, Mode: "ERR"})
 	})
 	rebuilt := waitFor(t, "no replacement was rebuilt", func(c *assert.CollectT) {
-		v := getVolume(c, vol)
+		v := vols.Get(c, vol)
 		assert.Equal(c, v1.RobustnessHealthy, v.Status.Robustness)
 		assert.Len(c, v.Status.Replicas, 3)
 		assert.NotContains(c, replicaNames(v), victim)
@@ -59,9 +59,9 @@ func TestNodeIsolated(t *testing.T) {
 		_, err := os.Stat(staleDir)
 		assert.True(c, os.IsNotExist(err), "%s still exists", staleDir)
 		assert.True(c, apierrors.IsNotFound(k8s.Get(bg, clientKey(victim), &v1.Replica{})), "Replica %s still exists", victim)
-		assert.Empty(c, procs("--replica "+victim), "the stale replica still runs")
+		assert.Empty(c, dev.Procs("--replica "+victim), "the stale replica still runs")
 	})
-	v := healthy(t, vol, v1.VolumeAttached, 3)
+	v := vols.WaitHealthy(t, vol, v1.VolumeAttached, 3)
 	require.NotContains(t, replicaNames(v), victim, "the stale replica was chosen again")
 	w.waitPasses(t, 1)
 	w.finish(t)
@@ -80,12 +80,12 @@ func TestAgentKilledDuringRebuild(t *testing.T) {
 	// The engine runs beside one of the two replicas, so the third, the
 	// one rebuilt, lands on another node: killing the engine's own agent
 	// is TestAgentKilledOnEngineNode.
-	engineNode := healthy(t, vol, v1.VolumeDetached, 2).Status.Replicas[0].Node
-	blk := attach(t, vol, engineNode, 2)
+	engineNode := vols.WaitHealthy(t, vol, v1.VolumeDetached, 2).Status.Replicas[0].Node
+	blk := vols.Attach(t, vol, engineNode, 2)
 	w := startWriter(t, blk, 8, 32<<20)
 	w.waitPasses(t, 2) // data to rebuild
 
-	before := replicaNames(getVolume(t, vol))
+	before := replicaNames(vols.Get(t, vol))
 	setReplicas(t, vol, 3)
 	// Kill the new replica's agent as soon as its process runs: the engine
 	// is rebuilding it (or about to).
@@ -95,13 +95,13 @@ func TestAgentKilledDuringRebuild(t *testing.T) {
 		var list v1.ReplicaList
 		assert.NoError(c, k8s.List(bg, &list, client.MatchingLabels{v1.LabelVolume: vol}))
 		for _, r := range list.Items {
-			if !slices.Contains(before, r.Name) && len(procs("cairn replica", "--replica "+r.Name+" ")) == 1 {
+			if !slices.Contains(before, r.Name) && len(dev.Procs("cairn replica", "--replica "+r.Name+" ")) == 1 {
 				rebuilding, node = r.Name, r.Spec.NodeID
 			}
 		}
 		assert.NotEmpty(c, rebuilding, "no new replica running")
 	}, wait, 20*time.Millisecond)
-	for _, r := range getVolume(t, vol).Status.Replicas {
+	for _, r := range vols.Get(t, vol).Status.Replicas {
 		if r.Name == rebuilding {
 			t.Logf("killing the agent of %s while its replica %s is %s", node, rebuilding, r.Mode)
 		}
@@ -109,11 +109,11 @@ func TestAgentKilledDuringRebuild(t *testing.T) {
 	argv := killAgent(t, node)
 	restartAgent(t, node, argv)
 	heal := waitFor(t, "the volume did not converge", func(c *assert.CollectT) {
-		v := getVolume(c, vol)
+		v := vols.Get(c, vol)
 		assert.Equal(c, v1.RobustnessHealthy, v.Status.Robustness)
 		assert.Len(c, v.Status.Replicas, 3)
 	})
-	v := healthy(t, vol, v1.VolumeAttached, 3)
+	v := vols.WaitHealthy(t, vol, v1.VolumeAttached, 3)
 	requireOneProcessEach(t, v)
 	w.waitPasses(t, 1)
 	w.finish(t)
@@ -128,8 +128,8 @@ func TestAgentKilledDuringRebuild(t *testing.T) {
 func TestAgentKilledOnEngineNode(t *testing.T) {
 	const vol, node = "fault-agent-engine", "dev-node-1"
 	newVolume(t, vol, "256Mi", 3, 5*time.Second)
-	healthy(t, vol, v1.VolumeDetached, 3)
-	blk := attach(t, vol, node, 3)
+	vols.WaitHealthy(t, vol, v1.VolumeDetached, 3)
+	blk := vols.Attach(t, vol, node, 3)
 	w := startWriter(t, blk, 4, 16<<20)
 	w.waitPasses(t, 1)
 	argv := killAgent(t, node)
@@ -140,7 +140,7 @@ func TestAgentKilledOnEngineNode(t *testing.T) {
 		assert.True(c, meta.IsStatusConditionTrue(n.Status.Conditions, v1.ConditionReady))
 	})
 	w.waitPasses(t, 2)
-	v := healthy(t, vol, v1.VolumeAttached, 3)
+	v := vols.WaitHealthy(t, vol, v1.VolumeAttached, 3)
 	requireOneProcessEach(t, v)
 	w.finish(t)
 	record(t, figures{heal: heal})
@@ -152,22 +152,22 @@ func TestAgentKilledOnEngineNode(t *testing.T) {
 func TestAgentKilledDuringAttach(t *testing.T) {
 	const vol, node = "fault-agent-attach", "dev-node-2"
 	newVolume(t, vol, "256Mi", 3, 5*time.Second)
-	healthy(t, vol, v1.VolumeDetached, 3)
-	blk := attach(t, vol, "dev-node-1", 3)
+	vols.WaitHealthy(t, vol, v1.VolumeDetached, 3)
+	blk := vols.Attach(t, vol, "dev-node-1", 3)
 	r := region{offset: 0, size: 32 << 20}
 	require.NoError(t, fio(t.TempDir(), r.args(blk)))
-	patchVolume(t, vol, func(v *v1.Volume) { v.Spec.NodeID = "" })
-	healthy(t, vol, v1.VolumeDetached, 3)
+	vols.Patch(t, vol, func(v *v1.Volume) { v.Spec.NodeID = "" })
+	vols.WaitHealthy(t, vol, v1.VolumeDetached, 3)
 
-	patchVolume(t, vol, func(v *v1.Volume) { v.Spec.NodeID = node })
+	vols.Patch(t, vol, func(v *v1.Volume) { v.Spec.NodeID = node })
 	argv := killAgent(t, node)
 	restartAgent(t, node, argv)
 	heal := waitFor(t, "the volume did not attach", func(c *assert.CollectT) {
-		v := getVolume(c, vol)
+		v := vols.Get(c, vol)
 		assert.Equal(c, v1.VolumeAttached, v.Status.State)
 		assert.Equal(c, node, v.Status.AttachedNode)
 	})
-	v := healthy(t, vol, v1.VolumeAttached, 3)
+	v := vols.WaitHealthy(t, vol, v1.VolumeAttached, 3)
 	requireOneProcessEach(t, v)
 	require.NoError(t, fio(t.TempDir(), append(r.args(v.Status.Endpoint), "--verify_only")))
 	record(t, figures{heal: heal})
@@ -178,8 +178,8 @@ func requireOneProcessEach(t *testing.T, v *v1.Volume) {
 	t.Helper()
 	require.EventuallyWithT(t, func(c *assert.CollectT) {
 		for _, r := range v.Status.Replicas {
-			assert.Len(c, procs("cairn replica", "--replica "+r.Name+" "), 1, "processes of replica %s", r.Name)
+			assert.Len(c, dev.Procs("cairn replica", "--replica "+r.Name+" "), 1, "processes of replica %s", r.Name)
 		}
-		assert.Len(c, procs("cairn engine", "--volume "+v.Name+" "), 1, "engine processes")
+		assert.Len(c, dev.Procs("cairn engine", "--volume "+v.Name+" "), 1, "engine processes")
 	}, wait, tick)
 }

@@ -16,9 +16,9 @@ import (
 func TestPartitionEngineReplica(t *testing.T) {
 	const vol = "fault-partition"
 	newVolume(t, vol, "256Mi", 3, time.Hour)
-	healthy(t, vol, v1.VolumeDetached, 3)
-	blk := attach(t, vol, "dev-node-1", 3)
-	victim, node := replicaOn(t, getVolume(t, vol), "dev-node-1")
+	vols.WaitHealthy(t, vol, v1.VolumeDetached, 3)
+	blk := vols.Attach(t, vol, "dev-node-1", 3)
+	victim, node := replicaOn(t, vols.Get(t, vol), "dev-node-1")
 
 	w := startWriter(t, blk, 4, 16<<20)
 	w.waitPasses(t, 1)
@@ -35,7 +35,7 @@ func TestPartitionEngineReplica(t *testing.T) {
 	require.NoError(t, network.Heal(node))
 	cut = false
 	heal := waitReplica(t, "the replica did not catch up", vol, victim, node, v1.RobustnessHealthy, "RW")
-	healthy(t, vol, v1.VolumeAttached, 3)
+	vols.WaitHealthy(t, vol, v1.VolumeAttached, 3)
 	w.waitPasses(t, 1)
 	w.finish(t)
 	bytes, ok := resynced(t, vol)

@@ -32,8 +32,8 @@ func TestBackupToDevS3(t *testing.T) {
 	require.NoError(t, k8s.Create(bg, target))
 	t.Cleanup(func() { _ = k8s.Delete(bg, target) })
 	newVolume(t, vol, "64Mi", 2, time.Hour)
-	healthy(t, vol, v1.VolumeDetached, 2)
-	blk := attach(t, vol, "dev-node-1", 2)
+	vols.WaitHealthy(t, vol, v1.VolumeDetached, 2)
+	blk := vols.Attach(t, vol, "dev-node-1", 2)
 	data := region{offset: 0, size: 16 << 20}
 	require.NoError(t, fio(t.TempDir(), data.args(blk)))
 

@@ -30,12 +30,12 @@ import (
 func TestSlowLink(t *testing.T) {
 	const vol, engineNode = "fault-slow", "dev-node-1"
 	newVolume(t, vol, "256Mi", 3, time.Hour)
-	victim, node := replicaOn(t, healthy(t, vol, v1.VolumeDetached, 3), engineNode)
+	victim, node := replicaOn(t, vols.WaitHealthy(t, vol, v1.VolumeDetached, 3), engineNode)
 	r := &v1.Replica{}
 	require.NoError(t, k8s.Get(bg, clientKey(victim), r))
 	require.NotEmpty(t, r.Status.Address)
 	link := newSlowLink(t, engineNode, r.Status.Address)
-	blk := attach(t, vol, engineNode, 3)
+	blk := vols.Attach(t, vol, engineNode, 3)
 
 	w := startWriter(t, blk, 4, 16<<20)
 	w.waitPasses(t, 1)
@@ -45,7 +45,7 @@ func TestSlowLink(t *testing.T) {
 
 	link.fast(t)
 	heal := waitReplica(t, "the replica was not taken back", vol, victim, node, v1.RobustnessHealthy, "RW")
-	healthy(t, vol, v1.VolumeAttached, 3)
+	vols.WaitHealthy(t, vol, v1.VolumeAttached, 3)
 	w.waitPasses(t, 1)
 	w.finish(t)
 

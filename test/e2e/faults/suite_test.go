@@ -11,12 +11,11 @@
 package faults
 
 import (
-	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -24,14 +23,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/go-logr/logr"
-	"k8s.io/apimachinery/pkg/api/meta"
-	"k8s.io/client-go/tools/clientcmd"
-	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	v1 "github.com/cairnstore/cairn/api/v1alpha1"
-	"github.com/cairnstore/cairn/controllers"
 	"github.com/cairnstore/cairn/internal/netns"
 	"github.com/cairnstore/cairn/internal/testutil"
 )
@@ -39,129 +32,39 @@ import (
 const suiteNodes = 4
 
 var (
-	dev     *testutil.Dev
+	dev     *testutil.DevSuite
 	k8s     client.Client
+	vols    testutil.Volumes
 	network *netns.Network
 	// drK8s is the dr-site's client when dev runs one (devArgs).
 	drK8s client.Client
 )
 
-func TestMain(m *testing.M) { os.Exit(runSuite(m)) }
-
-func runSuite(m *testing.M) int {
-	ctrl.SetLogger(logr.Discard())
-	if why := missing(); why != "" {
-		fmt.Fprintln(os.Stderr, "faults:", why)
-		if testutil.OnCI() {
-			return 1
-		}
-		fmt.Fprintln(os.Stderr, "skipping the fault suite (not on CI)")
-		return 0
-	}
-	tmp, err := os.MkdirTemp("", "cairn-faults-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer os.RemoveAll(tmp)
-	args := append([]string{"--samples=false", "--netns", "--manager-process", "--nodes", fmt.Sprint(suiteNodes), "--no-scheduler"}, devArgs...)
-	if dev, err = testutil.StartDev(tmp, args...); err != nil {
-		fmt.Fprintln(os.Stderr, "faults:", err)
-		return 1
-	}
-	code := 1
-	if err := connect(); err != nil {
-		fmt.Fprintln(os.Stderr, "faults:", err)
-	} else {
-		code = m.Run()
-	}
-	if code != 0 {
-		dev.PrintLogTails(os.Stderr)
-	}
-	restartedMu.Lock()
-	stopRestarted()
-	restartedMu.Unlock()
-	if err := dev.Stop(); err != nil {
-		fmt.Fprintln(os.Stderr, "faults: stop cairn dev:", err)
-		code = 1
-	}
-	if err := leftAfterStop(); err != nil {
-		fmt.Fprintln(os.Stderr, "faults:", err)
-		code = 1
-	}
-	if err := printReport(); err != nil {
-		fmt.Fprintln(os.Stderr, "faults:", err)
-		code = 1
-	}
-	return code
+func TestMain(m *testing.M) {
+	os.Exit(testutil.RunDevSuite(m, "fault suite", testutil.DevSuiteOptions{
+		RootFor:           "network namespaces, loop devices, FUSE",
+		Tools:             []string{"fio", "losetup", "ip", "nsenter", "mkfs.ext4", "iptables"},
+		TempPrefix:        "cairn-faults-",
+		Args:              append([]string{"--samples=false", "--netns", "--manager-process", "--nodes", fmt.Sprint(suiteNodes), "--no-scheduler"}, devArgs...),
+		Nodes:             suiteNodes,
+		LogTailsOnFailure: true,
+		Setup:             setup,
+		AfterStop: func(*testutil.DevSuite, bool) error {
+			return errors.Join(leftAfterStop(), printReport())
+		},
+	}))
 }
 
-// missing names what the suite cannot run without, or "".
-func missing() string {
-	if os.Geteuid() != 0 {
-		return "needs root (network namespaces, loop devices, FUSE)"
+// setup keeps the suite's clients and loads dev's network.
+func setup(s *testutil.DevSuite) error {
+	dev, k8s = s, s.Site.Client
+	vols = testutil.Volumes{Client: k8s, Wait: wait, Tick: tick}
+	if s.DRSite != nil {
+		drK8s = s.DRSite.Client
 	}
-	for _, tool := range []string{"etcd", "kube-apiserver", "kube-controller-manager"} {
-		if _, err := os.Stat(filepath.Join(testutil.BinDir(), tool)); err != nil {
-			return tool + " not built: run `make tools`"
-		}
-	}
-	for _, tool := range []string{"fio", "losetup", "ip", "nsenter", "mkfs.ext4", "iptables"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			return tool + " not installed: run hack/install-deps.sh"
-		}
-	}
-	return ""
-}
-
-// connect makes the suite's client, loads dev's network and waits for
-// every node to be Ready.
-func connect() error {
-	cfg, err := clientcmd.BuildConfigFromFlags("", dev.Kubeconfig)
-	if err != nil {
-		return err
-	}
-	if k8s, err = client.New(cfg, client.Options{Scheme: controllers.NewScheme()}); err != nil {
-		return err
-	}
-	if path := dev.Banner["dr-site kubeconfig"]; path != "" {
-		drCfg, err := clientcmd.BuildConfigFromFlags("", path)
-		if err != nil {
-			return err
-		}
-		if drK8s, err = client.New(drCfg, client.Options{Scheme: controllers.NewScheme()}); err != nil {
-			return err
-		}
-	}
-	if network, err = netns.Load(filepath.Join(dev.DataDir, "network.json")); err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	for {
-		if readyNodes(ctx) == suiteNodes {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%d nodes not Ready within 2 minutes", suiteNodes)
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
-}
-
-func readyNodes(ctx context.Context) int {
-	var nodes v1.CairnNodeList
-	if err := k8s.List(ctx, &nodes); err != nil {
-		return 0
-	}
-	ready := 0
-	for _, n := range nodes.Items {
-		if meta.IsStatusConditionTrue(n.Status.Conditions, v1.ConditionReady) {
-			ready++
-		}
-	}
-	return ready
+	var err error
+	network, err = netns.Load(filepath.Join(dev.DataDir, "network.json"))
+	return err
 }
 
 // figures is one scenario's row of the report.
@@ -226,7 +129,7 @@ func dur(d time.Duration) string {
 // directory, network namespaces or links of its network.
 func leftAfterStop() error {
 	var left []string
-	if pids := procs(); len(pids) > 0 {
+	if pids := dev.Procs(); len(pids) > 0 {
 		left = append(left, fmt.Sprintf("processes %v", pids))
 	}
 	tag := netns.Tag(dev.DataDir)

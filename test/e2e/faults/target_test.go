@@ -38,8 +38,8 @@ func TestFullBackupTarget(t *testing.T) {
 	require.NoError(t, k8s.Create(bg, target))
 	t.Cleanup(func() { _ = k8s.Delete(bg, target) }) // before the small disk goes
 	newVolume(t, vol, "128Mi", 2, time.Hour)
-	healthy(t, vol, v1.VolumeDetached, 2)
-	blk := attach(t, vol, "dev-node-1", 2)
+	vols.WaitHealthy(t, vol, v1.VolumeDetached, 2)
+	blk := vols.Attach(t, vol, "dev-node-1", 2)
 	data := region{offset: 0, size: 64 << 20}
 	require.NoError(t, fio(t.TempDir(), append(data.args(blk), "--rw=write", "--bs=1M", "--refill_buffers", "--buffer_compress_percentage=0")))
 
