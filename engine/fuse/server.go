@@ -1,0 +1,474 @@
+package fuse
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"syscall"
+	"unsafe"
+
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+
+	"github.com/cairnstore/cairn/engine"
+)
+
+// The FUSE protocol server of the volume file system (the wire structs are
+// go-fuse's; the serving loop is this file's). /dev/fuse is opened
+// non-blocking and read through the Go poller, so a reader waiting for
+// the kernel parks a goroutine, not a thread; READ, WRITE and FSYNC are
+// handed to the backend without waiting (engine.AsyncBackend) and their
+// replies are written from the completion. Everything else is answered
+// on the reader.
+
+// FUSE opcodes (linux/fuse.h).
+const (
+	opLookup      = 1
+	opForget      = 2
+	opGetattr     = 3
+	opSetattr     = 4
+	opOpen        = 14
+	opRead        = 15
+	opWrite       = 16
+	opStatfs      = 17
+	opRelease     = 18
+	opFsync       = 20
+	opFlush       = 25
+	opInit        = 26
+	opOpendir     = 27
+	opReaddir     = 28
+	opReleasedir  = 29
+	opFsyncdir    = 30
+	opAccess      = 34
+	opInterrupt   = 36
+	opDestroy     = 38
+	opBatchForget = 42
+	opFallocate   = 43
+)
+
+// Protocol parameters negotiated at INIT.
+const (
+	protoMinor    = 38
+	maxWrite      = 1 << 20
+	maxBackground = 128
+	rootIno       = 1
+	fileIno       = 2
+	inHeaderSize  = int(unsafe.Sizeof(fuse.InHeader{}))
+	outHeaderSize = int(unsafe.Sizeof(fuse.OutHeader{}))
+	// readBufSize holds the largest request: a WRITE of maxWrite.
+	readBufSize = maxWrite + 4096
+	// copyWriteMax: a WRITE payload up to this size is copied out of the
+	// read buffer; a larger one keeps the buffer, and the reader takes
+	// another.
+	copyWriteMax = 64 << 10
+)
+
+// initFlags are the capabilities asked for: async direct I/O (a loop
+// device's requests in flight together), writes over 4 KiB, 1 MiB requests.
+const initFlags = fuse.CAP_ASYNC_READ | fuse.CAP_BIG_WRITES | fuse.CAP_ASYNC_DIO | fuse.CAP_MAX_PAGES
+
+// server serves one mount's /dev/fuse connection.
+type server struct {
+	dev  *os.File
+	rc   syscall.RawConn
+	file *volumeFile
+	name string
+	done chan struct{}
+	// bigBufs are read buffers; smallBufs hold copied WRITE payloads and
+	// READ results up to copyWriteMax.
+	bigBufs, smallBufs sync.Pool
+}
+
+func newServer(fd int, file *volumeFile, name string) (*server, error) {
+	dev := os.NewFile(uintptr(fd), "/dev/fuse")
+	rc, err := dev.SyscallConn()
+	if err != nil {
+		dev.Close()
+		return nil, err
+	}
+	s := &server{dev: dev, rc: rc, file: file, name: name, done: make(chan struct{})}
+	s.bigBufs.New = func() any { return make([]byte, readBufSize) }
+	s.smallBufs.New = func() any { return make([]byte, copyWriteMax) }
+	return s, nil
+}
+
+// read reads one request into buf, waiting in the poller while there is
+// none. ENOENT (a request interrupted before it was read) is skipped.
+func (s *server) read(buf []byte) (int, error) {
+	for {
+		var n int
+		var rerr error
+		err := s.rc.Read(func(fd uintptr) bool {
+			n, rerr = unix.Read(int(fd), buf)
+			fmt.Fprintf(os.Stderr, "DBG read n %d err %v\n", n, rerr)
+			return rerr != unix.EAGAIN
+		})
+		switch {
+		case err != nil:
+			return 0, err
+		case rerr == unix.EINTR || rerr == unix.ENOENT:
+			continue
+		case rerr != nil:
+			return 0, rerr
+		}
+		return n, nil
+	}
+}
+
+// reply writes a reply: header, then parts.
+func (s *server) reply(unique uint64, errno syscall.Errno, parts ...[]byte) {
+	var hdr fuse.OutHeader
+	hdr.Unique, hdr.Status = unique, -int32(errno)
+	hdr.Length = uint32(outHeaderSize)
+	if errno == 0 {
+		for _, p := range parts {
+			hdr.Length += uint32(len(p))
+		}
+	} else {
+		parts = nil
+	}
+	iov := append(make([][]byte, 0, 3), unsafe.Slice((*byte)(unsafe.Pointer(&hdr)), outHeaderSize))
+	iov = append(iov, parts...)
+	_ = s.rc.Control(func(fd uintptr) {
+		// ENOENT: the request was interrupted and is gone; nothing to do.
+		n, err := unix.Writev(int(fd), iov)
+		fmt.Fprintf(os.Stderr, "DBG reply unique %d len %d n %d err %v\n", unique, hdr.Length, n, err)
+	})
+}
+
+// notify writes an unsolicited message (a negative code, no unique).
+func (s *server) notify(code int32, body []byte) error {
+	hdr := fuse.OutHeader{Length: uint32(outHeaderSize + len(body)), Status: code}
+	iov := [][]byte{unsafe.Slice((*byte)(unsafe.Pointer(&hdr)), outHeaderSize), body}
+	var werr error
+	if err := s.rc.Control(func(fd uintptr) { _, werr = unix.Writev(int(fd), iov) }); err != nil {
+		return err
+	}
+	return werr
+}
+
+// handshake answers the kernel's INIT, the first request after mount.
+func (s *server) handshake() error {
+	buf := s.bigBufs.Get().([]byte)
+	defer s.bigBufs.Put(buf)
+	n, err := s.read(buf)
+	if err != nil {
+		return fmt.Errorf("fuse: read INIT: %w", err)
+	}
+	in, ok := asStruct[fuse.InitIn](buf[:n])
+	if !ok || in.Opcode != opInit {
+		return errors.New("fuse: first request is not INIT")
+	}
+	if in.Major != 7 || in.Minor < 31 {
+		s.reply(in.Unique, syscall.EPROTO)
+		return fmt.Errorf("fuse: kernel protocol %d.%d is too old (need 7.31)", in.Major, in.Minor)
+	}
+	out := fuse.InitOut{
+		Major: 7, Minor: min(in.Minor, protoMinor), MaxReadAhead: in.MaxReadAhead,
+		Flags:         in.Flags & initFlags,
+		MaxBackground: maxBackground, CongestionThreshold: maxBackground * 3 / 4,
+		MaxWrite: maxWrite, TimeGran: 1, MaxPages: maxWrite / 4096,
+	}
+	s.reply(in.Unique, 0, bytesOf(&out))
+	return nil
+}
+
+// serve reads and dispatches requests until the file system is unmounted.
+func (s *server) serve() {
+	defer close(s.done)
+	defer s.dev.Close()
+	buf := s.bigBufs.Get().([]byte)
+	for {
+		n, err := s.read(buf)
+		if err != nil {
+			return // ENODEV: unmounted
+		}
+		if s.dispatch(buf[:n]) {
+			buf = s.bigBufs.Get().([]byte)
+		}
+	}
+}
+
+// dispatch handles one request; kept reports that a WRITE kept buf.
+func (s *server) dispatch(req []byte) (kept bool) {
+	h, ok := asStruct[fuse.InHeader](req)
+	if !ok {
+		return false
+	}
+	fmt.Fprintf(os.Stderr, "DBG op %d unique %d node %d len %d\n", h.Opcode, h.Unique, h.NodeId, len(req))
+	switch h.Opcode {
+	case opForget, opBatchForget, opInterrupt:
+		// No reply. Interrupted requests finish anyway: a write must not
+		// stop half-way across the replicas.
+	case opRead:
+		s.readData(req)
+	case opWrite:
+		return s.writeData(req)
+	case opFsync:
+		s.submit(h.Unique, engine.IOFlush, nil, 0, nil)
+	case opFallocate:
+		in, ok := asStruct[fuse.FallocateIn](req)
+		if !ok {
+			s.reply(h.Unique, syscall.EINVAL)
+			break
+		}
+		go func(in fuse.FallocateIn) { s.reply(in.Unique, s.file.allocate(in.Offset, in.Length, in.Mode)) }(*in)
+	default:
+		s.metadata(h, req)
+	}
+	return false
+}
+
+// metadata answers the requests about the tree: a root directory holding
+// the volume file.
+func (s *server) metadata(h *fuse.InHeader, req []byte) {
+	switch h.Opcode {
+	case opLookup:
+		s.lookup(h, req[inHeaderSize:])
+	case opGetattr:
+		s.attr(h.Unique, h.NodeId)
+	case opSetattr:
+		in, ok := asStruct[fuse.SetAttrIn](req)
+		switch {
+		case !ok:
+			s.reply(h.Unique, syscall.EINVAL)
+		case in.Valid&fuse.FATTR_SIZE != 0 && int64(in.Size) != s.file.b.Size():
+			s.reply(h.Unique, syscall.EPERM)
+		default:
+			s.attr(h.Unique, h.NodeId)
+		}
+	case opOpen:
+		s.open(h, req)
+	case opRelease:
+		s.file.opens.Add(-1)
+		s.reply(h.Unique, 0)
+	case opOpendir:
+		s.reply(h.Unique, 0, bytesOf(&fuse.OpenOut{}))
+	case opReaddir:
+		s.readdir(h, req)
+	case opStatfs:
+		s.reply(h.Unique, 0, bytesOf(&fuse.StatfsOut{Bsize: 4096, Frsize: 4096, NameLen: 255}))
+	case opFlush, opReleasedir, opFsyncdir, opAccess, opDestroy:
+		s.reply(h.Unique, 0)
+	default:
+		s.reply(h.Unique, syscall.ENOSYS)
+	}
+}
+
+func (s *server) lookup(h *fuse.InHeader, name []byte) {
+	if i := bytes.IndexByte(name, 0); i >= 0 {
+		name = name[:i]
+	}
+	if h.NodeId != rootIno || string(name) != s.name {
+		s.reply(h.Unique, syscall.ENOENT)
+		return
+	}
+	out := fuse.EntryOut{NodeId: fileIno, Generation: 1}
+	out.SetEntryTimeout(attrTimeout)
+	out.SetAttrTimeout(attrTimeout)
+	s.file.fill(&out.Attr)
+	s.reply(h.Unique, 0, bytesOf(&out))
+}
+
+func (s *server) attr(unique, ino uint64) {
+	var out fuse.AttrOut
+	out.SetTimeout(attrTimeout)
+	switch ino {
+	case rootIno:
+		out.Ino, out.Mode, out.Nlink = rootIno, syscall.S_IFDIR|0o755, 2
+		out.SetTimes(nil, &s.file.mtime, &s.file.mtime)
+	case fileIno:
+		s.file.fill(&out.Attr)
+	default:
+		s.reply(unique, syscall.ENOENT)
+		return
+	}
+	s.reply(unique, 0, bytesOf(&out))
+}
+
+func (s *server) open(h *fuse.InHeader, req []byte) {
+	in, ok := asStruct[fuse.OpenIn](req)
+	switch {
+	case !ok:
+		s.reply(h.Unique, syscall.EINVAL)
+	case h.NodeId != fileIno:
+		s.reply(h.Unique, syscall.EISDIR)
+	case in.Flags&syscall.O_TRUNC != 0:
+		s.reply(h.Unique, syscall.EPERM)
+	default:
+		s.file.opens.Add(1)
+		// Writes to different ranges need not wait for each other: the
+		// backend orders overlapping ones.
+		s.reply(h.Unique, 0, bytesOf(&fuse.OpenOut{Fh: 1, OpenFlags: fuse.FOPEN_DIRECT_IO | fuse.FOPEN_PARALLEL_DIRECT_WRITES}))
+	}
+}
+
+// readdir lists ".", ".." and the volume file, from the offset asked for.
+func (s *server) readdir(h *fuse.InHeader, req []byte) {
+	in, ok := asStruct[fuse.ReadIn](req)
+	if !ok {
+		s.reply(h.Unique, syscall.EINVAL)
+		return
+	}
+	entries := []struct {
+		ino  uint64
+		typ  uint32
+		name string
+	}{{rootIno, syscall.DT_DIR, "."}, {rootIno, syscall.DT_DIR, ".."}, {fileIno, syscall.DT_REG, s.name}}
+	var out []byte
+	for i := int(in.Offset); i < len(entries); i++ {
+		e := entries[i]
+		rec := (24 + len(e.name) + 7) &^ 7
+		if len(out)+rec > int(in.Size) {
+			break
+		}
+		b := make([]byte, rec)
+		binary.NativeEndian.PutUint64(b[0:], e.ino)
+		binary.NativeEndian.PutUint64(b[8:], uint64(i+1))
+		binary.NativeEndian.PutUint32(b[16:], uint32(len(e.name)))
+		binary.NativeEndian.PutUint32(b[20:], e.typ)
+		copy(b[24:], e.name)
+		out = append(out, b...)
+	}
+	s.reply(h.Unique, 0, out)
+}
+
+// ioReq is a READ, WRITE or FSYNC in flight in the backend.
+type ioReq struct {
+	s      *server
+	rq     engine.Request
+	unique uint64
+	// buf is a pooled buffer to give back: small (smallBufs) or a read
+	// buffer (bigBufs) kept by a large WRITE.
+	buf   []byte
+	big   bool
+	wrote fuse.WriteOut
+}
+
+var ioReqPool sync.Pool
+
+func init() {
+	ioReqPool.New = func() any {
+		r := &ioReq{}
+		r.rq.Tag = r
+		r.rq.Done = func(rq *engine.Request, err error) { rq.Tag.(*ioReq).finish(err) }
+		return r
+	}
+}
+
+func (s *server) readData(req []byte) {
+	in, ok := asStruct[fuse.ReadIn](req)
+	if !ok {
+		s.reply(binaryUnique(req), syscall.EINVAL)
+		return
+	}
+	size, off := int64(in.Size), int64(in.Offset)
+	if rem := s.file.b.Size() - off; rem < size {
+		size = max(rem, 0)
+	}
+	if size == 0 {
+		s.reply(in.Unique, 0)
+		return
+	}
+	var buf []byte
+	big := size > copyWriteMax
+	if big {
+		buf = s.bigBufs.Get().([]byte)
+	} else {
+		buf = s.smallBufs.Get().([]byte)
+	}
+	s.submit(in.Unique, engine.IORead, buf[:size], off, &poolRef{buf, big})
+}
+
+// writeData submits a WRITE; kept reports that the request buffer went
+// with it.
+func (s *server) writeData(req []byte) (kept bool) {
+	in, ok := asStruct[fuse.WriteIn](req)
+	hdr := int(unsafe.Sizeof(fuse.WriteIn{}))
+	if !ok || len(req) < hdr+int(in.Size) {
+		s.reply(binaryUnique(req), syscall.EINVAL)
+		return false
+	}
+	off, data := int64(in.Offset), req[hdr:hdr+int(in.Size)]
+	if off >= s.file.b.Size() {
+		s.reply(in.Unique, syscall.ENOSPC)
+		return false
+	}
+	if rem := s.file.b.Size() - off; int64(len(data)) > rem {
+		data = data[:rem]
+	}
+	if len(data) > copyWriteMax {
+		s.submit(in.Unique, engine.IOWrite, data, off, &poolRef{req[:cap(req)], true})
+		return true
+	}
+	buf := s.smallBufs.Get().([]byte)
+	n := copy(buf, data)
+	s.submit(in.Unique, engine.IOWrite, buf[:n], off, &poolRef{buf, false})
+	return false
+}
+
+// poolRef is a buffer to give back to its pool once the request is done.
+type poolRef struct {
+	buf []byte
+	big bool
+}
+
+func (s *server) submit(unique uint64, op engine.IOOp, buf []byte, off int64, ref *poolRef) {
+	r := ioReqPool.Get().(*ioReq)
+	r.s, r.unique = s, unique
+	if ref != nil {
+		r.buf, r.big = ref.buf, ref.big
+	}
+	r.rq.Op, r.rq.Buf, r.rq.Off = op, buf, off
+	s.file.submit(&r.rq)
+}
+
+// finish replies to a completed READ, WRITE or FSYNC and recycles it.
+func (r *ioReq) finish(err error) {
+	s := r.s
+	switch {
+	case err != nil:
+		s.reply(r.unique, errno(err))
+	case r.rq.Op == engine.IORead:
+		s.reply(r.unique, 0, r.rq.Buf)
+	case r.rq.Op == engine.IOWrite:
+		r.wrote.Size = uint32(len(r.rq.Buf))
+		s.reply(r.unique, 0, bytesOf(&r.wrote))
+	default:
+		s.reply(r.unique, 0)
+	}
+	switch {
+	case r.buf == nil:
+	case r.big:
+		s.bigBufs.Put(r.buf[:readBufSize])
+	default:
+		s.smallBufs.Put(r.buf[:copyWriteMax])
+	}
+	r.s, r.buf, r.rq.Buf = nil, nil, nil
+	ioReqPool.Put(r)
+}
+
+// asStruct views the start of b as a T when b is long enough. T is one of
+// go-fuse's request structs, which begin with the InHeader.
+func asStruct[T any](b []byte) (*T, bool) {
+	var zero T
+	if len(b) < int(unsafe.Sizeof(zero)) {
+		return nil, false
+	}
+	return (*T)(unsafe.Pointer(&b[0])), true
+}
+
+// bytesOf is the memory of *v, for a reply.
+func bytesOf[T any](v *T) []byte {
+	return unsafe.Slice((*byte)(unsafe.Pointer(v)), unsafe.Sizeof(*v))
+}
+
+func binaryUnique(req []byte) uint64 {
+	if h, ok := asStruct[fuse.InHeader](req); ok {
+		return h.Unique
+	}
+	return 0
+}
