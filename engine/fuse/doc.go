@@ -1,21 +1,27 @@
 // Package fuse serves an engine.Backend as a single regular file through
-// FUSE (go-fuse), for nodes whose kernel has no nbd module. The file
-// DIR/NAME has the volume's size and is opened with direct I/O, so the
-// kernel's page cache never holds volume data; fsync on it flushes every
-// replica. Putting the file on a loop device (AttachLoop) gives a real block
-// device that mkfs and mount accept:
+// FUSE, for nodes whose kernel has no nbd module. The file DIR/NAME has the
+// volume's size and is opened with direct I/O, so the kernel's page cache
+// never holds volume data; fsync on it flushes every replica. Putting the
+// file on a loop device (AttachLoop) gives a real block device that mkfs
+// and mount accept:
 //
 //	app -> ext4 -> /dev/loopN -> DIR/NAME (FUSE, direct I/O) -> engine.Backend
 //
 // A loop device with direct I/O submits its requests as asynchronous
 // direct I/O. The mount asks for CAP_ASYNC_DIO and opens the file with
-// FOPEN_PARALLEL_DIRECT_WRITES, so the kernel keeps up to MaxBackground
-// (128) of them in flight instead of one at a time per loop device, and
-// writes to different ranges do not take the inode lock exclusively (the
-// engine orders overlapping writes). Each request runs on go-fuse's
-// goroutine and, on the engine, through Volume.Submit (no goroutine per
-// replica). A request is answered only when the backend has it, as
-// before, and fsync is still a Flush of every replica.
+// FOPEN_PARALLEL_DIRECT_WRITES, so the kernel keeps up to 128 of them in
+// flight instead of one at a time per loop device, and writes to different
+// ranges do not take the inode lock exclusively (the engine orders
+// overlapping writes).
+//
+// The protocol server is this package's (server.go; go-fuse provides the
+// wire structs only). One goroutine reads /dev/fuse without blocking until
+// it is empty and only then waits in poll(2): a burst of requests costs no
+// thread wake-up per request. READ, WRITE and FSYNC go to the engine's
+// Volume.Submit without a goroutine each, and their replies are written
+// from the completion; a request is answered only when the backend has it,
+// and fsync is still a Flush of every replica. Interrupted requests run to
+// the end (a write must not stop half-way across the replicas).
 //
 // Mapping of file operations:
 //

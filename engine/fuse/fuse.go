@@ -63,15 +63,10 @@ func MountVolume(dir, name string, b engine.Backend, opts Options) (*Mount, erro
 		unix.Close(fd)
 		return nil, fmt.Errorf("fuse: mount %s: %w", dir, err)
 	}
-	srv, err := newServer(fd, vf, name)
-	if err == nil {
-		err = srv.handshake()
-	}
-	if err != nil {
+	srv := newServer(fd, vf, name)
+	if err := srv.handshake(); err != nil {
 		_ = unix.Unmount(dir, unix.MNT_DETACH)
-		if srv != nil {
-			srv.dev.Close()
-		}
+		unix.Close(fd)
 		return nil, fmt.Errorf("fuse: mount %s: %w", dir, err)
 	}
 	go srv.serve()
@@ -89,7 +84,7 @@ func (m *Mount) Path() string { return filepath.Join(m.dir, m.name) }
 // size is otherwise stale for up to the attribute timeout.
 func (m *Mount) NotifySize() error {
 	out := fuse.NotifyInvalInodeOut{Ino: fileIno, Off: -1}
-	if err := m.srv.notify(fuse.NOTIFY_INVAL_INODE, bytesOf(&out)); err != nil {
+	if err := m.srv.notify(notifyInvalInode, bytesOf(&out)); err != nil {
 		return fmt.Errorf("fuse: invalidate attributes of %s: %w", m.Path(), err)
 	}
 	return nil

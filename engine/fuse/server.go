@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"os"
 	"sync"
 	"syscall"
 	"unsafe"
@@ -17,12 +16,15 @@ import (
 )
 
 // The FUSE protocol server of the volume file system (the wire structs are
-// go-fuse's; the serving loop is this file's). /dev/fuse is opened
-// non-blocking and read through the Go poller, so a reader waiting for
-// the kernel parks a goroutine, not a thread; READ, WRITE and FSYNC are
-// handed to the backend without waiting (engine.AsyncBackend) and their
-// replies are written from the completion. Everything else is answered
-// on the reader.
+// go-fuse's; the serving loop is this file's). One reader reads /dev/fuse
+// non-blocking until it is empty and only then waits in poll(2), so a
+// burst of requests costs no thread wake-up per request; READ, WRITE and
+// FSYNC are handed to the backend without waiting (engine.AsyncBackend)
+// and their replies are written from the completion. Everything else is
+// answered on the reader. The descriptor is kept out of the Go poller on
+// purpose: opening a FUSE file registers it with epoll, which asks the
+// FUSE server (FUSE_POLL) while holding the epoll instance's lock, so a
+// server waiting in the same process's epoll would deadlock.
 
 // FUSE opcodes (linux/fuse.h).
 const (
@@ -47,6 +49,8 @@ const (
 	opDestroy     = 38
 	opBatchForget = 42
 	opFallocate   = 43
+
+	notifyInvalInode = 2 // FUSE_NOTIFY_INVAL_INODE
 )
 
 // Protocol parameters negotiated at INIT.
@@ -72,49 +76,42 @@ const initFlags = fuse.CAP_ASYNC_READ | fuse.CAP_BIG_WRITES | fuse.CAP_ASYNC_DIO
 
 // server serves one mount's /dev/fuse connection.
 type server struct {
-	dev  *os.File
-	rc   syscall.RawConn
+	fd   int
 	file *volumeFile
 	name string
 	done chan struct{}
+	// inflight counts the requests the backend has; the descriptor is
+	// closed only after their replies.
+	inflight sync.WaitGroup
 	// bigBufs are read buffers; smallBufs hold copied WRITE payloads and
 	// READ results up to copyWriteMax.
 	bigBufs, smallBufs sync.Pool
 }
 
-func newServer(fd int, file *volumeFile, name string) (*server, error) {
-	dev := os.NewFile(uintptr(fd), "/dev/fuse")
-	rc, err := dev.SyscallConn()
-	if err != nil {
-		dev.Close()
-		return nil, err
-	}
-	s := &server{dev: dev, rc: rc, file: file, name: name, done: make(chan struct{})}
+func newServer(fd int, file *volumeFile, name string) *server {
+	s := &server{fd: fd, file: file, name: name, done: make(chan struct{})}
 	s.bigBufs.New = func() any { return make([]byte, readBufSize) }
 	s.smallBufs.New = func() any { return make([]byte, copyWriteMax) }
-	return s, nil
+	return s
 }
 
-// read reads one request into buf, waiting in the poller while there is
+// read reads one request into buf, waiting in poll(2) while there is
 // none. ENOENT (a request interrupted before it was read) is skipped.
 func (s *server) read(buf []byte) (int, error) {
 	for {
-		var n int
-		var rerr error
-		err := s.rc.Read(func(fd uintptr) bool {
-			n, rerr = unix.Read(int(fd), buf)
-			fmt.Fprintf(os.Stderr, "DBG read n %d err %v\n", n, rerr)
-			return rerr != unix.EAGAIN
-		})
-		switch {
-		case err != nil:
+		n, err := unix.Read(s.fd, buf)
+		switch err {
+		case nil:
+			return n, nil
+		case unix.EINTR, unix.ENOENT:
+		case unix.EAGAIN:
+			pfd := []unix.PollFd{{Fd: int32(s.fd), Events: unix.POLLIN}}
+			if _, err := unix.Poll(pfd, -1); err != nil && err != unix.EINTR {
+				return 0, err
+			}
+		default:
 			return 0, err
-		case rerr == unix.EINTR || rerr == unix.ENOENT:
-			continue
-		case rerr != nil:
-			return 0, rerr
 		}
-		return n, nil
 	}
 }
 
@@ -132,22 +129,22 @@ func (s *server) reply(unique uint64, errno syscall.Errno, parts ...[]byte) {
 	}
 	iov := append(make([][]byte, 0, 3), unsafe.Slice((*byte)(unsafe.Pointer(&hdr)), outHeaderSize))
 	iov = append(iov, parts...)
-	_ = s.rc.Control(func(fd uintptr) {
-		// ENOENT: the request was interrupted and is gone; nothing to do.
-		n, err := unix.Writev(int(fd), iov)
-		fmt.Fprintf(os.Stderr, "DBG reply unique %d len %d n %d err %v\n", unique, hdr.Length, n, err)
-	})
+	// ENOENT: the request was interrupted and is gone; nothing to do.
+	_, _ = unix.Writev(s.fd, iov)
 }
 
-// notify writes an unsolicited message (a negative code, no unique).
+// notify writes an unsolicited message: unique 0, the notify code in the
+// error field.
 func (s *server) notify(code int32, body []byte) error {
 	hdr := fuse.OutHeader{Length: uint32(outHeaderSize + len(body)), Status: code}
-	iov := [][]byte{unsafe.Slice((*byte)(unsafe.Pointer(&hdr)), outHeaderSize), body}
-	var werr error
-	if err := s.rc.Control(func(fd uintptr) { _, werr = unix.Writev(int(fd), iov) }); err != nil {
-		return err
+	select {
+	case <-s.done:
+		return unix.ENODEV
+	default:
 	}
-	return werr
+	iov := [][]byte{unsafe.Slice((*byte)(unsafe.Pointer(&hdr)), outHeaderSize), body}
+	_, err := unix.Writev(s.fd, iov)
+	return err
 }
 
 // handshake answers the kernel's INIT, the first request after mount.
@@ -179,7 +176,10 @@ func (s *server) handshake() error {
 // serve reads and dispatches requests until the file system is unmounted.
 func (s *server) serve() {
 	defer close(s.done)
-	defer s.dev.Close()
+	defer func() {
+		s.inflight.Wait()
+		unix.Close(s.fd)
+	}()
 	buf := s.bigBufs.Get().([]byte)
 	for {
 		n, err := s.read(buf)
@@ -198,7 +198,6 @@ func (s *server) dispatch(req []byte) (kept bool) {
 	if !ok {
 		return false
 	}
-	fmt.Fprintf(os.Stderr, "DBG op %d unique %d node %d len %d\n", h.Opcode, h.Unique, h.NodeId, len(req))
 	switch h.Opcode {
 	case opForget, opBatchForget, opInterrupt:
 		// No reply. Interrupted requests finish anyway: a write must not
@@ -215,7 +214,11 @@ func (s *server) dispatch(req []byte) (kept bool) {
 			s.reply(h.Unique, syscall.EINVAL)
 			break
 		}
-		go func(in fuse.FallocateIn) { s.reply(in.Unique, s.file.allocate(in.Offset, in.Length, in.Mode)) }(*in)
+		s.inflight.Add(1)
+		go func(in fuse.FallocateIn) {
+			defer s.inflight.Done()
+			s.reply(in.Unique, s.file.allocate(in.Offset, in.Length, in.Mode))
+		}(*in)
 	default:
 		s.metadata(h, req)
 	}
@@ -423,6 +426,7 @@ func (s *server) submit(unique uint64, op engine.IOOp, buf []byte, off int64, re
 		r.buf, r.big = ref.buf, ref.big
 	}
 	r.rq.Op, r.rq.Buf, r.rq.Off = op, buf, off
+	s.inflight.Add(1)
 	s.file.submit(&r.rq)
 }
 
@@ -449,6 +453,7 @@ func (r *ioReq) finish(err error) {
 	}
 	r.s, r.buf, r.rq.Buf = nil, nil, nil
 	ioReqPool.Put(r)
+	s.inflight.Done()
 }
 
 // asStruct views the start of b as a T when b is long enough. T is one of
