@@ -207,7 +207,7 @@ func (s *server) dispatch(req []byte) (kept bool) {
 	case opWrite:
 		return s.writeData(req)
 	case opFsync:
-		s.submit(h.Unique, engine.IOFlush, nil, 0, nil)
+		s.submit(h.Unique, engine.IOFlush, nil, 0, nil, false)
 	case opFallocate:
 		in, ok := asStruct[fuse.FallocateIn](req)
 		if !ok {
@@ -383,7 +383,7 @@ func (s *server) readData(req []byte) {
 	} else {
 		buf = s.smallBufs.Get().([]byte)
 	}
-	s.submit(in.Unique, engine.IORead, buf[:size], off, &poolRef{buf, big})
+	s.submit(in.Unique, engine.IORead, buf[:size], off, buf, big)
 }
 
 // writeData submits a WRITE; kept reports that the request buffer went
@@ -404,27 +404,20 @@ func (s *server) writeData(req []byte) (kept bool) {
 		data = data[:rem]
 	}
 	if len(data) > copyWriteMax {
-		s.submit(in.Unique, engine.IOWrite, data, off, &poolRef{req[:cap(req)], true})
+		s.submit(in.Unique, engine.IOWrite, data, off, req[:cap(req)], true)
 		return true
 	}
 	buf := s.smallBufs.Get().([]byte)
 	n := copy(buf, data)
-	s.submit(in.Unique, engine.IOWrite, buf[:n], off, &poolRef{buf, false})
+	s.submit(in.Unique, engine.IOWrite, buf[:n], off, buf, false)
 	return false
 }
 
-// poolRef is a buffer to give back to its pool once the request is done.
-type poolRef struct {
-	buf []byte
-	big bool
-}
-
-func (s *server) submit(unique uint64, op engine.IOOp, buf []byte, off int64, ref *poolRef) {
+// submit hands a request to the backend; pooled (a read buffer when big)
+// goes back to its pool once the reply is written.
+func (s *server) submit(unique uint64, op engine.IOOp, buf []byte, off int64, pooled []byte, big bool) {
 	r := ioReqPool.Get().(*ioReq)
-	r.s, r.unique = s, unique
-	if ref != nil {
-		r.buf, r.big = ref.buf, ref.big
-	}
+	r.s, r.unique, r.buf, r.big = s, unique, pooled, big
 	r.rq.Op, r.rq.Buf, r.rq.Off = op, buf, off
 	s.inflight.Add(1)
 	s.file.submit(&r.rq)
