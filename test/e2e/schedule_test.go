@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"slices"
 	"strconv"
 	"sync"
@@ -23,6 +24,7 @@ import (
 	"github.com/cairnstore/cairn/controllers/scheduler"
 	"github.com/cairnstore/cairn/engine/backupstore"
 	"github.com/cairnstore/cairn/internal/testutil"
+	"github.com/cairnstore/cairn/policies"
 )
 
 // clock is the injected clock of the test's scheduler.
@@ -49,6 +51,8 @@ func TestScheduledRuns(t *testing.T) {
 	startScheduler(t, clk)
 	srv := testutil.StartS3(t)
 	target := newTarget(t, "e2e-sched-s3", srv)
+	berlin, err := time.LoadLocation("Europe/Berlin")
+	require.NoError(t, err)
 	pol := createPolicy(t, "e2e-sched", "sched", 2)
 	patchPolicy(t, pol.Name, func(p *v1.VolumePolicy) { p.Spec.RecurringSnapshots = []v1.ObjectName{"e2e-hourly", "e2e-nightly"} })
 	vols.Create(t, "e2e-sched-a", "sched", "64Mi")
@@ -59,13 +63,18 @@ func TestScheduledRuns(t *testing.T) {
 
 	hourly := createSchedule(t, "e2e-hourly", v1.RecurringSnapshotSpec{Schedule: "0 * * * *", TimeZone: "Europe/Berlin",
 		Action: v1.ActionSnapshot, Retention: &v1.Retention{KeepLast: 2}, Concurrency: 1})
-	nightly := createSchedule(t, "e2e-nightly", v1.RecurringSnapshotSpec{Schedule: "30 1 * * *", TimeZone: "Europe/Berlin",
-		Action: v1.ActionBackup, BackupTargetRef: v1.ObjectName(target.Name), Retention: &v1.Retention{KeepLast: 2}})
-
-	// Four hourly runs, one at a time: each snapshots both volumes.
 	// The first hourly run after the schedule's creation (an hour may have
 	// begun since the clock was started).
 	next := getSchedule(t, hourly.Name).CreationTimestamp.Truncate(time.Hour).Add(time.Hour + time.Second)
+	// The nightly run is half a day away from the hourly runs: the scheduler
+	// looks at every schedule whenever a volume changes, so a nightly time
+	// inside the four hours below would start a run before the test's first
+	// night (the test used to fail when run between 21:30 and 00:30 UTC).
+	nightlyCron := fmt.Sprintf("30 %d * * *", (next.In(berlin).Hour()+12)%24)
+	nightly := createSchedule(t, "e2e-nightly", v1.RecurringSnapshotSpec{Schedule: nightlyCron, TimeZone: "Europe/Berlin",
+		Action: v1.ActionBackup, BackupTargetRef: v1.ObjectName(target.Name), Retention: &v1.Retention{KeepLast: 2}})
+
+	// Four hourly runs, one at a time: each snapshots both volumes.
 	for i := range 4 {
 		advance(t, clk, next.Add(time.Duration(i)*time.Hour), hourly)
 		require.EventuallyWithT(t, func(c *assert.CollectT) {
@@ -94,12 +103,13 @@ func TestScheduledRuns(t *testing.T) {
 	// remain, in the cluster and in the target; the newest restores byte
 	// for byte (the volume is quiet).
 	sum := deviceSum(t, dev)
-	berlin, err := time.LoadLocation("Europe/Berlin")
+	sched, err := policies.ParseSchedule(nightlyCron, "Europe/Berlin")
 	require.NoError(t, err)
-	day := next.In(berlin)
+	night := clk.Now()
 	var backupID string
 	for n := 1; n <= 3; n++ {
-		at := time.Date(day.Year(), day.Month(), day.Day()+n, 1, 30, 1, 0, berlin)
+		night = sched.Next(night)
+		at := night.Add(time.Second)
 		advance(t, clk, at, nightly, hourly)
 		require.EventuallyWithT(t, func(c *assert.CollectT) {
 			st := getSchedule(c, nightly.Name).Status
