@@ -63,11 +63,12 @@ func StartCaptureProxy(t testing.TB, target string) *CaptureProxy {
 	return p
 }
 
-// pipe copies src to dst, recording what it copies.
+// pipe copies src to dst, recording what it copies before it forwards it:
+// whatever the peer has received is already in Captured.
 func (p *CaptureProxy) pipe(dst, src net.Conn) {
 	defer p.wg.Done()
 	defer dst.Close()
-	io.Copy(io.MultiWriter(dst, (*captureWriter)(p)), src)
+	io.Copy(io.MultiWriter((*captureWriter)(p), dst), src)
 }
 
 type captureWriter CaptureProxy
