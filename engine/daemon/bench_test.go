@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -166,6 +167,7 @@ func startQemuNBD(t *testing.T, size int64) benchTarget {
 	require.NoError(t, err)
 	q := exec.Command(qemuNBD, "--cache=none", "--aio=native", "-f", "raw", "--shared=16", "--persistent",
 		"-b", host, "-p", port, "-x", "vol1", raw)
+	q.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 	require.NoError(t, q.Start())
 	t.Cleanup(func() { _ = q.Process.Kill(); _ = q.Wait() })
 	require.Eventually(t, func() bool {

@@ -124,6 +124,8 @@ func (p *proc) start() {
 	p.t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), p.env...)
+	// A helper goes with the test binary, even one that is killed.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 	if p.out == nil {
 		p.out = &syncBuffer{}
 	}

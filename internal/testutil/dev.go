@@ -54,7 +54,8 @@ func StartDev(tmp string, args ...string) (*Dev, error) {
 		return nil, err
 	}
 	d.cmd = exec.Command(d.Bin, append([]string{"dev", "--data-dir", d.DataDir, "--bin-dir", BinDir()}, args...)...)
-	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Pdeathsig: a killed test binary still stops dev, which stops its clusters.
+	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGINT}
 	stdout, err := d.cmd.StdoutPipe()
 	if err != nil {
 		return nil, err

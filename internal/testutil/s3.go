@@ -19,6 +19,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -127,6 +128,7 @@ func (s *S3Server) start() error {
 	cmd := exec.Command(s.bin, append(args, "posix", s.Dir)...)
 	cmd.Stdout = s.log
 	cmd.Stderr = s.log
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start versitygw: %w", err)
 	}
