@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -11,6 +12,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -240,7 +242,7 @@ func (r *VolumeReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Watches(&v1.Snapshot{}, handler.EnqueueRequestsFromMapFunc(r.copiesOfSnapshot)).
 		Watches(&v1.Volume{}, handler.EnqueueRequestsFromMapFunc(copySourceOf)).
 		Watches(&v1.Backup{}, handler.EnqueueRequestsFromMapFunc(volumeOfWork)).
-		Watches(&v1.CairnNode{}, handler.EnqueueRequestsFromMapFunc(r.volumesOnNode), builder.WithPredicates(readinessChanged())).
+		Watches(&v1.CairnNode{}, handler.EnqueueRequestsFromMapFunc(r.volumesOnNode), builder.WithPredicates(placementChanged())).
 		Complete(r)
 }
 
@@ -280,12 +282,15 @@ func (r *VolumeReconciler) volumesOnNode(ctx context.Context, o client.Object) [
 	return out
 }
 
-// readinessChanged passes CairnNode events whose Ready condition changed
+// placementChanged passes CairnNode events that change where replicas
+// may be: readiness, labels, zone, allowScheduling, evictionRequested
 // (heartbeats and disk reports alone do not move volumes).
-func readinessChanged() predicate.Predicate {
+func placementChanged() predicate.Predicate {
 	return predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool {
-		a, _ := nodeReady(e.ObjectOld.(*v1.CairnNode))
-		b, _ := nodeReady(e.ObjectNew.(*v1.CairnNode))
-		return a != b
+		a, b := e.ObjectOld.(*v1.CairnNode), e.ObjectNew.(*v1.CairnNode)
+		readyA, _ := nodeReady(a)
+		readyB, _ := nodeReady(b)
+		return readyA != readyB || a.Status.Zone != b.Status.Zone || !maps.Equal(a.Labels, b.Labels) ||
+			a.Spec.EvictionRequested != b.Spec.EvictionRequested || !ptr.Equal(a.Spec.AllowScheduling, b.Spec.AllowScheduling)
 	}}
 }

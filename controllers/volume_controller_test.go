@@ -27,6 +27,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	v1 "github.com/cairnstore/cairn/api/v1alpha1"
+	"github.com/cairnstore/cairn/internal/testutil"
 )
 
 var bg = context.Background()
@@ -69,18 +70,10 @@ func newPolicy(name, suite string, replicas int32) *v1.VolumePolicy {
 	return p
 }
 
-// createPolicy creates p and waits until the manager has observed it, so
-// a volume created next is reconciled under it (a volume reconciled before
-// its policy reaches the manager's cache is placed without it, and
-// replicas once placed are not moved).
+// createPolicy creates p and waits until the manager has observed it.
 func createPolicy(t *testing.T, p *v1.VolumePolicy) {
 	t.Helper()
-	require.NoError(t, k8s.Create(bg, p))
-	require.EventuallyWithT(t, func(c *assert.CollectT) {
-		got := &v1.VolumePolicy{}
-		require.NoError(c, k8s.Get(bg, client.ObjectKeyFromObject(p), got))
-		assert.Equal(c, got.Generation, got.Status.ObservedGeneration)
-	}, wait, tick)
+	testutil.Volumes{Client: k8s, Wait: wait, Tick: tick}.CreatePolicy(t, p)
 }
 
 func newVolume(name, suite string) *v1.Volume {
@@ -331,15 +324,16 @@ func TestReplenishAndScale(t *testing.T) {
 		}
 		assert.Len(c, replicasOf(c, vol.Name), 3)
 	}, wait, tick)
+	// back to what the nodes allow: the condition goes
+	setReplicas(t, p.Name, 3)
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		assert.Nil(c, meta.FindStatusCondition(getVolume(c, vol.Name).Status.Conditions, "ReplicaScheduling"))
+	}, wait, tick)
 }
 
 func setReplicas(t *testing.T, policy string, n int32) {
 	t.Helper()
-	p := &v1.VolumePolicy{}
-	require.NoError(t, k8s.Get(bg, client.ObjectKey{Name: policy}, p))
-	patch := client.MergeFrom(p.DeepCopy())
-	p.Spec.Replicas = n
-	require.NoError(t, k8s.Patch(bg, p, patch))
+	patchPolicy(t, policy, func(p *v1.VolumePolicy) { p.Spec.Replicas = n })
 }
 
 // TestPolicyErrors: bad input the schema lets through ends in a precise
@@ -423,4 +417,188 @@ func names(reps []v1.Replica) []string {
 		out = append(out, r.Name)
 	}
 	return out
+}
+
+// TestReplicaMigration: when the policy's nodeSelector stops admitting the
+// nodes a volume's replicas are on, new replicas are placed on admitted
+// nodes and the old ones are removed only once the new ones are healthy in
+// the engine; a detached volume keeps its old replicas beside the new ones.
+func TestReplicaMigration(t *testing.T) {
+	t.Parallel()
+	const suite = "migrate"
+	tiers := map[string]string{"mg-1": "old", "mg-2": "old", "mg-3": "new", "mg-4": "new"}
+	for name, tier := range tiers {
+		addNode(t, suite, name, "z")
+		testutil.Patch(t, k8s, &v1.CairnNode{ObjectMeta: metav1.ObjectMeta{Name: name}}, func(n *v1.CairnNode) { n.Labels["tier"] = tier })
+	}
+	p := newPolicy("mg-policy", suite, 2)
+	p.Spec.Placement.NodeSelector["tier"] = "old"
+	createPolicy(t, p)
+	idle := newVolume("mg-idle", suite)
+	require.NoError(t, k8s.Create(bg, idle))
+	vol := healthyVolume(t, "mg-vol", suite, "mg-1", "mg-2")
+	waitReplicaNodes(t, idle.Name, "mg-1", "mg-2")
+	playAgents(t, idle.Name)
+
+	patchPolicy(t, p.Name, func(p *v1.VolumePolicy) { p.Spec.Placement.NodeSelector["tier"] = "new" })
+	for _, name := range []string{vol, idle.Name} {
+		waitReplicaNodes(t, name, "mg-1", "mg-2", "mg-3", "mg-4")
+		playAgents(t, name)
+	}
+	// The new replicas rebuild: the old ones stay.
+	old := map[string]bool{"mg-1": true, "mg-2": true}
+	replaceWhenHealthy(t, vol, func(node string) bool { return !old[node] })
+	waitReplicaNodes(t, vol, "mg-3", "mg-4")
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		eng := &v1.Engine{}
+		assert.NoError(c, k8s.Get(bg, client.ObjectKey{Name: vol}, eng))
+		assert.Len(c, eng.Spec.Replicas, 2)
+		assert.Nil(c, meta.FindStatusCondition(getVolume(c, vol).Status.Conditions, "ReplicasMoving"))
+	}, wait, tick)
+	// Detached: nothing fills the new replicas, so the old ones stay.
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		v := getVolume(c, idle.Name)
+		assert.Len(c, v.Status.Replicas, 4)
+		if cond := meta.FindStatusCondition(v.Status.Conditions, "ReplicasMoving"); assert.NotNil(c, cond) {
+			assert.Contains(c, cond.Message, "2 replicas move once 2 replicas are healthy elsewhere")
+			assert.Contains(c, cond.Message, "when it is next attached")
+		}
+	}, wait, tick)
+	assert.Len(t, replicasOf(t, idle.Name), 4)
+}
+
+// TestZoneSpreadChange: a policy switched from node to zone spread moves
+// one of two replicas that share a zone to another zone, removing the old
+// one only once the new one is healthy.
+func TestZoneSpreadChange(t *testing.T) {
+	t.Parallel()
+	const suite = "zonespread"
+	addNode(t, suite, "zs-1", "a")
+	addNode(t, suite, "zs-2", "a")
+	createPolicy(t, newPolicy("zs-policy", suite, 2))
+	vol := healthyVolume(t, "zs-vol", suite, "zs-1", "zs-2")
+	addNode(t, suite, "zs-3", "b")
+
+	patchPolicy(t, "zs-policy", func(p *v1.VolumePolicy) { p.Spec.Placement.Spread = v1.SpreadZone })
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		assert.Len(c, nodesOf(replicasOf(c, vol)), 3)
+	}, wait, tick)
+	playAgents(t, vol)
+	replaceWhenHealthy(t, vol, func(node string) bool { return node == "zs-3" })
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		nodes := nodesOf(replicasOf(c, vol))
+		assert.Len(c, nodes, 2)
+		assert.True(c, nodes["zs-3"], "the replica in zone b went")
+	}, wait, tick)
+}
+
+// TestNodeEviction: evictionRequested on a node moves its replica to a
+// spare node (never placing one there meanwhile) and removes it once the
+// replacement is healthy, with an event saying why.
+func TestNodeEviction(t *testing.T) {
+	t.Parallel()
+	const suite = "evict"
+	addNode(t, suite, "ev-1", "z")
+	addNode(t, suite, "ev-2", "z")
+	createPolicy(t, newPolicy("ev-policy", suite, 2))
+	vol := healthyVolume(t, "ev-vol", suite, "ev-1", "ev-2")
+	addNode(t, suite, "ev-3", "z")
+
+	testutil.Patch(t, k8s, &v1.CairnNode{ObjectMeta: metav1.ObjectMeta{Name: "ev-1"}}, func(n *v1.CairnNode) { n.Spec.EvictionRequested = true })
+	waitReplicaNodes(t, vol, "ev-1", "ev-2", "ev-3")
+	playAgents(t, vol)
+	replaceWhenHealthy(t, vol, func(node string) bool { return node == "ev-3" })
+	waitReplicaNodes(t, vol, "ev-2", "ev-3")
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		var evs eventsv1.EventList
+		assert.NoError(c, k8s.List(bg, &evs))
+		found := false
+		for _, e := range evs.Items {
+			found = found || e.Regarding.Name == vol && e.Reason == "ReplicaRemoved" && strings.Contains(e.Note, "its node is being evicted")
+		}
+		assert.True(c, found, "no ReplicaRemoved event naming the eviction")
+	}, wait, tick)
+}
+
+// healthyVolume creates volume name in suite, waits until its replicas are
+// on exactly nodes, attaches it to the first and reports every replica
+// healthy.
+func healthyVolume(t *testing.T, name, suite string, nodes ...string) string {
+	t.Helper()
+	require.NoError(t, k8s.Create(bg, newVolume(name, suite)))
+	waitReplicaNodes(t, name, nodes...)
+	playAgents(t, name)
+	attach(t, name, nodes[0])
+	setModes(t, name, func(string) string { return "healthy" }, len(nodes))
+	return name
+}
+
+// replaceWhenHealthy plays a rebuild of the volume's new replicas (those
+// on nodes isNew takes): while they are WO every replica stays; then they
+// are reported healthy.
+func replaceWhenHealthy(t *testing.T, vol string, isNew func(node string) bool) {
+	t.Helper()
+	reps := replicasOf(t, vol)
+	nodeOf := map[string]string{}
+	want := map[string]string{}
+	for _, rep := range reps {
+		nodeOf[rep.Status.Address] = rep.Spec.NodeID
+		want[rep.Spec.NodeID] = "RW"
+		if isNew(rep.Spec.NodeID) {
+			want[rep.Spec.NodeID] = "WO"
+		}
+	}
+	setModes(t, vol, func(addr string) string {
+		if isNew(nodeOf[addr]) {
+			return "rebuilding"
+		}
+		return "healthy"
+	}, len(reps))
+	// The status shows the reconcile that saw the modes, which ran
+	// placement first: nothing was removed.
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		v := getVolume(c, vol)
+		modes := map[string]string{}
+		for _, r := range v.Status.Replicas {
+			modes[r.Node] = r.Mode
+		}
+		assert.Equal(c, want, modes)
+		assert.True(c, meta.IsStatusConditionTrue(v.Status.Conditions, "ReplicasMoving"))
+	}, wait, tick)
+	assert.Len(t, replicasOf(t, vol), len(reps), "a replica went before its replacement was healthy")
+	setModes(t, vol, func(string) string { return "healthy" }, len(reps))
+}
+
+// waitReplicaNodes waits until the volume's live replicas are on exactly nodes.
+func waitReplicaNodes(t *testing.T, vol string, nodes ...string) {
+	t.Helper()
+	want := map[string]bool{}
+	for _, n := range nodes {
+		want[n] = true
+	}
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		assert.Equal(c, want, nodesOf(replicasOf(c, vol)))
+	}, wait, tick)
+}
+
+func patchPolicy(t *testing.T, name string, mutate func(*v1.VolumePolicy)) {
+	t.Helper()
+	testutil.Patch(t, k8s, &v1.VolumePolicy{ObjectMeta: metav1.ObjectMeta{Name: name}}, mutate)
+}
+
+// setModes waits until vol's engine lists n replicas, then reports it
+// running with each replica in the mode mode(address) gives.
+func setModes(t *testing.T, vol string, mode func(addr string) string, n int) {
+	t.Helper()
+	eng := &v1.Engine{}
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		assert.NoError(c, k8s.Get(bg, client.ObjectKey{Name: vol}, eng))
+		assert.Len(c, eng.Spec.Replicas, n)
+	}, wait, tick)
+	eng.Status.State, eng.Status.Endpoint = "Running", "/dev/loop43"
+	eng.Status.ReplicaModes = map[string]string{}
+	for _, r := range eng.Spec.Replicas {
+		eng.Status.ReplicaModes[r] = mode(r)
+	}
+	require.NoError(t, k8s.Status().Update(bg, eng))
 }

@@ -5,7 +5,10 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -44,19 +47,24 @@ func (r *VolumeReconciler) ensureToken(ctx context.Context, s *volumeScope) (ctr
 	return ctrl.Result{}, client.IgnoreAlreadyExists(r.Create(ctx, sec))
 }
 
-// ensureReplicas keeps eff.Replicas usable replicas: it places new ones
-// for the missing, retires replicas lost past the replenish wait once the
-// replacements exist, and removes the least healthy beyond the count.
+// ensureReplicas keeps eff.Replicas usable replicas on nodes the policy's
+// nodeSelector admits: it places new ones for the missing (and for the
+// misplaced), retires replicas lost past the replenish wait once the
+// replacements exist, retires misplaced ones once as many admitted
+// replicas are healthy, and removes the least healthy beyond the count.
 func (r *VolumeReconciler) ensureReplicas(ctx context.Context, s *volumeScope) (ctrl.Result, error) {
 	if s.vol.Spec.FromBackup != nil && s.vol.Status.RestoredBackup == "" || s.copying() && s.vol.Status.RestoredSnapshot == nil {
 		return ctrl.Result{}, nil // placed once the backup or snapshot is chosen
 	}
 	usable, lost := s.classifyReplicas(r.Now())
+	placed, moving := s.splitMisplaced(usable)
 	want := int(s.eff.Replicas)
-	if len(usable) < want {
-		if err := r.placeReplicas(ctx, s, usable, want); err != nil {
+	if len(placed) < want {
+		if err := r.placeReplicas(ctx, s, placed, len(usable), want); err != nil {
 			return ctrl.Result{}, err
 		}
+	} else {
+		setFlag(&s.vol.Status.Conditions, v1.ConditionReplicaScheduling, false, "", "", s.vol.Generation)
 	}
 	if len(usable) >= want {
 		for _, rep := range lost {
@@ -65,8 +73,12 @@ func (r *VolumeReconciler) ensureReplicas(ctx context.Context, s *volumeScope) (
 			}
 		}
 	}
-	if extra := len(usable) - want; extra > 0 {
-		for _, rep := range s.leastHealthy(usable)[:extra] {
+	if err := r.retireMisplaced(ctx, s, placed, moving, want); err != nil {
+		return ctrl.Result{}, err
+	}
+	s.reportMoving(moving, want)
+	if extra := len(placed) - want; extra > 0 {
+		for _, rep := range s.leastHealthy(placed)[:extra] {
 			if err := r.retireReplica(ctx, s, rep, "the policy asks for fewer replicas"); err != nil {
 				return ctrl.Result{}, err
 			}
@@ -77,6 +89,81 @@ func (r *VolumeReconciler) ensureReplicas(ctx context.Context, s *volumeScope) (
 		res.RequeueAfter = s.lostUntil.Sub(r.Now()) + time.Second
 	}
 	return res, nil
+}
+
+// misplaced is a replica that must move, and why.
+type misplaced struct {
+	rep *v1.Replica
+	why string
+}
+
+// splitMisplaced separates the replicas that must move from the rest:
+// those on nodes being evicted or that the policy's nodeSelector does not
+// match (it changed, or the volume was placed before its policy arrived),
+// and under zone spread all but the healthiest replica of a zone (the
+// spread changed, or a node's zone did).
+func (s *volumeScope) splitMisplaced(reps []*v1.Replica) (placed []*v1.Replica, moving []misplaced) {
+	zones := map[string]bool{}
+	for _, rep := range slices.Backward(s.leastHealthy(reps)) {
+		node := s.nodes[rep.Spec.NodeID] // usable replicas are on known nodes (classifyReplicas)
+		switch {
+		case node.Spec.EvictionRequested:
+			moving = append(moving, misplaced{rep, "its node is being evicted"})
+		case !s.eff.Admits(node.Labels):
+			moving = append(moving, misplaced{rep, "its node no longer matches the policy's nodeSelector"})
+		case s.eff.Spread == v1.SpreadZone && zones[node.Status.Zone]:
+			moving = append(moving, misplaced{rep, "another replica is in zone " + strconv.Quote(node.Status.Zone) + " (spread: zone)"})
+		default:
+			zones[node.Status.Zone] = true
+			placed = append(placed, rep)
+		}
+	}
+	return placed, moving
+}
+
+// retireMisplaced moves a volume off nodes its placement no longer admits
+// without lowering its redundancy: the misplaced replicas go only once want
+// admitted replicas are healthy in the engine. A detached volume has no
+// engine to fill its new replicas, so it keeps the old ones until it is
+// attached and the new ones are rebuilt.
+func (r *VolumeReconciler) retireMisplaced(ctx context.Context, s *volumeScope, placed []*v1.Replica, moving []misplaced, want int) error {
+	if len(moving) == 0 {
+		return nil
+	}
+	healthy := 0
+	for _, rep := range placed {
+		if s.replicaMode(rep) == "healthy" {
+			healthy++
+		}
+	}
+	if healthy < want {
+		return nil
+	}
+	for _, m := range moving {
+		if err := r.retireReplica(ctx, s, m.rep, m.why); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// reportMoving sets condition ReplicasMoving while misplaced replicas wait
+// for their replacements, saying which and why.
+func (s *volumeScope) reportMoving(moving []misplaced, want int) {
+	var parts []string
+	for _, m := range moving {
+		if m.rep.DeletionTimestamp.IsZero() { // retireReplica marks the ones it removed
+			parts = append(parts, fmt.Sprintf("%s on %s (%s)", m.rep.Name, m.rep.Spec.NodeID, m.why))
+		}
+	}
+	msg := ""
+	if len(parts) > 0 {
+		msg = fmt.Sprintf("%d replicas move once %d replicas are healthy elsewhere: %s", len(parts), want, strings.Join(parts, ", "))
+		if s.vol.Spec.NodeID == "" {
+			msg += "; the volume is detached, so they move when it is next attached"
+		}
+	}
+	setFlag(&s.vol.Status.Conditions, v1.ConditionReplicasMoving, len(parts) > 0, "Misplaced", msg, s.vol.Generation)
 }
 
 // classifyReplicas splits the live replicas into usable ones and those lost
@@ -110,27 +197,31 @@ func (s *volumeScope) classifyReplicas(now time.Time) (usable, lost []*v1.Replic
 	return usable, lost
 }
 
-// placeReplicas creates Replica objects on nodes chosen by policies.Place.
-// Too few eligible nodes stall a volume that has no replica at all, and
-// degrade one that has some (a new node becoming ready requeues it).
-func (r *VolumeReconciler) placeReplicas(ctx context.Context, s *volumeScope, usable []*v1.Replica, want int) error {
-	var current []string
+// placeReplicas creates Replica objects on nodes chosen by policies.Place
+// until want replicas are on nodes that keep them (placed). Too few
+// eligible nodes stall a volume that has no usable replica at all (usable
+// counts misplaced ones too), and degrade one that has some (a new node
+// becoming ready requeues it).
+func (r *VolumeReconciler) placeReplicas(ctx context.Context, s *volumeScope, placed []*v1.Replica, usable, want int) error {
+	var kept, taken []string
 	for _, rep := range s.replicas {
-		current = append(current, rep.Spec.NodeID)
+		taken = append(taken, rep.Spec.NodeID)
+	}
+	for _, rep := range placed {
+		kept = append(kept, rep.Spec.NodeID)
 	}
 	nodes, err := r.placementNodes(ctx, s)
 	if err != nil {
 		return err
 	}
-	target := want + len(current) - len(usable)
-	picked, perr := policies.Place(s.eff, s.vol.Spec.Size.Value(), current, nodes, target)
+	picked, perr := policies.Place(s.eff, s.vol.Spec.Size.Value(), kept, taken, nodes, want)
 	for _, node := range picked {
 		if err := r.createReplica(ctx, s, node); err != nil {
 			return err
 		}
 	}
-	setFlag(&s.vol.Status.Conditions, "ReplicaScheduling", perr != nil, "NotEnoughNodes", errString(perr), s.vol.Generation)
-	if perr != nil && len(usable)+len(picked) == 0 {
+	setFlag(&s.vol.Status.Conditions, v1.ConditionReplicaScheduling, perr != nil, "NotEnoughNodes", errString(perr), s.vol.Generation)
+	if perr != nil && usable+len(picked) == 0 {
 		s.out = outcome{stalled: true, reason: "NotEnoughNodes", message: perr.Error()}
 	}
 	return nil
@@ -157,7 +248,7 @@ func (r *VolumeReconciler) placementNodes(ctx context.Context, s *volumeScope) (
 	for _, n := range s.nodes {
 		ready, _ := nodeReady(n)
 		pn := policies.Node{Name: n.Name, Zone: n.Status.Zone, Labels: n.Labels, Ready: ready,
-			Schedulable: n.Spec.AllowScheduling == nil || *n.Spec.AllowScheduling, Replicas: count[n.Name]}
+			Schedulable: n.Spec.Scheduling() == v1.NodeSchedulingOn, Replicas: count[n.Name]}
 		for _, d := range n.Status.Disks {
 			if d.Available != nil {
 				pn.Available = max(pn.Available, d.Available.Value())

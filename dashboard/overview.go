@@ -31,6 +31,8 @@ type nodeRow struct {
 	Ready               bool
 	Capacity, Available int64
 	Replicas            int32
+	// Scheduling is CairnNodeSpec.Scheduling: on, off or evicting.
+	Scheduling string
 }
 
 type overviewData struct {
@@ -149,7 +151,8 @@ func (s *Server) nodes(ctx context.Context) ([]nodeRow, error) {
 	}
 	rows := make([]nodeRow, 0, len(list.Items))
 	for _, n := range list.Items {
-		row := nodeRow{Name: n.Name, Zone: n.Status.Zone, Ready: meta.IsStatusConditionTrue(n.Status.Conditions, v1.ConditionReady)}
+		row := nodeRow{Name: n.Name, Zone: n.Status.Zone, Ready: meta.IsStatusConditionTrue(n.Status.Conditions, v1.ConditionReady),
+			Scheduling: n.Spec.Scheduling()}
 		for _, d := range n.Status.Disks {
 			if d.Capacity != nil {
 				row.Capacity += d.Capacity.Value()

@@ -41,6 +41,7 @@ func newTestServerWith(t *testing.T, sites []*siteReader) http.Handler {
 	objs := []client.Object{vol,
 		&v1.Replica{ObjectMeta: metav1.ObjectMeta{Name: "pg-r1", Labels: map[string]string{v1.LabelVolume: "pg"}}, Spec: v1.ReplicaSpec{VolumeName: "pg", NodeID: "n1"}},
 		&v1.Engine{ObjectMeta: metav1.ObjectMeta{Name: "pg"}, Spec: v1.EngineSpec{VolumeName: "pg", NodeID: "n1"}, Status: v1.EngineStatus{RebuildProgress: 40}},
+		&v1.CairnNode{ObjectMeta: metav1.ObjectMeta{Name: "n2"}, Spec: v1.CairnNodeSpec{EvictionRequested: true}},
 		&v1.CairnNode{ObjectMeta: metav1.ObjectMeta{Name: "n1"}, Status: v1.CairnNodeStatus{Disks: []v1.NodeDiskStatus{{Path: "/d", Capacity: resource.NewQuantity(100<<30, resource.BinarySI), Available: resource.NewQuantity(40<<30, resource.BinarySI)}}}},
 		&v1.Snapshot{ObjectMeta: metav1.ObjectMeta{Name: "pg-s1", CreationTimestamp: now}, Spec: v1.SnapshotSpec{VolumeName: "pg"}},
 		&v1.Backup{ObjectMeta: metav1.ObjectMeta{Name: "pg-b1", CreationTimestamp: now}, Spec: v1.BackupSpec{VolumeName: "pg", BackupTargetRef: "primary"},
@@ -67,6 +68,7 @@ func TestPagesRender(t *testing.T) {
 	h := newTestServer(t)
 	for path, want := range map[string]string{
 		"/":                              `data-rob-of="pg">degraded`,
+		"/?evicting":                     `data-evicting="n2">evicting`,
 		"/volumes/pg":                    "gold <span class=\"hint\">(from selector)</span>",
 		"/nodes/n1":                      "60%",
 		"/targets/primary":               "7.0 MiB",

@@ -1,6 +1,7 @@
 package policies
 
 import (
+	"slices"
 	"testing"
 	"time"
 
@@ -84,21 +85,26 @@ func TestPlace(t *testing.T) {
 		e       Effective
 		size    int64
 		current []string
+		leaving []string
 		want    int
 		out     []string
 		err     string
 	}{
-		{"least loaded first", node, 20, nil, 3, []string{"n2", "n3", "n1"}, ""},
-		{"never two on one node", node, 20, []string{"n2"}, 3, []string{"n3", "n1"}, ""},
-		{"enough already", node, 20, []string{"n1", "n2"}, 2, nil, ""},
-		{"space", node, 60, nil, 3, []string{"n2", "n1"}, "2 lack the space"},
-		{"not ready skipped", node, 5, nil, 5, []string{"n2", "n3", "n5", "n1"}, "1 not ready"},
-		{"selector", Effective{Spread: v1.SpreadNode, NodeSelector: map[string]string{"disk": "ssd"}}, 5, nil, 2, []string{"n3"}, "do not match the nodeSelector"},
-		{"zones", zone, 5, nil, 3, []string{"n2", "n3", "n5"}, ""},
-		{"zone used by current", zone, 5, []string{"n1"}, 3, []string{"n3", "n5"}, ""},
-		{"too few zones", zone, 5, []string{"n1", "n3"}, 4, []string{"n5"}, "share a zone"},
+		{"least loaded first", node, 20, nil, nil, 3, []string{"n2", "n3", "n1"}, ""},
+		{"never two on one node", node, 20, []string{"n2"}, nil, 3, []string{"n3", "n1"}, ""},
+		{"enough already", node, 20, []string{"n1", "n2"}, nil, 2, nil, ""},
+		{"space", node, 60, nil, nil, 3, []string{"n2", "n1"}, "2 lack the space"},
+		{"not ready skipped", node, 5, nil, nil, 5, []string{"n2", "n3", "n5", "n1"}, "1 not ready"},
+		{"selector", Effective{Spread: v1.SpreadNode, NodeSelector: map[string]string{"disk": "ssd"}}, 5, nil, nil, 2, []string{"n3"}, "do not match the nodeSelector"},
+		{"zones", zone, 5, nil, nil, 3, []string{"n2", "n3", "n5"}, ""},
+		{"zone used by current", zone, 5, []string{"n1"}, nil, 3, []string{"n3", "n5"}, ""},
+		{"too few zones", zone, 5, []string{"n1", "n3"}, nil, 4, []string{"n5"}, "share a zone"},
+		{"leaving node takes none", node, 20, []string{"n2", "n3"}, []string{"n3"}, 2, []string{"n1"}, ""},
+		{"leaving frees its zone", zone, 5, []string{"n1", "n3"}, []string{"n1"}, 2, []string{"n2"}, ""},
+		{"leaving zone reused", zone, 5, []string{"n2", "n3"}, []string{"n2"}, 3, []string{"n5", "n1"}, ""},
 	} {
-		out, err := Place(tc.e, tc.size, tc.current, nodes, tc.want)
+		kept := slices.DeleteFunc(slices.Clone(tc.current), func(n string) bool { return slices.Contains(tc.leaving, n) })
+		out, err := Place(tc.e, tc.size, kept, tc.current, nodes, tc.want)
 		require.Equal(t, tc.out, out, tc.name)
 		if tc.err == "" {
 			require.NoError(t, err, tc.name)

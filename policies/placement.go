@@ -26,23 +26,25 @@ type Node struct {
 	Replicas  int
 }
 
-// Place picks want-len(current) new nodes for a volume of size bytes whose
-// replicas are on current. A node may take a replica when it is ready,
-// schedulable, matches the selector, has the space and holds none of the
-// volume's replicas; with zone spread its zone must be unused too. Among
-// eligible nodes the least loaded go first (fewest replicas, most space,
-// then name), so placement is deterministic. It returns ErrNoPlacement,
-// with the reason, when there are too few.
-func Place(e Effective, size int64, current []string, nodes []Node, want int) ([]string, error) {
-	need := want - len(current)
+// Place picks new nodes for a volume of size bytes until want replicas
+// are on nodes that keep them. kept are the nodes whose replicas of the
+// volume stay; taken, a superset, every node holding one (also replicas
+// that are going: lost, misplaced, deleted). A node may take a replica
+// when it is ready, schedulable, matches the selector, has the space and is
+// not taken; with zone spread its zone must hold no kept replica either.
+// Among eligible nodes the least loaded go first (fewest replicas, most
+// space, then name), so placement is deterministic. It returns
+// ErrNoPlacement, with the reason, when there are too few.
+func Place(e Effective, size int64, kept, taken []string, nodes []Node, want int) ([]string, error) {
+	need := want - len(kept)
 	if need <= 0 {
 		return nil, nil
 	}
 	usedNode := map[string]bool{}
 	usedZone := map[string]bool{}
 	for _, n := range nodes {
-		if slices.Contains(current, n.Name) {
-			usedNode[n.Name] = true
+		usedNode[n.Name] = slices.Contains(taken, n.Name)
+		if slices.Contains(kept, n.Name) {
 			usedZone[n.Zone] = true
 		}
 	}
@@ -123,6 +125,10 @@ func (r rejectCounts) String() string {
 	}
 	return strings.Join(parts, ", ")
 }
+
+// Admits reports whether a node with labels matches the nodeSelector
+// (placement keeps replicas only on such nodes).
+func (e Effective) Admits(labels map[string]string) bool { return matches(e.NodeSelector, labels) }
 
 func matches(sel, lbls map[string]string) bool {
 	for k, v := range sel {

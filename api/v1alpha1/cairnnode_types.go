@@ -18,6 +18,34 @@ type CairnNodeSpec struct {
 	// +optional
 	// +kubebuilder:default=true
 	AllowScheduling *bool `json:"allowScheduling,omitempty"`
+
+	// evictionRequested moves every replica off the node (for maintenance
+	// or decommissioning): each gets a replacement on another node and goes
+	// once its volume has as many healthy replicas elsewhere (a detached
+	// volume's stays until its next attach). No new replica is placed on
+	// the node meanwhile.
+	// +optional
+	EvictionRequested bool `json:"evictionRequested,omitempty"`
+}
+
+// How a node takes new replicas (CairnNodeSpec.Scheduling).
+const (
+	NodeSchedulingOn  = "on"
+	NodeSchedulingOff = "off" // allowScheduling false
+	NodeEvicting      = "evicting"
+)
+
+// Scheduling says how the node takes new replicas: NodeEvicting when
+// eviction is requested, NodeSchedulingOff when allowScheduling is false,
+// else NodeSchedulingOn.
+func (s *CairnNodeSpec) Scheduling() string {
+	switch {
+	case s.EvictionRequested:
+		return NodeEvicting
+	case s.AllowScheduling != nil && !*s.AllowScheduling:
+		return NodeSchedulingOff
+	}
+	return NodeSchedulingOn
 }
 
 // NodeDisk is one data directory on a node.

@@ -14,6 +14,14 @@ const (
 	// fromBackup: False while its replicas are being filled from the backup,
 	// True once every replica holds it (then the volume may attach).
 	ConditionRestored = "Restored"
+	// ConditionReplicaScheduling is the Volume condition present while too
+	// few nodes can take the replicas the policy asks for (reason
+	// NotEnoughNodes, the message says why nodes were passed over).
+	ConditionReplicaScheduling = "ReplicaScheduling"
+	// ConditionReplicasMoving is the Volume condition present while replicas
+	// on nodes the placement no longer admits wait for their replacements
+	// (the message names them and why they move).
+	ConditionReplicasMoving = "ReplicasMoving"
 )
 
 // CategoryCairn is the kubectl category every Cairn kind belongs to, so that

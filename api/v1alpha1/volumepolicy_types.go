@@ -72,11 +72,17 @@ type VolumePolicySpec struct {
 // Placement constrains where replicas go.
 type Placement struct {
 	// spread is the failure domain no two replicas of a volume share.
+	// Switching to zone moves replicas that share a zone, as a nodeSelector
+	// change does.
 	// +optional
 	// +kubebuilder:default=node
 	Spread SpreadDomain `json:"spread,omitempty"`
 
-	// nodeSelector restricts replicas to nodes with these labels.
+	// nodeSelector restricts replicas to nodes with these labels. When it
+	// stops admitting a node, the volume's replica there is replaced: a new
+	// one is placed on an admitted node and the old one is removed once
+	// the new one is healthy in the engine (a detached volume keeps both
+	// until it is attached).
 	// +optional
 	// +kubebuilder:validation:MaxProperties=32
 	NodeSelector map[string]string `json:"nodeSelector,omitempty"`

@@ -49,7 +49,7 @@ func newRootCmd() *cobra.Command {
 	}
 	o.addFlags(root)
 	root.AddCommand(newVersionCmd(), newValidateCmd(o), newApplyCmd(o), newStatusCmd(o), newSnapshotCmd(o),
-		newBackupCmd(o), newRestoreCmd(o), newDRCmd(o))
+		newBackupCmd(o), newRestoreCmd(o), newDRCmd(o), newNodeCmd(o))
 	return root
 }
 

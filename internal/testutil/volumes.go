@@ -114,3 +114,17 @@ func (vs Volumes) Detach(t *testing.T, name string, n int) {
 	vs.Patch(t, name, func(v *v1.Volume) { v.Spec.NodeID = "" })
 	vs.WaitHealthy(t, name, v1.VolumeDetached, n)
 }
+
+// CreatePolicy creates p and waits until the manager has observed it, so a
+// volume created next is placed under it (a volume reconciled before its
+// policy reaches the manager's cache is placed without it, and its
+// replicas move only once new ones are healthy in an engine).
+func (vs Volumes) CreatePolicy(t *testing.T, p *v1.VolumePolicy) {
+	t.Helper()
+	require.NoError(t, vs.Client.Create(context.Background(), p))
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		got := &v1.VolumePolicy{}
+		assert.NoError(c, vs.Client.Get(context.Background(), client.ObjectKeyFromObject(p), got))
+		assert.Equal(c, got.Generation, got.Status.ObservedGeneration)
+	}, vs.Wait, vs.Tick)
+}
