@@ -143,6 +143,26 @@ func cpuTime(t *testing.T, pids []int) time.Duration {
 	return time.Duration(ticks) * time.Second / clockTicks
 }
 
+// hostCPU is the busy CPU time of the whole machine so far (every CPU's
+// user, nice, system, irq, softirq and steal time from /proc/stat): the
+// serving processes plus fio, the kernel's loop and FUSE work, and
+// anything else running.
+func hostCPU(t *testing.T) time.Duration {
+	t.Helper()
+	b, err := os.ReadFile("/proc/stat")
+	require.NoError(t, err)
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line) // "cpu" user nice system idle iowait irq softirq steal ...
+	require.Greater(t, len(f), 8, "/proc/stat: %q", line)
+	var ticks int64
+	for _, i := range []int{1, 2, 3, 6, 7, 8} {
+		n, err := strconv.ParseInt(f[i], 10, 64)
+		require.NoError(t, err)
+		ticks += n
+	}
+	return time.Duration(ticks) * time.Second / clockTicks
+}
+
 // benchTarget is one device the engine benchmark drives with fio.
 type benchTarget struct {
 	name string
@@ -251,27 +271,29 @@ func TestBenchEngine(t *testing.T) {
 		fioRun(t, append([]string{"--name=fill", "--rw=write", "--bs=1m", "--iodepth=8", "--size=" + strconv.Itoa(size)}, tg.args...)...)
 	}
 
-	type result struct{ iops, bw, cpu stats }
+	type result struct{ iops, bw, cpu, host stats }
 	results := map[string]map[string]result{}
 	for _, w := range workloads {
 		if !benchWanted("CAIRN_BENCH_WORKLOADS", w.name) {
 			continue
 		}
-		is, bs, cs := map[string][]float64{}, map[string][]float64{}, map[string][]float64{}
+		is, bs, cs, hs := map[string][]float64{}, map[string][]float64{}, map[string][]float64{}, map[string][]float64{}
 		for r := 0; r < runs; r++ {
 			for _, tg := range targets {
 				args := append([]string{"--name=bench", "--size=" + strconv.Itoa(size), "--time_based",
 					"--runtime=" + strconv.Itoa(secs), "--randrepeat=0", "--norandommap"}, w.args...)
-				cpu0 := cpuTime(t, tg.pids)
+				cpu0, host0 := cpuTime(t, tg.pids), hostCPU(t)
 				res := fioRun(t, append(args, tg.args...)...)
-				cpu := cpuTime(t, tg.pids) - cpu0
+				cpu, host := cpuTime(t, tg.pids)-cpu0, hostCPU(t)-host0
 				is[tg.name], bs[tg.name] = append(is[tg.name], res.iops), append(bs[tg.name], res.bw/(1<<20))
-				cs[tg.name] = append(cs[tg.name], float64(cpu.Milliseconds())*1000/float64(max(res.ios, 1)))
+				ios := float64(max(res.ios, 1))
+				cs[tg.name] = append(cs[tg.name], float64(cpu.Milliseconds())*1000/ios)
+				hs[tg.name] = append(hs[tg.name], float64(host.Milliseconds())*1000/ios)
 			}
 		}
 		results[w.name] = map[string]result{}
 		for _, tg := range targets {
-			results[w.name][tg.name] = result{summarize(is[tg.name]), summarize(bs[tg.name]), summarize(cs[tg.name])}
+			results[w.name][tg.name] = result{summarize(is[tg.name]), summarize(bs[tg.name]), summarize(cs[tg.name]), summarize(hs[tg.name])}
 		}
 	}
 
@@ -282,8 +304,10 @@ func TestBenchEngine(t *testing.T) {
 		"  cairn FUSE+loop: fio libaio O_DIRECT on a loop device (direct I/O) over the FUSE frontend's volume file,\n"+
 		"      the same engine and replicas; compared with cairn NBD 3 replica(s)\n"+
 		"  CPU ms/1k: user+system CPU time of every serving process (engine and replicas, or qemu-nbd; not fio)\n"+
-		"      per 1,000 I/Os, from /proc/PID/stat\n\n", qemuPeer)
-	fmt.Printf("%-18s %-30s %-24s %-20s %-20s %s\n", "workload", "target", "IOPS", "MiB/s", "CPU ms/1k I/Os", "x peer (median IOPS)")
+		"      per 1,000 I/Os, from /proc/PID/stat\n"+
+		"  host ms/1k: busy CPU time of the whole machine per 1,000 I/Os (/proc/stat): the serving processes plus\n"+
+		"      fio and the kernel's block, loop and FUSE work; with the CPUs saturated, IOPS follow its inverse\n\n", qemuPeer)
+	fmt.Printf("%-18s %-30s %-24s %-20s %-20s %-20s %s\n", "workload", "target", "IOPS", "MiB/s", "CPU ms/1k I/Os", "host ms/1k I/Os", "x peer (median IOPS)")
 	for _, w := range workloads {
 		rs := results[w.name]
 		if rs == nil {
@@ -296,7 +320,8 @@ func TestBenchEngine(t *testing.T) {
 				ratio = fmt.Sprintf("%.2fx %s", r.iops.med/p.iops.med, tg.peer)
 			}
 			cpu := fmt.Sprintf("%.1f / %.1f / %.1f", r.cpu.min, r.cpu.med, r.cpu.max)
-			fmt.Printf("%-18s %-30s %-24s %-20s %-20s %s\n", w.name, tg.name, r.iops, r.bw, cpu, ratio)
+			host := fmt.Sprintf("%.1f / %.1f / %.1f", r.host.min, r.host.med, r.host.max)
+			fmt.Printf("%-18s %-30s %-24s %-20s %-20s %-20s %s\n", w.name, tg.name, r.iops, r.bw, cpu, host, ratio)
 		}
 	}
 }
