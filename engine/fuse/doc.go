@@ -23,6 +23,12 @@
 // and fsync is still a Flush of every replica. Interrupted requests run to
 // the end (a write must not stop half-way across the replicas).
 //
+// The serving process must not open the volume file through os.OpenFile:
+// Go registers the descriptor with its poller, the kernel then asks this
+// server (FUSE_POLL) inside epoll_ctl, and a garbage collection stopping
+// the world meanwhile deadlocks the process. Other processes (losetup,
+// mkfs, the node agent) are unaffected.
+//
 // Mapping of file operations:
 //
 //	read/write          -> ReadAt/WriteAt (no I/O past the end of the volume)

@@ -29,6 +29,19 @@ func mountForTest(t *testing.T, b engine.Backend) *Mount {
 	return m
 }
 
+// openServed opens a file that this process's own FUSE server serves,
+// without os.OpenFile: that registers the descriptor with Go's poller, and
+// the kernel then asks the server (FUSE_POLL) inside epoll_ctl, which the
+// runtime makes without leaving its P. A garbage collection stopping the
+// world at that moment waits for that P while the server goroutine that
+// would answer waits for the world: the test hung in D state.
+func openServed(t *testing.T, path string) *os.File {
+	t.Helper()
+	fd, err := unix.Open(path, unix.O_RDWR|unix.O_CLOEXEC, 0)
+	require.NoError(t, err)
+	return os.NewFile(uintptr(fd), path) // blocking descriptor: never polled
+}
+
 func TestFileOperations(t *testing.T) {
 	dir := t.TempDir()
 	raw := filepath.Join(dir, "disk.raw")
@@ -41,8 +54,7 @@ func TestFileOperations(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, int64(16<<20), st.Size())
 
-	f, err := os.OpenFile(m.Path(), os.O_RDWR, 0)
-	require.NoError(t, err)
+	f := openServed(t, m.Path())
 	defer f.Close()
 	data := make([]byte, 1<<20+333)
 	_, _ = rand.Read(data)
