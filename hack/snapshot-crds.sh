@@ -2,15 +2,15 @@
 # Copies the VolumeSnapshot, VolumeSnapshotContent and VolumeSnapshotClass
 # CRDs, and their VolumeGroupSnapshot counterparts (the snapshot-controller
 # waits for them: group snapshots are GA and on by default), into config/snapshot-crds from github.com/kubernetes-csi/external-snapshotter/client/v8
-# at the version hack/tools/csi-snapshotter pins, so the CRDs always match the
+# at the version hack/tools/csi pins, so the CRDs always match the
 # snapshotter and snapshot-controller built from that module. Run it after
 # changing that version; it reads only the module cache (downloading the
 # module through the Go module proxy when missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MOD=github.com/kubernetes-csi/external-snapshotter/client/v8
-src=$(cd hack/tools/csi-snapshotter && go mod download -json "$MOD" >/dev/null && go list -m -f '{{.Dir}}' "$MOD")
-version=$(cd hack/tools/csi-snapshotter && go list -m -f '{{.Version}}' "$MOD")
+src=$(cd hack/tools/csi && go mod download -json "$MOD" >/dev/null && go list -m -f '{{.Dir}}' "$MOD")
+version=$(cd hack/tools/csi && go list -m -f '{{.Version}}' "$MOD")
 dst=config/snapshot-crds
 files=()
 for group in snapshot groupsnapshot; do

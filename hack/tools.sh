@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the local control plane and test servers into bin/ from Go modules:
 # kube-apiserver, kube-controller-manager and etcd (hack/tools), kubectl (hack/tools/kubectl),
-# the CSI sidecars (hack/tools/csi-*), controller-gen and versitygw. Each
+# the CSI sidecars (hack/tools/csi), controller-gen and versitygw. Each
 # tool is rebuilt only when missing or when its pinned version (or Go) changed,
 # tracked by a stamp file. A cold build takes about 20 minutes on 2 cores.
 set -euo pipefail
@@ -41,17 +41,18 @@ build etcd "$etcd_key" \
   bash -c "cd hack/tools/etcd && go build -o '$BIN/etcd' ."
 build kubectl "$kubectl_key" \
   bash -c "cd hack/tools/kubectl && go build -ldflags '$kubectl_ldflags' -o '$BIN/kubectl' ."
-# The CSI sidecars: one module each (their k8s.io versions differ), built with the go.mod tool
-# directive because their main packages cannot be imported.
-modkey() { echo "$(sha256sum "$1/go.mod" "$1/go.sum" | sha256sum | cut -c1-16) $GOVER"; }
-csi_tool() { # NAME MODULE_DIR PACKAGE
-  build "$1" "$(modkey "$2")" bash -c "cd '$2' && go build -o '$BIN/$1' '$3'"
+# The CSI sidecars: one module for all of them (version selection takes the highest k8s.io and
+# shared dependencies any of them needs, so they compile those packages once, not once each),
+# built with the go.mod tool directive because their main packages cannot be imported.
+csi_key="$(sha256sum hack/tools/csi/go.mod hack/tools/csi/go.sum | sha256sum | cut -c1-16) $GOVER"
+csi_tool() { # NAME PACKAGE
+  build "$1" "$csi_key" bash -c "cd hack/tools/csi && go build -o '$BIN/$1' '$2'"
 }
-csi_tool csi-provisioner hack/tools/csi-provisioner github.com/kubernetes-csi/external-provisioner/v6/cmd/csi-provisioner
-csi_tool csi-attacher hack/tools/csi-attacher github.com/kubernetes-csi/external-attacher/v4/cmd/csi-attacher
-csi_tool csi-snapshotter hack/tools/csi-snapshotter github.com/kubernetes-csi/external-snapshotter/v8/cmd/csi-snapshotter
-csi_tool snapshot-controller hack/tools/csi-snapshotter github.com/kubernetes-csi/external-snapshotter/v8/cmd/snapshot-controller
-csi_tool csi-resizer hack/tools/csi-resizer github.com/kubernetes-csi/external-resizer/v2/cmd/csi-resizer
+csi_tool csi-provisioner github.com/kubernetes-csi/external-provisioner/v6/cmd/csi-provisioner
+csi_tool csi-attacher github.com/kubernetes-csi/external-attacher/v4/cmd/csi-attacher
+csi_tool csi-snapshotter github.com/kubernetes-csi/external-snapshotter/v8/cmd/csi-snapshotter
+csi_tool snapshot-controller github.com/kubernetes-csi/external-snapshotter/v8/cmd/snapshot-controller
+csi_tool csi-resizer github.com/kubernetes-csi/external-resizer/v2/cmd/csi-resizer
 
 build controller-gen "$CONTROLLER_GEN_VERSION $GOVER" \
   env GOBIN="$BIN" go install "sigs.k8s.io/controller-tools/cmd/controller-gen@$CONTROLLER_GEN_VERSION"

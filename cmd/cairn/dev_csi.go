@@ -28,7 +28,7 @@ type devSidecar struct {
 	args       []string
 }
 
-// devSidecars are built by `make tools` (hack/tools/csi-*) into bin/.
+// devSidecars are built by `make tools` (hack/tools/csi) into bin/.
 var devSidecars = []devSidecar{
 	{"csi-provisioner", true, []string{"--default-fstype=ext4", "--timeout=60s", "--extra-create-metadata"}},
 	{"csi-attacher", true, []string{"--timeout=120s"}},
