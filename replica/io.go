@@ -6,6 +6,8 @@ import (
 	"sync"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cairnstore/cairn/internal/rawsys"
 )
 
 // Block-range locks: the volume is divided into regions of 16 blocks
@@ -97,13 +99,25 @@ const cachedWriteChunk = 64 << 10
 // pwriteCached writes p at off through the page cache in pieces of at most
 // cachedWriteChunk (see there). Layers that take small overwrites (the head,
 // and layers merged into a head) are written with it.
+//
+// The pieces are written with raw system calls, which the scheduler does
+// not see (package rawsys says why that matters): a buffered write
+// of 64 KiB copies into the page cache and returns in microseconds. When
+// the kernel throttles the writer for dirty pages, the goroutine keeps its
+// P meanwhile; the process's other Ps run everything else.
 func pwriteCached(fd int, p []byte, off int64) error {
 	for len(p) > 0 {
 		n := min(len(p), cachedWriteChunk)
-		if err := pwriteFull(fd, p[:n], off); err != nil {
-			return err
+		c, e := rawsys.Pwrite(uintptr(fd), p[:n], off)
+		switch {
+		case e == unix.EINTR:
+			continue
+		case e != 0:
+			return e
+		case c == 0:
+			return io.ErrShortWrite
 		}
-		p, off = p[n:], off+int64(n)
+		p, off = p[c:], off+int64(c)
 	}
 	return nil
 }
@@ -165,10 +179,11 @@ func (r *Replica) ReadCached(p []byte, off int64) error {
 // preadCached reads len(p) bytes at off if the page cache holds all of
 // them. Any failure (EAGAIN, a file system or kernel without RWF_NOWAIT,
 // an I/O error) is errNotCached: ReadAt then does the read and reports
-// real errors.
+// real errors. RWF_NOWAIT never waits, so it is a raw system call (see
+// pwriteCached).
 func preadCached(fd int, p []byte, off int64) error {
-	n, err := unix.Preadv2(fd, [][]byte{p}, off, unix.RWF_NOWAIT)
-	if err != nil || n < len(p) {
+	n, e := rawsys.Preadv2(uintptr(fd), p, off, unix.RWF_NOWAIT)
+	if e != 0 || n < len(p) {
 		return errNotCached
 	}
 	return nil

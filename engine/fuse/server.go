@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cairnstore/cairn/engine"
+	"github.com/cairnstore/cairn/internal/rawsys"
 )
 
 // The FUSE protocol server of the volume file system (the wire structs are
@@ -99,9 +100,9 @@ func newServer(fd int, file *volumeFile, name string) *server {
 // none. ENOENT (a request interrupted before it was read) is skipped.
 func (s *server) read(buf []byte) (int, error) {
 	for {
-		n, err := unix.Read(s.fd, buf)
+		n, err := rawsys.Read(uintptr(s.fd), buf)
 		switch err {
-		case nil:
+		case 0:
 			return n, nil
 		case unix.EINTR, unix.ENOENT:
 		case unix.EAGAIN:
@@ -127,10 +128,13 @@ func (s *server) reply(unique uint64, errno syscall.Errno, parts ...[]byte) {
 	} else {
 		parts = nil
 	}
-	iov := append(make([][]byte, 0, 3), unsafe.Slice((*byte)(unsafe.Pointer(&hdr)), outHeaderSize))
-	iov = append(iov, parts...)
-	// ENOENT: the request was interrupted and is gone; nothing to do.
-	_, _ = unix.Writev(s.fd, iov)
+	var vs [4]unix.Iovec
+	iov := append(vs[:0], unix.Iovec{Base: (*byte)(unsafe.Pointer(&hdr))})
+	iov[0].SetLen(outHeaderSize)
+	iov = rawsys.Iovecs(iov, parts, 0)
+	// A reply is taken whole or not at all, and writing it never waits
+	// (rawsys). ENOENT: the request was interrupted and is gone.
+	_, _ = rawsys.Writev(uintptr(s.fd), iov)
 }
 
 // notify writes an unsolicited message: unique 0, the notify code in the

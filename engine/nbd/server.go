@@ -122,11 +122,12 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn, negotiated func()) 
 	if tc, ok := nc.(*net.TCPConn); ok {
 		_ = tc.SetNoDelay(true)
 	}
+	rw := netx.RawIO(nc)
 	c := &conn{
 		s:  s,
 		nc: nc,
-		r:  bufio.NewReaderSize(nc, 256<<10),
-		w:  bufio.NewWriterSize(nc, 256<<10),
+		r:  bufio.NewReaderSize(rw, 256<<10),
+		w:  bufio.NewWriterSize(rw, 256<<10),
 	}
 	log := s.Log.WithValues("remote", nc.RemoteAddr().String())
 	hto := s.HandshakeTimeout

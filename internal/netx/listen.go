@@ -40,11 +40,15 @@ func SplitAddr(addr string) (network, address string) {
 func IsUnix(addr string) bool { return strings.HasPrefix(addr, "unix:") }
 
 // Dial connects to addr ("unix:PATH" or host:port), the counterpart of
-// Listen.
+// Listen. The connection reads and writes with raw system calls (RawIO).
 func Dial(ctx context.Context, addr string) (net.Conn, error) {
 	var d net.Dialer
 	network, address := SplitAddr(addr)
-	return d.DialContext(ctx, network, address)
+	c, err := d.DialContext(ctx, network, address)
+	if err != nil {
+		return nil, err
+	}
+	return RawIO(c), nil
 }
 
 // maxSocketPath is the longest socket path bind accepts (sun_path).

@@ -115,7 +115,7 @@ func (s *server) start(c net.Conn) {
 		}
 		defer authed()
 		defer s.forget(c)
-		s.handle(c, authed)
+		s.handle(RawIO(c), authed)
 	}()
 }
 

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/cairnstore/cairn/internal/netx"
 )
 
 // Conn is the client side of one authenticated connection: requests from
@@ -165,7 +167,6 @@ func (r *Request) payloadLen() int {
 func (c *Conn) writeLoop() {
 	var batch []*Request
 	var scratch []byte
-	var bufs net.Buffers
 	var iov [][]byte
 	for {
 		c.mu.Lock()
@@ -185,8 +186,7 @@ func (c *Conn) writeLoop() {
 		batch, c.queue = c.queue, batch[:0]
 		c.mu.Unlock()
 		scratch, iov = encodeBatch(batch, scratch, iov[:0])
-		bufs = append(bufs[:0], iov...)
-		_, err := bufs.WriteTo(c.conn)
+		_, err := netx.WriteBuffers(c.conn, iov)
 		clear(batch) // drop references; the requests live in slots
 		clear(iov)
 		if err != nil {
