@@ -16,18 +16,21 @@
 //
 // The protocol server is this package's (server.go; go-fuse provides the
 // wire structs only). One goroutine reads /dev/fuse without blocking until
-// it is empty and only then waits in poll(2): a burst of requests costs no
-// thread wake-up per request. READ, WRITE and FSYNC go to the engine's
+// it is empty and only then waits in the Go poller: a burst of requests
+// costs no thread wake-up per request. READ, WRITE and FSYNC go to the engine's
 // Volume.Submit without a goroutine each, and their replies are written
 // from the completion; a request is answered only when the backend has it,
 // and fsync is still a Flush of every replica. Interrupted requests run to
 // the end (a write must not stop half-way across the replicas).
 //
 // The serving process must not open the volume file through os.OpenFile:
-// Go registers the descriptor with its poller, the kernel then asks this
-// server (FUSE_POLL) inside epoll_ctl, and a garbage collection stopping
-// the world meanwhile deadlocks the process. Other processes (losetup,
-// mkfs, the node agent) are unaffected.
+// Go registers the descriptor with its poller, and the kernel then asks
+// this server (FUSE_POLL) inside epoll_ctl, holding the lock of the epoll
+// instance the server waits in (and keeping the thread's P, so a garbage
+// collection stopping the world waits too): the process deadlocks. Open
+// it with unix.Open and os.NewFile, which Go never polls (the tests'
+// openServed). Other processes (losetup, mkfs, the node agent) are
+// unaffected.
 //
 // Mapping of file operations:
 //

@@ -63,10 +63,14 @@ func MountVolume(dir, name string, b engine.Backend, opts Options) (*Mount, erro
 		unix.Close(fd)
 		return nil, fmt.Errorf("fuse: mount %s: %w", dir, err)
 	}
-	srv := newServer(fd, vf, name)
+	srv, err := newServer(fd, vf, name)
+	if err != nil {
+		_ = unix.Unmount(dir, unix.MNT_DETACH)
+		return nil, err
+	}
 	if err := srv.handshake(); err != nil {
 		_ = unix.Unmount(dir, unix.MNT_DETACH)
-		unix.Close(fd)
+		srv.close()
 		return nil, fmt.Errorf("fuse: mount %s: %w", dir, err)
 	}
 	go srv.serve()

@@ -54,7 +54,9 @@
 // alone makes one per 16 KiB record) and the socket is read through a
 // 64 KiB buffer (netx.TLSConn). A batch of small frames is one Write, as
 // it is one writev in plaintext; a payload above the 16 KiB copy limit is
-// a Write of its own.
+// a Write of its own. Both ends read and write their sockets with raw
+// system calls (netx.RawIO, package rawsys), which the Go scheduler does
+// not see.
 //
 // # Frames
 //
