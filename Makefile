@@ -25,7 +25,7 @@ deps: ## Install the Debian packages the tests drive (fio, qemu-utils, nbdkit, l
 	./hack/install-deps.sh
 
 .PHONY: tools
-tools: ## Build kube-apiserver, kube-controller-manager, etcd, kubectl, the CSI sidecars, controller-gen and versitygw into bin/ (cached by a stamp; ~20 min cold).
+tools: ## Build kube-apiserver, kube-controller-manager, etcd, kubectl, the CSI sidecars, controller-gen and versitygw into bin/ (cached by a stamp; ~30 min cold).
 	./hack/tools.sh
 
 .PHONY: generate

@@ -3,7 +3,8 @@
 # kube-apiserver, kube-controller-manager and etcd (hack/tools), kubectl (hack/tools/kubectl),
 # the CSI sidecars (hack/tools/csi), controller-gen and versitygw. Each
 # tool is rebuilt only when missing or when its pinned version (or Go) changed,
-# tracked by a stamp file. A cold build takes about 20 minutes on 2 cores.
+# tracked by a stamp file. A cold build takes about 25-35 minutes on 2 cores
+# (docs/development.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=$PWD/bin
