@@ -70,11 +70,11 @@ deploy: ## Apply config/default to the cluster in $$KUBECONFIG (needs kubectl an
 ##@ Test
 
 # The data plane's packages run under the race detector; the rest without.
-DATA_PLANE := ./replica/... ./engine/... ./internal/netx/... ./internal/durable/...
+DATA_PLANE := ./replica/... ./engine/... ./internal/netx/... ./internal/rawsys/... ./internal/durable/...
 
 .PHONY: test
 test: deps tools build ## Install/build what is missing, then run every test (the data plane with -race).
-	go test $(GO_TEST_FLAGS) $$(go list ./... | grep -v -e '/replica' -e '/engine' -e '/internal/netx' -e '/internal/durable')
+	go test $(GO_TEST_FLAGS) $$(go list ./... | grep -v -e '/replica' -e '/engine' -e '/internal/netx' -e '/internal/rawsys' -e '/internal/durable')
 	go test -race $(GO_TEST_FLAGS) $(DATA_PLANE)
 
 .PHONY: faults
