@@ -69,7 +69,7 @@ func (c *rawConn) Read(p []byte) (int, error) {
 	case err != nil:
 		return 0, err
 	case errno != 0:
-		return 0, &net.OpError{Op: "read", Net: c.LocalAddr().Network(), Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: errno}
+		return 0, c.opError("read", errno)
 	case n == 0:
 		return 0, io.EOF
 	}
@@ -109,9 +109,14 @@ func (c *rawConn) Write(p []byte) (int, error) {
 	return n, c.writeErr(err)
 }
 
+// opError is a failed system call's error as net.Conn reports it.
+func (c *rawConn) opError(op string, errno syscall.Errno) error {
+	return &net.OpError{Op: op, Net: c.LocalAddr().Network(), Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: errno}
+}
+
 func (c *rawConn) writeErr(err error) error {
 	if err == nil && c.w.errno != 0 {
-		err = &net.OpError{Op: "write", Net: c.LocalAddr().Network(), Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: c.w.errno}
+		err = c.opError("write", c.w.errno)
 	}
 	return err
 }
