@@ -119,9 +119,8 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn, negotiated func()) 
 	s.track(nc, true)
 	defer s.track(nc, false)
 	defer nc.Close()
-	if tc, ok := nc.(*net.TCPConn); ok {
-		_ = tc.SetNoDelay(true)
-	}
+	// Go's TCP connections have TCP_NODELAY set already. Connections from
+	// Serve are RawIO's; RawIO returns those as they are.
 	rw := netx.RawIO(nc)
 	c := &conn{
 		s:  s,
