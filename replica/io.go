@@ -68,9 +68,13 @@ func (g rangeGuard) unlock() {
 
 // pwriteFull writes all of p at off with pwrite(2) on the raw descriptor:
 // the I/O path skips os.File's descriptor reference counting.
-func pwriteFull(fd int, p []byte, off int64) error {
+func pwriteFull(fd int, p []byte, off int64) error { return pwriteAll(fd, p, off, unix.Pwrite) }
+
+// pwriteAll writes all of p at off with pwrite, retrying short and
+// interrupted writes.
+func pwriteAll(fd int, p []byte, off int64, pwrite func(fd int, p []byte, off int64) (int, error)) error {
 	for len(p) > 0 {
-		n, err := unix.Pwrite(fd, p, off)
+		n, err := pwrite(fd, p, off)
 		if err != nil {
 			if err == unix.EINTR {
 				continue
@@ -83,6 +87,15 @@ func pwriteFull(fd int, p []byte, off int64) error {
 		p, off = p[n:], off+int64(n)
 	}
 	return nil
+}
+
+// pwriteRaw is pwrite(2) as a raw system call (rawsys.Pwrite).
+func pwriteRaw(fd int, p []byte, off int64) (int, error) {
+	n, e := rawsys.Pwrite(uintptr(fd), p, off)
+	if e != 0 {
+		return n, e
+	}
+	return n, nil
 }
 
 // cachedWriteChunk bounds one buffered pwrite of layer data. The kernel
@@ -108,16 +121,10 @@ const cachedWriteChunk = 64 << 10
 func pwriteCached(fd int, p []byte, off int64) error {
 	for len(p) > 0 {
 		n := min(len(p), cachedWriteChunk)
-		c, e := rawsys.Pwrite(uintptr(fd), p[:n], off)
-		switch {
-		case e == unix.EINTR:
-			continue
-		case e != 0:
-			return e
-		case c == 0:
-			return io.ErrShortWrite
+		if err := pwriteAll(fd, p[:n], off, pwriteRaw); err != nil {
+			return err
 		}
-		p, off = p[c:], off+int64(c)
+		p, off = p[n:], off+int64(n)
 	}
 	return nil
 }

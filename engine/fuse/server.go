@@ -85,15 +85,9 @@ const initFlags = fuse.CAP_ASYNC_READ | fuse.CAP_BIG_WRITES | fuse.CAP_ASYNC_DIO
 // server serves one mount's /dev/fuse connection.
 type server struct {
 	fd int
-	// dev holds fd in the Go poller; rc waits there for requests.
+	// dev holds fd in the Go poller; r waits there for requests.
 	dev *os.File
-	rc  syscall.RawConn
-	// The read in progress (one reader): the function handed to
-	// rc.Read is made once.
-	rbuf   []byte
-	rn     int
-	rerr   syscall.Errno
-	readFn func(fd uintptr) bool
+	r   *rawsys.Reader
 
 	file *volumeFile
 	name string
@@ -116,7 +110,8 @@ func newServer(fd int, file *volumeFile, name string) (*server, error) {
 		s.dev.Close()
 		return nil, fmt.Errorf("fuse: /dev/fuse: %w", err)
 	}
-	s.rc, s.readFn = rc, s.readOnce
+	// ENOENT: a request interrupted before it was read; skip it.
+	s.r = rawsys.NewReader(rc, unix.ENOENT)
 	s.bigBufs.New = func() any { return make([]byte, readBufSize) }
 	s.smallBufs.New = func() any { return make([]byte, copyWriteMax) }
 	return s, nil
@@ -128,32 +123,14 @@ func (s *server) close() { s.dev.Close() }
 // read reads one request into buf, waiting in the poller while there is
 // none.
 func (s *server) read(buf []byte) (int, error) {
-	s.rbuf, s.rn, s.rerr = buf, 0, 0
-	err := s.rc.Read(s.readFn)
-	s.rbuf = nil
+	n, errno, err := s.r.Read(buf)
 	switch {
 	case err != nil:
 		return 0, err
-	case s.rerr != 0:
-		return 0, s.rerr
+	case errno != 0:
+		return 0, errno
 	}
-	return s.rn, nil
-}
-
-// readOnce is read's rc.Read function: false waits for a request. ENOENT
-// (a request interrupted before it was read) is skipped.
-func (s *server) readOnce(fd uintptr) bool {
-	for {
-		n, e := rawsys.Read(fd, s.rbuf)
-		switch e {
-		case unix.EINTR, unix.ENOENT:
-			continue
-		case unix.EAGAIN:
-			return false
-		}
-		s.rn, s.rerr = n, e
-		return true
-	}
+	return n, nil
 }
 
 // reply writes a reply: header, then parts.

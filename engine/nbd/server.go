@@ -119,14 +119,13 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn, negotiated func()) 
 	s.track(nc, true)
 	defer s.track(nc, false)
 	defer nc.Close()
-	// Go's TCP connections have TCP_NODELAY set already. Connections from
-	// Serve are RawIO's; RawIO returns those as they are.
-	rw := netx.RawIO(nc)
+	// Connections from Serve read and write with raw system calls
+	// (netx.RawIO); Go sets TCP_NODELAY on TCP connections itself.
 	c := &conn{
 		s:  s,
 		nc: nc,
-		r:  bufio.NewReaderSize(rw, 256<<10),
-		w:  bufio.NewWriterSize(rw, 256<<10),
+		r:  bufio.NewReaderSize(nc, 256<<10),
+		w:  bufio.NewWriterSize(nc, 256<<10),
 	}
 	log := s.Log.WithValues("remote", nc.RemoteAddr().String())
 	hto := s.HandshakeTimeout

@@ -30,21 +30,22 @@ func RawIO(c net.Conn) net.Conn {
 	if err != nil {
 		return c
 	}
-	r := &rawConn{Conn: c, rc: rc}
-	r.r.fn, r.w.fn = r.r.read, r.w.write
+	r := &rawConn{Conn: c, rc: rc, r: rawsys.NewReader(rc, 0)}
+	r.w.fn = r.w.write
 	return r
 }
 
 type rawConn struct {
 	net.Conn
-	rc   syscall.RawConn
-	r, w rawOp
+	rc syscall.RawConn
+	r  *rawsys.Reader
+	w  rawWrite
 }
 
-// rawOp is the state of one Read or Write in progress, so that the
-// function handed to syscall.RawConn is made once, not per call. mu
-// serializes callers (net.Conn allows concurrent ones).
-type rawOp struct {
+// rawWrite is the state of the Write or WriteBuffers in progress, so that
+// the function handed to syscall.RawConn.Write is made once, not per
+// call. mu serializes writers (net.Conn allows concurrent ones).
+type rawWrite struct {
 	mu    sync.Mutex
 	fn    func(fd uintptr) bool
 	buf   []byte
@@ -58,13 +59,7 @@ func (c *rawConn) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	op := &c.r
-	op.mu.Lock()
-	defer op.mu.Unlock()
-	op.buf, op.n, op.errno = p, 0, 0
-	err := c.rc.Read(op.fn)
-	n, errno := op.n, op.errno
-	op.buf = nil
+	n, errno, err := c.r.Read(p)
 	switch {
 	case err != nil:
 		return 0, err
@@ -76,37 +71,12 @@ func (c *rawConn) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// read is the RawConn.Read function: false asks the poller to wait for
-// the socket to become readable.
-func (op *rawOp) read(fd uintptr) bool {
-	for {
-		n, e := rawsys.Read(fd, op.buf)
-		switch e {
-		case unix.EINTR:
-			continue
-		case unix.EAGAIN:
-			return false
-		case 0:
-			op.n = int(n)
-		default:
-			op.errno = e
-		}
-		return true
-	}
-}
-
 func (c *rawConn) Write(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	op := &c.w
-	op.mu.Lock()
-	defer op.mu.Unlock()
-	op.buf, op.n, op.errno = p, 0, 0
-	err := c.rc.Write(op.fn)
-	n := op.n
-	op.buf = nil
-	return n, c.writeErr(err)
+	n, err := c.send(p, nil)
+	return int(n), err
 }
 
 // opError is a failed system call's error as net.Conn reports it.
@@ -114,17 +84,10 @@ func (c *rawConn) opError(op string, errno syscall.Errno) error {
 	return &net.OpError{Op: op, Net: c.LocalAddr().Network(), Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: errno}
 }
 
-func (c *rawConn) writeErr(err error) error {
-	if err == nil && c.w.errno != 0 {
-		err = c.opError("write", c.w.errno)
-	}
-	return err
-}
-
 // write is the RawConn.Write function for Write and WriteBuffers: it
 // writes until everything is sent (true), the socket is full (false: the
 // poller waits until it is writable) or a write fails (true).
-func (op *rawOp) write(fd uintptr) bool {
+func (op *rawWrite) write(fd uintptr) bool {
 	for {
 		var n int
 		var e syscall.Errno
@@ -155,16 +118,22 @@ func (op *rawOp) write(fd uintptr) bool {
 
 // WriteBuffers writes every byte of bufs with writev(2) and returns how
 // many were written.
-func (c *rawConn) WriteBuffers(bufs [][]byte) (int64, error) {
+func (c *rawConn) WriteBuffers(bufs [][]byte) (int64, error) { return c.send(nil, bufs) }
+
+// send writes all of p (non-empty), or else of bufs, through rc.Write.
+func (c *rawConn) send(p []byte, bufs [][]byte) (int64, error) {
 	op := &c.w
 	op.mu.Lock()
 	defer op.mu.Unlock()
-	op.bufs, op.n, op.errno = bufs, 0, 0
+	op.buf, op.bufs, op.n, op.errno = p, bufs, 0, 0
 	err := c.rc.Write(op.fn)
-	n := op.n
-	op.bufs = nil
+	n, errno := op.n, op.errno
+	op.buf, op.bufs = nil, nil
 	clear(op.iov[:cap(op.iov)])
-	return int64(n), c.writeErr(err)
+	if err == nil && errno != 0 {
+		err = c.opError("write", errno)
+	}
+	return int64(n), err
 }
 
 // WriteBuffers writes bufs to w: with one writev when w is a RawIO

@@ -23,6 +23,7 @@
 package rawsys
 
 import (
+	"sync"
 	"syscall"
 	"unsafe"
 
@@ -84,4 +85,54 @@ func Iovecs(dst []unix.Iovec, bufs [][]byte, skip int) []unix.Iovec {
 		}
 	}
 	return dst
+}
+
+// Reader reads a descriptor that waits in the Go poller (a socket, or
+// /dev/fuse as an os.File) with raw read(2): syscall.RawConn.Read calls
+// it while the descriptor is readable and waits in the poller on EAGAIN,
+// so deadlines and Close keep working. The function handed to
+// RawConn.Read is made once, not per call; mu serializes readers.
+type Reader struct {
+	rc   syscall.RawConn
+	skip syscall.Errno
+	fn   func(fd uintptr) bool
+
+	mu    sync.Mutex
+	buf   []byte
+	n     int
+	errno syscall.Errno
+}
+
+// NewReader reads rc; a read failing with skip (if not 0) is retried
+// like one interrupted by a signal.
+func NewReader(rc syscall.RawConn, skip syscall.Errno) *Reader {
+	r := &Reader{rc: rc, skip: skip}
+	r.fn = r.read
+	return r
+}
+
+// Read reads into len(p) > 0 bytes of p, waiting in the poller until the
+// descriptor has data: n bytes (0 at end of file), or the read's errno,
+// or err from the poller (closed, deadline exceeded).
+func (r *Reader) Read(p []byte) (n int, errno syscall.Errno, err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.buf, r.n, r.errno = p, 0, 0
+	err = r.rc.Read(r.fn)
+	r.buf = nil
+	return r.n, r.errno, err
+}
+
+func (r *Reader) read(fd uintptr) bool {
+	for {
+		n, e := Read(fd, r.buf)
+		switch {
+		case e == unix.EINTR || (e != 0 && e == r.skip):
+			continue
+		case e == unix.EAGAIN:
+			return false
+		}
+		r.n, r.errno = n, e
+		return true
+	}
 }

@@ -86,3 +86,32 @@ func TestPipeCalls(t *testing.T) {
 	require.Zero(t, e)
 	require.Equal(t, "onetwothree", string(buf[:n]))
 }
+
+// A Reader waits in the poller for data, returns 0 at end of file, and
+// ends with the poller's error when the descriptor is closed.
+func TestReader(t *testing.T) {
+	var p [2]int
+	require.NoError(t, unix.Pipe2(p[:], unix.O_NONBLOCK|unix.O_CLOEXEC))
+	rf, wf := os.NewFile(uintptr(p[0]), "r"), os.NewFile(uintptr(p[1]), "w")
+	defer rf.Close()
+	rc, err := rf.SyscallConn()
+	require.NoError(t, err)
+	r := NewReader(rc, 0)
+
+	go func() { _, _ = wf.Write([]byte("later")) }()
+	buf := make([]byte, 16)
+	n, errno, err := r.Read(buf)
+	require.NoError(t, err)
+	require.Zero(t, errno)
+	require.Equal(t, "later", string(buf[:n]), "Read waited for the write")
+
+	require.NoError(t, wf.Close())
+	n, errno, err = r.Read(buf)
+	require.NoError(t, err)
+	require.Zero(t, errno)
+	require.Zero(t, n, "end of file")
+
+	require.NoError(t, rf.Close())
+	_, _, err = r.Read(buf)
+	require.ErrorContains(t, err, "closed file")
+}
