@@ -98,11 +98,17 @@ func (d *Dev) waitBanner(stdout io.Reader) error {
 		for sc.Scan() {
 			line := sc.Text()
 			fmt.Fprintln(d.Out, line)
+			// Once handed over, the map is the caller's: later labelled
+			// lines (dev keeps printing) must not write into it.
+			if banner == nil {
+				continue
+			}
 			if m := bannerLine.FindStringSubmatch(line); m != nil {
 				banner[m[1]] = strings.TrimSpace(m[2])
 			}
 			if strings.HasPrefix(line, "Press Ctrl-C to stop.") {
 				ready <- banner
+				banner = nil
 			}
 		}
 		close(ready)
